@@ -1,0 +1,283 @@
+//! The `Issuer` and `ClusterIssuer` resources: where certificates come from.
+
+use super::{DNS_NAME_PATTERN, ObjectMetaTemplate, SecretKeySelector, dns_subdomain_schema};
+use k8s_openapi::api::core::v1::{Affinity, LocalObjectReference, ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// A namespaced issuer: an ACME account at a CA, usable by Certificates in the same namespace.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "kacme.dev",
+    version = "v1alpha1",
+    kind = "Issuer",
+    namespaced,
+    category = "kacme",
+    status = "IssuerStatus",
+    doc = "An ACME account at a CA, usable by Certificates in the same namespace.",
+    printcolumn = r#"{"name": "Ready", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name": "Server", "type": "string", "jsonPath": ".spec.acme.server", "priority": 1}"#,
+    printcolumn = r#"{"name": "Status", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].message", "priority": 1}"#,
+    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
+)]
+pub struct IssuerSpec {
+    /// The ACME CA and account to issue from.
+    pub acme: AcmeIssuer,
+}
+
+/// A cluster-wide issuer: an ACME account at a CA, usable by Certificates in every namespace. Its Secrets
+/// (account key, EAB key) live in the operator's cluster resource namespace.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "kacme.dev",
+    version = "v1alpha1",
+    kind = "ClusterIssuer",
+    category = "kacme",
+    status = "IssuerStatus",
+    doc = "An ACME account at a CA, usable by Certificates in every namespace.",
+    printcolumn = r#"{"name": "Ready", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name": "Server", "type": "string", "jsonPath": ".spec.acme.server", "priority": 1}"#,
+    printcolumn = r#"{"name": "Status", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].message", "priority": 1}"#,
+    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
+)]
+pub struct ClusterIssuerSpec {
+    /// The ACME CA and account to issue from.
+    pub acme: AcmeIssuer,
+}
+
+/// An ACME (RFC 8555) CA and the account kacme holds there.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AcmeIssuer {
+    /// The ACME directory URL, for example `https://ca.example.internal/acme/acme/directory` (step-ca).
+    #[schemars(schema_with = "acme_server_schema")]
+    pub server: String,
+
+    /// Contact email registered with the account. Optional for most private CAs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 3, max = 254), regex(pattern = r"^[^@\s]+@[^@\s]+$"))]
+    pub email: Option<String>,
+
+    /// PEM bundle of the CA certificates to trust for TLS to the ACME server; also copied into every
+    /// issued Secret as ca.crt. Every certificate of the bundle is trusted. A base64-encoded PEM bundle
+    /// (as cert-manager takes it) is accepted too. When absent, the system trust store is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1048576))]
+    pub ca_bundle: Option<String>,
+
+    /// Skip verification of the ACME server's TLS certificate. For throwaway test CAs only.
+    #[serde(default, rename = "skipTLSVerify", skip_serializing_if = "Option::is_none")]
+    pub skip_tls_verify: Option<bool>,
+
+    /// The Secret holding the ACME account's private key (key `tls.key` unless given). kacme generates
+    /// and stores a key when the Secret does not exist, and never overwrites an existing one.
+    pub private_key_secret_ref: SecretKeySelector,
+
+    /// External Account Binding, for CAs that require new accounts to be bound to an existing account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_account_binding: Option<ExternalAccountBinding>,
+
+    /// How to prove control of each name. The first solver whose selector matches a Certificate's names
+    /// most specifically is used (dnsNames beats dnsZones, a longer zone beats a shorter one, a
+    /// solver without selector matches everything).
+    #[schemars(length(min = 1, max = 32))]
+    pub solvers: Vec<AcmeSolver>,
+}
+
+/// External Account Binding credentials (RFC 8555 section 7.3.4).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalAccountBinding {
+    /// The key identifier the CA gave out.
+    #[serde(rename = "keyID")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub key_id: String,
+    /// The Secret key holding the HMAC key, base64url-encoded as CAs hand it out.
+    pub key_secret_ref: SecretKeySelector,
+}
+
+/// A way of solving ACME challenges, and the names it applies to.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AcmeSolver {
+    /// Which names this solver applies to. A solver without selector applies to every name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<SolverSelector>,
+    /// Solve HTTP-01 challenges with a transient solver Pod, Service and Ingress.
+    pub http01: Http01Solver,
+}
+
+/// Selects the names (and Certificates) a solver applies to.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SolverSelector {
+    /// Exact DNS names this solver applies to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "selector_names_schema")]
+    pub dns_names: Vec<String>,
+    /// DNS zones this solver applies to: a name matches a zone when it equals it or ends with `.` + zone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "selector_names_schema")]
+    pub dns_zones: Vec<String>,
+    /// Labels a Certificate must carry for this solver to apply.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub match_labels: BTreeMap<String, String>,
+}
+
+/// HTTP-01 solving.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Http01Solver {
+    /// Serve challenges through an Ingress routed to a transient solver Pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<Http01Ingress>,
+}
+
+/// How the transient HTTP-01 solver Pod, Service and Ingress are made.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Http01Ingress {
+    /// The ingressClassName of the solver Ingress. When absent, the cluster's default IngressClass applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "optional_dns_subdomain_schema")]
+    pub ingress_class_name: Option<String>,
+    /// Type of the solver Service: `ClusterIP` (the default) or `NodePort`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_type: Option<SolverServiceType>,
+    /// pathType of the solver Ingress rule: `Exact` (the default), `Prefix` or `ImplementationSpecific`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_type: Option<SolverPathType>,
+    /// Overrides for the solver Pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_template: Option<SolverPodTemplate>,
+    /// Labels and annotations for the solver Ingress (for example an ingress controller's annotations).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress_template: Option<SolverIngressTemplate>,
+}
+
+/// Type of the solver Service: `ClusterIP` (the default) or `NodePort`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum SolverServiceType {
+    /// A ClusterIP Service.
+    #[default]
+    ClusterIP,
+    /// A NodePort Service.
+    NodePort,
+}
+
+/// pathType of the solver Ingress rule: `Exact` (the default), `Prefix` or `ImplementationSpecific`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum SolverPathType {
+    /// Match the challenge path exactly.
+    #[default]
+    Exact,
+    /// Match the challenge path as a prefix.
+    Prefix,
+    /// Let the ingress controller decide.
+    ImplementationSpecific,
+}
+
+/// Overrides for the solver Ingress.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SolverIngressTemplate {
+    /// Labels and annotations added to the solver Ingress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<ObjectMetaTemplate>,
+}
+
+/// Overrides for the solver Pod.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SolverPodTemplate {
+    /// Labels and annotations added to the solver Pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<ObjectMetaTemplate>,
+    /// Scheduling and resource overrides for the solver Pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<SolverPodSpec>,
+}
+
+/// The parts of the solver Pod's spec that may be overridden. Security settings cannot be weakened.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SolverPodSpec {
+    /// Node selector for the solver Pod.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Tolerations for the solver Pod.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    /// Affinity of the solver Pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// Priority class of the solver Pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+    /// Pull secrets for the solver image.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+    /// Resource requests and limits of the solver container (small defaults apply otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+/// What kacme last observed of an Issuer or ClusterIssuer.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuerStatus {
+    /// `Ready`: the ACME account is registered and usable, with a reason and message.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "super::conditions_schema")]
+    pub conditions: Vec<Condition>,
+    /// The registered ACME account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acme: Option<AcmeIssuerStatus>,
+}
+
+/// The ACME account of an issuer.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AcmeIssuerStatus {
+    /// The account URI at the CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<String>,
+    /// The email the account was registered with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_registered_email: Option<String>,
+}
+
+fn acme_server_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "string",
+        "minLength": 9,
+        "maxLength": 2048,
+        "x-kubernetes-validations": [
+            {
+                "rule": "self.startsWith('https://') && isURL(self) && url(self).getHostname() != ''",
+                "message": "server must be the https:// URL of the CA's ACME directory"
+            }
+        ]
+    })
+}
+
+fn selector_names_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "array",
+        "maxItems": 100,
+        "items": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 253,
+            "pattern": DNS_NAME_PATTERN,
+        },
+        "x-kubernetes-list-type": "set"
+    })
+}
+
+fn optional_dns_subdomain_schema(generator: &mut SchemaGenerator) -> Schema {
+    dns_subdomain_schema(generator)
+}

@@ -1,0 +1,34 @@
+//! Labels and annotations kacme reads and writes.
+
+/// Label on every object kacme creates: `app.kubernetes.io/managed-by: kacme`.
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// Value of [`LABEL_MANAGED_BY`].
+pub const MANAGED_BY: &str = "kacme";
+/// Label on solver objects: the Certificate they solve for.
+pub const LABEL_CERTIFICATE: &str = "kacme.dev/certificate";
+/// Label on solver objects: marks them as HTTP-01 solver objects.
+pub const LABEL_SOLVER: &str = "kacme.dev/solver";
+/// Label on solver objects: a hash of the challenge token (tokens are longer than a label value may be).
+pub const LABEL_TOKEN_HASH: &str = "kacme.dev/token-hash";
+
+/// Secret annotation: the Certificate this Secret belongs to. Without it, kacme never touches a Secret.
+pub const ANNOTATION_CERTIFICATE_NAME: &str = "kacme.dev/certificate-name";
+/// Secret annotation: the name of the issuer that signed the certificate.
+pub const ANNOTATION_ISSUER_NAME: &str = "kacme.dev/issuer-name";
+/// Secret annotation: the kind of the issuer that signed the certificate.
+pub const ANNOTATION_ISSUER_KIND: &str = "kacme.dev/issuer-kind";
+/// Secret annotation: the usages requested for the certificate, comma-separated, sorted.
+pub const ANNOTATION_USAGES: &str = "kacme.dev/usages";
+/// Secret annotation: the DNS names of the certificate, comma-separated.
+pub const ANNOTATION_DNS_NAMES: &str = "kacme.dev/dns-names";
+/// Secret annotation: the IP addresses of the certificate, comma-separated.
+pub const ANNOTATION_IP_ADDRESSES: &str = "kacme.dev/ip-addresses";
+/// Certificate annotation: set it to any new value (conventionally the current time) to renew now.
+pub const ANNOTATION_RENEW_REQUESTED_AT: &str = "kacme.dev/renew-requested-at";
+
+/// Secret data key of the certificate chain.
+pub const TLS_CRT: &str = "tls.crt";
+/// Secret data key of the private key.
+pub const TLS_KEY: &str = "tls.key";
+/// Secret data key of the CA bundle.
+pub const CA_CRT: &str = "ca.crt";

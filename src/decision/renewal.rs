@@ -1,0 +1,158 @@
+//! When to renew a certificate.
+
+use jiff::{SignedDuration, Timestamp};
+
+/// How long before expiry to renew, as a Certificate's spec says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RenewBefore {
+    /// A fixed time before expiry (`renewBefore`).
+    Duration(std::time::Duration),
+    /// A percentage (1-99) of the issued lifetime (`renewBeforePercentage`).
+    Percentage(u8),
+    /// Neither given: renew when 2/3 of the lifetime has passed.
+    Default,
+}
+
+impl RenewBefore {
+    /// The renewal policy of a spec: renewBefore, else renewBeforePercentage, else the default.
+    pub fn from_spec(renew_before: Option<std::time::Duration>, percentage: Option<i32>) -> RenewBefore {
+        match (renew_before, percentage) {
+            (Some(d), _) => RenewBefore::Duration(d),
+            (None, Some(p)) => RenewBefore::Percentage(p.clamp(1, 99) as u8),
+            (None, None) => RenewBefore::Default,
+        }
+    }
+}
+
+/// When to renew a certificate valid from `not_before` to `not_after`: `renew_before` ahead of expiry,
+/// computed on the lifetime actually issued (a CA may shorten the requested duration).
+///
+/// A renewBefore as long as the lifetime or longer would renew at once, forever; it is clamped to the
+/// default (1/3 of the lifetime before expiry) instead. A certificate with no lifetime renews at expiry.
+pub fn renewal_time(not_before: Timestamp, not_after: Timestamp, renew_before: RenewBefore) -> Timestamp {
+    let lifetime = not_after.duration_since(not_before);
+    if lifetime <= SignedDuration::ZERO {
+        return not_after;
+    }
+    let default = lifetime / 3;
+    let before = match renew_before {
+        RenewBefore::Default => default,
+        RenewBefore::Percentage(p) => {
+            SignedDuration::from_secs_f64(lifetime.as_secs_f64() * f64::from(p.clamp(1, 99)) / 100.0)
+        }
+        RenewBefore::Duration(d) => match SignedDuration::try_from(d) {
+            Ok(d) if d < lifetime => d,
+            _ => default,
+        },
+    };
+    // Whole seconds: status fields and Kubernetes times have no sub-second part.
+    let at = not_after - before;
+    Timestamp::from_second(at.as_second()).unwrap_or(at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn renewal_time_follows_the_policy_table() {
+        let hour = Duration::from_secs(3600);
+        // (case, notBefore, notAfter, policy, expected renewal)
+        let cases = [
+            (
+                "default renews at two thirds of a 24h lifetime",
+                "2026-01-01T00:00:00Z",
+                "2026-01-02T00:00:00Z",
+                RenewBefore::Default,
+                "2026-01-01T16:00:00Z",
+            ),
+            (
+                "default renews at two thirds of a 90d lifetime",
+                "2026-01-01T00:00:00Z",
+                "2026-04-01T00:00:00Z",
+                RenewBefore::Default,
+                "2026-03-02T00:00:00Z",
+            ),
+            (
+                "renewBefore 8h renews 8h before expiry",
+                "2026-01-01T00:00:00Z",
+                "2026-01-02T00:00:00Z",
+                RenewBefore::Duration(8 * hour),
+                "2026-01-01T16:00:00Z",
+            ),
+            (
+                "renewBefore 1h renews 1h before expiry",
+                "2026-01-01T00:00:00Z",
+                "2026-01-02T00:00:00Z",
+                RenewBefore::Duration(hour),
+                "2026-01-01T23:00:00Z",
+            ),
+            (
+                "renewBefore equal to the lifetime is clamped to the default",
+                "2026-01-01T00:00:00Z",
+                "2026-01-02T00:00:00Z",
+                RenewBefore::Duration(24 * hour),
+                "2026-01-01T16:00:00Z",
+            ),
+            (
+                "renewBefore longer than the lifetime is clamped to the default",
+                "2026-01-01T00:00:00Z",
+                "2026-01-02T00:00:00Z",
+                RenewBefore::Duration(720 * hour),
+                "2026-01-01T16:00:00Z",
+            ),
+            (
+                "percentage 50 renews at half the lifetime",
+                "2026-01-01T00:00:00Z",
+                "2026-01-02T00:00:00Z",
+                RenewBefore::Percentage(50),
+                "2026-01-01T12:00:00Z",
+            ),
+            (
+                "percentage 10 renews at 90 percent of the lifetime",
+                "2026-01-01T00:00:00Z",
+                "2026-01-11T00:00:00Z",
+                RenewBefore::Percentage(10),
+                "2026-01-10T00:00:00Z",
+            ),
+            (
+                "a zero lifetime renews at expiry",
+                "2026-01-01T00:00:00Z",
+                "2026-01-01T00:00:00Z",
+                RenewBefore::Default,
+                "2026-01-01T00:00:00Z",
+            ),
+            (
+                "an inverted validity renews at expiry",
+                "2026-01-02T00:00:00Z",
+                "2026-01-01T00:00:00Z",
+                RenewBefore::Default,
+                "2026-01-01T00:00:00Z",
+            ),
+            (
+                "a short-lived 5m certificate renews after 3m20s",
+                "2026-01-01T00:00:00Z",
+                "2026-01-01T00:05:00Z",
+                RenewBefore::Default,
+                "2026-01-01T00:03:20Z",
+            ),
+        ];
+        for (case, nb, na, policy, want) in cases {
+            assert_eq!(renewal_time(ts(nb), ts(na), policy), ts(want), "{case}");
+        }
+    }
+
+    #[test]
+    fn renew_before_is_taken_from_the_spec_in_order_of_precedence() {
+        let d = Duration::from_secs(60);
+        assert_eq!(RenewBefore::from_spec(Some(d), Some(10)), RenewBefore::Duration(d));
+        assert_eq!(RenewBefore::from_spec(None, Some(10)), RenewBefore::Percentage(10));
+        assert_eq!(RenewBefore::from_spec(None, Some(150)), RenewBefore::Percentage(99));
+        assert_eq!(RenewBefore::from_spec(None, None), RenewBefore::Default);
+    }
+}

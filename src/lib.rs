@@ -1,0 +1,10 @@
+//! kacme: a Kubernetes operator that issues workload certificates over ACME from a private CA.
+//!
+//! Layers: [`api`] (the CRD types), [`pki`] and [`decision`] (pure logic, no I/O), [`solver`] (the
+//! HTTP-01 server of solver Pods).
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod decision;
+pub mod pki;
+pub mod solver;
