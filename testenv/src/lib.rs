@@ -1,0 +1,2 @@
+//! Real test infrastructure for kacme, on loopback only.
+#![forbid(unsafe_code)]
