@@ -1,0 +1,38 @@
+//! Desired state: pure builders of the objects and status the Certificate controller writes.
+//!
+//! Everything here is a function of plain values (the Certificate, the issuer's spec, an ACME challenge,
+//! the time as a parameter) and never touches a client, a clock or the network. The controller applies
+//! what these functions return and deletes labelled leftovers it did not build.
+//!
+//! - [`select_solver`]: which of an issuer's solvers serves an identifier, with cert-manager's precedence.
+//! - [`solver_name`], [`token_hash`], [`certificate_label_value`], [`next_key_secret_name`]: deterministic,
+//!   valid names and label values.
+//! - [`build_solver_pod`], [`build_solver_service`], [`build_solver_ingress`]: the transient HTTP-01
+//!   solver objects of one challenge.
+//! - [`build_certificate_secret`], [`build_next_key_secret`]: the Certificate's Secret and the Secret
+//!   that holds the private key of an issuance in progress.
+//! - [`set_condition`], [`remove_condition`], [`status_changed`]: status conditions, written only when
+//!   something meaningful changed.
+//! - [`requeue_at`]: the renewal requeue time with a per-Certificate jitter.
+
+#![warn(missing_docs)]
+
+mod conditions;
+mod names;
+mod requeue;
+mod secret;
+mod solver_objects;
+mod solver_selection;
+
+pub use conditions::{ConditionStatus, remove_condition, set_condition, status_changed};
+pub use names::{certificate_label_value, next_key_secret_name, solver_name, token_hash};
+pub use requeue::requeue_at;
+pub use secret::{build_certificate_secret, build_next_key_secret};
+pub use solver_objects::{
+    SOLVER_CONTAINER_NAME, SOLVER_PORT, SOLVER_PORT_NAME, SOLVER_USER_ID, SolverContext, build_solver_ingress,
+    build_solver_pod, build_solver_service, default_solver_resources, solver_selector_labels,
+};
+pub use solver_selection::select_solver;
+
+#[cfg(test)]
+mod testing;
