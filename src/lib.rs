@@ -4,7 +4,10 @@
 //! HTTP-01 server of solver Pods).
 #![forbid(unsafe_code)]
 
+pub mod acme;
 pub mod api;
+pub mod controller;
 pub mod decision;
+pub mod desired;
 pub mod pki;
 pub mod solver;

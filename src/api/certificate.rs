@@ -326,9 +326,14 @@ pub struct AuthorizationStatus {
     /// The HTTP-01 token (public; the key authorization is derived from the account key).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
-    /// The authorization state: pending, valid, invalid, deactivated, expired or revoked.
+    /// Where kacme stands with the authorization: pending (nothing presented yet), presented (the solver
+    /// is being set up), submitted (the CA is validating), valid, invalid, or gone (expired, revoked or
+    /// deactivated at the CA).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<String>,
+    /// When the challenge was first presented.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presented_at: Option<Time>,
     /// Name shared by the solver Pod, Service and Ingress of this authorization, while they exist.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub solver_name: Option<String>,

@@ -1,0 +1,177 @@
+//! ACME accounts: registered or loaded from a key that can live in a Secret.
+
+use super::error::AcmeError;
+use super::http::{CaTrust, MeteredHttp};
+use super::observe::{AcmeAction, AcmeObserver, labelled};
+use instant_acme::{Account, ExternalAccountKey, Key, NewAccount};
+use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use std::sync::Arc;
+
+/// Where and how to hold an ACME account.
+#[derive(Clone, Debug)]
+pub struct AccountSpec {
+    /// The ACME directory URL.
+    pub directory_url: String,
+    /// Contact email, registered as `mailto:` (optional).
+    pub email: Option<String>,
+    /// External Account Binding for CAs that require it.
+    pub external_account: Option<ExternalAccountBinding>,
+    /// How to trust the CA's TLS certificate.
+    pub trust: CaTrust,
+}
+
+/// External Account Binding credentials. `Debug` never shows the HMAC key.
+#[derive(Clone)]
+pub struct ExternalAccountBinding {
+    pub key_id: String,
+    /// The raw HMAC key (CAs hand it out base64url-encoded; decode it first, see [`decode_eab_hmac_key`]).
+    pub hmac_key: Vec<u8>,
+}
+
+impl std::fmt::Debug for ExternalAccountBinding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExternalAccountBinding").field("key_id", &self.key_id).finish_non_exhaustive()
+    }
+}
+
+/// Decodes an EAB HMAC key as CAs hand it out: base64url without padding (padded and standard base64
+/// are accepted too).
+pub fn decode_eab_hmac_key(text: &str) -> Result<Vec<u8>, AcmeError> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE, URL_SAFE_NO_PAD};
+    let text = text.trim();
+    URL_SAFE_NO_PAD
+        .decode(text)
+        .or_else(|_| URL_SAFE.decode(text))
+        .or_else(|_| STANDARD.decode(text))
+        .map_err(|_| AcmeError::fatal(AcmeAction::Account, "the EAB HMAC key is not base64url text"))
+}
+
+/// An ACME account key as stored in a Secret: a PKCS#8 PEM ECDSA P-256 key. `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AccountKey(String);
+
+impl std::fmt::Debug for AccountKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AccountKey(..)")
+    }
+}
+
+impl AccountKey {
+    /// Takes a PEM key read from a Secret.
+    pub fn from_pem(pem: impl Into<String>) -> AccountKey {
+        AccountKey(pem.into())
+    }
+
+    /// The key as PEM, to store in a Secret. Secret: never log it.
+    pub fn pem(&self) -> &str {
+        &self.0
+    }
+
+    fn from_pkcs8(der: &PrivatePkcs8KeyDer<'_>) -> AccountKey {
+        let config = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+        AccountKey(pem::encode_config(&pem::Pem::new("PRIVATE KEY", der.secret_pkcs8_der().to_vec()), config))
+    }
+
+    fn pkcs8(&self) -> Result<PrivatePkcs8KeyDer<'static>, AcmeError> {
+        let unusable = || {
+            AcmeError::fatal(
+                AcmeAction::Account,
+                "the stored account key is not a PEM PKCS#8 (\"PRIVATE KEY\") ECDSA P-256 key, the only kind kacme uses",
+            )
+        };
+        let block = pem::parse(&self.0).map_err(|_| unusable())?;
+        if block.tag() != "PRIVATE KEY" {
+            return Err(unusable());
+        }
+        Ok(PrivatePkcs8KeyDer::from(block.into_contents()))
+    }
+}
+
+/// A registered ACME account, ready to place orders. Cheap to clone; share it between orders.
+#[derive(Clone)]
+pub struct AcmeAccount {
+    pub(crate) inner: Account,
+    uri: String,
+}
+
+impl std::fmt::Debug for AcmeAccount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AcmeAccount").field("uri", &self.uri).finish_non_exhaustive()
+    }
+}
+
+/// The outcome of [`AcmeAccount::register`].
+#[derive(Debug)]
+pub struct Registration {
+    pub account: AcmeAccount,
+    /// The account key; when `key_is_new`, the caller must store it (in the Secret named by the issuer).
+    pub key: AccountKey,
+    pub key_is_new: bool,
+}
+
+impl AcmeAccount {
+    /// Registers an account (a new key, with the spec's email and EAB) or, given a stored key, loads the
+    /// account of that key, registering it again if the CA no longer knows it.
+    pub async fn register(
+        spec: &AccountSpec,
+        stored_key: Option<&AccountKey>,
+        observer: Arc<dyn AcmeObserver>,
+    ) -> Result<Registration, AcmeError> {
+        let http = MeteredHttp::new(&spec.trust, &spec.directory_url, observer)
+            .map_err(|message| AcmeError::fatal(AcmeAction::Directory, message))?;
+        let builder = Account::builder_with_http(Box::new(http));
+        let contact = spec.email.as_ref().map(|e| format!("mailto:{e}"));
+        let contacts: Vec<&str> = contact.iter().map(String::as_str).collect();
+        let classify = |e| AcmeError::classify(AcmeAction::Account, e);
+        let (account, key, key_is_new) = match stored_key {
+            None => {
+                let eab =
+                    spec.external_account.as_ref().map(|e| ExternalAccountKey::new(e.key_id.clone(), &e.hmac_key));
+                let new_account =
+                    NewAccount { contact: &contacts, terms_of_service_agreed: true, only_return_existing: false };
+                let (account, credentials) = labelled(
+                    AcmeAction::Account,
+                    builder.create(&new_account, spec.directory_url.clone(), eab.as_ref()),
+                )
+                .await
+                .map_err(classify)?;
+                (account, AccountKey::from_pkcs8(credentials.private_key()), true)
+            }
+            Some(stored) => {
+                let der = stored.pkcs8()?;
+                let key = Key::from_pkcs8_der(der.clone_key()).map_err(|_| {
+                    AcmeError::fatal(AcmeAction::Account, "the stored account key is not an ECDSA P-256 key")
+                })?;
+                let (account, _) = labelled(
+                    AcmeAction::Account,
+                    builder.create_from_key((key, PrivateKeyDer::Pkcs8(der)), spec.directory_url.clone()),
+                )
+                .await
+                .map_err(classify)?;
+                (account, stored.clone(), false)
+            }
+        };
+        let uri = account.id().to_string();
+        Ok(Registration { account: AcmeAccount { inner: account, uri }, key, key_is_new })
+    }
+
+    /// The account URI at the CA.
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    /// Sets the account's contact email (for example after the issuer's email changed).
+    pub async fn update_contact(&self, email: Option<&str>) -> Result<(), AcmeError> {
+        let contact = email.map(|e| format!("mailto:{e}"));
+        let contacts: Vec<&str> = contact.iter().map(String::as_str).collect();
+        labelled(AcmeAction::Account, self.inner.update_contacts(&contacts))
+            .await
+            .map_err(|e| AcmeError::classify(AcmeAction::Account, e))
+    }
+
+    /// The key authorization of an HTTP-01 token for this account.
+    pub fn key_authorization(&self, token: &str) -> String {
+        format!("{token}.{}", self.inner.key_thumbprint())
+    }
+}

@@ -1,0 +1,162 @@
+//! The HTTP client under instant-acme: TLS trust from the issuer's CA bundle (every certificate of it),
+//! request timeouts, and a metrics hook on every request.
+
+use super::observe::{AcmeAction, AcmeObserver, AcmeOutcome, CURRENT_ACTION};
+use bytes::Bytes;
+use http::{Method, Request};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use instant_acme::{BodyWrapper, BytesResponse, HttpClient};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How to trust the ACME server's TLS certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CaTrust {
+    /// The operating system's trust store.
+    System,
+    /// Every certificate of this bundle (DER) is a trust anchor: a private CA is in no system store, and
+    /// its bundle may hold a root and intermediates.
+    Bundle(Vec<Vec<u8>>),
+    /// No verification at all. For throwaway test CAs only.
+    InsecureSkipVerify,
+}
+
+/// Limits of one HTTP request to the CA.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An instant-acme HTTP client that trusts what the issuer says and reports every request.
+pub(crate) struct MeteredHttp {
+    client: Client<HttpsConnector<HttpConnector>, BodyWrapper<Bytes>>,
+    directory_url: String,
+    observer: Arc<dyn AcmeObserver>,
+}
+
+impl MeteredHttp {
+    pub(crate) fn new(
+        trust: &CaTrust,
+        directory_url: &str,
+        observer: Arc<dyn AcmeObserver>,
+    ) -> Result<MeteredHttp, String> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let builder = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS configuration: {e}"))?;
+        let config = match trust {
+            CaTrust::Bundle(certificates) => {
+                let mut roots = RootCertStore::empty();
+                for (index, der) in certificates.iter().enumerate() {
+                    roots
+                        .add(CertificateDer::from(der.clone()))
+                        .map_err(|e| format!("certificate {index} of the CA bundle cannot be trusted: {e}"))?;
+                }
+                builder.with_root_certificates(roots).with_no_client_auth()
+            }
+            CaTrust::System => {
+                let mut roots = RootCertStore::empty();
+                let native = rustls_native_certs::load_native_certs();
+                let (added, _) = roots.add_parsable_certificates(native.certs);
+                if added == 0 {
+                    return Err("no system CA certificates found; give the issuer a caBundle".into());
+                }
+                builder.with_root_certificates(roots).with_no_client_auth()
+            }
+            CaTrust::InsecureSkipVerify => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
+                .with_no_client_auth(),
+        };
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        http.set_nodelay(true);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(config)
+            .https_only()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(https);
+        Ok(MeteredHttp { client, directory_url: directory_url.to_string(), observer })
+    }
+}
+
+impl HttpClient for MeteredHttp {
+    fn request(
+        &self,
+        request: Request<BodyWrapper<Bytes>>,
+    ) -> Pin<Box<dyn Future<Output = Result<BytesResponse, instant_acme::Error>> + Send>> {
+        let action = if request.method() == Method::HEAD {
+            AcmeAction::Nonce
+        } else if request.method() == Method::GET && request.uri() == self.directory_url.as_str() {
+            AcmeAction::Directory
+        } else {
+            CURRENT_ACTION.try_with(|action| *action).unwrap_or(AcmeAction::Directory)
+        };
+        let started = Instant::now();
+        let response = self.client.request(request);
+        let observer = self.observer.clone();
+        Box::pin(async move {
+            let result = tokio::time::timeout(REQUEST_TIMEOUT, response).await;
+            let outcome = match &result {
+                Ok(Ok(response)) => AcmeOutcome::from_status(response.status().as_u16()),
+                _ => AcmeOutcome::NetworkError,
+            };
+            observer.request_finished(action, outcome, started.elapsed());
+            match result {
+                Ok(Ok(response)) => Ok(BytesResponse::from(response)),
+                Ok(Err(error)) => Err(instant_acme::Error::Other(Box::new(error))),
+                Err(_) => {
+                    Err(instant_acme::Error::Other(format!("no answer from the CA within {REQUEST_TIMEOUT:?}").into()))
+                }
+            }
+        })
+    }
+}
+
+/// Accepts any server certificate, but still checks handshake signatures. Only for `skipTLSVerify`.
+#[derive(Debug)]
+struct AcceptAnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}

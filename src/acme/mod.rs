@@ -1,0 +1,42 @@
+//! The ACME engine: accounts, orders as resumable state machines, HTTP-01 through a solver trait, error
+//! classification and metrics hooks. It knows nothing of Kubernetes.
+//!
+//! A whole issuance in a few lines:
+//!
+//! ```no_run
+//! # async fn example(solver: impl kacme::acme::ChallengeSolver) -> Result<(), Box<dyn std::error::Error>> {
+//! use kacme::acme::{AccountSpec, AcmeAccount, CaTrust, IssueOptions, NoObserver, issue};
+//! use kacme::pki::{CsrRequest, KeySpec, generate_private_key};
+//! use std::sync::Arc;
+//!
+//! let spec = AccountSpec {
+//!     directory_url: "https://ca.internal/acme/acme/directory".into(),
+//!     email: None,
+//!     external_account: None,
+//!     trust: CaTrust::Bundle(kacme::pki::parse_ca_bundle(&std::fs::read("root_ca.crt")?)?),
+//! };
+//! let account = AcmeAccount::register(&spec, None, Arc::new(NoObserver)).await?.account;
+//! let key = generate_private_key(&KeySpec::from_spec(None))?;
+//! let request = CsrRequest { dns_names: vec!["app.internal".into()], ..Default::default() };
+//! let chain_pem = issue(&account, &request, &key, &solver, &IssueOptions::default()).await?.chain_pem;
+//! # Ok(()) }
+//! ```
+
+mod account;
+mod error;
+mod http;
+mod issue;
+mod observe;
+mod order;
+mod selfcheck;
+
+pub use account::{AccountKey, AccountSpec, AcmeAccount, ExternalAccountBinding, Registration, decode_eab_hmac_key};
+pub use error::{AcmeError, PROBLEM_PREFIX, ProblemDetail, Retry};
+pub use http::CaTrust;
+pub use issue::{IssueOptions, Issued, issue, issue_with};
+pub use observe::{AcmeAction, AcmeObserver, AcmeOutcome, NoObserver, RequestCounter};
+pub use order::{
+    Advance, AdvanceOptions, AuthorizationProgress, AuthorizationStep, ChallengeSolver, Http01Challenge, OrderProgress,
+    OrderSession, OrderState, Presentation, SolverError, challenges_with_solvers, order_identifiers,
+};
+pub use selfcheck::SelfCheck;

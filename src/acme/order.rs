@@ -1,0 +1,574 @@
+//! The ACME order as a resumable state machine.
+//!
+//! [`OrderSession::advance`] moves an order as far as it can without waiting: it presents challenges
+//! through a [`ChallengeSolver`], tells the CA they are ready, finalizes with the caller's CSR and
+//! downloads the chain. Where it must wait (a solver not up yet, the CA validating or signing), it returns
+//! [`Advance::Wait`]. Its position is [`OrderProgress`], a plain serialisable value: a new process resumes
+//! an order from it with [`OrderSession::resume`] instead of creating a new one.
+
+use super::account::AcmeAccount;
+use super::error::AcmeError;
+use super::observe::{AcmeAction, labelled};
+use super::selfcheck::SelfCheck;
+use instant_acme::{AuthorizationStatus, ChallengeType, Identifier, NewOrder, Order, OrderStatus, RetryPolicy};
+use serde::{Deserialize, Serialize};
+use std::future::Future;
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime};
+
+/// One HTTP-01 challenge to serve: `GET http://<identifier>/.well-known/acme-challenge/<token>` must
+/// answer `key_authorization`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Http01Challenge {
+    /// The DNS name or IP address being validated.
+    pub identifier: String,
+    pub token: String,
+    pub key_authorization: String,
+    /// The authorization URL (unique per challenge of an order).
+    pub authorization_url: String,
+}
+
+/// Whether a solver is serving a challenge yet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Presentation {
+    /// Serving: the CA may validate now.
+    Ready,
+    /// Being set up (for example a solver Pod starting); the message says what is awaited.
+    NotReady(String),
+}
+
+/// A failure of a solver; always worth retrying.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SolverError(pub String);
+
+/// Serves HTTP-01 challenges. Both methods must be idempotent: they are called again after restarts.
+pub trait ChallengeSolver: Sync {
+    /// Makes the challenge answerable (or checks on it) and says whether it is served yet.
+    fn present(&self, challenge: &Http01Challenge) -> impl Future<Output = Result<Presentation, SolverError>> + Send;
+    /// Stops serving the challenge and removes what `present` made.
+    fn cleanup(&self, challenge: &Http01Challenge) -> impl Future<Output = Result<(), SolverError>> + Send;
+}
+
+/// Where an order stands, as the CA last said (`pending`, `ready`, `processing`, `valid`, `invalid`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum OrderState {
+    Pending,
+    Ready,
+    Processing,
+    Valid,
+    Invalid,
+}
+
+impl OrderState {
+    fn from_acme(status: OrderStatus) -> OrderState {
+        match status {
+            OrderStatus::Pending => OrderState::Pending,
+            OrderStatus::Ready => OrderState::Ready,
+            OrderStatus::Processing => OrderState::Processing,
+            OrderStatus::Valid => OrderState::Valid,
+            OrderStatus::Invalid => OrderState::Invalid,
+        }
+    }
+
+    /// The RFC 8555 name of the state.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderState::Pending => "pending",
+            OrderState::Ready => "ready",
+            OrderState::Processing => "processing",
+            OrderState::Valid => "valid",
+            OrderState::Invalid => "invalid",
+        }
+    }
+}
+
+/// Where kacme stands with one authorization.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum AuthorizationStep {
+    /// The CA waits for the challenge; nothing presented yet.
+    Pending,
+    /// The solver was asked to serve the challenge; not yet announced to the CA.
+    Presented,
+    /// The CA was told the challenge is ready and is validating.
+    Submitted,
+    /// The CA validated the identifier.
+    Valid,
+    /// Validation failed (final).
+    Invalid,
+    /// Expired, revoked or deactivated at the CA (final).
+    Gone,
+}
+
+/// The position of one authorization of an order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthorizationProgress {
+    pub identifier: String,
+    pub url: String,
+    pub challenge_url: Option<String>,
+    pub token: Option<String>,
+    pub step: AuthorizationStep,
+    /// When the challenge was first presented (seconds since the epoch), for the self-check deadline.
+    pub presented_at: Option<u64>,
+    /// The last message: what the solver awaits, or the CA's reason for an invalid challenge.
+    pub message: Option<String>,
+}
+
+impl AuthorizationProgress {
+    /// Whether solver objects may exist for this authorization.
+    pub fn solver_may_exist(&self) -> bool {
+        matches!(self.step, AuthorizationStep::Presented | AuthorizationStep::Submitted)
+    }
+}
+
+/// The position of an order: everything needed to resume it in another process.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderProgress {
+    pub url: String,
+    pub state: OrderState,
+    /// The identifiers of the order, DNS names then IP addresses, as the CSR must carry them.
+    pub identifiers: Vec<String>,
+    pub authorizations: Vec<AuthorizationProgress>,
+}
+
+/// Options of [`OrderSession::advance`].
+#[derive(Clone, Debug)]
+pub struct AdvanceOptions {
+    /// Check that each challenge answers over HTTP before telling the CA (optional).
+    pub self_check: Option<SelfCheck>,
+    /// How long `advance` may wait in place for the CA (validation, signing) before returning
+    /// [`Advance::Wait`]; zero returns at once.
+    pub max_wait: Duration,
+}
+
+impl Default for AdvanceOptions {
+    fn default() -> Self {
+        AdvanceOptions { self_check: None, max_wait: Duration::from_secs(5) }
+    }
+}
+
+/// What happened in one [`OrderSession::advance`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Advance {
+    /// Call `advance` again after `after`; `reason` says what is awaited.
+    Wait { after: Duration, reason: String },
+    /// The certificate chain (PEM, leaf first).
+    Issued(String),
+}
+
+/// An order in progress, with its instant-acme handle.
+pub struct OrderSession {
+    order: Order,
+    progress: OrderProgress,
+    fresh: bool,
+}
+
+impl std::fmt::Debug for OrderSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OrderSession").field("progress", &self.progress).finish_non_exhaustive()
+    }
+}
+
+/// The identifiers of an order: DNS names then IP addresses, in the order given.
+pub fn order_identifiers(dns_names: &[String], ip_addresses: &[IpAddr]) -> Vec<Identifier> {
+    dns_names
+        .iter()
+        .map(|name| Identifier::Dns(name.clone()))
+        .chain(ip_addresses.iter().map(|ip| Identifier::Ip(*ip)))
+        .collect()
+}
+
+fn identifier_text(identifier: &Identifier) -> String {
+    match identifier {
+        Identifier::Dns(name) => name.clone(),
+        Identifier::Ip(ip) => ip.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn now_seconds() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
+}
+
+impl OrderSession {
+    /// Places a new order for exactly these identifiers and reads its authorizations.
+    pub async fn create(
+        account: &AcmeAccount,
+        dns_names: &[String],
+        ip_addresses: &[IpAddr],
+    ) -> Result<OrderSession, AcmeError> {
+        if dns_names.is_empty() && ip_addresses.is_empty() {
+            return Err(AcmeError::fatal(AcmeAction::Order, "an order needs at least one DNS name or IP address"));
+        }
+        if let Some(wildcard) = dns_names.iter().find(|n| n.starts_with("*.")) {
+            return Err(AcmeError::fatal(
+                AcmeAction::Order,
+                format!("{wildcard} is a wildcard name: only DNS-01 can validate it, and kacme solves HTTP-01"),
+            ));
+        }
+        let identifiers = order_identifiers(dns_names, ip_addresses);
+        let order = labelled(AcmeAction::Order, account.inner.new_order(&NewOrder::new(&identifiers)))
+            .await
+            .map_err(|e| AcmeError::classify(AcmeAction::Order, e))?;
+        let mut session = OrderSession {
+            progress: OrderProgress {
+                url: order.url().to_string(),
+                state: OrderState::Pending,
+                identifiers: identifiers.iter().map(identifier_text).collect(),
+                authorizations: Vec::new(),
+            },
+            order,
+            fresh: true,
+        };
+        session.progress.state = OrderState::from_acme(session.order.state().status);
+        session.progress.authorizations = session
+            .order
+            .state()
+            .authorizations
+            .iter()
+            .map(|a| AuthorizationProgress {
+                identifier: String::new(),
+                url: a.url.clone(),
+                challenge_url: None,
+                token: None,
+                step: AuthorizationStep::Pending,
+                presented_at: None,
+                message: None,
+            })
+            .collect();
+        Ok(session)
+    }
+
+    /// Picks up an order from its saved position (for example after a restart), without a new order.
+    pub async fn resume(account: &AcmeAccount, progress: OrderProgress) -> Result<OrderSession, AcmeError> {
+        let order = labelled(AcmeAction::Order, account.inner.order(progress.url.clone()))
+            .await
+            .map_err(|e| AcmeError::classify(AcmeAction::Order, e))?;
+        let mut session = OrderSession { order, progress, fresh: true };
+        session.progress.state = OrderState::from_acme(session.order.state().status);
+        Ok(session)
+    }
+
+    /// The order's current position: persist it after every `advance`.
+    pub fn progress(&self) -> &OrderProgress {
+        &self.progress
+    }
+
+    /// The challenges that may still have solver objects, for cleanup after a failure or a deletion.
+    pub fn challenges_to_clean_up(&self, account: &AcmeAccount) -> Vec<Http01Challenge> {
+        challenges_with_solvers(&self.progress, account)
+    }
+
+    /// Moves the order as far as it goes without waiting longer than `options.max_wait`.
+    ///
+    /// `csr_der` is the CSR to finalize with: its names must be exactly the order's identifiers, and the
+    /// caller must have stored its private key before calling (a crash must never lose the key of an
+    /// issued certificate). On a final error every solver object of the order has been cleaned up.
+    pub async fn advance<S: ChallengeSolver>(
+        &mut self,
+        account: &AcmeAccount,
+        solver: &S,
+        csr_der: &[u8],
+        options: &AdvanceOptions,
+    ) -> Result<Advance, AcmeError> {
+        let result = self.advance_inner(account, solver, csr_der, options).await;
+        if let Err(error) = &result
+            && !error.is_retryable()
+        {
+            self.clean_up_all(account, solver).await;
+        }
+        result
+    }
+
+    async fn advance_inner<S: ChallengeSolver>(
+        &mut self,
+        account: &AcmeAccount,
+        solver: &S,
+        csr_der: &[u8],
+        options: &AdvanceOptions,
+    ) -> Result<Advance, AcmeError> {
+        if !std::mem::take(&mut self.fresh) {
+            self.refresh().await?;
+        }
+        if self.progress.state == OrderState::Pending {
+            if let Some(wait) = self.work_on_authorizations(account, solver, options).await? {
+                return Ok(wait);
+            }
+            // Every authorization is submitted or valid: give the CA a moment to validate.
+            let policy = poll_policy(options.max_wait);
+            let polled = labelled(AcmeAction::Order, self.order.poll_ready(&policy)).await;
+            match polled {
+                Ok(status) => self.progress.state = OrderState::from_acme(status),
+                Err(instant_acme::Error::Timeout(_)) => {
+                    return Ok(Advance::Wait {
+                        after: Duration::from_millis(500),
+                        reason: "the CA is validating".into(),
+                    });
+                }
+                Err(error) => {
+                    // An order error usually means a failed authorization: report the CA's reason.
+                    let error = AcmeError::classify(AcmeAction::Order, error);
+                    if !error.is_retryable() {
+                        self.progress.state = OrderState::Invalid;
+                        self.fresh = false;
+                        return Err(self.invalid_order_error(account, solver, Some(error)).await);
+                    }
+                    return Err(error);
+                }
+            }
+        }
+        match self.progress.state {
+            OrderState::Pending => unreachable_wait("the order is still pending"),
+            OrderState::Invalid => Err(self.invalid_order_error(account, solver, None).await),
+            OrderState::Ready => {
+                self.clean_up_all(account, solver).await;
+                labelled(AcmeAction::Finalize, self.order.finalize_csr(csr_der))
+                    .await
+                    .map_err(|e| AcmeError::classify(AcmeAction::Finalize, e))?;
+                self.progress.state = OrderState::from_acme(self.order.state().status);
+                self.download(options).await
+            }
+            OrderState::Processing | OrderState::Valid => {
+                self.clean_up_all(account, solver).await;
+                self.download(options).await
+            }
+        }
+    }
+
+    async fn refresh(&mut self) -> Result<(), AcmeError> {
+        let state = labelled(AcmeAction::Order, self.order.refresh())
+            .await
+            .map_err(|e| AcmeError::classify(AcmeAction::Order, e))?;
+        self.progress.state = OrderState::from_acme(state.status);
+        Ok(())
+    }
+
+    /// Presents and submits every pending authorization; `Some(wait)` when one is not ready yet.
+    async fn work_on_authorizations<S: ChallengeSolver>(
+        &mut self,
+        account: &AcmeAccount,
+        solver: &S,
+        options: &AdvanceOptions,
+    ) -> Result<Option<Advance>, AcmeError> {
+        let mut waits = Vec::new();
+        let mut authorizations = self.order.authorizations();
+        while let Some(handle) = labelled(AcmeAction::Authorization, authorizations.next()).await {
+            let mut handle = handle.map_err(|e| AcmeError::classify(AcmeAction::Authorization, e))?;
+            let url = handle.url().to_string();
+            let identifier = handle.identifier().to_string();
+            let index = match self.progress.authorizations.iter().position(|a| a.url == url) {
+                Some(index) => index,
+                None => {
+                    self.progress.authorizations.push(AuthorizationProgress {
+                        identifier: identifier.clone(),
+                        url: url.clone(),
+                        challenge_url: None,
+                        token: None,
+                        step: AuthorizationStep::Pending,
+                        presented_at: None,
+                        message: None,
+                    });
+                    self.progress.authorizations.len() - 1
+                }
+            };
+            let entry = &mut self.progress.authorizations[index];
+            entry.identifier = identifier.clone();
+            match handle.status {
+                AuthorizationStatus::Valid => {
+                    if entry.solver_may_exist() {
+                        cleanup_quietly(solver, &challenge_of(entry, account)).await;
+                    }
+                    entry.step = AuthorizationStep::Valid;
+                    entry.message = None;
+                    continue;
+                }
+                AuthorizationStatus::Invalid => {
+                    let detail = handle
+                        .challenges
+                        .iter()
+                        .find_map(|c| c.error.as_ref())
+                        .map(|p| super::error::ProblemDetail::from_problem(p).to_string());
+                    entry.step = AuthorizationStep::Invalid;
+                    entry.message = Some(detail.unwrap_or_else(|| "the CA marked the authorization invalid".into()));
+                    continue;
+                }
+                AuthorizationStatus::Pending => {}
+                other => {
+                    entry.step = AuthorizationStep::Gone;
+                    entry.message = Some(format!("the authorization is {other:?} at the CA"));
+                    continue;
+                }
+            }
+            if handle.wildcard {
+                return Err(AcmeError::fatal(
+                    AcmeAction::Authorization,
+                    format!("*.{identifier} is a wildcard name: only DNS-01 can validate it, and kacme solves HTTP-01"),
+                ));
+            }
+            if entry.step == AuthorizationStep::Submitted {
+                continue;
+            }
+            let offered: Vec<String> = handle.challenges.iter().map(|c| format!("{:?}", c.r#type)).collect();
+            let Some(mut challenge) = handle.challenge(ChallengeType::Http01) else {
+                return Err(AcmeError::fatal(
+                    AcmeAction::Authorization,
+                    format!("the CA offers no HTTP-01 challenge for {identifier} (it offers {})", offered.join(", ")),
+                ));
+            };
+            entry.challenge_url = Some(challenge.url.clone());
+            entry.token = Some(challenge.token.clone());
+            let http01 = challenge_of(entry, account);
+            let presentation = solver.present(&http01).await;
+            if entry.presented_at.is_none() {
+                entry.presented_at = Some(now_seconds());
+            }
+            entry.step = AuthorizationStep::Presented;
+            match presentation {
+                Ok(Presentation::Ready) => {}
+                Ok(Presentation::NotReady(reason)) => {
+                    entry.message = Some(reason.clone());
+                    waits.push(format!("{identifier}: {reason}"));
+                    continue;
+                }
+                Err(error) => {
+                    entry.message = Some(error.0.clone());
+                    waits.push(format!("{identifier}: {error}"));
+                    continue;
+                }
+            }
+            if let Some(check) = &options.self_check
+                && let Err(problem) = check.check(&http01).await
+            {
+                let since = Duration::from_secs(now_seconds().saturating_sub(entry.presented_at.unwrap_or(0)));
+                if since >= check.deadline {
+                    return Err(AcmeError::fatal(
+                        AcmeAction::Challenge,
+                        format!("self-check of {identifier} failed for {since:?}: {problem}"),
+                    ));
+                }
+                entry.message = Some(format!("self-check: {problem}"));
+                waits.push(format!("{identifier}: self-check: {problem}"));
+                continue;
+            }
+            labelled(AcmeAction::Challenge, challenge.set_ready())
+                .await
+                .map_err(|e| AcmeError::classify(AcmeAction::Challenge, e))?;
+            entry.step = AuthorizationStep::Submitted;
+            entry.message = None;
+        }
+        if waits.is_empty() {
+            Ok(None)
+        } else {
+            Ok(Some(Advance::Wait { after: Duration::from_secs(1), reason: waits.join("; ") }))
+        }
+    }
+
+    async fn download(&mut self, options: &AdvanceOptions) -> Result<Advance, AcmeError> {
+        let policy = poll_policy(options.max_wait);
+        match labelled(AcmeAction::Certificate, self.order.poll_certificate(&policy)).await {
+            Ok(chain) => {
+                self.progress.state = OrderState::Valid;
+                Ok(Advance::Issued(chain))
+            }
+            Err(instant_acme::Error::Timeout(until)) => {
+                let after = until
+                    .map(|t| t.saturating_duration_since(std::time::Instant::now()))
+                    .unwrap_or(Duration::from_millis(500));
+                Ok(Advance::Wait { after, reason: "the CA is signing the certificate".into() })
+            }
+            Err(error) => Err(AcmeError::classify(AcmeAction::Certificate, error)),
+        }
+    }
+
+    /// The final error of an invalid order, with the CA's reasons for every failed authorization.
+    async fn invalid_order_error<S: ChallengeSolver>(
+        &mut self,
+        account: &AcmeAccount,
+        solver: &S,
+        order_error: Option<AcmeError>,
+    ) -> AcmeError {
+        // Read the authorizations once more to learn why they failed.
+        if self.progress.authorizations.iter().all(|a| a.step != AuthorizationStep::Invalid) {
+            let mut authorizations = self.order.authorizations();
+            while let Some(Ok(handle)) = labelled(AcmeAction::Authorization, authorizations.next()).await {
+                if handle.status != AuthorizationStatus::Invalid {
+                    continue;
+                }
+                let url = handle.url().to_string();
+                let detail = handle
+                    .challenges
+                    .iter()
+                    .find_map(|c| c.error.as_ref())
+                    .map(|p| super::error::ProblemDetail::from_problem(p).to_string());
+                if let Some(entry) = self.progress.authorizations.iter_mut().find(|a| a.url == url) {
+                    entry.step = AuthorizationStep::Invalid;
+                    entry.message = detail;
+                }
+            }
+        }
+        self.clean_up_all(account, solver).await;
+        let reasons: Vec<String> = self
+            .progress
+            .authorizations
+            .iter()
+            .filter(|a| a.step == AuthorizationStep::Invalid)
+            .map(|a| format!("{}: {}", a.identifier, a.message.as_deref().unwrap_or("invalid")))
+            .collect();
+        let mut error = order_error.unwrap_or_else(|| AcmeError::fatal(AcmeAction::Order, "the order is invalid"));
+        error.retry = super::error::Retry::Never;
+        if !reasons.is_empty() {
+            error.message = format!("the order is invalid: {}", reasons.join("; "));
+        }
+        error
+    }
+
+    async fn clean_up_all<S: ChallengeSolver>(&mut self, account: &AcmeAccount, solver: &S) {
+        let validated = matches!(self.progress.state, OrderState::Ready | OrderState::Processing | OrderState::Valid);
+        for entry in self.progress.authorizations.iter_mut().filter(|a| a.solver_may_exist()) {
+            cleanup_quietly(solver, &challenge_of(entry, account)).await;
+            entry.step = match entry.step {
+                AuthorizationStep::Submitted if validated => AuthorizationStep::Valid,
+                AuthorizationStep::Submitted => AuthorizationStep::Gone,
+                _ => AuthorizationStep::Pending,
+            };
+        }
+    }
+}
+
+fn unreachable_wait(reason: &str) -> Result<Advance, AcmeError> {
+    Ok(Advance::Wait { after: Duration::from_millis(500), reason: reason.to_string() })
+}
+
+fn poll_policy(max_wait: Duration) -> RetryPolicy {
+    RetryPolicy::new().initial_delay(Duration::from_millis(100)).backoff(1.5).timeout(max_wait)
+}
+
+fn challenge_of(entry: &AuthorizationProgress, account: &AcmeAccount) -> Http01Challenge {
+    let token = entry.token.clone().unwrap_or_default();
+    Http01Challenge {
+        identifier: entry.identifier.clone(),
+        key_authorization: account.key_authorization(&token),
+        token,
+        authorization_url: entry.url.clone(),
+    }
+}
+
+/// The challenges of an order position whose solver objects may still exist.
+pub fn challenges_with_solvers(progress: &OrderProgress, account: &AcmeAccount) -> Vec<Http01Challenge> {
+    progress
+        .authorizations
+        .iter()
+        .filter(|a| a.solver_may_exist() && a.token.is_some())
+        .map(|a| challenge_of(a, account))
+        .collect()
+}
+
+async fn cleanup_quietly<S: ChallengeSolver>(solver: &S, challenge: &Http01Challenge) {
+    if let Err(error) = solver.cleanup(challenge).await {
+        tracing::warn!(identifier = %challenge.identifier, %error, "cleaning up a solver failed; it will be retried");
+    }
+}

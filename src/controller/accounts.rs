@@ -1,0 +1,235 @@
+//! ACME accounts of Issuers and ClusterIssuers: the key in a Secret (generated when absent, never
+//! overwritten), registered at the CA once and shared by every order of the issuer.
+
+use super::Context;
+use super::error::{ReconcileError, is_conflict};
+use crate::acme::{
+    AccountKey, AccountSpec, AcmeAccount, AcmeAction, AcmeError, CaTrust, ExternalAccountBinding, decode_eab_hmac_key,
+};
+use crate::api::names::{LABEL_MANAGED_BY, MANAGED_BY, TLS_KEY};
+use crate::api::{AcmeIssuer, ClusterIssuer, Issuer, IssuerKind};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, ObjectMeta, PostParams};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+/// Default data key of an EAB HMAC key Secret (as in cert-manager).
+pub const EAB_SECRET_KEY: &str = "secret";
+
+/// An issuer as the Certificate reconciler needs it, whatever its kind.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IssuerInfo {
+    pub kind: IssuerKind,
+    pub name: String,
+    /// Where the issuer's Secrets live: the Issuer's namespace, or the cluster resource namespace.
+    pub secret_namespace: String,
+    pub acme: AcmeIssuer,
+    /// Whether the issuer's Ready condition is True.
+    pub ready: bool,
+    pub generation: Option<i64>,
+}
+
+impl IssuerInfo {
+    pub fn from_issuer(issuer: &Issuer) -> Option<IssuerInfo> {
+        Some(IssuerInfo {
+            kind: IssuerKind::Issuer,
+            name: issuer.metadata.name.clone()?,
+            secret_namespace: issuer.metadata.namespace.clone()?,
+            acme: issuer.spec.acme.clone(),
+            ready: is_ready(issuer.status.as_ref().map(|s| s.conditions.as_slice())),
+            generation: issuer.metadata.generation,
+        })
+    }
+
+    pub fn from_cluster_issuer(issuer: &ClusterIssuer, cluster_resource_namespace: &str) -> Option<IssuerInfo> {
+        Some(IssuerInfo {
+            kind: IssuerKind::ClusterIssuer,
+            name: issuer.metadata.name.clone()?,
+            secret_namespace: cluster_resource_namespace.to_string(),
+            acme: issuer.spec.acme.clone(),
+            ready: is_ready(issuer.status.as_ref().map(|s| s.conditions.as_slice())),
+            generation: issuer.metadata.generation,
+        })
+    }
+
+    /// `Issuer apps/step-ca` or `ClusterIssuer step-ca`, for messages.
+    pub fn describe(&self) -> String {
+        match self.kind {
+            IssuerKind::Issuer => format!("Issuer {}/{}", self.secret_namespace, self.name),
+            IssuerKind::ClusterIssuer => format!("ClusterIssuer {}", self.name),
+        }
+    }
+
+    /// The CA bundle as given (PEM, or base64 PEM), if any.
+    pub fn ca_bundle_pem(&self) -> Option<String> {
+        let bundle = self.acme.ca_bundle.as_deref()?;
+        let ders = crate::pki::parse_ca_bundle(bundle.as_bytes()).ok()?;
+        let config = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+        Some(ders.into_iter().map(|der| pem::encode_config(&pem::Pem::new("CERTIFICATE", der), config)).collect())
+    }
+}
+
+fn is_ready(conditions: Option<&[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]>) -> bool {
+    conditions.unwrap_or_default().iter().any(|c| c.type_ == "Ready" && c.status == "True")
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct CacheKey {
+    kind: IssuerKind,
+    namespace: String,
+    name: String,
+}
+
+/// Registered accounts, by issuer; an entry is reused while the issuer's spec and key are unchanged.
+#[derive(Default)]
+pub struct AccountCache {
+    entries: Mutex<HashMap<CacheKey, (String, AcmeAccount)>>,
+}
+
+impl AccountCache {
+    fn get(&self, key: &CacheKey, fingerprint: &str) -> Option<AcmeAccount> {
+        let entries = self.entries.lock().ok()?;
+        entries.get(key).filter(|(f, _)| f == fingerprint).map(|(_, account)| account.clone())
+    }
+
+    fn put(&self, key: CacheKey, fingerprint: String, account: AcmeAccount) {
+        if let Ok(mut entries) = self.entries.lock() {
+            entries.insert(key, (fingerprint, account));
+        }
+    }
+
+    /// Forgets an issuer's account (the issuer was deleted).
+    pub fn forget(&self, kind: IssuerKind, namespace: &str, name: &str) {
+        if let Ok(mut entries) = self.entries.lock() {
+            entries.remove(&CacheKey { kind, namespace: namespace.into(), name: name.into() });
+        }
+    }
+}
+
+/// Why an account could not be had; the reason is a CamelCase condition reason.
+#[derive(Debug)]
+pub struct AccountFailure {
+    pub reason: &'static str,
+    pub message: String,
+    pub error: ReconcileError,
+}
+
+impl AccountFailure {
+    fn new(reason: &'static str, error: ReconcileError) -> AccountFailure {
+        AccountFailure { reason, message: error.to_string(), error }
+    }
+}
+
+/// The account of an issuer: from the cache, or registered (loading or generating its key).
+pub async fn ensure_account(ctx: &Context, issuer: &IssuerInfo) -> Result<AcmeAccount, AccountFailure> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &issuer.secret_namespace);
+    let key_ref = &issuer.acme.private_key_secret_ref;
+    let key_name = key_ref.key.clone().unwrap_or_else(|| TLS_KEY.to_string());
+    let stored = secrets.get_opt(&key_ref.name).await.map_err(|e| {
+        AccountFailure::new(
+            "ErrReadAccountKey",
+            ReconcileError::kube(format!("reading Secret {}/{}", issuer.secret_namespace, key_ref.name), e),
+        )
+    })?;
+    let stored_key = match &stored {
+        Some(secret) => match secret.data.as_ref().and_then(|d| d.get(&key_name)) {
+            Some(value) => Some(AccountKey::from_pem(String::from_utf8_lossy(&value.0).into_owned())),
+            None => {
+                let message = format!(
+                    "Secret {}/{} exists but has no key {key_name:?}; kacme never overwrites it: add the account key or name another Secret",
+                    issuer.secret_namespace, key_ref.name
+                );
+                return Err(AccountFailure::new(
+                    "InvalidAccountKeySecret",
+                    AcmeError::fatal(AcmeAction::Account, message).into(),
+                ));
+            }
+        },
+        None => None,
+    };
+    let fingerprint = format!(
+        "{}|{}",
+        serde_json::to_string(&issuer.acme).unwrap_or_default(),
+        stored.as_ref().and_then(|s| s.metadata.resource_version.clone()).unwrap_or_default()
+    );
+    let cache_key =
+        CacheKey { kind: issuer.kind, namespace: issuer.secret_namespace.clone(), name: issuer.name.clone() };
+    if stored_key.is_some()
+        && let Some(account) = ctx.accounts.get(&cache_key, &fingerprint)
+    {
+        return Ok(account);
+    }
+
+    let spec = account_spec(ctx, issuer).await?;
+    let registration = AcmeAccount::register(&spec, stored_key.as_ref(), ctx.acme_observer.clone())
+        .await
+        .map_err(|e| AccountFailure::new("ErrRegisterACMEAccount", e.into()))?;
+    if registration.key_is_new {
+        let secret = Secret {
+            metadata: ObjectMeta {
+                name: Some(key_ref.name.clone()),
+                namespace: Some(issuer.secret_namespace.clone()),
+                labels: Some(BTreeMap::from([(LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string())])),
+                ..ObjectMeta::default()
+            },
+            type_: Some("Opaque".into()),
+            data: Some(BTreeMap::from([(key_name, ByteString(registration.key.pem().as_bytes().to_vec()))])),
+            ..Secret::default()
+        };
+        if let Err(error) = secrets.create(&PostParams::default(), &secret).await {
+            // Someone created it meanwhile: use theirs next time, never overwrite it.
+            let reason = if is_conflict(&error) { "AccountKeySecretRace" } else { "ErrStoreAccountKey" };
+            return Err(AccountFailure::new(
+                reason,
+                ReconcileError::kube(format!("creating Secret {}/{}", issuer.secret_namespace, key_ref.name), error),
+            ));
+        }
+        // The new Secret has a resourceVersion we do not know yet: the next lookup registers once more
+        // with the stored key (a cheap call returning the same account) and caches it.
+        return Ok(registration.account);
+    }
+    ctx.accounts.put(cache_key, fingerprint, registration.account.clone());
+    Ok(registration.account)
+}
+
+async fn account_spec(ctx: &Context, issuer: &IssuerInfo) -> Result<AccountSpec, AccountFailure> {
+    let acme = &issuer.acme;
+    let trust = if acme.skip_tls_verify == Some(true) {
+        CaTrust::InsecureSkipVerify
+    } else if let Some(bundle) = &acme.ca_bundle {
+        CaTrust::Bundle(crate::pki::parse_ca_bundle(bundle.as_bytes()).map_err(|e| {
+            AccountFailure::new(
+                "InvalidCABundle",
+                AcmeError::fatal(AcmeAction::Directory, format!("caBundle: {e}")).into(),
+            )
+        })?)
+    } else {
+        CaTrust::System
+    };
+    let external_account = match &acme.external_account_binding {
+        None => None,
+        Some(eab) => {
+            let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &issuer.secret_namespace);
+            let name = &eab.key_secret_ref.name;
+            let key = eab.key_secret_ref.key.clone().unwrap_or_else(|| EAB_SECRET_KEY.to_string());
+            let secret = secrets.get_opt(name).await.map_err(|e| {
+                AccountFailure::new(
+                    "ErrReadEABSecret",
+                    ReconcileError::kube(format!("reading Secret {}/{name}", issuer.secret_namespace), e),
+                )
+            })?;
+            let value = secret.and_then(|s| s.data).and_then(|d| d.get(&key).cloned()).ok_or_else(|| {
+                let message = format!(
+                    "the EAB key Secret {}/{name} does not exist or has no key {key:?}",
+                    issuer.secret_namespace
+                );
+                AccountFailure::new("InvalidEABSecret", AcmeError::fatal(AcmeAction::Account, message).into())
+            })?;
+            let hmac_key = decode_eab_hmac_key(&String::from_utf8_lossy(&value.0))
+                .map_err(|e| AccountFailure::new("InvalidEABSecret", e.into()))?;
+            Some(ExternalAccountBinding { key_id: eab.key_id.clone(), hmac_key })
+        }
+    };
+    Ok(AccountSpec { directory_url: acme.server.clone(), email: acme.email.clone(), external_account, trust })
+}

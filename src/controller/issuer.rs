@@ -1,0 +1,80 @@
+//! The Issuer and ClusterIssuer reconcilers: register or load the ACME account, report it in status.
+
+use super::accounts::{IssuerInfo, ensure_account};
+use super::error::ReconcileError;
+use super::{Context, apply_status};
+use crate::api::{AcmeIssuerStatus, ClusterIssuer, Issuer, IssuerStatus};
+use crate::desired::set_condition;
+use jiff::Timestamp;
+use kube::ResourceExt;
+use kube::api::Api;
+use kube::runtime::controller::Action;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often a Ready issuer's account is checked again.
+const RECHECK_READY: Duration = Duration::from_secs(3600);
+/// How soon an issuer whose account failed for a final reason is looked at again.
+const RECHECK_FAILED: Duration = Duration::from_secs(300);
+
+/// Reconciles an Issuer.
+#[tracing::instrument(skip_all, fields(issuer = %format!("{}/{}", issuer.namespace().unwrap_or_default(), issuer.name_any())))]
+pub async fn reconcile_issuer(issuer: Arc<Issuer>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    let info = IssuerInfo::from_issuer(&issuer).ok_or(ReconcileError::MissingField("metadata.namespace"))?;
+    let api: Api<Issuer> = Api::namespaced(ctx.client.clone(), &info.secret_namespace);
+    let (status, action) = account_status(&ctx, &info, issuer.status.clone().unwrap_or_default()).await;
+    if Some(&status) != issuer.status.as_ref() {
+        apply_status(&api, &issuer.name_any(), "Issuer", &status).await?;
+    }
+    Ok(action)
+}
+
+/// Reconciles a ClusterIssuer.
+#[tracing::instrument(skip_all, fields(cluster_issuer = %issuer.name_any()))]
+pub async fn reconcile_cluster_issuer(issuer: Arc<ClusterIssuer>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    let info = IssuerInfo::from_cluster_issuer(&issuer, &ctx.config.cluster_resource_namespace)
+        .ok_or(ReconcileError::MissingField("metadata.name"))?;
+    let api: Api<ClusterIssuer> = Api::all(ctx.client.clone());
+    let (status, action) = account_status(&ctx, &info, issuer.status.clone().unwrap_or_default()).await;
+    if Some(&status) != issuer.status.as_ref() {
+        apply_status(&api, &issuer.name_any(), "ClusterIssuer", &status).await?;
+    }
+    Ok(action)
+}
+
+async fn account_status(ctx: &Context, info: &IssuerInfo, mut status: IssuerStatus) -> (IssuerStatus, Action) {
+    let now = Timestamp::now();
+    match ensure_account(ctx, info).await {
+        Ok(account) => {
+            let message = format!("The ACME account is registered with {}", info.acme.server);
+            set_condition(
+                &mut status.conditions,
+                "Ready",
+                true,
+                "ACMEAccountRegistered",
+                &message,
+                info.generation,
+                now,
+            );
+            status.acme = Some(AcmeIssuerStatus {
+                uri: Some(account.uri().to_string()),
+                last_registered_email: info.acme.email.clone(),
+            });
+            (status, Action::requeue(RECHECK_READY))
+        }
+        Err(failure) => {
+            tracing::warn!(reason = failure.reason, error = %failure.message, "ACME account not ready");
+            let message = format!("{}: {}", info.describe(), failure.message);
+            set_condition(&mut status.conditions, "Ready", false, failure.reason, &message, info.generation, now);
+            let retry = match &failure.error {
+                ReconcileError::Acme(e) => match e.retry {
+                    crate::acme::Retry::Immediately => Duration::from_secs(1),
+                    crate::acme::Retry::After(delay) => delay,
+                    crate::acme::Retry::Never => RECHECK_FAILED,
+                },
+                _ => Duration::from_secs(10),
+            };
+            (status, Action::requeue(retry))
+        }
+    }
+}

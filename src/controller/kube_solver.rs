@@ -1,0 +1,155 @@
+//! HTTP-01 through Kubernetes: a transient solver Pod, Service and Ingress per challenge, owned by the
+//! Certificate, created when missing (also when deleted while still needed) and removed when done.
+
+use super::Context;
+use super::error::is_not_found;
+use crate::acme::{ChallengeSolver, Http01Challenge, Presentation, SolverError};
+use crate::api::names::{LABEL_CERTIFICATE, LABEL_SOLVER};
+use crate::api::{AcmeIssuer, Certificate};
+use crate::desired::{
+    build_solver_ingress, build_solver_pod, build_solver_service, certificate_label_value, select_solver, solver_name,
+};
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::networking::v1::Ingress;
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, PostParams};
+use kube::runtime::reflector::{ObjectRef, Store};
+use serde::{Serialize, de::DeserializeOwned};
+use std::fmt::Debug;
+
+/// Caches of the solver objects (watched through the `kacme.dev/solver` label only).
+#[derive(Clone)]
+pub struct SolverStores {
+    pub pods: Store<Pod>,
+    pub services: Store<Service>,
+    pub ingresses: Store<Ingress>,
+}
+
+/// Serves the challenges of one Certificate with solver objects in its namespace.
+pub struct KubeSolver<'a> {
+    pub ctx: &'a Context,
+    pub certificate: &'a Certificate,
+    pub acme: &'a AcmeIssuer,
+}
+
+impl KubeSolver<'_> {
+    fn namespace(&self) -> String {
+        self.certificate.namespace().unwrap_or_default()
+    }
+
+    fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = NamespaceResourceScope, DynamicType = ()>,
+    {
+        Api::namespaced(self.ctx.client.clone(), &self.namespace())
+    }
+
+    /// Creates `object` unless the cache already has it; a concurrent creation counts as success.
+    async fn ensure<K>(&self, store: &Store<K>, object: K) -> Result<Option<std::sync::Arc<K>>, SolverError>
+    where
+        K: kube::Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + Debug
+            + Serialize
+            + DeserializeOwned,
+    {
+        let name = object.name_any();
+        if let Some(existing) = store.get(&ObjectRef::new(&name).within(&self.namespace())) {
+            return Ok(Some(existing));
+        }
+        match self.api::<K>().create(&PostParams::default(), &object).await {
+            Ok(_) => Ok(None),
+            Err(error) if super::error::is_conflict(&error) => Ok(None),
+            Err(error) => Err(SolverError(format!("creating {} {name}: {error}", K::kind(&())))),
+        }
+    }
+
+    async fn delete<K>(&self, name: &str) -> Result<(), String>
+    where
+        K: kube::Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Clone + Debug + DeserializeOwned,
+    {
+        match self.api::<K>().delete(name, &DeleteParams::background()).await {
+            Ok(_) => Ok(()),
+            Err(error) if is_not_found(&error) => Ok(()),
+            Err(error) => Err(format!("deleting {} {name}: {error}", K::kind(&()))),
+        }
+    }
+}
+
+impl ChallengeSolver for KubeSolver<'_> {
+    async fn present(&self, challenge: &Http01Challenge) -> Result<Presentation, SolverError> {
+        let labels = self.certificate.labels();
+        let solver = select_solver(self.acme, labels, &challenge.identifier)
+            .ok_or_else(|| SolverError(format!("no solver of the issuer matches {}", challenge.identifier)))?;
+        let ingress_config = solver.http01.ingress.clone().unwrap_or_default();
+        let stores = &self.ctx.solver_stores;
+        let solver_ctx = &self.ctx.solver_context;
+        let pod = build_solver_pod(self.certificate, challenge, &ingress_config, solver_ctx);
+        let service = build_solver_service(self.certificate, challenge, &ingress_config, solver_ctx);
+        let ingress = build_solver_ingress(self.certificate, challenge, &ingress_config, solver_ctx);
+        let name = pod.name_any();
+        let existing_pod = self.ensure(&stores.pods, pod).await?;
+        self.ensure(&stores.services, service).await?;
+        self.ensure(&stores.ingresses, ingress).await?;
+        let Some(pod) = existing_pod else {
+            return Ok(Presentation::NotReady(format!("created solver Pod {name}")));
+        };
+        let status = pod.status.as_ref();
+        if status.and_then(|s| s.phase.as_deref()) == Some("Failed") {
+            // A failed solver Pod is replaced; the next pass recreates it.
+            self.delete::<Pod>(&name).await.map_err(SolverError)?;
+            return Ok(Presentation::NotReady(format!("solver Pod {name} failed; replacing it")));
+        }
+        let ready = status
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        if ready {
+            Ok(Presentation::Ready)
+        } else {
+            Ok(Presentation::NotReady(format!("waiting for solver Pod {name} to be ready")))
+        }
+    }
+
+    async fn cleanup(&self, challenge: &Http01Challenge) -> Result<(), SolverError> {
+        let name = solver_name(&self.certificate.name_any(), challenge);
+        let errors: Vec<String> =
+            [self.delete::<Ingress>(&name).await, self.delete::<Service>(&name).await, self.delete::<Pod>(&name).await]
+                .into_iter()
+                .filter_map(Result::err)
+                .collect();
+        if errors.is_empty() { Ok(()) } else { Err(SolverError(errors.join("; "))) }
+    }
+}
+
+/// Deletes every solver object of a Certificate (by label), trying all and reporting every failure.
+pub async fn cleanup_all_solver_objects(ctx: &Context, certificate: &Certificate) -> Result<(), String> {
+    let namespace = certificate.namespace().unwrap_or_default();
+    let selector = format!("{LABEL_SOLVER},{LABEL_CERTIFICATE}={}", certificate_label_value(&certificate.name_any()));
+    let params = kube::api::ListParams::default().labels(&selector);
+    let mut errors = Vec::new();
+    let delete = DeleteParams::background();
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), &namespace);
+    let ingresses: Api<Ingress> = Api::namespaced(ctx.client.clone(), &namespace);
+    if let Err(e) = ingresses.delete_collection(&delete, &params).await {
+        errors.push(format!("deleting solver Ingresses: {e}"));
+    }
+    // Services have no deletecollection verb; delete them one by one.
+    match services.list_metadata(&params).await {
+        Ok(list) => {
+            for service in list {
+                if let Err(e) = services.delete(&service.name_any(), &delete).await
+                    && !is_not_found(&e)
+                {
+                    errors.push(format!("deleting solver Service {}: {e}", service.name_any()));
+                }
+            }
+        }
+        Err(e) => errors.push(format!("listing solver Services: {e}")),
+    }
+    if let Err(e) = pods.delete_collection(&delete, &params).await {
+        errors.push(format!("deleting solver Pods: {e}"));
+    }
+    if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
+}

@@ -1,0 +1,271 @@
+//! `kacme controller`: the Certificate, Issuer and ClusterIssuer reconcilers and their wiring.
+//!
+//! The operator watches only what it needs: its own CRDs, Secrets labelled
+//! `app.kubernetes.io/managed-by: kacme`, and solver Pods, Services and Ingresses labelled
+//! `kacme.dev/solver` — never a cache of every Secret in the cluster.
+
+mod accounts;
+mod certificate;
+mod error;
+mod issuer;
+mod kube_solver;
+mod progress;
+
+pub use accounts::{AccountCache, IssuerInfo};
+pub use certificate::FINALIZER;
+pub use error::ReconcileError;
+
+use crate::acme::{AcmeObserver, OrderSession, SelfCheck};
+use crate::api::names::{ANNOTATION_CERTIFICATE_NAME, LABEL_MANAGED_BY, LABEL_SOLVER, MANAGED_BY};
+use crate::api::{Certificate, ClusterIssuer, Issuer, IssuerKind};
+use crate::decision::BackoffPolicy;
+use crate::desired::SolverContext;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::Ingress;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Config as ControllerRunConfig, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The server-side apply field manager of everything kacme writes.
+pub const FIELD_MANAGER: &str = "kacme";
+
+/// How the operator runs.
+#[derive(Clone, Debug)]
+pub struct ControllerConfig {
+    /// Where ClusterIssuers keep their Secrets (account keys, EAB keys).
+    pub cluster_resource_namespace: String,
+    /// The image solver Pods run (`kacme solver`): the operator's own image.
+    pub solver_image: String,
+    /// Backoff after failed issuances.
+    pub backoff: BackoffPolicy,
+    /// Reconciles of Certificates running at once.
+    pub concurrency: u16,
+    /// Spread renewals of Certificates issued together over this long after their renewal time.
+    pub renewal_jitter: Duration,
+    /// Check that challenges answer before telling the CA (off by default).
+    pub self_check: Option<SelfCheck>,
+    /// How long one reconcile may wait for the CA in place before requeueing.
+    pub max_wait_per_step: Duration,
+    /// The name events are reported under.
+    pub reporter: String,
+}
+
+impl ControllerConfig {
+    /// Defaults for everything but the namespace and image.
+    pub fn new(cluster_resource_namespace: impl Into<String>, solver_image: impl Into<String>) -> ControllerConfig {
+        ControllerConfig {
+            cluster_resource_namespace: cluster_resource_namespace.into(),
+            solver_image: solver_image.into(),
+            backoff: BackoffPolicy::default(),
+            concurrency: 16,
+            renewal_jitter: Duration::from_secs(60),
+            self_check: None,
+            max_wait_per_step: Duration::from_secs(2),
+            reporter: "kacme".into(),
+        }
+    }
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    pub config: ControllerConfig,
+    pub accounts: AccountCache,
+    pub acme_observer: Arc<dyn AcmeObserver>,
+    pub recorder: Recorder,
+    pub solver_stores: kube_solver::SolverStores,
+    pub solver_context: SolverContext,
+    sessions: Mutex<HashMap<String, OrderSession>>,
+}
+
+fn object_key(certificate: &Certificate) -> String {
+    format!("{}/{}", certificate.namespace().unwrap_or_default(), certificate.name_any())
+}
+
+impl Context {
+    /// Keeps an order's instant-acme handle between passes (its position is in status anyway).
+    fn keep_session(&self, certificate: &Certificate, session: OrderSession) {
+        if let Ok(mut sessions) = self.sessions.lock() {
+            sessions.insert(object_key(certificate), session);
+        }
+    }
+
+    /// The kept handle of the order at `url`, if any.
+    fn take_session(&self, certificate: &Certificate, url: &str) -> Option<OrderSession> {
+        let mut sessions = self.sessions.lock().ok()?;
+        let session = sessions.remove(&object_key(certificate))?;
+        (session.progress().url == url).then_some(session)
+    }
+
+    fn forget_session(&self, certificate: &Certificate) {
+        if let Ok(mut sessions) = self.sessions.lock() {
+            sessions.remove(&object_key(certificate));
+        }
+    }
+
+    /// Publishes an Event about a Certificate; failures are logged, never fatal.
+    async fn publish_event(&self, certificate: &Certificate, warning: bool, reason: &str, note: String) {
+        let event = Event {
+            type_: if warning { EventType::Warning } else { EventType::Normal },
+            reason: reason.into(),
+            note: Some(note),
+            action: "Issuance".into(),
+            secondary: None,
+        };
+        if let Err(error) = self.recorder.publish(&event, &certificate.object_ref(&())).await {
+            tracing::warn!(%error, reason, "publishing an Event failed");
+        }
+    }
+}
+
+/// Writes `status` with server-side apply under [`FIELD_MANAGER`] (fields kacme no longer sets go).
+pub(crate) async fn apply_status<K, S>(api: &Api<K>, name: &str, kind: &str, status: &S) -> Result<(), ReconcileError>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    S: Serialize,
+{
+    let patch = serde_json::json!({
+        "apiVersion": format!("{}/{}", crate::api::GROUP, crate::api::VERSION),
+        "kind": kind,
+        "status": status,
+    });
+    api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+        .await
+        .map(|_| ())
+        .map_err(|e| ReconcileError::kube(format!("writing the status of {kind} {name}"), e))
+}
+
+fn error_policy<K>(_: Arc<K>, error: &ReconcileError, _: Arc<Context>) -> Action {
+    tracing::warn!(%error, kind = error.metric_label(), "reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// Starts a reflector for solver objects of one kind and returns its store.
+fn solver_store<K>(client: &Client) -> (Store<K>, impl Future<Output = ()> + Send + 'static)
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let api: Api<K> = Api::all(client.clone());
+    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default().labels(LABEL_SOLVER)))
+        .default_backoff()
+        .applied_objects();
+    (reader, async move { stream.for_each(|_| std::future::ready(())).await })
+}
+
+/// Runs the operator until `shutdown` resolves.
+pub async fn run(
+    client: Client,
+    config: ControllerConfig,
+    acme_observer: Arc<dyn AcmeObserver>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> Result<(), ReconcileError> {
+    let (pods, pods_task) = solver_store::<Pod>(&client);
+    let (services, services_task) = solver_store::<Service>(&client);
+    let (ingresses, ingresses_task) = solver_store::<Ingress>(&client);
+    let reflectors = tokio::spawn(async move {
+        tokio::join!(pods_task, services_task, ingresses_task);
+    });
+    for ready in [
+        pods.wait_until_ready().await.is_ok(),
+        services.wait_until_ready().await.is_ok(),
+        ingresses.wait_until_ready().await.is_ok(),
+    ] {
+        if !ready {
+            tracing::warn!("a solver object cache did not become ready");
+        }
+    }
+    let reporter = Reporter { controller: config.reporter.clone(), instance: std::env::var("POD_NAME").ok() };
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), reporter),
+        solver_context: SolverContext::new(config.solver_image.clone()),
+        solver_stores: kube_solver::SolverStores { pods, services, ingresses },
+        accounts: AccountCache::default(),
+        acme_observer,
+        sessions: Mutex::default(),
+        config: config.clone(),
+        client: client.clone(),
+    });
+
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let signal = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+
+    let certificates =
+        Controller::new(Api::<Certificate>::all(client.clone()), watcher::Config::default().any_semantic());
+    let store = certificates.store();
+    let issuer_store = store.clone();
+    let cluster_issuer_store = store.clone();
+    let certificate_controller = certificates
+        .owns(Api::<Pod>::all(client.clone()), watcher::Config::default().labels(LABEL_SOLVER))
+        .owns(Api::<Service>::all(client.clone()), watcher::Config::default().labels(LABEL_SOLVER))
+        .owns(Api::<Ingress>::all(client.clone()), watcher::Config::default().labels(LABEL_SOLVER))
+        .watches(
+            Api::<Secret>::all(client.clone()),
+            watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}")),
+            |secret| {
+                let name = secret.annotations().get(ANNOTATION_CERTIFICATE_NAME)?.clone();
+                Some(ObjectRef::<Certificate>::new(&name).within(&secret.namespace()?))
+            },
+        )
+        .watches(Api::<Issuer>::all(client.clone()), watcher::Config::default(), move |issuer| {
+            certificates_of(&issuer_store, IssuerKind::Issuer, issuer.namespace(), &issuer.name_any())
+        })
+        .watches(Api::<ClusterIssuer>::all(client.clone()), watcher::Config::default(), move |issuer| {
+            certificates_of(&cluster_issuer_store, IssuerKind::ClusterIssuer, None, &issuer.name_any())
+        })
+        .with_config(ControllerRunConfig::default().concurrency(config.concurrency))
+        .graceful_shutdown_on(signal(shutdown_rx.clone()))
+        .run(certificate::reconcile_certificate, error_policy, ctx.clone())
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "certificate reconcile");
+            }
+        });
+    let issuer_controller =
+        Controller::new(Api::<Issuer>::all(client.clone()), watcher::Config::default().any_semantic())
+            .graceful_shutdown_on(signal(shutdown_rx.clone()))
+            .run(issuer::reconcile_issuer, error_policy, ctx.clone())
+            .for_each(|_| async {});
+    let cluster_issuer_controller =
+        Controller::new(Api::<ClusterIssuer>::all(client.clone()), watcher::Config::default().any_semantic())
+            .graceful_shutdown_on(signal(shutdown_rx.clone()))
+            .run(issuer::reconcile_cluster_issuer, error_policy, ctx.clone())
+            .for_each(|_| async {});
+
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = shutdown_tx.send(true);
+    });
+    tracing::info!("kacme controller started");
+    tokio::join!(certificate_controller, issuer_controller, cluster_issuer_controller);
+    reflectors.abort();
+    tracing::info!("kacme controller stopped");
+    Ok(())
+}
+
+/// The Certificates that use an issuer (to reconcile them when the issuer changes).
+fn certificates_of(
+    store: &Store<Certificate>,
+    kind: IssuerKind,
+    namespace: Option<String>,
+    name: &str,
+) -> Vec<ObjectRef<Certificate>> {
+    store
+        .state()
+        .iter()
+        .filter(|c| c.spec.issuer_ref.kind == kind && c.spec.issuer_ref.name == name)
+        .filter(|c| kind == IssuerKind::ClusterIssuer || c.namespace() == namespace)
+        .map(|c| ObjectRef::from_obj(c.as_ref()))
+        .collect()
+}
