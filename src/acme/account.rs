@@ -7,6 +7,10 @@ use instant_acme::{Account, ExternalAccountKey, Key, NewAccount};
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use std::sync::Arc;
 
+/// How often account registration is retried after rejected nonces (instant-acme retries each request
+/// three times already).
+const BAD_NONCE_ATTEMPTS: u32 = 10;
+
 /// Where and how to hold an ACME account.
 #[derive(Clone, Debug)]
 pub struct AccountSpec {
@@ -114,6 +118,23 @@ impl AcmeAccount {
     /// Registers an account (a new key, with the spec's email and EAB) or, given a stored key, loads the
     /// account of that key, registering it again if the CA no longer knows it.
     pub async fn register(
+        spec: &AccountSpec,
+        stored_key: Option<&AccountKey>,
+        observer: Arc<dyn AcmeObserver>,
+    ) -> Result<Registration, AcmeError> {
+        // A rejected nonce rejects the whole request: nothing was registered, so simply try again.
+        let mut attempts = 0;
+        loop {
+            match Self::register_once(spec, stored_key, observer.clone()).await {
+                Err(error) if error.retry == super::error::Retry::Immediately && attempts < BAD_NONCE_ATTEMPTS => {
+                    attempts += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn register_once(
         spec: &AccountSpec,
         stored_key: Option<&AccountKey>,
         observer: Arc<dyn AcmeObserver>,

@@ -240,6 +240,12 @@ impl OrderSession {
                 message: None,
             })
             .collect();
+        if session.progress.state != OrderState::Pending {
+            // The CA reused valid authorizations of the account: nothing to solve.
+            for entry in &mut session.progress.authorizations {
+                entry.step = AuthorizationStep::Valid;
+            }
+        }
         Ok(session)
     }
 
@@ -387,6 +393,9 @@ impl OrderSession {
                     continue;
                 }
                 AuthorizationStatus::Invalid => {
+                    if entry.solver_may_exist() {
+                        cleanup_quietly(solver, &challenge_of(entry, account)).await;
+                    }
                     let detail = handle
                         .challenges
                         .iter()
@@ -491,6 +500,7 @@ impl OrderSession {
         solver: &S,
         order_error: Option<AcmeError>,
     ) -> AcmeError {
+        self.clean_up_all(account, solver).await;
         // Read the authorizations once more to learn why they failed.
         if self.progress.authorizations.iter().all(|a| a.step != AuthorizationStep::Invalid) {
             let mut authorizations = self.order.authorizations();
@@ -510,7 +520,6 @@ impl OrderSession {
                 }
             }
         }
-        self.clean_up_all(account, solver).await;
         let reasons: Vec<String> = self
             .progress
             .authorizations

@@ -59,14 +59,17 @@ impl ChallengeServer {
                             .to_string();
                         let answer = answers.lock().unwrap().get(&(host_of(&request), token)).cloned();
                         async move {
-                            let mut response = Response::new(Full::new(Bytes::from(answer.clone().unwrap_or_default())));
+                            let mut response =
+                                Response::new(Full::new(Bytes::from(answer.clone().unwrap_or_default())));
                             if answer.is_none() {
                                 *response.status_mut() = StatusCode::NOT_FOUND;
                             }
                             Ok::<_, std::convert::Infallible>(response)
                         }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
                 });
             }
         });
