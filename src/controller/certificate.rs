@@ -423,10 +423,13 @@ impl<'a> Pass<'a> {
                 continue;
             }
             let identifier = &authorization.identifier;
+            let was_unsubmitted =
+                matches!(previous, None | Some(AuthorizationStep::Pending) | Some(AuthorizationStep::Presented));
+            let now_submitted = matches!(authorization.step, AuthorizationStep::Submitted | AuthorizationStep::Valid);
+            if was_unsubmitted && now_submitted && authorization.token.is_some() {
+                self.event(false, "Presented", format!("Presented the HTTP-01 challenge for {identifier}")).await;
+            }
             match authorization.step {
-                AuthorizationStep::Submitted => {
-                    self.event(false, "Presented", format!("Presented the HTTP-01 challenge for {identifier}")).await
-                }
                 AuthorizationStep::Valid => {
                     self.event(false, "Validated", format!("The CA validated {identifier}")).await
                 }

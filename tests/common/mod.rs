@@ -2,3 +2,4 @@
 #![allow(dead_code)]
 
 pub mod challenge_server;
+pub mod operator_env;

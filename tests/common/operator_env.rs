@@ -1,0 +1,239 @@
+//! A whole kacme installation on loopback: control plane with the CRDs, an ACME CA, the solver-Pod
+//! stand-in, and `kacme controller` running as a separate process against that control plane only.
+
+use anyhow::{Context as _, Result};
+use k8s_openapi::api::core::v1::{Event, Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::Ingress;
+use kacme::api::Certificate;
+use kacme_testenv::{
+    ChildProcess, ControlPlane, Pebble, PebbleOptions, SolverStandIn, StepCa, StepCaOptions, TempDir, poll_until,
+};
+use kube::api::{Api, ListParams};
+use kube::{Client, ResourceExt};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Which CA the environment runs.
+pub enum Ca {
+    Pebble(Pebble),
+    StepCa(StepCa),
+}
+
+impl Ca {
+    pub fn directory_url(&self) -> &str {
+        match self {
+            Ca::Pebble(p) => p.directory_url(),
+            Ca::StepCa(s) => s.directory_url(),
+        }
+    }
+
+    /// What an Issuer's caBundle holds: TLS trust for the ACME endpoint and the issuing root.
+    pub fn ca_bundle_pem(&self) -> String {
+        match self {
+            Ca::Pebble(p) => p.ca_bundle_pem(),
+            Ca::StepCa(s) => s.root_pem().to_string(),
+        }
+    }
+
+    pub fn http01_addr(&self) -> std::net::SocketAddr {
+        match self {
+            Ca::Pebble(p) => p.http01_addr(),
+            Ca::StepCa(s) => s.http01_addr(),
+        }
+    }
+}
+
+pub struct OperatorEnv {
+    pub stand_in: Option<SolverStandIn>,
+    pub ca: Ca,
+    pub control_plane: ControlPlane,
+    pub client: Client,
+    operator: Option<ChildProcess>,
+    operator_runs: u32,
+    pub extra_args: Vec<String>,
+    dir: TempDir,
+}
+
+pub fn kacme_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_kacme"))
+}
+
+impl OperatorEnv {
+    pub async fn with_pebble(options: PebbleOptions) -> Result<OperatorEnv> {
+        let ca = Ca::Pebble(Pebble::start(options).await?);
+        OperatorEnv::start(ca).await
+    }
+
+    pub async fn with_step_ca(options: StepCaOptions) -> Result<OperatorEnv> {
+        let ca = Ca::StepCa(StepCa::start(options).await?);
+        OperatorEnv::start(ca).await
+    }
+
+    async fn start(ca: Ca) -> Result<OperatorEnv> {
+        let control_plane = ControlPlane::start().await?;
+        control_plane.install_crds(concat!(env!("CARGO_MANIFEST_DIR"), "/crds")).await?;
+        let client = control_plane.client().await?;
+        control_plane.create_namespace("kacme").await?;
+        control_plane.create_namespace("apps").await?;
+        let stand_in = SolverStandIn::start(client.clone(), kacme_binary(), ca.http01_addr()).await?;
+        let mut env = OperatorEnv {
+            stand_in: Some(stand_in),
+            ca,
+            control_plane,
+            client,
+            operator: None,
+            operator_runs: 0,
+            extra_args: Vec::new(),
+            dir: TempDir::new("operator")?,
+        };
+        env.start_operator()?;
+        Ok(env)
+    }
+
+    /// Starts `kacme controller` against this control plane (and nothing else).
+    pub fn start_operator(&mut self) -> Result<()> {
+        self.operator_runs += 1;
+        let mut args: Vec<String> = [
+            "controller",
+            "--cluster-resource-namespace",
+            "kacme",
+            "--solver-image",
+            "kacme:test",
+            "--backoff-initial",
+            "2s",
+            "--backoff-max",
+            "8s",
+            "--renewal-jitter",
+            "1s",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(self.extra_args.iter().cloned());
+        let log = self.dir.join(format!("operator-{}.log", self.operator_runs));
+        let mut envs = self.control_plane.child_env();
+        envs.push(("RUST_LOG", std::ffi::OsStr::new("info,kacme=debug")));
+        self.operator = Some(ChildProcess::spawn("kacme-controller", &kacme_binary(), args, &envs, log)?);
+        Ok(())
+    }
+
+    /// SIGKILLs the operator (as a crash would).
+    pub fn kill_operator(&mut self) {
+        if let Some(operator) = self.operator.take() {
+            operator.kill();
+        }
+    }
+
+    pub fn operator_pid(&self) -> Option<u32> {
+        self.operator.as_ref().map(|o| o.pid())
+    }
+
+    pub fn operator_log(&self) -> String {
+        self.operator.as_ref().map(|o| o.log_tail(60)).unwrap_or_default()
+    }
+
+    /// Applies YAML with the environment's kubectl.
+    pub async fn apply(&self, yaml: &str) -> Result<()> {
+        let path = self.dir.join(format!("apply-{}.yaml", Instant::now().elapsed().as_nanos() ^ rand_suffix()));
+        std::fs::write(&path, yaml)?;
+        self.control_plane.kubectl(&["apply", "-f", &path.display().to_string()]).await?;
+        Ok(())
+    }
+
+    /// An Issuer for this CA in `namespace`.
+    pub fn issuer_yaml(&self, namespace: &str, name: &str) -> String {
+        let bundle: String = self.ca.ca_bundle_pem().lines().map(|l| format!("      {l}\n")).collect();
+        format!(
+            "apiVersion: kacme.dev/v1alpha1\nkind: Issuer\nmetadata:\n  name: {name}\n  namespace: {namespace}\nspec:\n  acme:\n    server: {}\n    email: ops@example.test\n    caBundle: |\n{bundle}    privateKeySecretRef:\n      name: {name}-account\n    solvers:\n    - http01:\n        ingress:\n          ingressClassName: kacme-test\n",
+            self.ca.directory_url()
+        )
+    }
+
+    pub fn certificates(&self, namespace: &str) -> Api<Certificate> {
+        Api::namespaced(self.client.clone(), namespace)
+    }
+
+    pub fn secrets(&self, namespace: &str) -> Api<Secret> {
+        Api::namespaced(self.client.clone(), namespace)
+    }
+
+    /// Waits until `check` accepts the Certificate; fails with its status and the operator's log.
+    pub async fn wait_certificate(
+        &self,
+        namespace: &str,
+        name: &str,
+        timeout: Duration,
+        what: &str,
+        check: impl Fn(&Certificate) -> bool,
+    ) -> Result<Certificate> {
+        let api = self.certificates(namespace);
+        let result = poll_until(what, timeout, Duration::from_millis(50), || async {
+            Ok(match api.get_opt(name).await? {
+                Some(c) if check(&c) => Ok(c),
+                Some(c) => Err(format!("status: {}", serde_json::to_string(&c.status).unwrap_or_default())),
+                None => Err("the Certificate does not exist".into()),
+            })
+        })
+        .await;
+        result.with_context(|| format!("operator log:\n{}", self.operator_log()))
+    }
+
+    pub async fn wait_ready(&self, namespace: &str, name: &str, timeout: Duration) -> Result<Certificate> {
+        self.wait_certificate(namespace, name, timeout, &format!("Certificate {namespace}/{name} Ready"), |c| {
+            condition(c, "Ready").is_some_and(|(status, _, _)| status == "True")
+                && c.status.as_ref().is_some_and(|s| s.order.is_none())
+        })
+        .await
+    }
+
+    /// Solver Pods, Services and Ingresses that still exist in `namespace`.
+    pub async fn solver_objects(&self, namespace: &str) -> Result<Vec<String>> {
+        let params = ListParams::default().labels("kacme.dev/solver");
+        let mut names = Vec::new();
+        for pod in Api::<Pod>::namespaced(self.client.clone(), namespace).list_metadata(&params).await? {
+            names.push(format!("pod/{}", pod.name_any()));
+        }
+        for service in Api::<Service>::namespaced(self.client.clone(), namespace).list_metadata(&params).await? {
+            names.push(format!("service/{}", service.name_any()));
+        }
+        for ingress in Api::<Ingress>::namespaced(self.client.clone(), namespace).list_metadata(&params).await? {
+            names.push(format!("ingress/{}", ingress.name_any()));
+        }
+        Ok(names)
+    }
+
+    /// Waits until no solver object remains in `namespace`.
+    pub async fn wait_no_solver_objects(&self, namespace: &str) -> Result<()> {
+        poll_until("no solver objects left", Duration::from_secs(20), Duration::from_millis(100), || async {
+            let left = self.solver_objects(namespace).await?;
+            Ok(if left.is_empty() { Ok(()) } else { Err(left.join(", ")) })
+        })
+        .await
+    }
+
+    /// The reasons of Events about an object, in order.
+    pub async fn event_reasons(&self, namespace: &str, name: &str) -> Result<Vec<String>> {
+        let events: Api<Event> = Api::namespaced(self.client.clone(), namespace);
+        let params = ListParams::default().fields(&format!("involvedObject.name={name}"));
+        let mut list: Vec<Event> = events.list(&params).await?.items;
+        list.sort_by_key(|e| e.metadata.creation_timestamp.clone().map(|t| t.0));
+        Ok(list.into_iter().filter_map(|e| e.reason).collect())
+    }
+}
+
+fn rand_suffix() -> u128 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    COUNTER.fetch_add(1, Ordering::Relaxed) as u128
+}
+
+/// (status, reason, message) of a condition.
+pub fn condition(certificate: &Certificate, type_: &str) -> Option<(String, String, String)> {
+    certificate
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
