@@ -1,2 +1,44 @@
-//! Real test infrastructure for kacme, on loopback only.
+//! Real test infrastructure for kacme, on loopback only: no mocks where a real component runs here.
+//!
+//! - [`ControlPlane`]: etcd + kube-apiserver + kube-controller-manager, a kubeconfig in a temp dir, CRD
+//!   installation, `kubectl`.
+//! - [`Pebble`] and [`StepCa`]: real ACME CAs, each with a [`ChallTestSrv`] as DNS that resolves every name
+//!   to the environment's [`LoopbackAddress`].
+//! - [`SolverStandIn`]: the kubelet and ingress controller for solver Pods, serving HTTP where the CA dials.
+//!
+//! Every component is stopped when its value is dropped (also when a test panics): child processes are
+//! killed and reaped, temp dirs removed. The binaries come from the cache that `tests/env/install` fills
+//! (see [`Binaries`]). Each environment gets its own loopback address so that tests can run in parallel.
+//!
+//! ```no_run
+//! # async fn example() -> anyhow::Result<()> {
+//! use kacme_testenv::{ControlPlane, Pebble, PebbleOptions, SolverStandIn};
+//! let control_plane = ControlPlane::start().await?;
+//! control_plane.install_crds(concat!(env!("CARGO_MANIFEST_DIR"), "/crds")).await?;
+//! let pebble = Pebble::start(PebbleOptions::default()).await?;
+//! let kacme = "target/debug/kacme"; // in a root integration test: env!("CARGO_BIN_EXE_kacme")
+//! let stand_in = SolverStandIn::start(control_plane.client().await?, kacme, pebble.http01_addr()).await?;
+//! # Ok(()) }
+//! ```
 #![forbid(unsafe_code)]
+
+mod binaries;
+mod control_plane;
+mod dns;
+mod https;
+mod loopback;
+mod pebble;
+mod pki;
+mod process;
+mod stand_in;
+mod step_ca;
+
+pub use binaries::Binaries;
+pub use control_plane::{ControlPlane, FIELD_MANAGER};
+pub use dns::{ChallTestSrv, resolve_a};
+pub use https::{HttpsClient, HttpsResponse, error_chain};
+pub use loopback::LoopbackAddress;
+pub use pebble::{EabCredentials, Pebble, PebbleOptions};
+pub use process::{ChildProcess, TempDir, log_tail, poll_until};
+pub use stand_in::{RunningSolver, SOLVER_LABEL, SolverStandIn};
+pub use step_ca::{StepCa, StepCaOptions};

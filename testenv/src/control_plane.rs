@@ -1,0 +1,399 @@
+//! A real Kubernetes control plane on loopback: etcd, kube-apiserver and kube-controller-manager.
+
+use crate::binaries::Binaries;
+use crate::https::{HttpsClient, error_chain};
+use crate::loopback::LoopbackAddress;
+use crate::pki::{TestCa, random_hex, signing_key_pair};
+use crate::process::{ChildProcess, TempDir, poll_until};
+use anyhow::{Context as _, Result, bail};
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The field manager of everything the test environment applies.
+pub const FIELD_MANAGER: &str = "kacme-testenv";
+
+/// How long to wait for the control plane to become ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// etcd + kube-apiserver + kube-controller-manager, all on one loopback address, stopped on drop.
+///
+/// The apiserver authenticates an `admin` user (group `system:masters`) with a bearer token, authorizes with
+/// RBAC, and signs service-account tokens (TokenRequest works). The controller-manager runs the garbage
+/// collector, namespace, service-account and service-account-token controllers. Nothing runs Pods: see
+/// [`crate::SolverStandIn`].
+pub struct ControlPlane {
+    // Field order is drop order: processes first (apiserver before etcd), the directory last.
+    controller_manager: ChildProcess,
+    apiserver: ChildProcess,
+    etcd: ChildProcess,
+    kubectl: PathBuf,
+    server: String,
+    ca_pem: String,
+    admin_token: String,
+    kubeconfig: PathBuf,
+    address: LoopbackAddress,
+    dir: TempDir,
+}
+
+impl std::fmt::Debug for ControlPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlPlane").field("server", &self.server).field("dir", &self.dir.path()).finish()
+    }
+}
+
+impl ControlPlane {
+    /// Starts a control plane on a loopback address of its own and waits until it serves requests (apiserver
+    /// `/readyz`) and the controller-manager works (the `default` ServiceAccount of namespace `default`
+    /// exists).
+    pub async fn start() -> Result<Self> {
+        Self::start_on(LoopbackAddress::allocate()?).await
+    }
+
+    /// Like [`ControlPlane::start`], on the given loopback address.
+    pub async fn start_on(address: LoopbackAddress) -> Result<Self> {
+        let started = Instant::now();
+        let binaries = Binaries::locate()?;
+        let [etcd_bin, apiserver_bin, kcm_bin, kubectl] =
+            binaries.paths(["etcd", "kube-apiserver", "kube-controller-manager", "kubectl"])?;
+        let dir = TempDir::new("control-plane")?;
+        let ip = address.ip();
+        let ports = address.free_ports(3)?;
+        let (etcd_client_port, etcd_peer_port, apiserver_port) = (ports[0], ports[1], ports[2]);
+
+        // Credentials: a serving certificate, static tokens, service-account signing keys.
+        let ca = TestCa::root("kacme-testenv control plane CA")?;
+        let serving = ca.issue_server(&[
+            ip.to_string(),
+            "localhost".into(),
+            "127.0.0.1".into(),
+            "kubernetes".into(),
+            "kubernetes.default".into(),
+            "kubernetes.default.svc".into(),
+        ])?;
+        let (sa_key, sa_public) = signing_key_pair()?;
+        let admin_token = random_hex(24)?;
+        let kcm_token = random_hex(24)?;
+        write(&dir, "ca.crt", &ca.cert_pem)?;
+        write(&dir, "apiserver.crt", &serving.cert_pem)?;
+        write(&dir, "apiserver.key", &serving.key_pem)?;
+        write(&dir, "sa.key", &sa_key)?;
+        write(&dir, "sa.pub", &sa_public)?;
+        write(
+            &dir,
+            "tokens.csv",
+            &format!(
+                "{admin_token},admin,admin,\"system:masters\"\n\
+                 {kcm_token},system:kube-controller-manager,kube-controller-manager,\"system:masters\"\n"
+            ),
+        )?;
+        let server = format!("https://{ip}:{apiserver_port}");
+        let kubeconfig = dir.join("kubeconfig");
+        std::fs::write(&kubeconfig, kubeconfig_yaml(&server, &ca.cert_pem, "admin", &admin_token))?;
+        let kcm_kubeconfig = dir.join("kube-controller-manager.kubeconfig");
+        std::fs::write(
+            &kcm_kubeconfig,
+            kubeconfig_yaml(&server, &ca.cert_pem, "system:kube-controller-manager", &kcm_token),
+        )?;
+
+        let etcd_client_url = format!("http://{ip}:{etcd_client_port}");
+        let etcd_peer_url = format!("http://{ip}:{etcd_peer_port}");
+        let etcd = ChildProcess::spawn(
+            "etcd",
+            &etcd_bin,
+            [
+                "--name=testenv".to_string(),
+                format!("--data-dir={}", dir.join("etcd").display()),
+                format!("--listen-client-urls={etcd_client_url}"),
+                format!("--advertise-client-urls={etcd_client_url}"),
+                format!("--listen-peer-urls={etcd_peer_url}"),
+                format!("--initial-advertise-peer-urls={etcd_peer_url}"),
+                format!("--initial-cluster=testenv={etcd_peer_url}"),
+                "--unsafe-no-fsync".into(),
+                "--log-level=warn".into(),
+            ],
+            &[],
+            dir.join("etcd.log"),
+        )?;
+
+        let path = |name: &str| dir.join(name).display().to_string();
+        let apiserver = ChildProcess::spawn(
+            "kube-apiserver",
+            &apiserver_bin,
+            [
+                format!("--etcd-servers={etcd_client_url}"),
+                format!("--bind-address={ip}"),
+                format!("--advertise-address={ip}"),
+                format!("--secure-port={apiserver_port}"),
+                format!("--cert-dir={}", path("apiserver-certs")),
+                format!("--tls-cert-file={}", path("apiserver.crt")),
+                format!("--tls-private-key-file={}", path("apiserver.key")),
+                format!("--token-auth-file={}", path("tokens.csv")),
+                "--authorization-mode=RBAC".into(),
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
+                format!("--service-account-key-file={}", path("sa.pub")),
+                format!("--service-account-signing-key-file={}", path("sa.key")),
+                "--service-cluster-ip-range=10.0.0.0/24".into(),
+                // No kubelet and a loopback advertise address: do not maintain the `kubernetes` Endpoints.
+                "--endpoint-reconciler-type=none".into(),
+                "--enable-priority-and-fairness=false".into(),
+                "--profiling=false".into(),
+            ],
+            &[],
+            dir.join("kube-apiserver.log"),
+        )?;
+
+        let https = HttpsClient::trusting(&ca.cert_pem)?;
+        let readyz = format!("{server}/readyz");
+        poll_until("kube-apiserver /readyz", READY_TIMEOUT, Duration::from_millis(100), || async {
+            etcd.ensure_running()?;
+            apiserver.ensure_running()?;
+            Ok(match https.get_with_bearer(&readyz, Some(&admin_token)).await {
+                Ok(r) if r.status == 200 => Ok(()),
+                Ok(r) => Err(format!(
+                    "HTTP {}: {}",
+                    r.status,
+                    r.body.lines().filter(|l| l.contains("failed")).collect::<Vec<_>>().join("; ")
+                )),
+                Err(e) => Err(error_chain(&e)),
+            })
+        })
+        .await
+        .map_err(|e| with_log(e, &apiserver))?;
+        let apiserver_ready = started.elapsed();
+
+        let controller_manager = ChildProcess::spawn(
+            "kube-controller-manager",
+            &kcm_bin,
+            [
+                format!("--kubeconfig={}", kcm_kubeconfig.display()),
+                "--leader-elect=false".into(),
+                "--controllers=garbage-collector-controller,namespace-controller,serviceaccount-controller,\
+                 serviceaccount-token-controller"
+                    .into(),
+                format!("--service-account-private-key-file={}", path("sa.key")),
+                format!("--root-ca-file={}", path("ca.crt")),
+                "--use-service-account-credentials=false".into(),
+                "--secure-port=0".into(),
+                "--profiling=false".into(),
+            ],
+            &[],
+            dir.join("kube-controller-manager.log"),
+        )?;
+
+        let control_plane = ControlPlane {
+            controller_manager,
+            apiserver,
+            etcd,
+            kubectl,
+            server,
+            ca_pem: ca.cert_pem,
+            admin_token,
+            kubeconfig,
+            address,
+            dir,
+        };
+        let client = control_plane.client().await?;
+        control_plane
+            .wait_for_default_service_account(&client, "default")
+            .await
+            .map_err(|e| with_log(e, &control_plane.controller_manager))?;
+        eprintln!(
+            "testenv: control plane ready in {:.1}s (kube-apiserver ready after {:.1}s) at {} (kubeconfig {})",
+            started.elapsed().as_secs_f64(),
+            apiserver_ready.as_secs_f64(),
+            control_plane.server,
+            control_plane.kubeconfig.display()
+        );
+        Ok(control_plane)
+    }
+
+    /// The apiserver URL, `https://<ip>:<port>`.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// The PEM CA certificate that signed the apiserver's serving certificate.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// The bearer token of the `admin` user (group `system:masters`).
+    pub fn admin_token(&self) -> &str {
+        &self.admin_token
+    }
+
+    /// The kubeconfig of the `admin` user for this control plane. Tests and child processes must use this
+    /// file (`--kubeconfig` or `KUBECONFIG` for a child), never an ambient kubeconfig.
+    pub fn kubeconfig_path(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// The loopback address everything listens on.
+    pub fn address(&self) -> &LoopbackAddress {
+        &self.address
+    }
+
+    /// The temp dir holding the logs (`etcd.log`, `kube-apiserver.log`, `kube-controller-manager.log`),
+    /// credentials and etcd data.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A client for the `admin` user, built from [`ControlPlane::kubeconfig_path`].
+    pub async fn client(&self) -> Result<Client> {
+        let kubeconfig = Kubeconfig::read_from(&self.kubeconfig).context("reading the test kubeconfig")?;
+        let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .context("loading the test kubeconfig")?;
+        Client::try_from(config).context("building a kube client")
+    }
+
+    /// Server-side applies every `*.yaml` CustomResourceDefinition in `dir` and waits until each is
+    /// Established. Returns the CRD names.
+    pub async fn install_crds(&self, dir: impl AsRef<Path>) -> Result<Vec<String>> {
+        let started = Instant::now();
+        let dir = dir.as_ref();
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .with_context(|| format!("reading the CRD directory {}", dir.display()))?
+            .map(|entry| entry.map(|e| e.path()))
+            .collect::<std::io::Result<_>>()?;
+        files.retain(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"));
+        files.sort();
+        if files.is_empty() {
+            bail!("no *.yaml CRD files in {}", dir.display());
+        }
+        let api: Api<CustomResourceDefinition> = Api::all(self.client().await?);
+        let mut names = Vec::new();
+        for file in &files {
+            let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+            let crd: CustomResourceDefinition =
+                serde_yaml::from_str(&text).with_context(|| format!("parsing {} as a CRD", file.display()))?;
+            let name = crd.metadata.name.clone().with_context(|| format!("{} has no metadata.name", file.display()))?;
+            api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&crd))
+                .await
+                .with_context(|| format!("applying the CRD {name} from {}", file.display()))?;
+            names.push(name);
+        }
+        for name in &names {
+            let established = kube::runtime::wait::await_condition(
+                api.clone(),
+                name,
+                kube::runtime::wait::conditions::is_crd_established(),
+            );
+            tokio::time::timeout(Duration::from_secs(30), established)
+                .await
+                .with_context(|| format!("CRD {name} not Established after 30s"))?
+                .with_context(|| format!("watching CRD {name}"))?;
+        }
+        eprintln!("testenv: {} CRDs Established in {:.1}s", names.len(), started.elapsed().as_secs_f64());
+        Ok(names)
+    }
+
+    /// Creates a namespace and waits until its `default` ServiceAccount exists (before that, the apiserver
+    /// rejects Pods in it).
+    pub async fn create_namespace(&self, name: &str) -> Result<()> {
+        let client = self.client().await?;
+        let namespace =
+            Namespace { metadata: ObjectMeta { name: Some(name.into()), ..Default::default() }, ..Default::default() };
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &namespace)
+            .await
+            .with_context(|| format!("creating namespace {name}"))?;
+        self.wait_for_default_service_account(&client, name).await
+    }
+
+    async fn wait_for_default_service_account(&self, client: &Client, namespace: &str) -> Result<()> {
+        let api: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+        poll_until(
+            &format!("ServiceAccount {namespace}/default (made by kube-controller-manager)"),
+            READY_TIMEOUT,
+            Duration::from_millis(100),
+            || async {
+                self.controller_manager.ensure_running()?;
+                self.apiserver.ensure_running()?;
+                Ok(match api.get_opt("default").await {
+                    Ok(Some(_)) => Ok(()),
+                    Ok(None) => Err("not created yet".to_string()),
+                    Err(e) => Err(e.to_string()),
+                })
+            },
+        )
+        .await
+    }
+
+    /// A `kubectl` command with `--kubeconfig` set to this control plane's kubeconfig (and `KUBECONFIG` too,
+    /// for plugins), killed if dropped. Add arguments and run it.
+    pub fn kubectl_command(&self) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new(&self.kubectl);
+        command
+            .arg(format!("--kubeconfig={}", self.kubeconfig.display()))
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("HOME", self.dir.path())
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        command
+    }
+
+    /// Runs `kubectl <args>` against this control plane (60 s at most); returns stdout, or fails with stderr.
+    pub async fn kubectl(&self, args: &[&str]) -> Result<String> {
+        let output = tokio::time::timeout(Duration::from_secs(60), self.kubectl_command().args(args).output())
+            .await
+            .with_context(|| format!("kubectl {} did not finish within 60s", args.join(" ")))?
+            .context("running kubectl")?;
+        if !output.status.success() {
+            bail!(
+                "kubectl {} failed ({}): {}",
+                args.join(" "),
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// Environment variables that point a child process (the operator, helm, kubectl) at this control plane.
+    pub fn child_env(&self) -> Vec<(&'static str, &OsStr)> {
+        vec![("KUBECONFIG", self.kubeconfig.as_os_str())]
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.controller_manager.kill();
+        self.apiserver.kill();
+        self.etcd.kill();
+    }
+}
+
+fn write(dir: &TempDir, name: &str, contents: &str) -> Result<()> {
+    std::fs::write(dir.join(name), contents).with_context(|| format!("writing {}", dir.join(name).display()))
+}
+
+fn with_log(error: anyhow::Error, process: &ChildProcess) -> anyhow::Error {
+    error.context(format!(
+        "{} did not become ready; last lines of {}:\n{}",
+        process.name(),
+        process.log_path().display(),
+        process.log_tail(30)
+    ))
+}
+
+fn kubeconfig_yaml(server: &str, ca_pem: &str, user: &str, token: &str) -> String {
+    use base64::Engine as _;
+    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+    serde_json::to_string_pretty(&serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "kacme-testenv", "cluster": {"server": server, "certificate-authority-data": ca}}],
+        "users": [{"name": user, "user": {"token": token}}],
+        "contexts": [{"name": "kacme-testenv", "context": {"cluster": "kacme-testenv", "user": user, "namespace": "default"}}],
+        "current-context": "kacme-testenv",
+    }))
+    .expect("a JSON value always serializes")
+}
