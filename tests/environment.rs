@@ -227,8 +227,8 @@ async fn crds_install_explain_their_fields_and_reject_invalid_objects_at_admissi
 #[tokio::test(flavor = "multi_thread")]
 async fn deleting_an_owner_garbage_collects_what_it_owns() {
     within(180, async {
-        let control_plane = ControlPlane::start().await.expect("starting the control plane");
-        control_plane.install_crds(crds_dir()).await.expect("installing crds/");
+        // CRDs before the controller-manager starts, so that its garbage collector watches Certificates.
+        let control_plane = ControlPlane::start_with_crds(crds_dir()).await.expect("starting the control plane");
         let client = control_plane.client().await.expect("client");
         let certificates = ApiResource::erase::<Certificate>(&());
         let certificate_api: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &certificates);

@@ -52,11 +52,20 @@ impl ControlPlane {
     /// `/readyz`) and the controller-manager works (the `default` ServiceAccount of namespace `default`
     /// exists).
     pub async fn start() -> Result<Self> {
-        Self::start_on(LoopbackAddress::allocate()?).await
+        Self::start_with(LoopbackAddress::allocate()?, None).await
     }
 
-    /// Like [`ControlPlane::start`], on the given loopback address.
-    pub async fn start_on(address: LoopbackAddress) -> Result<Self> {
+    /// Like [`ControlPlane::start`], with the CRDs of `crds_dir` installed (and Established) before the
+    /// controller-manager starts, so that its garbage collector watches them from the start. CRDs installed
+    /// later with [`ControlPlane::install_crds`] are only noticed by the garbage collector at its next
+    /// discovery sync (every 30 s): until then, deleting a custom-resource owner does not collect what it owns.
+    pub async fn start_with_crds(crds_dir: impl AsRef<Path>) -> Result<Self> {
+        Self::start_with(LoopbackAddress::allocate()?, Some(crds_dir.as_ref())).await
+    }
+
+    /// Starts a control plane on the given loopback address, with the CRDs of `crds_dir` installed before the
+    /// controller-manager starts when given (see [`ControlPlane::start_with_crds`]).
+    pub async fn start_with(address: LoopbackAddress, crds_dir: Option<&Path>) -> Result<Self> {
         let started = Instant::now();
         let binaries = Binaries::locate()?;
         let [etcd_bin, apiserver_bin, kcm_bin, kubectl] =
@@ -164,8 +173,11 @@ impl ControlPlane {
             })
         })
         .await
-        .map_err(|e| with_log(e, &apiserver))?;
+        .map_err(|e| apiserver.with_log_tail(e))?;
         let apiserver_ready = started.elapsed();
+        if let Some(crds_dir) = crds_dir {
+            apply_crds(client_from_kubeconfig(&kubeconfig).await?, crds_dir).await?;
+        }
 
         let controller_manager = ChildProcess::spawn(
             "kube-controller-manager",
@@ -202,7 +214,7 @@ impl ControlPlane {
         control_plane
             .wait_for_default_service_account(&client, "default")
             .await
-            .map_err(|e| with_log(e, &control_plane.controller_manager))?;
+            .map_err(|e| control_plane.controller_manager.with_log_tail(e))?;
         eprintln!(
             "testenv: control plane ready in {:.1}s (kube-apiserver ready after {:.1}s) at {} (kubeconfig {})",
             started.elapsed().as_secs_f64(),
@@ -247,54 +259,16 @@ impl ControlPlane {
 
     /// A client for the `admin` user, built from [`ControlPlane::kubeconfig_path`].
     pub async fn client(&self) -> Result<Client> {
-        let kubeconfig = Kubeconfig::read_from(&self.kubeconfig).context("reading the test kubeconfig")?;
-        let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-            .await
-            .context("loading the test kubeconfig")?;
-        Client::try_from(config).context("building a kube client")
+        client_from_kubeconfig(&self.kubeconfig).await
     }
 
     /// Server-side applies every `*.yaml` CustomResourceDefinition in `dir` and waits until each is
-    /// Established. Returns the CRD names.
+    /// Established. Returns the CRD names. The garbage collector notices CRDs installed after the start only
+    /// at its next discovery sync (up to 30 s later); prefer [`ControlPlane::start_with_crds`] when a test
+    /// relies on owner references from custom resources.
     pub async fn install_crds(&self, dir: impl AsRef<Path>) -> Result<Vec<String>> {
-        let started = Instant::now();
-        let dir = dir.as_ref();
-        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-            .with_context(|| format!("reading the CRD directory {}", dir.display()))?
-            .map(|entry| entry.map(|e| e.path()))
-            .collect::<std::io::Result<_>>()?;
-        files.retain(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"));
-        files.sort();
-        if files.is_empty() {
-            bail!("no *.yaml CRD files in {}", dir.display());
-        }
-        let api: Api<CustomResourceDefinition> = Api::all(self.client().await?);
-        let mut names = Vec::new();
-        for file in &files {
-            let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-            let crd: CustomResourceDefinition =
-                serde_yaml::from_str(&text).with_context(|| format!("parsing {} as a CRD", file.display()))?;
-            let name = crd.metadata.name.clone().with_context(|| format!("{} has no metadata.name", file.display()))?;
-            api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&crd))
-                .await
-                .with_context(|| format!("applying the CRD {name} from {}", file.display()))?;
-            names.push(name);
-        }
-        for name in &names {
-            let established = kube::runtime::wait::await_condition(
-                api.clone(),
-                name,
-                kube::runtime::wait::conditions::is_crd_established(),
-            );
-            tokio::time::timeout(Duration::from_secs(30), established)
-                .await
-                .with_context(|| format!("CRD {name} not Established after 30s"))?
-                .with_context(|| format!("watching CRD {name}"))?;
-        }
-        eprintln!("testenv: {} CRDs Established in {:.1}s", names.len(), started.elapsed().as_secs_f64());
-        Ok(names)
+        apply_crds(self.client().await?, dir.as_ref()).await
     }
-
     /// Creates a namespace and waits until its `default` ServiceAccount exists (before that, the apiserver
     /// rejects Pods in it).
     pub async fn create_namespace(&self, name: &str) -> Result<()> {
@@ -371,17 +345,55 @@ impl Drop for ControlPlane {
     }
 }
 
-fn write(dir: &TempDir, name: &str, contents: &str) -> Result<()> {
-    std::fs::write(dir.join(name), contents).with_context(|| format!("writing {}", dir.join(name).display()))
+/// Server-side applies every `*.yaml` CRD in `dir` and waits until each is Established.
+async fn apply_crds(client: Client, dir: &Path) -> Result<Vec<String>> {
+    let started = Instant::now();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading the CRD directory {}", dir.display()))?
+        .map(|entry| entry.map(|e| e.path()))
+        .collect::<std::io::Result<_>>()?;
+    files.retain(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"));
+    files.sort();
+    if files.is_empty() {
+        bail!("no *.yaml CRD files in {}", dir.display());
+    }
+    let api: Api<CustomResourceDefinition> = Api::all(client);
+    let mut names = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        let crd: CustomResourceDefinition =
+            serde_yaml::from_str(&text).with_context(|| format!("parsing {} as a CRD", file.display()))?;
+        let name = crd.metadata.name.clone().with_context(|| format!("{} has no metadata.name", file.display()))?;
+        api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&crd))
+            .await
+            .with_context(|| format!("applying the CRD {name} from {}", file.display()))?;
+        names.push(name);
+    }
+    for name in &names {
+        let established = kube::runtime::wait::await_condition(
+            api.clone(),
+            name,
+            kube::runtime::wait::conditions::is_crd_established(),
+        );
+        tokio::time::timeout(Duration::from_secs(30), established)
+            .await
+            .with_context(|| format!("CRD {name} not Established after 30s"))?
+            .with_context(|| format!("watching CRD {name}"))?;
+    }
+    eprintln!("testenv: {} CRDs Established in {:.1}s", names.len(), started.elapsed().as_secs_f64());
+    Ok(names)
 }
 
-fn with_log(error: anyhow::Error, process: &ChildProcess) -> anyhow::Error {
-    error.context(format!(
-        "{} did not become ready; last lines of {}:\n{}",
-        process.name(),
-        process.log_path().display(),
-        process.log_tail(30)
-    ))
+async fn client_from_kubeconfig(path: &Path) -> Result<Client> {
+    let kubeconfig = Kubeconfig::read_from(path).context("reading the test kubeconfig")?;
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .context("loading the test kubeconfig")?;
+    Client::try_from(config).context("building a kube client")
+}
+
+fn write(dir: &TempDir, name: &str, contents: &str) -> Result<()> {
+    std::fs::write(dir.join(name), contents).with_context(|| format!("writing {}", dir.join(name).display()))
 }
 
 fn kubeconfig_yaml(server: &str, ca_pem: &str, user: &str, token: &str) -> String {

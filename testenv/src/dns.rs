@@ -50,7 +50,8 @@ impl ChallTestSrv {
                 Err(e) => Err(e.to_string()),
             })
         })
-        .await?;
+        .await
+        .map_err(|e| server.process.with_log_tail(e))?;
         Ok(server)
     }
 

@@ -163,7 +163,8 @@ impl Pebble {
                 Err(e) => Err(error_chain(&e)),
             })
         })
-        .await?;
+        .await
+        .map_err(|e| process.with_log_tail(e))?;
         let roots_url = format!("{management_url}/roots/0");
         let issuing_root_pem =
             poll_until("Pebble's issuing root", Duration::from_secs(10), Duration::from_millis(50), || async {
@@ -174,7 +175,8 @@ impl Pebble {
                     Err(e) => Err(error_chain(&e)),
                 })
             })
-            .await?;
+            .await
+            .map_err(|e| process.with_log_tail(e))?;
         eprintln!(
             "testenv: Pebble ready in {:.1}s at {directory_url} (HTTP-01 dials port {http_port})",
             started.elapsed().as_secs_f64()

@@ -133,6 +133,16 @@ impl ChildProcess {
         *exit = child.wait().ok();
     }
 
+    /// `error` with the tail of this process's log attached, for "did not become ready" failures.
+    pub fn with_log_tail(&self, error: anyhow::Error) -> anyhow::Error {
+        error.context(format!(
+            "{} did not become ready; last lines of {}:\n{}",
+            self.name,
+            self.log_path.display(),
+            self.log_tail(30)
+        ))
+    }
+
     /// The last `lines` lines of the log.
     pub fn log_tail(&self, lines: usize) -> String {
         log_tail(&self.log_path, lines)
@@ -205,9 +215,12 @@ pub struct TempDir {
 }
 
 impl TempDir {
-    /// Creates `$TMPDIR/kacme-testenv-<label>-<pid>-<n>`.
+    /// Creates `$TMPDIR/kacme-testenv-<label>-<pid>-<n>`. The first call of a process also removes the
+    /// directories of earlier test processes that died without cleaning up (killed with SIGKILL).
     pub fn new(label: &str) -> Result<Self> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
+        static SWEPT: OnceLock<()> = OnceLock::new();
+        SWEPT.get_or_init(remove_dirs_of_dead_processes);
         loop {
             let n = NEXT.fetch_add(1, Ordering::Relaxed);
             let path = std::env::temp_dir().join(format!("kacme-testenv-{label}-{}-{n}", std::process::id()));
@@ -227,6 +240,23 @@ impl TempDir {
     /// A path inside the directory.
     pub fn join(&self, name: impl AsRef<Path>) -> PathBuf {
         self.path.join(name)
+    }
+}
+
+/// Removes `$TMPDIR/kacme-testenv-<label>-<pid>-<n>` directories whose process no longer exists.
+fn remove_dirs_of_dead_processes() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix("kacme-testenv-") else { continue };
+        let mut parts = rest.rsplit('-');
+        let (Some(n), Some(pid)) = (parts.next(), parts.next()) else { continue };
+        if n.parse::<u64>().is_err() || pid.parse::<u32>().is_err() {
+            continue;
+        }
+        if !Path::new("/proc").join(pid).exists() && entry.path().is_dir() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
 }
 

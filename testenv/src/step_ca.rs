@@ -160,7 +160,8 @@ impl StepCa {
                 Err(e) => Err(error_chain(&e)),
             })
         })
-        .await?;
+        .await
+        .map_err(|e| process.with_log_tail(e))?;
         let http01_addr = address.socket_addr(http01_port);
         eprintln!(
             "testenv: step-ca ready in {:.1}s at {directory_url} (HTTP-01 dials {http01_addr})",
