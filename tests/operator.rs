@@ -89,3 +89,196 @@ async fn short_lived_certificates_renew_by_themselves() {
     serials.dedup();
     assert_eq!(serials.len(), 3, "each renewal brought a new serial");
 }
+
+async fn serial_of(env: &OperatorEnv, name: &str) -> Option<String> {
+    let secret = env.secrets("apps").get_opt(&format!("{name}-tls")).await.unwrap()?;
+    let data = secret.data?;
+    Some(parse_chain(&data.get(TLS_CRT)?.0).ok()?.leaf.serial)
+}
+
+async fn wait_new_serial(env: &OperatorEnv, name: &str, old: &str, names: &[&str], what: &str) -> String {
+    let started = Instant::now();
+    loop {
+        if let Some(serial) = serial_of(env, name).await
+            && serial != old
+            && env.wait_ready("apps", name, Duration::from_secs(1)).await.is_ok()
+        {
+            let checked = check_secret(env, name, names).await;
+            if checked == serial {
+                return serial;
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(40), "{what}: no reissue\n{}", env.operator_log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_or_editing_the_secret_and_changing_the_spec_each_reissue() {
+    use k8s_openapi::ByteString;
+    use kube::api::{DeleteParams, Patch, PatchParams};
+    let env = OperatorEnv::with_pebble(PebbleOptions::default()).await.unwrap();
+    env.apply(&env.issuer_yaml("apps", "ca")).await.unwrap();
+    env.apply(&certificate_yaml("edit", "ca", &["edit.example.test"], "")).await.unwrap();
+    env.wait_ready("apps", "edit", Duration::from_secs(60)).await.unwrap();
+    let names = ["edit.example.test"];
+    let mut serial = check_secret(&env, "edit", &names).await;
+
+    env.secrets("apps").delete("edit-tls", &DeleteParams::default()).await.unwrap();
+    serial = wait_new_serial(&env, "edit", &serial, &names, "deleted Secret").await;
+
+    let garbage = serde_json::json!({"data": {TLS_CRT: ByteString(b"garbage".to_vec())}});
+    env.secrets("apps").patch("edit-tls", &PatchParams::default(), &Patch::Merge(&garbage)).await.unwrap();
+    serial = wait_new_serial(&env, "edit", &serial, &names, "edited Secret data").await;
+
+    env.apply(&certificate_yaml("edit", "ca", &["edit.example.test", "more.example.test"], "")).await.unwrap();
+    let names = ["edit.example.test", "more.example.test"];
+    serial = wait_new_serial(&env, "edit", &serial, &names, "changed dnsNames").await;
+
+    env.apply(&certificate_yaml("edit", "ca", &names, "  privateKey:\n    algorithm: RSA\n    size: 2048\n"))
+        .await
+        .unwrap();
+    wait_new_serial(&env, "edit", &serial, &names, "changed key algorithm").await;
+    let secret = env.secrets("apps").get("edit-tls").await.unwrap();
+    let key = parse_private_key(&secret.data.unwrap()[TLS_KEY].0).unwrap();
+    assert_eq!(key.spec().algorithm, kacme::api::KeyAlgorithm::Rsa);
+    assert!(String::from_utf8_lossy(key.pem().as_bytes()).starts_with("-----BEGIN RSA PRIVATE KEY-----"));
+    env.wait_no_solver_objects("apps").await.unwrap();
+    let certificate = env.certificates("apps").get("edit").await.unwrap();
+    assert_eq!(certificate.status.unwrap().revision, Some(5));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_ends_not_ready_with_a_reason_and_backs_off() {
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::api::PostParams;
+    let env = OperatorEnv::with_pebble(PebbleOptions::default()).await.unwrap();
+    env.apply(&env.issuer_yaml("apps", "ca")).await.unwrap();
+    let broken_issuer = env.issuer_yaml("apps", "broken").replace(env.ca.directory_url(), "https://127.0.0.1:1/dir");
+    env.apply(&broken_issuer).await.unwrap();
+
+    // A Secret that belongs to someone else.
+    let mut foreign = Secret::default();
+    foreign.metadata.name = Some("taken-tls".into());
+    foreign.string_data = Some([("note".to_string(), "mine".to_string())].into());
+    let foreign = env.secrets("apps").create(&PostParams::default(), &foreign).await.unwrap();
+
+    env.apply(&certificate_yaml("orphan", "nobody", &["orphan.example.test"], "")).await.unwrap();
+    env.apply(&certificate_yaml("waiting", "broken", &["waiting.example.test"], "")).await.unwrap();
+    env.apply(&certificate_yaml("taken", "ca", &["taken.example.test"], "")).await.unwrap();
+    // An IP the CA cannot reach: nothing listens on 127.0.0.99.
+    env.apply(
+        &certificate_yaml("unreachable", "ca", &[], "  ipAddresses:\n  - 127.0.0.99\n").replace("  dnsNames:\n", ""),
+    )
+    .await
+    .unwrap();
+
+    for (name, reason) in [
+        ("orphan", "IssuerNotFound"),
+        ("waiting", "IssuerNotReady"),
+        ("taken", "SecretNotOwned"),
+        ("unreachable", "Failed"),
+    ] {
+        let certificate = env
+            .wait_certificate("apps", name, Duration::from_secs(30), &format!("{name}: Ready=False {reason}"), |c| {
+                condition(c, "Ready").is_some_and(|(s, r, _)| s == "False" && r == reason)
+            })
+            .await
+            .unwrap();
+        let (_, _, message) = condition(&certificate, "Ready").unwrap();
+        assert!(!message.is_empty(), "{name}: a message");
+        eprintln!("{name}: Ready=False {reason}: {message}");
+    }
+    let unreachable = env.certificates("apps").get("unreachable").await.unwrap();
+    let (_, _, message) = condition(&unreachable, "Ready").unwrap();
+    assert!(message.contains("127.0.0.99"), "the CA's detail names the identifier: {message}");
+
+    // Backoff: over 10 seconds, a 2s initial backoff doubling to 8s allows a handful of attempts, not dozens.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let attempts = env.certificates("apps").get("unreachable").await.unwrap().status.unwrap().failed_issuance_attempts;
+    assert!(attempts.is_some_and(|a| (1..=5).contains(&a)), "attempts after 10s: {attempts:?}");
+    let after = env.secrets("apps").get("taken-tls").await.unwrap();
+    assert_eq!(after.metadata.resource_version, foreign.metadata.resource_version, "the foreign Secret is untouched");
+    assert!(after.metadata.annotations.unwrap_or_default().is_empty());
+    env.wait_no_solver_objects("apps").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_operator_resumes_the_same_order_and_leaves_nothing_behind() {
+    let mut env = OperatorEnv::with_pebble(PebbleOptions::default()).await.unwrap();
+    env.apply(&env.issuer_yaml("apps", "ca")).await.unwrap();
+
+    // Point 1: solver Pods created but not running (no kubelet), the order waiting on them.
+    env.stand_in = None;
+    env.apply(&certificate_yaml("resume", "ca", &["resume.example.test"], "")).await.unwrap();
+    let waiting = env
+        .wait_certificate("apps", "resume", Duration::from_secs(30), "an order waiting for its solver", |c| {
+            c.status
+                .as_ref()
+                .and_then(|s| s.order.as_ref())
+                .is_some_and(|o| o.authorizations.iter().any(|a| a.state.as_deref() == Some("presented")))
+        })
+        .await
+        .unwrap();
+    let order_url = waiting.status.unwrap().order.unwrap().url;
+    env.kill_operator();
+    env.stand_in = Some(
+        kacme_testenv::SolverStandIn::start(
+            env.client.clone(),
+            common::operator_env::kacme_binary(),
+            env.ca.http01_addr(),
+        )
+        .await
+        .unwrap(),
+    );
+    env.start_operator().unwrap();
+    env.wait_ready("apps", "resume", Duration::from_secs(60)).await.unwrap();
+    let events = env.event_reasons("apps", "resume").await.unwrap();
+    assert_eq!(events.iter().filter(|e| *e == "OrderCreated").count(), 1, "one order only: {events:?} ({order_url})");
+    check_secret(&env, "resume", &["resume.example.test"]).await;
+
+    // Point 2: kills at random moments right after applying.
+    for round in 0..3u64 {
+        let name = format!("crash{round}");
+        let host = format!("{name}.example.test");
+        env.apply(&certificate_yaml(&name, "ca", &[&host], "")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50 + (round * 97) % 300)).await;
+        env.kill_operator();
+        env.start_operator().unwrap();
+        env.wait_ready("apps", &name, Duration::from_secs(60)).await.unwrap();
+        check_secret(&env, &name, &[&host]).await;
+    }
+    env.wait_no_solver_objects("apps").await.unwrap();
+    let leftover_keys: Vec<String> = env
+        .secrets("apps")
+        .list_metadata(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|s| s.metadata.name)
+        .filter(|n| n.ends_with("-next-key"))
+        .collect();
+    assert!(leftover_keys.is_empty(), "next-key Secrets left: {leftover_keys:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_a_certificate_mid_order_removes_its_solver_objects() {
+    let mut env = OperatorEnv::with_pebble(PebbleOptions::default()).await.unwrap();
+    env.apply(&env.issuer_yaml("apps", "ca")).await.unwrap();
+    env.stand_in = None;
+    env.apply(&certificate_yaml("gone", "ca", &["gone.example.test"], "")).await.unwrap();
+    kacme_testenv::poll_until("solver objects", Duration::from_secs(30), Duration::from_millis(100), || async {
+        let objects = env.solver_objects("apps").await?;
+        Ok(if objects.len() == 3 { Ok(()) } else { Err(format!("{objects:?}")) })
+    })
+    .await
+    .unwrap();
+    env.certificates("apps").delete("gone", &Default::default()).await.unwrap();
+    env.wait_no_solver_objects("apps").await.unwrap();
+    kacme_testenv::poll_until("the Certificate gone", Duration::from_secs(20), Duration::from_millis(100), || async {
+        Ok(if env.certificates("apps").get_opt("gone").await?.is_none() { Ok(()) } else { Err("still there".into()) })
+    })
+    .await
+    .unwrap();
+}

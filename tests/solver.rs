@@ -22,10 +22,15 @@ fn free_port() -> u16 {
 }
 
 fn start_solver() -> Solver {
+    start_solver_for("T0k3n-abc_DEF")
+}
+
+fn start_solver_for(token: &str) -> Solver {
     let address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_kacme"))
         .args(["solver", "--listen", &address.to_string(), "--domain", "app.example.test"])
-        .args(["--token", "T0k3n-abc_DEF", "--key-authorization", "T0k3n-abc_DEF.thumbprint"])
+        .arg(format!("--token={token}"))
+        .arg(format!("--key-authorization={token}.thumbprint"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -97,4 +102,13 @@ fn the_solver_stops_cleanly_on_sigterm() {
     };
     assert!(status.success(), "exit status {status:?}");
     assert!(TcpStream::connect(solver.address).is_err(), "the port is released");
+}
+
+#[test]
+fn a_token_that_starts_with_a_dash_is_a_value_not_a_flag() {
+    // base64url tokens may start with '-'; solver Pods pass values with '='.
+    let solver = start_solver_for("-G1rt26kNswX");
+    let (status, _, body) =
+        request(solver.address, "GET", Some("app.example.test"), "/.well-known/acme-challenge/-G1rt26kNswX");
+    assert_eq!((status, body.as_str()), (200, "-G1rt26kNswX.thumbprint"));
 }

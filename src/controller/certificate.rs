@@ -45,10 +45,25 @@ const FOREIGN_SECRET_WAIT: Duration = Duration::from_secs(60);
 pub async fn reconcile_certificate(certificate: Arc<Certificate>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
     let namespace = certificate.namespace().ok_or(ReconcileError::MissingField("metadata.namespace"))?;
     let api: Api<Certificate> = Api::namespaced(ctx.client.clone(), &namespace);
+    let certificate = if ctx.may_be_stale(&certificate) {
+        match api.get_opt(&certificate.name_any()).await {
+            Ok(Some(fresh)) => Arc::new(fresh),
+            Ok(None) => {
+                ctx.forget_written(&certificate);
+                return Ok(Action::await_change());
+            }
+            Err(e) => return Err(ReconcileError::kube(format!("reading Certificate {}", certificate.name_any()), e)),
+        }
+    } else {
+        certificate
+    };
     finalizer(&api, FINALIZER, certificate, |event| async {
         match event {
             FinalizerEvent::Apply(certificate) => Pass::new(&ctx, &certificate).run().await,
-            FinalizerEvent::Cleanup(certificate) => clean_up_deleted(&ctx, &certificate).await,
+            FinalizerEvent::Cleanup(certificate) => {
+                ctx.forget_written(&certificate);
+                clean_up_deleted(&ctx, &certificate).await
+            }
         }
     })
     .await
@@ -111,7 +126,8 @@ impl<'a> Pass<'a> {
         if status_changed(&old, &self.status) {
             let api: Api<Certificate> =
                 Api::namespaced(self.ctx.client.clone(), &self.certificate.namespace().unwrap_or_default());
-            apply_status(&api, &self.certificate.name_any(), "Certificate", &self.status).await?;
+            let version = apply_status(&api, &self.certificate.name_any(), "Certificate", &self.status).await?;
+            self.ctx.remember_write(self.certificate, version);
         }
         action
     }

@@ -85,6 +85,8 @@ pub struct Context {
     pub solver_stores: kube_solver::SolverStores,
     pub solver_context: SolverContext,
     sessions: Mutex<HashMap<String, OrderSession>>,
+    /// The resourceVersion each Certificate had after kacme last wrote its status.
+    written: Mutex<HashMap<String, String>>,
 }
 
 fn object_key(certificate: &Certificate) -> String {
@@ -112,6 +114,26 @@ impl Context {
         }
     }
 
+    /// Remembers the resourceVersion a status write produced.
+    fn remember_write(&self, certificate: &Certificate, resource_version: Option<String>) {
+        if let (Ok(mut written), Some(version)) = (self.written.lock(), resource_version) {
+            written.insert(object_key(certificate), version);
+        }
+    }
+
+    /// Whether the cached copy may predate kacme's own last status write (then it must be read afresh:
+    /// acting on a stale status could repeat a step, such as storing a certificate twice).
+    fn may_be_stale(&self, certificate: &Certificate) -> bool {
+        let Ok(written) = self.written.lock() else { return true };
+        written.get(&object_key(certificate)).is_some_and(|v| certificate.resource_version().as_ref() != Some(v))
+    }
+
+    fn forget_written(&self, certificate: &Certificate) {
+        if let Ok(mut written) = self.written.lock() {
+            written.remove(&object_key(certificate));
+        }
+    }
+
     /// Publishes an Event about a Certificate; failures are logged, never fatal.
     async fn publish_event(&self, certificate: &Certificate, warning: bool, reason: &str, note: String) {
         let event = Event {
@@ -127,8 +149,14 @@ impl Context {
     }
 }
 
-/// Writes `status` with server-side apply under [`FIELD_MANAGER`] (fields kacme no longer sets go).
-pub(crate) async fn apply_status<K, S>(api: &Api<K>, name: &str, kind: &str, status: &S) -> Result<(), ReconcileError>
+/// Writes `status` with server-side apply under [`FIELD_MANAGER`] (fields kacme no longer sets go);
+/// returns the object's new resourceVersion.
+pub(crate) async fn apply_status<K, S>(
+    api: &Api<K>,
+    name: &str,
+    kind: &str,
+    status: &S,
+) -> Result<Option<String>, ReconcileError>
 where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
     S: Serialize,
@@ -140,7 +168,7 @@ where
     });
     api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
         .await
-        .map(|_| ())
+        .map(|object| object.resource_version())
         .map_err(|e| ReconcileError::kube(format!("writing the status of {kind} {name}"), e))
 }
 
@@ -192,6 +220,7 @@ pub async fn run(
         accounts: AccountCache::default(),
         acme_observer,
         sessions: Mutex::default(),
+        written: Mutex::default(),
         config: config.clone(),
         client: client.clone(),
     });

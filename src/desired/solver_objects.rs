@@ -268,18 +268,15 @@ fn solver_container(challenge: &Http01Challenge, resources: ResourceRequirements
     }
 }
 
-/// The command line of `kacme solver` for one challenge (the image's entrypoint is `kacme`).
+/// The command line of `kacme solver` for one challenge (the image's entrypoint is `kacme`). Values are
+/// attached with `=`: base64url tokens may start with `-`, which would otherwise read as a flag.
 fn solver_args(challenge: &Http01Challenge, port: u16) -> Vec<String> {
     vec![
         "solver".to_string(),
-        "--listen".to_string(),
-        format!("0.0.0.0:{port}"),
-        "--domain".to_string(),
-        challenge.identifier.clone(),
-        "--token".to_string(),
-        challenge.token.clone(),
-        "--key-authorization".to_string(),
-        challenge.key_authorization.clone(),
+        format!("--listen=0.0.0.0:{port}"),
+        format!("--domain={}", challenge.identifier),
+        format!("--token={}", challenge.token),
+        format!("--key-authorization={}", challenge.key_authorization),
     ]
 }
 
@@ -377,8 +374,8 @@ mod tests {
                     "name": "solver",
                     "image": "registry.example.test/kacme:1.0",
                     "args": [
-                        "solver", "--listen", "0.0.0.0:8089", "--domain", "web.example.test",
-                        "--token", "tok-123", "--key-authorization", "tok-123.thumbprint",
+                        "solver", "--listen=0.0.0.0:8089", "--domain=web.example.test",
+                        "--token=tok-123", "--key-authorization=tok-123.thumbprint",
                     ],
                     "ports": [{ "name": "http", "containerPort": 8089, "protocol": "TCP" }],
                     "readinessProbe": { "httpGet": { "path": "/healthz", "port": 8089 }, "periodSeconds": 1 },
@@ -518,7 +515,7 @@ mod tests {
         // (case, holds)
         let cases = [
             ("the pull policy is set", container.image_pull_policy.as_deref() == Some("IfNotPresent")),
-            ("the solver listens on the port", container.args.as_ref().unwrap()[2] == "0.0.0.0:9000"),
+            ("the solver listens on the port", container.args.as_ref().unwrap()[1] == "--listen=0.0.0.0:9000"),
             ("the container port is the port", container.ports.as_ref().unwrap()[0].container_port == 9000),
             ("the Service port is the port", service.spec.unwrap().ports.unwrap()[0].port == 9000),
             ("the Ingress backend port is the port", backend_port.number == Some(9000)),
