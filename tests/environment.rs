@@ -225,7 +225,7 @@ async fn crds_install_explain_their_fields_and_reject_invalid_objects_at_admissi
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn deleting_an_owner_garbage_collects_what_it_owns() {
+async fn owners_are_garbage_collected_and_service_account_tokens_are_issued_and_authorized_by_rbac() {
     within(180, async {
         // CRDs before the controller-manager starts, so that its garbage collector watches Certificates.
         let control_plane = ControlPlane::start_with_crds(crds_dir()).await.expect("starting the control plane");
@@ -278,6 +278,23 @@ async fn deleting_an_owner_garbage_collects_what_it_owns() {
         .await
         .expect("garbage collection");
         assert!(config_maps.get_opt("unowned").await.expect("get").is_some(), "an unowned object was collected");
+
+        // TokenRequest works (service-account signing keys), and RBAC applies to the token's identity.
+        let token = control_plane.kubectl(&["create", "token", "default"]).await.expect("kubectl create token");
+        let token = token.trim();
+        assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
+        let denied = control_plane
+            .kubectl_command()
+            .args(["--token", token, "get", "secrets"])
+            .output()
+            .await
+            .expect("running kubectl");
+        let stderr = String::from_utf8_lossy(&denied.stderr);
+        assert!(!denied.status.success(), "the default ServiceAccount may list Secrets");
+        assert!(
+            stderr.contains("Forbidden") && stderr.contains("system:serviceaccount:default:default"),
+            "RBAC denies the ServiceAccount by name: {stderr}"
+        );
     })
     .await
 }

@@ -7,14 +7,15 @@
 //! - [`SolverStandIn`]: the kubelet and ingress controller for solver Pods, serving HTTP where the CA dials.
 //!
 //! Every component is stopped when its value is dropped (also when a test panics): child processes are
-//! killed and reaped, temp dirs removed. The binaries come from the cache that `tests/env/install` fills
+//! killed and reaped, temp dirs removed. If the test process itself is killed, `setpriv --pdeathsig` makes
+//! the kernel kill its children, and the next run removes the temp dirs left behind. The binaries come from the cache that `tests/env/install` fills
 //! (see [`Binaries`]). Each environment gets its own loopback address so that tests can run in parallel.
 //!
 //! ```no_run
 //! # async fn example() -> anyhow::Result<()> {
 //! use kacme_testenv::{ControlPlane, Pebble, PebbleOptions, SolverStandIn};
-//! let control_plane = ControlPlane::start().await?;
-//! control_plane.install_crds(concat!(env!("CARGO_MANIFEST_DIR"), "/crds")).await?;
+//! // In a root integration test: concat!(env!("CARGO_MANIFEST_DIR"), "/crds").
+//! let control_plane = ControlPlane::start_with_crds("crds").await?;
 //! let pebble = Pebble::start(PebbleOptions::default()).await?;
 //! let kacme = "target/debug/kacme"; // in a root integration test: env!("CARGO_BIN_EXE_kacme")
 //! let stand_in = SolverStandIn::start(control_plane.client().await?, kacme, pebble.http01_addr()).await?;

@@ -109,3 +109,25 @@ fn address_is_usable(ip: Ipv4Addr) -> bool {
         Err(error) => error.kind() != std::io::ErrorKind::AddrInUse,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environments_alive_at_the_same_time_never_share_an_address() {
+        let first = LoopbackAddress::allocate().unwrap();
+        let second = LoopbackAddress::allocate().unwrap();
+        let clone_of_first = first.clone();
+        assert_ne!(first.ip(), second.ip());
+        drop(first);
+        let third = LoopbackAddress::allocate().unwrap();
+        assert_ne!(third.ip(), clone_of_first.ip(), "a clone keeps the address reserved");
+        assert_ne!(third.ip(), second.ip());
+        let ports = second.free_ports(5).unwrap();
+        let mut distinct = ports.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 5, "{ports:?}");
+    }
+}

@@ -1,7 +1,8 @@
 //! The kubelet and ingress controller that this machine lacks, for solver Pods only.
 //!
 //! Kubelet part: for every Pod labelled `kacme.dev/solver`, run the real `kacme` binary with the first
-//! container's `args` (the image's entrypoint is `kacme`), listening on a free port of the environment's
+//! container's `args` (the image's entrypoint is `kacme`; without `args`, `command` minus its first word)
+//! and its literal `env` values, listening on a free port of the environment's
 //! address instead of the Pod's own; report the Pod Running and Ready (status subresource, podIP = the
 //! environment's address), Failed when the process exits, and kill the process when the Pod goes away.
 //!
@@ -283,7 +284,14 @@ fn start_solver(state: &State, pod: &Pod) -> Result<Arc<SolverPod>> {
     let container = pod.spec.as_ref().and_then(|s| s.containers.first()).context("the Pod has no container")?;
     let port = std::net::TcpListener::bind((state.ip, 0))?.local_addr()?.port();
     let addr = SocketAddr::new(state.ip, port);
-    let args = solver_args(container.args.as_deref().unwrap_or_default(), addr);
+    // The image's entrypoint is `kacme`, so `args` are kacme's arguments. A Pod that spells the whole
+    // command line in `command` instead (`["kacme", "solver", ...]`) gets the same treatment.
+    let pod_args = match (container.args.as_deref(), container.command.as_deref()) {
+        (Some(args), _) if !args.is_empty() => args.to_vec(),
+        (_, Some([_entrypoint, rest @ ..])) => rest.to_vec(),
+        _ => Vec::new(),
+    };
+    let args = solver_args(&pod_args, addr);
     // Literal env values of the container (valueFrom needs a kubelet); the listen address is ours.
     let env: Vec<(String, String)> = container
         .env
