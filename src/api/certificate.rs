@@ -22,8 +22,8 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name": "Ready", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name": "Secret", "type": "string", "jsonPath": ".spec.secretName"}"#,
     printcolumn = r#"{"name": "Issuer", "type": "string", "jsonPath": ".spec.issuerRef.name"}"#,
-    printcolumn = r#"{"name": "Expires", "type": "date", "jsonPath": ".status.notAfter"}"#,
-    printcolumn = r#"{"name": "Renewal", "type": "date", "jsonPath": ".status.renewalTime", "priority": 1}"#,
+    printcolumn = r#"{"name": "Expires", "type": "string", "jsonPath": ".status.notAfter"}"#,
+    printcolumn = r#"{"name": "Renewal", "type": "string", "jsonPath": ".status.renewalTime", "priority": 1}"#,
     printcolumn = r#"{"name": "Status", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].message", "priority": 1}"#,
     printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
 )]
