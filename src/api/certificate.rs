@@ -67,8 +67,8 @@ pub struct CertificateSpec {
     pub common_name: Option<String>,
 
     /// Requested lifetime of the certificate as a Go duration (for example `24h`, `2160h`), at least 5m.
-    /// The CA may issue a shorter or longer one; renewal follows the lifetime actually issued.
-    /// Defaults to the CA's own default lifetime.
+    /// Not yet sent to the CA (the ACME client library cannot put notAfter in an order yet): the CA's
+    /// own default lifetime applies (24h for step-ca). Renewal always follows the lifetime actually issued.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "lifetime_schema")]
     pub duration: Option<Duration>,
