@@ -37,7 +37,9 @@ async fn check_secret(env: &OperatorEnv, name: &str, names: &[&str]) -> String {
 async fn issue_one(env: &OperatorEnv, ca: &str) {
     env.apply(&env.issuer_yaml("apps", "ca")).await.unwrap();
     let started = Instant::now();
-    env.apply(&certificate_yaml("web", "ca", &["web.example.test", "api.example.test"], "")).await.unwrap();
+    let ip = env.ca.ip().to_string();
+    let extra = format!("  ipAddresses:\n  - {ip}\n");
+    env.apply(&certificate_yaml("web", "ca", &["web.example.test", "api.example.test"], &extra)).await.unwrap();
     let certificate = env.wait_ready("apps", "web", Duration::from_secs(60)).await.unwrap();
     let rss = env
         .operator_pid()
@@ -48,6 +50,9 @@ async fn issue_one(env: &OperatorEnv, ca: &str) {
         .unwrap_or_default();
     eprintln!("{ca}: apply -> Ready in {:.2}s; operator resident memory {rss} kB", started.elapsed().as_secs_f64());
     check_secret(env, "web", &["web.example.test", "api.example.test"]).await;
+    let secret = env.secrets("apps").get("web-tls").await.unwrap();
+    let leaf = parse_chain(&secret.data.unwrap()[TLS_CRT].0).unwrap().leaf;
+    assert_eq!(leaf.ip_addresses, [env.ca.ip()], "{ca}: the IP address is certified too");
     let status = certificate.status.unwrap();
     assert_eq!(status.revision, Some(1));
     assert!(status.not_after.is_some() && status.renewal_time.is_some());

@@ -35,6 +35,11 @@ impl Ca {
         }
     }
 
+    /// The environment's loopback IP: every name resolves to it, and the CA dials it for IP identifiers.
+    pub fn ip(&self) -> std::net::IpAddr {
+        self.http01_addr().ip()
+    }
+
     pub fn http01_addr(&self) -> std::net::SocketAddr {
         match self {
             Ca::Pebble(p) => p.http01_addr(),
@@ -70,8 +75,8 @@ impl OperatorEnv {
     }
 
     async fn start(ca: Ca) -> Result<OperatorEnv> {
-        let control_plane = ControlPlane::start().await?;
-        control_plane.install_crds(concat!(env!("CARGO_MANIFEST_DIR"), "/crds")).await?;
+        // CRDs before the controller-manager starts, so that its garbage collector knows them at once.
+        let control_plane = ControlPlane::start_with_crds(concat!(env!("CARGO_MANIFEST_DIR"), "/crds")).await?;
         let client = control_plane.client().await?;
         control_plane.create_namespace("kacme").await?;
         control_plane.create_namespace("apps").await?;
