@@ -73,12 +73,23 @@ pub async fn issue_with<S: ChallengeSolver>(
                 }
                 tokio::time::sleep(after.min(Duration::from_secs(2))).await;
             }
-            Err(error) => match error.retry {
-                Retry::Immediately if bad_nonces < options.bad_nonce_retries => bad_nonces += 1,
-                Retry::After(delay) if started.elapsed() + delay < options.deadline => tokio::time::sleep(delay).await,
-                _ => return Err(error),
+            Err(error) => match retry_delay(&error, &mut bad_nonces, started, options) {
+                Some(delay) => tokio::time::sleep(delay).await,
+                None => return Err(error),
             },
         }
+    }
+}
+
+/// How long to wait before retrying after `error`, or `None` to give up.
+fn retry_delay(error: &AcmeError, bad_nonces: &mut u32, started: Instant, options: &IssueOptions) -> Option<Duration> {
+    match error.retry {
+        Retry::Immediately if *bad_nonces < options.bad_nonce_retries => {
+            *bad_nonces += 1;
+            Some(Duration::ZERO)
+        }
+        Retry::After(delay) if started.elapsed() + delay < options.deadline => Some(delay),
+        _ => None,
     }
 }
 
@@ -91,10 +102,9 @@ where
     loop {
         match attempt().await {
             Ok(value) => return Ok(value),
-            Err(error) => match error.retry {
-                Retry::Immediately if bad_nonces < options.bad_nonce_retries => bad_nonces += 1,
-                Retry::After(delay) if started.elapsed() + delay < options.deadline => tokio::time::sleep(delay).await,
-                _ => return Err(error),
+            Err(error) => match retry_delay(&error, &mut bad_nonces, started, options) {
+                Some(delay) => tokio::time::sleep(delay).await,
+                None => return Err(error),
             },
         }
     }
