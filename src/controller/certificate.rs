@@ -181,10 +181,13 @@ impl<'a> Pass<'a> {
     }
 
     /// Ready reflects the Secret: an expiring or manually renewed certificate is still valid.
+    /// After a failure, Ready keeps the failure (with the CA's words) until an issuance succeeds.
     fn show_need(&mut self, reason: IssuanceReason, message: &str) {
         let still_valid = matches!(reason, IssuanceReason::Expiring | IssuanceReason::ManuallyTriggered)
             && self.status.not_after.as_ref().is_some_and(|t| t.0 > self.now);
-        if !still_valid {
+        let failed =
+            self.status.failed_issuance_attempts.unwrap_or(0) > 0 && self.condition_is("Ready", "False", "Failed");
+        if !still_valid && !failed {
             self.set("Ready", false, reason.as_str(), message);
         }
     }
