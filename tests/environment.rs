@@ -610,3 +610,66 @@ async fn step_ca_validates_http01_on_port_80_through_the_stand_in_and_issues() {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_audit_log_counts_each_users_requests_by_verb_and_answer() {
+    within(60, async {
+        let control_plane = ControlPlane::start_with_options(kacme_testenv::ControlPlaneOptions {
+            audit_log: true,
+            users: vec!["probe".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("starting the control plane");
+        let path = control_plane.audit_log_path().expect("an audit log").to_path_buf();
+        let mut audit = kacme_testenv::AuditReader::from_end(&path).expect("reading the audit log");
+
+        let kubeconfig = kube::config::Kubeconfig::read_from(control_plane.kubeconfig_of("probe").unwrap()).unwrap();
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.unwrap();
+        let probe: Api<ConfigMap> = Api::namespaced(Client::try_from(config).unwrap(), "default");
+        let admin: Api<ConfigMap> = Api::namespaced(control_plane.client().await.unwrap(), "default");
+        let mut map = ConfigMap::default();
+        map.metadata.name = Some("probe".into());
+        probe.create(&PostParams::default(), &map).await.expect("create as probe");
+        probe.get("probe").await.expect("get as probe");
+        let conflict = probe.create(&PostParams::default(), &map).await.expect_err("a second create conflicts");
+        assert!(matches!(conflict, kube::Error::Api(ref s) if s.code == 409), "{conflict}");
+        admin.get("probe").await.expect("get as admin");
+
+        // The apiserver writes each line before it answers (blocking mode): everything is there already.
+        let requests: Vec<_> = audit
+            .read_new()
+            .expect("reading the audit log")
+            .into_iter()
+            .filter(|r| r.user == "probe" && r.resource == "configmaps")
+            .collect();
+        let summary: Vec<(String, u16)> = requests.iter().map(|r| (r.verb.clone(), r.code)).collect();
+        assert_eq!(summary, [("create".to_string(), 201), ("get".to_string(), 200), ("create".to_string(), 409)]);
+        assert!(requests.iter().all(|r| r.namespace == "default"), "{requests:?}");
+        assert_eq!(requests.iter().filter(|r| r.is_write()).count(), 2);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_pebble_serves_the_same_directory_url_and_forgets_everything() {
+    within(60, async {
+        let mut pebble = Pebble::start(PebbleOptions::default()).await.expect("starting Pebble");
+        let https = HttpsClient::trusting(pebble.listener_root_pem()).expect("a TLS client");
+        assert_eq!(https.get(pebble.directory_url()).await.expect("GET the directory").status, 200);
+        let first_root = pebble.issuing_root_pem().to_string();
+
+        pebble.stop();
+        let down = https.get(pebble.directory_url()).await.expect_err("a stopped Pebble does not answer");
+        assert!(kacme_testenv::error_chain(&down).to_lowercase().contains("refused"), "{down:#}");
+
+        pebble.restart().await.expect("restarting Pebble");
+        let directory = https.get(pebble.directory_url()).await.expect("GET the directory after the restart");
+        assert_eq!(directory.status, 200, "same URL, same listener certificate: {}", directory.body);
+        assert_ne!(pebble.issuing_root_pem(), first_root, "a new Pebble has a new issuing root");
+        let counts = pebble.request_counts().expect("Pebble's request counts");
+        assert!(counts.get("GET /dir").is_some_and(|n| *n >= 2), "requests of both runs are counted: {counts:?}");
+        assert!(pebble.issued_serials().expect("issued serials").is_empty());
+    })
+    .await
+}

@@ -21,6 +21,34 @@ pub const FIELD_MANAGER: &str = "kacme-testenv";
 /// How long to wait for the control plane to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The apiserver's audit policy when [`ControlPlaneOptions::audit_log`] is on: every request at Metadata
+/// level (who, verb, resource, response code; no bodies), once when a long-running request (a watch)
+/// starts and once when any request completes.
+const AUDIT_POLICY: &str = "apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: None
+  users: [\"system:apiserver\"]
+- level: Metadata
+";
+
+/// How to start a [`ControlPlane`].
+#[derive(Clone, Debug, Default)]
+pub struct ControlPlaneOptions {
+    /// The loopback address to run on; a fresh one when `None`.
+    pub address: Option<LoopbackAddress>,
+    /// CRDs (`*.yaml`) to install before the controller-manager starts (see [`ControlPlane::start_with_crds`]).
+    pub crds_dir: Option<PathBuf>,
+    /// Have the apiserver write an audit log (JSON lines, Metadata level) to `audit.log` in the control
+    /// plane's directory; read it with [`crate::AuditReader`] to count requests per user and verb.
+    pub audit_log: bool,
+    /// Further users (besides `admin`), each with a token, in group `system:masters`, and a kubeconfig of
+    /// its own ([`ControlPlane::kubeconfig_of`]): give a process its own identity so that its requests can be
+    /// told apart from the test's in the audit log.
+    pub users: Vec<String>,
+}
+
 /// etcd + kube-apiserver + kube-controller-manager, all on one loopback address, stopped on drop.
 ///
 /// The apiserver authenticates an `admin` user (group `system:masters`) with a bearer token, authorizes with
@@ -37,6 +65,8 @@ pub struct ControlPlane {
     ca_pem: String,
     admin_token: String,
     kubeconfig: PathBuf,
+    user_kubeconfigs: Vec<(String, PathBuf)>,
+    audit_log: Option<PathBuf>,
     address: LoopbackAddress,
     dir: TempDir,
 }
@@ -66,7 +96,22 @@ impl ControlPlane {
     /// Starts a control plane on the given loopback address, with the CRDs of `crds_dir` installed before the
     /// controller-manager starts when given (see [`ControlPlane::start_with_crds`]).
     pub async fn start_with(address: LoopbackAddress, crds_dir: Option<&Path>) -> Result<Self> {
+        Self::start_with_options(ControlPlaneOptions {
+            address: Some(address),
+            crds_dir: crds_dir.map(Path::to_path_buf),
+            ..ControlPlaneOptions::default()
+        })
+        .await
+    }
+
+    /// Starts a control plane as `options` say (address, CRDs, audit log, extra users).
+    pub async fn start_with_options(options: ControlPlaneOptions) -> Result<Self> {
         let started = Instant::now();
+        let address = match options.address {
+            Some(address) => address,
+            None => LoopbackAddress::allocate()?,
+        };
+        let crds_dir = options.crds_dir.as_deref();
         let binaries = Binaries::locate()?;
         let [etcd_bin, apiserver_bin, kcm_bin, kubectl] =
             binaries.paths(["etcd", "kube-apiserver", "kube-controller-manager", "kubectl"])?;
@@ -88,6 +133,13 @@ impl ControlPlane {
         let (sa_key, sa_public) = signing_key_pair()?;
         let admin_token = random_hex(24)?;
         let kcm_token = random_hex(24)?;
+        let mut users = Vec::new();
+        for user in &options.users {
+            if user.is_empty() || !user.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c)) {
+                bail!("user name {user:?}: use letters, digits and - _ . : only");
+            }
+            users.push((user.clone(), random_hex(24)?));
+        }
         write(&dir, "ca.crt", &ca.cert_pem)?;
         write(&dir, "apiserver.crt", &serving.cert_pem)?;
         write(&dir, "apiserver.key", &serving.key_pem)?;
@@ -98,12 +150,22 @@ impl ControlPlane {
             "tokens.csv",
             &format!(
                 "{admin_token},admin,admin,\"system:masters\"\n\
-                 {kcm_token},system:kube-controller-manager,kube-controller-manager,\"system:masters\"\n"
+                 {kcm_token},system:kube-controller-manager,kube-controller-manager,\"system:masters\"\n{}",
+                users
+                    .iter()
+                    .map(|(user, token)| format!("{token},{user},{user},\"system:masters\"\n"))
+                    .collect::<String>()
             ),
         )?;
         let server = format!("https://{ip}:{apiserver_port}");
         let kubeconfig = dir.join("kubeconfig");
         std::fs::write(&kubeconfig, kubeconfig_yaml(&server, &ca.cert_pem, "admin", &admin_token))?;
+        let mut user_kubeconfigs = Vec::new();
+        for (user, token) in &users {
+            let path = dir.join(format!("{user}.kubeconfig"));
+            std::fs::write(&path, kubeconfig_yaml(&server, &ca.cert_pem, user, token))?;
+            user_kubeconfigs.push((user.clone(), path));
+        }
         let kcm_kubeconfig = dir.join("kube-controller-manager.kubeconfig");
         std::fs::write(
             &kcm_kubeconfig,
@@ -131,6 +193,20 @@ impl ControlPlane {
         )?;
 
         let path = |name: &str| dir.join(name).display().to_string();
+        let mut audit_args = Vec::new();
+        let audit_log = if options.audit_log {
+            write(&dir, "audit-policy.yaml", AUDIT_POLICY)?;
+            audit_args.extend([
+                format!("--audit-policy-file={}", path("audit-policy.yaml")),
+                format!("--audit-log-path={}", path("audit.log")),
+                "--audit-log-format=json".to_string(),
+                "--audit-log-mode=blocking".to_string(),
+                "--audit-log-maxsize=0".to_string(),
+            ]);
+            Some(dir.join("audit.log"))
+        } else {
+            None
+        };
         let apiserver = ChildProcess::spawn(
             "kube-apiserver",
             &apiserver_bin,
@@ -152,7 +228,9 @@ impl ControlPlane {
                 "--endpoint-reconciler-type=none".into(),
                 "--enable-priority-and-fairness=false".into(),
                 "--profiling=false".into(),
-            ],
+            ]
+            .into_iter()
+            .chain(audit_args),
             &[],
             dir.join("kube-apiserver.log"),
         )?;
@@ -207,6 +285,8 @@ impl ControlPlane {
             ca_pem: ca.cert_pem,
             admin_token,
             kubeconfig,
+            user_kubeconfigs,
+            audit_log,
             address,
             dir,
         };
@@ -244,6 +324,25 @@ impl ControlPlane {
     /// file (`--kubeconfig` or `KUBECONFIG` for a child), never an ambient kubeconfig.
     pub fn kubeconfig_path(&self) -> &Path {
         &self.kubeconfig
+    }
+
+    /// The kubeconfig of a user given in [`ControlPlaneOptions::users`].
+    pub fn kubeconfig_of(&self, user: &str) -> Result<&Path> {
+        self.user_kubeconfigs
+            .iter()
+            .find(|(name, _)| name == user)
+            .map(|(_, path)| path.as_path())
+            .with_context(|| format!("the control plane has no user {user:?} (see ControlPlaneOptions::users)"))
+    }
+
+    /// Like [`ControlPlane::child_env`], as a user given in [`ControlPlaneOptions::users`].
+    pub fn child_env_as(&self, user: &str) -> Result<Vec<(&'static str, &OsStr)>> {
+        Ok(vec![("KUBECONFIG", self.kubeconfig_of(user)?.as_os_str())])
+    }
+
+    /// The apiserver's audit log (JSON lines), when [`ControlPlaneOptions::audit_log`] was set.
+    pub fn audit_log_path(&self) -> Option<&Path> {
+        self.audit_log.as_deref()
     }
 
     /// The loopback address everything listens on.

@@ -23,6 +23,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod audit;
 mod binaries;
 mod control_plane;
 mod dns;
@@ -30,16 +31,19 @@ mod https;
 mod loopback;
 mod pebble;
 mod pki;
+mod proc_stats;
 mod process;
 mod stand_in;
 mod step_ca;
 
+pub use audit::{ApiRequest, AuditReader, count_by, is_write_verb};
 pub use binaries::Binaries;
-pub use control_plane::{ControlPlane, FIELD_MANAGER};
+pub use control_plane::{ControlPlane, ControlPlaneOptions, FIELD_MANAGER};
 pub use dns::{ChallTestSrv, resolve_a};
 pub use https::{HttpsClient, HttpsResponse, error_chain};
 pub use loopback::LoopbackAddress;
 pub use pebble::{EabCredentials, Pebble, PebbleOptions};
+pub use proc_stats::{ProcessSample, sample_process};
 pub use process::{ChildProcess, TempDir, log_tail, poll_until};
 pub use stand_in::{RunningSolver, SOLVER_LABEL, SolverStandIn};
 pub use step_ca::{StepCa, StepCaOptions};

@@ -7,8 +7,10 @@ use crate::loopback::LoopbackAddress;
 use crate::pki::{TestCa, random_bytes};
 use crate::process::{ChildProcess, TempDir, poll_until};
 use anyhow::{Context as _, Result};
+use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// How to run Pebble.
@@ -60,6 +62,8 @@ pub struct EabCredentials {
 /// loopback address) and dialing [`Pebble::http01_addr`]: serve the solver stand-in there.
 pub struct Pebble {
     process: ChildProcess,
+    /// Boxed: keeps `Pebble` small next to other CA types in enums.
+    command: Box<PebbleCommand>,
     dns: ChallTestSrv,
     directory_url: String,
     management_url: String,
@@ -69,6 +73,23 @@ pub struct Pebble {
     eab: Option<EabCredentials>,
     address: LoopbackAddress,
     dir: TempDir,
+}
+
+/// What it takes to start the same Pebble again ([`Pebble::restart`]).
+struct PebbleCommand {
+    program: PathBuf,
+    args: Vec<String>,
+    envs: Vec<(&'static str, String)>,
+    log: PathBuf,
+    /// A client trusting the TLS listener, for readiness checks.
+    https: HttpsClient,
+}
+
+impl PebbleCommand {
+    fn spawn(&self) -> Result<ChildProcess> {
+        let envs: Vec<(&str, &OsStr)> = self.envs.iter().map(|(k, v)| (*k, OsStr::new(v))).collect();
+        ChildProcess::spawn("pebble", &self.program, &self.args, &envs, &self.log)
+    }
 }
 
 impl std::fmt::Debug for Pebble {
@@ -133,56 +154,35 @@ impl Pebble {
         std::fs::write(dir.join("pebble-config.json"), serde_json::to_vec_pretty(&config)?)?;
 
         let nonce_reject = options.nonce_reject_percent.min(100).to_string();
-        let authz_reuse = options.authz_reuse_percent.map(|p| p.min(100).to_string());
-        let mut envs: Vec<(&str, &OsStr)> =
-            vec![("PEBBLE_VA_NOSLEEP", OsStr::new("1")), ("PEBBLE_WFE_NONCEREJECT", OsStr::new(&nonce_reject))];
-        if let Some(reuse) = &authz_reuse {
-            envs.push(("PEBBLE_AUTHZREUSE", OsStr::new(reuse)));
+        let mut envs = vec![("PEBBLE_VA_NOSLEEP", "1".to_string()), ("PEBBLE_WFE_NONCEREJECT", nonce_reject)];
+        if let Some(reuse) = options.authz_reuse_percent {
+            envs.push(("PEBBLE_AUTHZREUSE", reuse.min(100).to_string()));
         }
-        let process = ChildProcess::spawn(
-            "pebble",
-            &pebble_bin,
-            [
+        let https = HttpsClient::trusting(&listener_ca.cert_pem)?;
+        let command = PebbleCommand {
+            https,
+            program: pebble_bin,
+            args: vec![
                 "-config".to_string(),
                 dir.join("pebble-config.json").display().to_string(),
                 "-dnsserver".into(),
                 dns.dns_addr().to_string(),
             ],
-            &envs,
-            dir.join("pebble.log"),
-        )?;
+            envs,
+            log: dir.join("pebble.log"),
+        };
+        let process = command.spawn()?;
 
         let directory_url = format!("https://{ip}:{acme_port}/dir");
         let management_url = format!("https://{ip}:{management_port}");
-        let https = HttpsClient::trusting(&listener_ca.cert_pem)?;
-        poll_until("Pebble's ACME directory", Duration::from_secs(30), Duration::from_millis(50), || async {
-            process.ensure_running()?;
-            Ok(match https.get(&directory_url).await {
-                Ok(r) if r.status == 200 => Ok(()),
-                Ok(r) => Err(format!("HTTP {}: {}", r.status, r.body)),
-                Err(e) => Err(error_chain(&e)),
-            })
-        })
-        .await
-        .map_err(|e| process.with_log_tail(e))?;
-        let roots_url = format!("{management_url}/roots/0");
-        let issuing_root_pem =
-            poll_until("Pebble's issuing root", Duration::from_secs(10), Duration::from_millis(50), || async {
-                process.ensure_running()?;
-                Ok(match https.get(&roots_url).await {
-                    Ok(r) if r.status == 200 && r.body.contains("BEGIN CERTIFICATE") => Ok(r.body),
-                    Ok(r) => Err(format!("HTTP {}: {}", r.status, r.body)),
-                    Err(e) => Err(error_chain(&e)),
-                })
-            })
-            .await
-            .map_err(|e| process.with_log_tail(e))?;
+        let issuing_root_pem = wait_until_serving(&process, &command.https, &directory_url, &management_url).await?;
         eprintln!(
             "testenv: Pebble ready in {:.1}s at {directory_url} (HTTP-01 dials port {http_port})",
             started.elapsed().as_secs_f64()
         );
         Ok(Pebble {
             process,
+            command: Box::new(command),
             dns,
             directory_url,
             management_url,
@@ -246,8 +246,124 @@ impl Pebble {
         self.dir.path()
     }
 
+    /// Stops Pebble (SIGKILL), as a CA outage would; its DNS keeps running. [`Pebble::restart`] brings it back.
+    pub fn stop(&self) {
+        self.process.kill();
+    }
+
+    /// Starts Pebble again after [`Pebble::stop`] (or a crash), on the same address, ports, TLS listener
+    /// certificate and configuration, and waits until it serves. Like any restart of Pebble it forgets all
+    /// accounts, orders and authorizations, and generates a new issuing root ([`Pebble::issuing_root_pem`]
+    /// changes). Its log goes on in the same `pebble.log`.
+    pub async fn restart(&mut self) -> Result<()> {
+        let started = Instant::now();
+        self.process.kill();
+        // The old listener's ports are free once the process is reaped; a new one may bind them at once.
+        let process = self.command.spawn()?;
+        let issuing_root_pem =
+            wait_until_serving(&process, &self.command.https, &self.directory_url, &self.management_url).await?;
+        self.process = process;
+        self.issuing_root_pem = issuing_root_pem;
+        eprintln!("testenv: Pebble restarted in {:.1}s at {}", started.elapsed().as_secs_f64(), self.directory_url);
+        Ok(())
+    }
+
+    /// `pebble.log`: Pebble's own log, across restarts.
+    pub fn log_path(&self) -> &Path {
+        &self.command.log
+    }
+
+    /// The ACME requests Pebble has handled so far (across restarts), by `METHOD /handler-path` (for
+    /// example `POST /order-plz`, `POST /chalZ/`), from the line Pebble logs for each request.
+    pub fn request_counts(&self) -> Result<BTreeMap<String, u64>> {
+        Ok(parse_request_counts(&self.read_log()?))
+    }
+
+    /// The serials (hex, as Pebble logs them) of every certificate Pebble has issued so far, in order.
+    pub fn issued_serials(&self) -> Result<Vec<String>> {
+        Ok(parse_issued_serials(&self.read_log()?))
+    }
+
+    fn read_log(&self) -> Result<String> {
+        let bytes = std::fs::read(&self.command.log)
+            .with_context(|| format!("reading Pebble's log {}", self.command.log.display()))?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
     /// Fails with the tail of Pebble's log if it has exited.
     pub fn ensure_running(&self) -> Result<()> {
         self.process.ensure_running().context("Pebble is not running")
+    }
+}
+
+/// Waits until Pebble's directory answers, then fetches its issuing root (PEM).
+async fn wait_until_serving(
+    process: &ChildProcess,
+    https: &HttpsClient,
+    directory_url: &str,
+    management_url: &str,
+) -> Result<String> {
+    poll_until("Pebble's ACME directory", Duration::from_secs(30), Duration::from_millis(50), || async {
+        process.ensure_running()?;
+        Ok(match https.get(directory_url).await {
+            Ok(r) if r.status == 200 => Ok(()),
+            Ok(r) => Err(format!("HTTP {}: {}", r.status, r.body)),
+            Err(e) => Err(error_chain(&e)),
+        })
+    })
+    .await
+    .map_err(|e| process.with_log_tail(e))?;
+    let roots_url = format!("{management_url}/roots/0");
+    poll_until("Pebble's issuing root", Duration::from_secs(10), Duration::from_millis(50), || async {
+        process.ensure_running()?;
+        Ok(match https.get(&roots_url).await {
+            Ok(r) if r.status == 200 && r.body.contains("BEGIN CERTIFICATE") => Ok(r.body),
+            Ok(r) => Err(format!("HTTP {}: {}", r.status, r.body)),
+            Err(e) => Err(error_chain(&e)),
+        })
+    })
+    .await
+    .map_err(|e| process.with_log_tail(e))
+}
+
+/// Counts Pebble's per-request log lines, `<date> <time> <METHOD> <pattern> -> calling handler()`.
+fn parse_request_counts(log: &str) -> BTreeMap<String, u64> {
+    let mut counts = BTreeMap::new();
+    for line in log.lines() {
+        let Some(before) = line.strip_suffix(" -> calling handler()") else { continue };
+        let words: Vec<&str> = before.split_whitespace().collect();
+        if let [.., method, pattern] = words.as_slice() {
+            *counts.entry(format!("{method} {pattern}")).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+/// The serials of Pebble's `Issued certificate serial <hex> for order <id>` lines.
+fn parse_issued_serials(log: &str) -> Vec<String> {
+    log.lines()
+        .filter_map(|line| line.split_once("Issued certificate serial ").map(|(_, rest)| rest))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_and_issued_serials_are_read_from_pebbles_log() {
+        let log = "Pebble 2026/11/28 12:00:00 GET /dir -> calling handler()\n\
+                   Pebble 2026/11/28 12:00:00 HEAD /nonce-plz -> calling handler()\n\
+                   Pebble 2026/11/28 12:00:01 POST /order-plz -> calling handler()\n\
+                   Pebble 2026/11/28 12:00:01 POST /order-plz -> calling handler()\n\
+                   Pebble 2026/11/28 12:00:02 Issued certificate serial 1a2b3c for order abc\n\
+                   Pebble 2026/11/28 12:00:03 Issued certificate serial 4d5e for order def\n";
+        let counts = parse_request_counts(log);
+        assert_eq!(counts.get("POST /order-plz"), Some(&2));
+        assert_eq!(counts.get("GET /dir"), Some(&1));
+        assert_eq!(counts.values().sum::<u64>(), 4);
+        assert_eq!(parse_issued_serials(log), ["1a2b3c", "4d5e"]);
     }
 }
