@@ -6,7 +6,8 @@ use k8s_openapi::api::core::v1::{Event, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use kacme::api::Certificate;
 use kacme_testenv::{
-    ChildProcess, ControlPlane, Pebble, PebbleOptions, SolverStandIn, StepCa, StepCaOptions, TempDir, poll_until,
+    AuditReader, ChildProcess, ControlPlane, ControlPlaneOptions, Pebble, PebbleOptions, SolverStandIn, StepCa,
+    StepCaOptions, TempDir, poll_until,
 };
 use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
@@ -59,6 +60,9 @@ pub struct OperatorEnv {
     dir: TempDir,
 }
 
+/// The user the operator authenticates as: its requests are the audit log's lines of this user.
+pub const OPERATOR_USER: &str = "kacme-operator";
+
 pub fn kacme_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_kacme"))
 }
@@ -75,8 +79,20 @@ impl OperatorEnv {
     }
 
     async fn start(ca: Ca) -> Result<OperatorEnv> {
+        OperatorEnv::start_with(ca, false).await
+    }
+
+    /// An environment around `ca`; with `audit_log`, the apiserver logs every request (see
+    /// [`OperatorEnv::audit`]).
+    pub async fn start_with(ca: Ca, audit_log: bool) -> Result<OperatorEnv> {
         // CRDs before the controller-manager starts, so that its garbage collector knows them at once.
-        let control_plane = ControlPlane::start_with_crds(concat!(env!("CARGO_MANIFEST_DIR"), "/crds")).await?;
+        let control_plane = ControlPlane::start_with_options(ControlPlaneOptions {
+            crds_dir: Some(concat!(env!("CARGO_MANIFEST_DIR"), "/crds").into()),
+            audit_log,
+            users: vec![OPERATOR_USER.into()],
+            ..ControlPlaneOptions::default()
+        })
+        .await?;
         let client = control_plane.client().await?;
         control_plane.create_namespace("kacme").await?;
         control_plane.create_namespace("apps").await?;
@@ -116,7 +132,7 @@ impl OperatorEnv {
         .collect();
         args.extend(self.extra_args.iter().cloned());
         let log = self.dir.join(format!("operator-{}.log", self.operator_runs));
-        let mut envs = self.control_plane.child_env();
+        let mut envs = self.control_plane.child_env_as(OPERATOR_USER)?;
         envs.push(("RUST_LOG", std::ffi::OsStr::new("info,kacme=debug")));
         self.operator = Some(ChildProcess::spawn("kacme-controller", &kacme_binary(), args, &envs, log)?);
         Ok(())
@@ -131,6 +147,13 @@ impl OperatorEnv {
 
     pub fn operator_pid(&self) -> Option<u32> {
         self.operator.as_ref().map(|o| o.pid())
+    }
+
+    /// A reader of the apiserver's audit log from its beginning (the environment must have been started
+    /// with `audit_log`); the operator's requests are those of [`OPERATOR_USER`].
+    pub fn audit(&self) -> Result<AuditReader> {
+        let path = self.control_plane.audit_log_path().context("the environment was started without an audit log")?;
+        Ok(AuditReader::new(path))
     }
 
     pub fn operator_log(&self) -> String {
