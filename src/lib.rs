@@ -9,5 +9,8 @@ pub mod api;
 pub mod controller;
 pub mod decision;
 pub mod desired;
+pub mod endpoints;
+pub mod leader;
+pub mod metrics;
 pub mod pki;
 pub mod solver;

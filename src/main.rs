@@ -13,6 +13,20 @@ use std::time::Duration;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log format: `text` for people, `json` (one object per line, with the span fields such as the
+    /// Certificate's namespace/name) for log collectors.
+    #[arg(long, global = true, env = "KACME_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// What to log: a level (error, warn, info, debug, trace) or tracing directives such as
+    /// `info,kacme=debug`. RUST_LOG, when set, wins.
+    #[arg(long, global = true, default_value = "info")]
+    log_level: String,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -30,9 +44,10 @@ enum Command {
     },
     /// Print the CustomResourceDefinitions as YAML (or write one file per CRD with --dir).
     Crds {
-        /// Write `<crd name>.yaml` files into this directory instead of printing to stdout.
+        /// Write `<crd name>.yaml` files into these directories instead of printing to stdout
+        /// (`--dir crds --dir charts/kacme/crds` regenerates both checked-in copies).
         #[arg(long)]
-        dir: Option<PathBuf>,
+        dir: Vec<PathBuf>,
     },
     /// Serve one HTTP-01 challenge (what solver Pods run).
     Solver {
@@ -78,21 +93,43 @@ struct ControllerArgs {
     /// off unless set.
     #[arg(long, value_parser = parse_duration)]
     self_check_deadline: Option<Duration>,
+    /// Address of the HTTP endpoints: /metrics (Prometheus), /healthz and /readyz.
+    #[arg(long, env = "KACME_METRICS_ADDRESS", default_value = "0.0.0.0:9402")]
+    metrics_address: SocketAddr,
+    /// Run only while holding the leader Lease, so that several replicas can run (one reconciles, the
+    /// others wait to take over). `--leader-elect=false` for a single replica.
+    #[arg(long, env = "KACME_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    leader_elect: bool,
+    /// Namespace of the leader Lease (default: the Pod's namespace, POD_NAMESPACE, else the cluster
+    /// resource namespace).
+    #[arg(long, env = "POD_NAMESPACE")]
+    leader_election_namespace: Option<String>,
+    /// How long the Lease lasts after its last renewal: a crashed leader is replaced within about this long.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    leader_election_lease_duration: Duration,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
     text.parse::<kube::core::Duration>().map(Duration::from).map_err(|e| e.to_string())
 }
 
+/// Logs to stderr in `format`, filtered by RUST_LOG when set, else by `level`.
+fn init_logging(format: LogFormat, level: &str) -> anyhow::Result<()> {
+    let filter = match tracing_subscriber::EnvFilter::try_from_default_env() {
+        Ok(filter) => filter,
+        Err(_) => tracing_subscriber::EnvFilter::try_new(level).with_context(|| format!("--log-level {level:?}"))?,
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).with_span_list(false).init(),
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(cli.log_format, &cli.log_level)?;
     match cli.command {
         Command::Controller(args) => {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -102,11 +139,11 @@ fn main() -> anyhow::Result<()> {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(renew(name, namespace))
         }
-        Command::Crds { dir: None } => {
+        Command::Crds { dir } if dir.is_empty() => {
             print!("{}", kacme::api::crds_yaml()?);
             Ok(())
         }
-        Command::Crds { dir: Some(dir) } => write_crds(&dir),
+        Command::Crds { dir } => dir.iter().try_for_each(|dir| write_crds(dir)),
         Command::Solver { listen, domain, token, key_authorization, drain } => {
             let challenge = kacme::solver::Challenge { domain, token, key_authorization };
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -133,17 +170,80 @@ fn write_crds(dir: &std::path::Path) -> anyhow::Result<()> {
 }
 
 async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
+    use kacme::endpoints::{Role, Telemetry};
+    use std::sync::Arc;
     let client =
         kube::Client::try_default().await.context("connecting to the Kubernetes API (KUBECONFIG or in-cluster)")?;
+    let lease_namespace =
+        args.leader_election_namespace.clone().unwrap_or_else(|| args.cluster_resource_namespace.clone());
     let mut config = kacme::controller::ControllerConfig::new(args.cluster_resource_namespace, args.solver_image);
     config.concurrency = args.concurrency.max(1);
     config.backoff = kacme::decision::BackoffPolicy { initial: args.backoff_initial, max: args.backoff_max };
     config.renewal_jitter = args.renewal_jitter;
     config.self_check =
         args.self_check_deadline.map(|deadline| kacme::acme::SelfCheck { deadline, ..Default::default() });
-    let observer = std::sync::Arc::new(kacme::acme::RequestCounter::default());
-    kacme::controller::run(client, config, observer, kacme::solver::termination_signal()).await?;
-    Ok(())
+
+    // One stop signal for everything: the endpoints, the wait for the Lease, and the reconcilers.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        kacme::solver::termination_signal().await;
+        tracing::info!("stopping (signal received)");
+        let _ = stop_tx.send(true);
+    });
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+
+    let telemetry = Arc::new(Telemetry::default());
+    let listener = tokio::net::TcpListener::bind(args.metrics_address)
+        .await
+        .with_context(|| format!("listening on {} (--metrics-address)", args.metrics_address))?;
+    tracing::info!(address = %listener.local_addr()?, "serving /metrics, /healthz and /readyz");
+    let endpoints = tokio::spawn(kacme::endpoints::serve(listener, telemetry.clone(), stopped()));
+    let observers = kacme::controller::Observers { acme: telemetry.clone(), reconcile: telemetry.clone() };
+
+    if !args.leader_elect {
+        telemetry.set_role(Role::Leading { caches_synced: false });
+        kacme::controller::run_observed(client, config, observers, stopped()).await?;
+        endpoints.abort();
+        return Ok(());
+    }
+    let election = kacme::leader::LeaderElection::join(
+        client.clone(),
+        kacme::leader::LeaderElectionConfig {
+            namespace: lease_namespace,
+            lease_name: kacme::leader::LEASE_NAME.into(),
+            identity: kacme::leader::default_identity(),
+            lease_duration: args.leader_election_lease_duration,
+        },
+    )
+    .await?;
+    telemetry.set_role(Role::Standby);
+    tokio::select! {
+        () = election.acquire() => {}
+        () = stopped() => {
+            endpoints.abort();
+            return Ok(());
+        }
+    }
+    telemetry.set_role(Role::Leading { caches_synced: false });
+    tokio::select! {
+        result = kacme::controller::run_observed(client, config, observers, stopped()) => {
+            election.release().await;
+            endpoints.abort();
+            result?;
+            Ok(())
+        }
+        loss = election.lost() => {
+            telemetry.set_role(Role::Starting);
+            // Exiting is the simplest way never to reconcile without the Lease: the Pod restarts as a standby.
+            tracing::error!(reason = %loss, "lost the leader Lease; exiting so that a restart rejoins as a standby");
+            anyhow::bail!("lost the leader Lease: {loss}")
+        }
+    }
 }
 
 async fn renew(name: String, namespace: Option<String>) -> anyhow::Result<()> {

@@ -25,6 +25,9 @@ impl ReconcileError {
         ReconcileError::Kube { action: action.into(), source }
     }
 
+    /// Every value of [`ReconcileError::metric_label`], so that metrics can start each series at 0.
+    pub const METRIC_LABELS: [&'static str; 4] = ["kube", "acme", "invalid_object", "finalizer"];
+
     /// The metric label of the error kind.
     pub fn metric_label(&self) -> &'static str {
         match self {

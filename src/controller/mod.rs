@@ -9,11 +9,13 @@ mod certificate;
 mod error;
 mod issuer;
 mod kube_solver;
+mod observe;
 mod progress;
 
 pub use accounts::{AccountCache, IssuerInfo};
 pub use certificate::FINALIZER;
 pub use error::ReconcileError;
+pub use observe::{Caches, ControllerKind, NoReconcileObserver, Observers, ReconcileObserver};
 
 use crate::acme::{AcmeObserver, OrderSession, SelfCheck};
 use crate::api::names::{ANNOTATION_CERTIFICATE_NAME, LABEL_MANAGED_BY, LABEL_SOLVER, MANAGED_BY};
@@ -33,7 +35,7 @@ use serde::Serialize;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The server-side apply field manager of everything kacme writes.
 pub const FIELD_MANAGER: &str = "kacme";
@@ -81,6 +83,7 @@ pub struct Context {
     pub config: ControllerConfig,
     pub accounts: AccountCache,
     pub acme_observer: Arc<dyn AcmeObserver>,
+    pub reconcile_observer: Arc<dyn ReconcileObserver>,
     pub recorder: Recorder,
     pub solver_stores: kube_solver::SolverStores,
     pub solver_context: SolverContext,
@@ -190,11 +193,35 @@ where
     (reader, async move { stream.for_each(|_| std::future::ready(())).await })
 }
 
-/// Runs the operator until `shutdown` resolves.
+/// Runs `reconcile`, telling the observer how long it took and how it ended.
+async fn observed(
+    observer: Arc<dyn ReconcileObserver>,
+    controller: ControllerKind,
+    reconcile: impl Future<Output = Result<Action, ReconcileError>>,
+) -> Result<Action, ReconcileError> {
+    let started = Instant::now();
+    let result = reconcile.await;
+    observer.reconcile_finished(controller, started.elapsed(), result.as_ref().err());
+    result
+}
+
+/// Runs the operator until `shutdown` resolves, reporting ACME requests to `acme_observer`.
 pub async fn run(
     client: Client,
     config: ControllerConfig,
     acme_observer: Arc<dyn AcmeObserver>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> Result<(), ReconcileError> {
+    let observers = Observers { acme: acme_observer, reconcile: Arc::new(NoReconcileObserver) };
+    run_observed(client, config, observers, shutdown).await
+}
+
+/// Runs the operator until `shutdown` resolves, reporting ACME requests, reconciles and the caches to
+/// `observers` (the metrics).
+pub async fn run_observed(
+    client: Client,
+    config: ControllerConfig,
+    observers: Observers,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), ReconcileError> {
     let (pods, pods_task) = solver_store::<Pod>(&client);
@@ -218,7 +245,8 @@ pub async fn run(
         solver_context: SolverContext::new(config.solver_image.clone()),
         solver_stores: kube_solver::SolverStores { pods, services, ingresses },
         accounts: AccountCache::default(),
-        acme_observer,
+        acme_observer: observers.acme,
+        reconcile_observer: observers.reconcile.clone(),
         sessions: Mutex::default(),
         written: Mutex::default(),
         config: config.clone(),
@@ -255,22 +283,55 @@ pub async fn run(
         })
         .with_config(ControllerRunConfig::default().concurrency(config.concurrency))
         .graceful_shutdown_on(signal(shutdown_rx.clone()))
-        .run(certificate::reconcile_certificate, error_policy, ctx.clone())
+        .run(
+            |certificate, ctx| {
+                let observer = ctx.reconcile_observer.clone();
+                observed(observer, ControllerKind::Certificate, certificate::reconcile_certificate(certificate, ctx))
+            },
+            error_policy,
+            ctx.clone(),
+        )
         .for_each(|result| async move {
             if let Err(error) = result {
                 tracing::debug!(%error, "certificate reconcile");
             }
         });
-    let issuer_controller =
-        Controller::new(Api::<Issuer>::all(client.clone()), watcher::Config::default().any_semantic())
-            .graceful_shutdown_on(signal(shutdown_rx.clone()))
-            .run(issuer::reconcile_issuer, error_policy, ctx.clone())
-            .for_each(|_| async {});
-    let cluster_issuer_controller =
-        Controller::new(Api::<ClusterIssuer>::all(client.clone()), watcher::Config::default().any_semantic())
-            .graceful_shutdown_on(signal(shutdown_rx.clone()))
-            .run(issuer::reconcile_cluster_issuer, error_policy, ctx.clone())
-            .for_each(|_| async {});
+    let issuers = Controller::new(Api::<Issuer>::all(client.clone()), watcher::Config::default().any_semantic());
+    let cluster_issuers =
+        Controller::new(Api::<ClusterIssuer>::all(client.clone()), watcher::Config::default().any_semantic());
+    let caches =
+        Caches { certificates: store.clone(), issuers: issuers.store(), cluster_issuers: cluster_issuers.store() };
+    let issuer_controller = issuers
+        .graceful_shutdown_on(signal(shutdown_rx.clone()))
+        .run(
+            |issuer, ctx| {
+                let observer = ctx.reconcile_observer.clone();
+                observed(observer, ControllerKind::Issuer, issuer::reconcile_issuer(issuer, ctx))
+            },
+            error_policy,
+            ctx.clone(),
+        )
+        .for_each(|_| async {});
+    let cluster_issuer_controller = cluster_issuers
+        .graceful_shutdown_on(signal(shutdown_rx.clone()))
+        .run(
+            |issuer, ctx| {
+                let observer = ctx.reconcile_observer.clone();
+                observed(observer, ControllerKind::ClusterIssuer, issuer::reconcile_cluster_issuer(issuer, ctx))
+            },
+            error_policy,
+            ctx.clone(),
+        )
+        .for_each(|_| async {});
+    let caches_synced = tokio::spawn(async move {
+        let synced = caches.certificates.wait_until_ready().await.is_ok()
+            && caches.issuers.wait_until_ready().await.is_ok()
+            && caches.cluster_issuers.wait_until_ready().await.is_ok();
+        if synced {
+            tracing::info!("caches of Certificates, Issuers and ClusterIssuers synced");
+            observers.reconcile.caches_synced(caches);
+        }
+    });
 
     tokio::spawn(async move {
         shutdown.await;
@@ -278,6 +339,7 @@ pub async fn run(
     });
     tracing::info!("kacme controller started");
     tokio::join!(certificate_controller, issuer_controller, cluster_issuer_controller);
+    caches_synced.abort();
     reflectors.abort();
     tracing::info!("kacme controller stopped");
     Ok(())

@@ -35,4 +35,4 @@ pub use solver_objects::{
 pub use solver_selection::select_solver;
 
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;

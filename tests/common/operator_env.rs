@@ -11,6 +11,7 @@ use kacme_testenv::{
 };
 use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -54,7 +55,7 @@ pub struct OperatorEnv {
     pub ca: Ca,
     pub control_plane: ControlPlane,
     pub client: Client,
-    operator: Option<ChildProcess>,
+    operator: Option<RunningOperator>,
     operator_runs: u32,
     pub extra_args: Vec<String>,
     dir: TempDir,
@@ -62,6 +63,78 @@ pub struct OperatorEnv {
 
 /// The user the operator authenticates as: its requests are the audit log's lines of this user.
 pub const OPERATOR_USER: &str = "kacme-operator";
+
+/// How to run one `kacme controller` process (beyond the environment's fixed arguments).
+#[derive(Clone, Debug, Default)]
+pub struct OperatorLaunch {
+    /// The kubeconfig it uses; default: that of [`OPERATOR_USER`] (a `system:masters` user).
+    pub kubeconfig: Option<PathBuf>,
+    /// Take part in leader election (off by default: one operator per environment, restarted at once).
+    pub leader_elect: bool,
+    /// Further arguments (after the environment's `extra_args`).
+    pub args: Vec<String>,
+    /// Further environment variables, such as `POD_NAME` (its Lease identity and Event reporter instance).
+    pub envs: Vec<(String, String)>,
+}
+
+/// A running `kacme controller`, killed on drop.
+pub struct RunningOperator {
+    pub name: String,
+    process: ChildProcess,
+    /// Where it serves /metrics, /healthz and /readyz.
+    pub metrics_addr: SocketAddr,
+}
+
+impl RunningOperator {
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// SIGKILLs it (as a crash would).
+    pub fn kill(&self) {
+        self.process.kill();
+    }
+
+    /// Whether it has exited.
+    pub fn exited(&self) -> bool {
+        self.process.exit_status().is_some()
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        self.process.log_tail(lines)
+    }
+
+    /// The whole log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.process.log_path()).unwrap_or_default()
+    }
+
+    /// `GET path` on its HTTP endpoints: (status, body).
+    pub async fn get(&self, path: &str) -> Result<(u16, String)> {
+        http_get(self.metrics_addr, path).await
+    }
+}
+
+/// A plain HTTP/1.1 GET of `path` at `address` (on loopback): (status, body).
+pub async fn http_get(address: SocketAddr, path: &str) -> Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(address).await?;
+        stream
+            .write_all(format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").as_bytes())
+            .await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        anyhow::Ok(String::from_utf8_lossy(&response).into_owned())
+    };
+    let response = tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .with_context(|| format!("GET http://{address}{path} timed out"))?
+        .with_context(|| format!("GET http://{address}{path}"))?;
+    let (head, body) = response.split_once("\r\n\r\n").context("an HTTP response has a head and a body")?;
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).context("an HTTP status line")?;
+    Ok((status, body.to_string()))
+}
 
 pub fn kacme_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_kacme"))
@@ -82,9 +155,17 @@ impl OperatorEnv {
         OperatorEnv::start_with(ca, false).await
     }
 
-    /// An environment around `ca`; with `audit_log`, the apiserver logs every request (see
-    /// [`OperatorEnv::audit`]).
+    /// An environment around `ca`, with the operator running; with `audit_log`, the apiserver logs every
+    /// request (see [`OperatorEnv::audit`]).
     pub async fn start_with(ca: Ca, audit_log: bool) -> Result<OperatorEnv> {
+        let mut env = OperatorEnv::prepare(ca, audit_log).await?;
+        env.start_operator()?;
+        Ok(env)
+    }
+
+    /// An environment around `ca` with no operator running yet: start one with
+    /// [`OperatorEnv::start_operator_with`] or [`OperatorEnv::launch_operator`].
+    pub async fn prepare(ca: Ca, audit_log: bool) -> Result<OperatorEnv> {
         // CRDs before the controller-manager starts, so that its garbage collector knows them at once.
         let control_plane = ControlPlane::start_with_options(ControlPlaneOptions {
             crds_dir: Some(concat!(env!("CARGO_MANIFEST_DIR"), "/crds").into()),
@@ -97,7 +178,7 @@ impl OperatorEnv {
         control_plane.create_namespace("kacme").await?;
         control_plane.create_namespace("apps").await?;
         let stand_in = SolverStandIn::start(client.clone(), kacme_binary(), ca.http01_addr()).await?;
-        let mut env = OperatorEnv {
+        let env = OperatorEnv {
             stand_in: Some(stand_in),
             ca,
             control_plane,
@@ -107,13 +188,25 @@ impl OperatorEnv {
             extra_args: Vec::new(),
             dir: TempDir::new("operator")?,
         };
-        env.start_operator()?;
         Ok(env)
     }
 
-    /// Starts `kacme controller` against this control plane (and nothing else).
+    /// Starts `kacme controller` against this control plane (and nothing else) as the environment's operator.
     pub fn start_operator(&mut self) -> Result<()> {
+        self.start_operator_with(&OperatorLaunch::default())
+    }
+
+    /// Like [`OperatorEnv::start_operator`], as `launch` says.
+    pub fn start_operator_with(&mut self, launch: &OperatorLaunch) -> Result<()> {
+        self.operator = Some(self.launch_operator(launch)?);
+        Ok(())
+    }
+
+    /// Starts one more `kacme controller` (the caller owns it: several may run at once), with its HTTP
+    /// endpoints on a free port of the environment's loopback address.
+    pub fn launch_operator(&mut self, launch: &OperatorLaunch) -> Result<RunningOperator> {
         self.operator_runs += 1;
+        let metrics_addr = self.control_plane.address().socket_addr(self.control_plane.address().free_port()?);
         let mut args: Vec<String> = [
             "controller",
             "--cluster-resource-namespace",
@@ -130,12 +223,25 @@ impl OperatorEnv {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        args.push(format!("--metrics-address={metrics_addr}"));
+        args.push(format!("--leader-elect={}", launch.leader_elect));
         args.extend(self.extra_args.iter().cloned());
-        let log = self.dir.join(format!("operator-{}.log", self.operator_runs));
-        let mut envs = self.control_plane.child_env_as(OPERATOR_USER)?;
+        args.extend(launch.args.iter().cloned());
+        let name = format!("kacme-controller-{}", self.operator_runs);
+        let log = self.dir.join(format!("{name}.log"));
+        let mut envs: Vec<(&str, &std::ffi::OsStr)> = match &launch.kubeconfig {
+            Some(kubeconfig) => vec![("KUBECONFIG", kubeconfig.as_os_str())],
+            None => self.control_plane.child_env_as(OPERATOR_USER)?,
+        };
         envs.push(("RUST_LOG", std::ffi::OsStr::new("info,kacme=debug")));
-        self.operator = Some(ChildProcess::spawn("kacme-controller", &kacme_binary(), args, &envs, log)?);
-        Ok(())
+        envs.extend(launch.envs.iter().map(|(k, v)| (k.as_str(), std::ffi::OsStr::new(v))));
+        let process = ChildProcess::spawn(&name, &kacme_binary(), args, &envs, log)?;
+        Ok(RunningOperator { name, process, metrics_addr })
+    }
+
+    /// The environment's operator, when running.
+    pub fn operator(&self) -> Option<&RunningOperator> {
+        self.operator.as_ref()
     }
 
     /// SIGKILLs the operator (as a crash would).

@@ -69,10 +69,16 @@ async fn main() -> Result<()> {
     let operator_log = dir.join("kacme-controller.log");
     let mut envs = control_plane.child_env();
     envs.push(("RUST_LOG", std::ffi::OsStr::new("info")));
+    let metrics = control_plane.address().socket_addr(control_plane.address().free_port()?);
     let operator = ChildProcess::spawn(
         "kacme-controller",
         &args.kacme,
-        ["controller", "--cluster-resource-namespace", "kacme", "--solver-image", "kacme:sandbox"],
+        [
+            "controller".to_string(),
+            "--cluster-resource-namespace=kacme".into(),
+            "--solver-image=kacme:sandbox".into(),
+            format!("--metrics-address={metrics}"),
+        ],
         &envs,
         &operator_log,
     )?;
@@ -141,6 +147,7 @@ async fn main() -> Result<()> {
     );
     println!("  {} renew sample -n sandbox      # renew now", args.kacme.display());
     println!("The operator's log: {}", operator_log.display());
+    println!("Its metrics: http://{metrics}/metrics (and /healthz, /readyz)");
     println!("Press Ctrl-C to stop the sandbox (everything it started is stopped).");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

@@ -1,0 +1,195 @@
+//! The operator's HTTP endpoints: `/metrics` (Prometheus text format), `/healthz` (the process serves
+//! requests) and `/readyz` (a standby waiting for the Lease, or a leader whose caches are synced).
+
+use crate::acme::{AcmeAction, AcmeObserver, AcmeOutcome};
+use crate::controller::{Caches, ControllerKind, ReconcileError, ReconcileObserver};
+use crate::metrics::Metrics;
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// Where the operator stands, as `/readyz` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Connecting, or setting up leader election.
+    Starting,
+    /// Waiting for the leader Lease: ready (it can take over at any time), but not reconciling.
+    Standby,
+    /// Reconciling; ready once the caches of Certificates and issuers are synced.
+    Leading { caches_synced: bool },
+}
+
+/// The health of the process, updated as it starts, waits for the Lease, and leads.
+#[derive(Debug)]
+pub struct Health {
+    role: Mutex<Role>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health { role: Mutex::new(Role::Starting) }
+    }
+}
+
+impl Health {
+    pub fn role(&self) -> Role {
+        self.role.lock().map(|r| *r).unwrap_or(Role::Starting)
+    }
+
+    pub fn set_role(&self, role: Role) {
+        if let Ok(mut current) = self.role.lock() {
+            *current = role;
+        }
+    }
+
+    fn caches_synced(&self) {
+        if let Ok(mut current) = self.role.lock()
+            && let Role::Leading { .. } = *current
+        {
+            *current = Role::Leading { caches_synced: true };
+        }
+    }
+
+    /// Whether the process is ready, and why (the body of `/readyz`).
+    pub fn readiness(&self) -> (bool, &'static str) {
+        match self.role() {
+            Role::Starting => (false, "starting\n"),
+            Role::Standby => (true, "ok: standby, waiting for the leader Lease\n"),
+            Role::Leading { caches_synced: false } => (false, "leading; caches not synced yet\n"),
+            Role::Leading { caches_synced: true } => (true, "ok: leading\n"),
+        }
+    }
+}
+
+/// Metrics and health together: the observer the controller reports to, and what the endpoints serve.
+#[derive(Debug, Default)]
+pub struct Telemetry {
+    pub metrics: Metrics,
+    pub health: Health,
+}
+
+impl Telemetry {
+    /// Records the role in `/readyz` and in the leader gauge.
+    pub fn set_role(&self, role: Role) {
+        self.health.set_role(role);
+        self.metrics.set_leader(matches!(role, Role::Leading { .. }));
+    }
+}
+
+impl AcmeObserver for Telemetry {
+    fn request_finished(&self, action: AcmeAction, outcome: AcmeOutcome, elapsed: Duration) {
+        self.metrics.request_finished(action, outcome, elapsed);
+    }
+}
+
+impl ReconcileObserver for Telemetry {
+    fn reconcile_finished(&self, controller: ControllerKind, elapsed: Duration, error: Option<&ReconcileError>) {
+        self.metrics.reconcile_finished(controller, elapsed, error);
+    }
+
+    fn caches_synced(&self, caches: Caches) {
+        self.metrics.caches_synced(caches);
+        self.health.caches_synced();
+    }
+}
+
+/// The answer to a request: status, content type and body.
+fn respond(telemetry: &Telemetry, method: &Method, path: &str) -> (StatusCode, &'static str, String) {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    if method != Method::GET {
+        return (StatusCode::METHOD_NOT_ALLOWED, TEXT, "only GET\n".into());
+    }
+    match path {
+        "/metrics" => (StatusCode::OK, crate::metrics::CONTENT_TYPE, telemetry.metrics.encode()),
+        "/healthz" | "/livez" => (StatusCode::OK, TEXT, "ok\n".into()),
+        "/readyz" => match telemetry.health.readiness() {
+            (true, body) => (StatusCode::OK, TEXT, body.into()),
+            (false, body) => (StatusCode::SERVICE_UNAVAILABLE, TEXT, body.into()),
+        },
+        _ => (StatusCode::NOT_FOUND, TEXT, "not found: try /metrics, /healthz or /readyz\n".into()),
+    }
+}
+
+/// Serves the endpoints on `listener` until `shutdown` completes.
+pub async fn serve(listener: TcpListener, telemetry: Arc<Telemetry>, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _) = match accepted {
+                    Ok(connection) => connection,
+                    Err(error) => {
+                        tracing::warn!(%error, "accepting a connection to the metrics endpoint failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let telemetry = telemetry.clone();
+                let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                    let (status, content_type, body) = respond(&telemetry, request.method(), request.uri().path());
+                    let mut response = Response::new(Full::new(Bytes::from(body)));
+                    *response.status_mut() = status;
+                    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+                    response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+                    async move { Ok::<_, std::convert::Infallible>(response) }
+                });
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(10))
+                    .serve_connection(TokioIo::new(stream), service);
+                tokio::spawn(async move {
+                    if let Err(error) = connection.await {
+                        tracing::debug!(%error, "metrics connection ended with an error");
+                    }
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_follows_the_role() {
+        let telemetry = Telemetry::default();
+        let ready = |t: &Telemetry| respond(t, &Method::GET, "/readyz").0;
+        assert_eq!(ready(&telemetry), StatusCode::SERVICE_UNAVAILABLE, "starting");
+        telemetry.set_role(Role::Standby);
+        assert_eq!(ready(&telemetry), StatusCode::OK, "a standby is ready to take over");
+        telemetry.set_role(Role::Leading { caches_synced: false });
+        assert_eq!(ready(&telemetry), StatusCode::SERVICE_UNAVAILABLE, "a leader syncing its caches");
+        telemetry.health.caches_synced();
+        assert_eq!(ready(&telemetry), StatusCode::OK, "a leader with synced caches");
+        assert_eq!(respond(&telemetry, &Method::GET, "/healthz").0, StatusCode::OK);
+        assert_eq!(respond(&telemetry, &Method::GET, "/nope").0, StatusCode::NOT_FOUND);
+        assert_eq!(respond(&telemetry, &Method::POST, "/metrics").0, StatusCode::METHOD_NOT_ALLOWED);
+    }
+
+    #[test]
+    fn synced_caches_do_not_make_a_standby_a_leader() {
+        let health = Health::default();
+        health.set_role(Role::Standby);
+        health.caches_synced();
+        assert_eq!(health.role(), Role::Standby);
+    }
+
+    #[test]
+    fn metrics_are_served_in_the_prometheus_text_format() {
+        let telemetry = Telemetry::default();
+        telemetry.set_role(Role::Leading { caches_synced: true });
+        let (status, content_type, body) = respond(&telemetry, &Method::GET, "/metrics");
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
+        assert!(body.lines().any(|l| l == "kacme_leader_election_is_leader 1"), "{body}");
+    }
+}
