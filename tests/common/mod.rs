@@ -2,4 +2,5 @@
 #![allow(dead_code)]
 
 pub mod challenge_server;
+pub mod helm;
 pub mod operator_env;

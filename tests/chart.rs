@@ -1,0 +1,283 @@
+//! The Helm chart `charts/kacme`: its CRDs are the generated ones, `helm lint` passes, it renders a hardened
+//! Deployment, and it installs, upgrades and uninstalls cleanly on a real control plane.
+
+mod common;
+
+use common::helm::{Helm, chart_dir};
+use kacme_testenv::ControlPlane;
+use serde_yaml::Value;
+use std::path::Path;
+use std::time::Duration;
+
+/// Bounds a test: a hung helm or control plane fails it instead of hanging the run.
+async fn within<T>(seconds: u64, body: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(seconds), body)
+        .await
+        .unwrap_or_else(|_| panic!("the test did not finish within {seconds}s"))
+}
+
+#[test]
+fn the_charts_crds_equal_the_generated_ones() {
+    let dir = chart_dir().join("crds");
+    let regenerate = "run `cargo run -- crds --dir crds --dir charts/kacme/crds`";
+    let mut expected = Vec::new();
+    for crd in kacme::api::crds() {
+        let name = kacme::api::crd_file_name(&crd);
+        let checked_in = std::fs::read_to_string(dir.join(&name))
+            .unwrap_or_else(|e| panic!("charts/kacme/crds/{name} is missing ({e}); {regenerate}"));
+        assert!(
+            checked_in == kacme::api::crd_yaml(&crd).unwrap(),
+            "charts/kacme/crds/{name} is stale or was edited by hand; {regenerate}"
+        );
+        expected.push(name);
+    }
+    let mut present: Vec<String> =
+        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    present.sort();
+    expected.sort();
+    assert_eq!(present, expected, "charts/kacme/crds/ holds a file the code does not generate");
+}
+
+fn chart_yaml() -> Value {
+    serde_yaml::from_str(&std::fs::read_to_string(chart_dir().join("Chart.yaml")).unwrap()).unwrap()
+}
+
+#[test]
+fn the_charts_app_version_is_the_crate_version_and_the_binarys_default_image_tag() {
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(chart_yaml()["appVersion"].as_str(), Some(version), "Chart.yaml appVersion = Cargo.toml version");
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_kacme")).args(["controller", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains(&format!("ghcr.io/kacme/kacme:{version}")),
+        "the binary's default solver image is the chart's default image:\n{help}"
+    );
+}
+
+fn find<'a>(documents: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    documents.iter().filter(|d| d["kind"].as_str() == Some(kind)).collect()
+}
+
+fn kinds(documents: &[Value]) -> Vec<String> {
+    let mut kinds: Vec<String> = documents.iter().filter_map(|d| d["kind"].as_str().map(String::from)).collect();
+    kinds.sort();
+    kinds
+}
+
+#[tokio::test]
+async fn helm_lint_passes_and_the_chart_renders_a_hardened_operator() {
+    within(60, async {
+        let helm = Helm::offline().unwrap();
+        let chart = chart_dir().display().to_string();
+        helm.run(&["lint", "--strict", &chart]).await.unwrap();
+        helm.run(&["lint", "--strict", &chart, "--set", "podDisruptionBudget.enabled=true"]).await.unwrap();
+
+        let documents = helm.template("kacme", "kacme-system", &[]).await.unwrap();
+        assert_eq!(
+            kinds(&documents),
+            [
+                "ClusterRole",
+                "ClusterRole",
+                "ClusterRole",
+                "ClusterRoleBinding",
+                "Deployment",
+                "Role",
+                "RoleBinding",
+                "Service",
+                "ServiceAccount"
+            ],
+            "by default: no ServiceMonitor, no PodDisruptionBudget"
+        );
+        let deployment = find(&documents, "Deployment")[0];
+        let pod = &deployment["spec"]["template"]["spec"];
+        let container = &pod["containers"][0];
+        let version = env!("CARGO_PKG_VERSION");
+        assert_eq!(container["image"].as_str(), Some(format!("ghcr.io/kacme/kacme:{version}").as_str()));
+        let args: Vec<&str> = container["args"].as_sequence().unwrap().iter().filter_map(Value::as_str).collect();
+        for arg in [
+            "controller",
+            "--cluster-resource-namespace=kacme-system",
+            &format!("--solver-image=ghcr.io/kacme/kacme:{version}"),
+            "--metrics-address=0.0.0.0:9402",
+            "--leader-elect=true",
+            "--leader-election-namespace=kacme-system",
+            "--leader-election-lease-duration=15s",
+        ] {
+            assert!(args.contains(&arg), "{arg} in {args:?}");
+        }
+        let security = &container["securityContext"];
+        assert_eq!(security["allowPrivilegeEscalation"], Value::Bool(false));
+        assert_eq!(security["readOnlyRootFilesystem"], Value::Bool(true));
+        assert_eq!(security["capabilities"]["drop"][0].as_str(), Some("ALL"));
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], Value::Bool(true));
+        assert_eq!(pod["securityContext"]["runAsUser"].as_u64(), Some(65532));
+        assert_eq!(pod["securityContext"]["seccompProfile"]["type"].as_str(), Some("RuntimeDefault"));
+        assert_eq!(container["livenessProbe"]["httpGet"]["path"].as_str(), Some("/healthz"));
+        assert_eq!(container["readinessProbe"]["httpGet"]["path"].as_str(), Some("/readyz"));
+        let env: Vec<(&str, &str)> = container["env"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|e| (e["name"].as_str().unwrap(), e["valueFrom"]["fieldRef"]["fieldPath"].as_str().unwrap_or("")))
+            .collect();
+        assert!(env.contains(&("POD_NAME", "metadata.name")) && env.contains(&("POD_NAMESPACE", "metadata.namespace")));
+        let spread = &pod["topologySpreadConstraints"][0];
+        assert_eq!(spread["labelSelector"]["matchLabels"]["app.kubernetes.io/instance"].as_str(), Some("kacme"));
+        assert!(container["resources"]["requests"]["memory"].is_string());
+        assert_eq!(deployment["spec"]["replicas"].as_u64(), Some(2));
+
+        // The options: a pinned digest for both images, ServiceMonitor and PodDisruptionBudget, no spreading.
+        let documents = helm
+            .template(
+                "kacme",
+                "kacme-system",
+                &[
+                    "--set",
+                    "metrics.serviceMonitor.enabled=true,podDisruptionBudget.enabled=true,topologySpreadConstraints=null",
+                    "--set-string",
+                    "image.digest=sha256:0123,clusterResourceNamespace=pki",
+                ],
+            )
+            .await
+            .unwrap();
+        assert_eq!(find(&documents, "ServiceMonitor").len(), 1);
+        assert_eq!(find(&documents, "PodDisruptionBudget")[0]["spec"]["minAvailable"].as_u64(), Some(1));
+        let pod = &find(&documents, "Deployment")[0]["spec"]["template"]["spec"];
+        assert!(pod["topologySpreadConstraints"].is_null());
+        let container = &pod["containers"][0];
+        assert_eq!(container["image"].as_str(), Some("ghcr.io/kacme/kacme@sha256:0123"));
+        let args: Vec<&str> = container["args"].as_sequence().unwrap().iter().filter_map(Value::as_str).collect();
+        assert!(args.contains(&"--solver-image=ghcr.io/kacme/kacme@sha256:0123"), "{args:?}");
+        assert!(args.contains(&"--cluster-resource-namespace=pki"), "{args:?}");
+    })
+    .await
+}
+
+const SERVICE_MONITOR_CRD: &str = "apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: servicemonitors.monitoring.coreos.com
+spec:
+  group: monitoring.coreos.com
+  names: {kind: ServiceMonitor, listKind: ServiceMonitorList, plural: servicemonitors, singular: servicemonitor}
+  scope: Namespaced
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
+";
+
+/// Every object in the cluster, of every listable kind, carrying `selector`, as `kind/name` lines.
+async fn objects_labelled(control_plane: &ControlPlane, selector: &str) -> Vec<String> {
+    let kinds = control_plane.kubectl(&["api-resources", "--verbs=list", "-o", "name"]).await.unwrap();
+    // Events are not the chart's objects; they are named after their subject, and go by themselves.
+    let kinds: Vec<&str> = kinds.lines().filter(|k| !k.starts_with("events")).collect();
+    let listed = control_plane
+        .kubectl(&["get", &kinds.join(","), "--all-namespaces", "-l", selector, "-o", "name"])
+        .await
+        .unwrap();
+    let mut names: Vec<String> = listed.lines().map(String::from).collect();
+    names.sort();
+    names
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn helm_installs_upgrades_and_uninstalls_the_chart_leaving_only_the_crds_and_user_data() {
+    within(120, async {
+        let control_plane = ControlPlane::start().await.expect("starting the control plane");
+        let helm = Helm::for_cluster(control_plane.kubeconfig_path()).unwrap();
+        let chart = chart_dir().display().to_string();
+        let dir = control_plane.dir().to_path_buf();
+        control_plane.kubectl(&["apply", "-f", &write(&dir, "servicemonitor-crd.yaml", SERVICE_MONITOR_CRD)]).await.unwrap();
+        control_plane
+            .kubectl(&["wait", "--for=condition=Established", "crd/servicemonitors.monitoring.coreos.com", "--timeout=30s"])
+            .await
+            .unwrap();
+
+        helm.run(&["install", "kacme", &chart, "--namespace", "kacme", "--create-namespace"]).await.unwrap();
+        for crd in ["certificates.kacme.dev", "issuers.kacme.dev", "clusterissuers.kacme.dev"] {
+            control_plane
+                .kubectl(&["wait", "--for=condition=Established", &format!("crd/{crd}"), "--timeout=30s"])
+                .await
+                .unwrap_or_else(|e| panic!("helm installed the CRD {crd} from crds/: {e:#}"));
+        }
+        let selector = "app.kubernetes.io/instance=kacme";
+        let installed = objects_labelled(&control_plane, selector).await;
+        let expected = [
+            "clusterrole.rbac.authorization.k8s.io/kacme-controller",
+            "clusterrole.rbac.authorization.k8s.io/kacme-edit",
+            "clusterrole.rbac.authorization.k8s.io/kacme-view",
+            "clusterrolebinding.rbac.authorization.k8s.io/kacme-controller",
+            "deployment.apps/kacme",
+            "role.rbac.authorization.k8s.io/kacme-leader-election",
+            "rolebinding.rbac.authorization.k8s.io/kacme-leader-election",
+            "service/kacme-metrics",
+            "serviceaccount/kacme",
+        ];
+        assert_eq!(installed, expected, "the chart's objects, found by its labels");
+        let replicas = |output: String| output.trim().to_string();
+        let deployment = |field: &'static str| {
+            let control_plane = &control_plane;
+            async move {
+                control_plane
+                    .kubectl(&["get", "deployment", "kacme", "-n", "kacme", "-o", &format!("jsonpath={field}")])
+                    .await
+                    .unwrap()
+            }
+        };
+        assert_eq!(replicas(deployment("{.spec.replicas}").await), "2");
+
+        // User data: a Certificate (nothing reconciles it here: no Pods run).
+        let certificate = "apiVersion: kacme.dev/v1alpha1\nkind: Certificate\nmetadata:\n  name: web\n  namespace: default\nspec:\n  secretName: web-tls\n  issuerRef:\n    name: ca\n  dnsNames: [web.example.test]\n";
+        control_plane.kubectl(&["apply", "-f", &write(&dir, "certificate.yaml", certificate)]).await.unwrap();
+
+        helm.run(&[
+            "upgrade",
+            "kacme",
+            &chart,
+            "--namespace",
+            "kacme",
+            "--set",
+            "replicaCount=3,logLevel=debug,podDisruptionBudget.enabled=true,metrics.serviceMonitor.enabled=true",
+        ])
+        .await
+        .unwrap();
+        let status: serde_json::Value =
+            serde_json::from_str(&helm.run(&["status", "kacme", "--namespace", "kacme", "-o", "json"]).await.unwrap())
+                .unwrap();
+        assert_eq!(status["info"]["status"], "deployed");
+        assert_eq!(status["version"], 2);
+        assert_eq!(replicas(deployment("{.spec.replicas}").await), "3");
+        assert_eq!(deployment("{.metadata.generation}").await.trim(), "2", "the upgrade changed the Deployment once");
+        let args = deployment("{.spec.template.spec.containers[0].args}").await;
+        assert!(args.contains("--log-level=debug"), "{args}");
+        let upgraded = objects_labelled(&control_plane, selector).await;
+        for added in ["poddisruptionbudget.policy/kacme", "servicemonitor.monitoring.coreos.com/kacme"] {
+            assert!(upgraded.iter().any(|o| o == added), "{added} in {upgraded:?}");
+        }
+
+        helm.run(&["uninstall", "kacme", "--namespace", "kacme", "--wait", "--timeout", "30s"]).await.unwrap();
+        let left = objects_labelled(&control_plane, selector).await;
+        assert!(left.is_empty(), "helm uninstall left objects of the chart: {left:?}");
+        let release_secrets = control_plane
+            .kubectl(&["get", "secrets", "-n", "kacme", "-l", "owner=helm,name=kacme", "-o", "name"])
+            .await
+            .unwrap();
+        assert!(release_secrets.trim().is_empty(), "helm's release records are gone: {release_secrets}");
+        let crds = control_plane.kubectl(&["get", "crds", "-o", "name"]).await.unwrap();
+        for crd in ["certificates.kacme.dev", "issuers.kacme.dev", "clusterissuers.kacme.dev"] {
+            assert!(crds.contains(crd), "the CRD {crd} stays (helm never deletes crds/): {crds}");
+        }
+        let certificates = control_plane.kubectl(&["get", "kcert", "-A", "-o", "name"]).await.unwrap();
+        assert_eq!(certificates.trim(), "certificate.kacme.dev/web", "user data stays");
+    })
+    .await
+}
