@@ -227,6 +227,9 @@ impl ControlPlane {
                 // No kubelet and a loopback advertise address: do not maintain the `kubernetes` Endpoints.
                 "--endpoint-reconciler-type=none".into(),
                 "--enable-priority-and-fairness=false".into(),
+                // As stricter clusters do: setting blockOwnerDeletion on an owner reference needs the right to
+                // update the owner's finalizers (kacme's solver objects are owned by their Certificate).
+                "--enable-admission-plugins=OwnerReferencesPermissionEnforcement".into(),
                 "--profiling=false".into(),
             ]
             .into_iter()

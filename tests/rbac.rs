@@ -1,0 +1,227 @@
+//! The chart's RBAC is sufficient and minimal: `kacme controller` running with a token of the chart's
+//! ServiceAccount (TokenRequest) issues certificates end to end, every right the chart grants is used on the
+//! way (read from the apiserver's audit log), nothing it does is refused, and the ServiceAccount is denied
+//! what the operator does not need.
+
+mod common;
+
+use common::helm::{Helm, chart_dir};
+use common::operator_env::{Ca, OperatorEnv, OperatorLaunch};
+use k8s_openapi::api::authorization::v1::{ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec};
+use k8s_openapi::api::core::v1::Namespace;
+use kacme_testenv::{ApiRequest, Pebble, PebbleOptions, poll_until};
+use kube::api::{Api, DeleteParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use serde_yaml::Value;
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+const SERVICE_ACCOUNT: &str = "system:serviceaccount:kacme:kacme";
+
+fn certificate_yaml(name: &str, issuer_kind: &str, issuer: &str) -> String {
+    format!(
+        "apiVersion: kacme.dev/v1alpha1\nkind: Certificate\nmetadata:\n  name: {name}\n  namespace: apps\nspec:\n  secretName: {name}-tls\n  issuerRef:\n    name: {issuer}\n    kind: {issuer_kind}\n  dnsNames:\n  - {name}.example.test\n"
+    )
+}
+
+/// A kubeconfig that authenticates with `token` to the environment's apiserver.
+fn token_kubeconfig(env: &OperatorEnv, token: &str, path: &Path) {
+    use base64::Engine as _;
+    let ca = base64::engine::general_purpose::STANDARD.encode(env.control_plane.ca_pem());
+    let kubeconfig = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "test", "cluster": {"server": env.control_plane.server(), "certificate-authority-data": ca}}],
+        "users": [{"name": "kacme", "user": {"token": token}}],
+        "contexts": [{"name": "kacme", "context": {"cluster": "test", "user": "kacme", "namespace": "kacme"}}],
+        "current-context": "kacme",
+    });
+    std::fs::write(path, serde_json::to_string_pretty(&kubeconfig).unwrap()).unwrap();
+}
+
+/// The rights the chart grants the operator (its ClusterRole and leader-election Role), as
+/// `verb resource[/subresource]`.
+fn granted_rights(manifest: &str) -> BTreeSet<String> {
+    let mut rights = BTreeSet::new();
+    for document in serde_yaml::Deserializer::from_str(manifest) {
+        let object: Value = serde::Deserialize::deserialize(document).unwrap();
+        let name = object["metadata"]["name"].as_str().unwrap_or_default();
+        let kind = object["kind"].as_str().unwrap_or_default();
+        if !matches!((kind, name), ("ClusterRole", "kacme-controller") | ("Role", "kacme-leader-election")) {
+            continue;
+        }
+        for rule in object["rules"].as_sequence().unwrap() {
+            for resource in rule["resources"].as_sequence().unwrap() {
+                for verb in rule["verbs"].as_sequence().unwrap() {
+                    rights.insert(format!("{} {}", verb.as_str().unwrap(), resource.as_str().unwrap()));
+                }
+            }
+        }
+    }
+    rights
+}
+
+/// Rights that an end-to-end run does not exercise as requests of their own, and why they are granted.
+const NOT_SEEN_AS_REQUESTS: &[(&str, &str)] = &[
+    (
+        "update certificates/finalizers",
+        "checked by the OwnerReferencesPermissionEnforcement admission plugin when a solver object is created \
+         with blockOwnerDeletion (an authorization check, not a request); without it those creations are refused",
+    ),
+    ("patch events", "kube's event Recorder patches an Event that repeats into a series"),
+    ("get certificates", "a Certificate is read afresh when the cache may predate kacme's own status write"),
+];
+
+/// Whether the client's user may `verb` `resource` (`[name@]resource[/subresource]`) of `group` in `namespace`.
+async fn access_allowed(client: &kube::Client, verb: &str, group: &str, resource: &str, namespace: &str) -> bool {
+    let (name, resource) = match resource.split_once('@') {
+        Some((name, resource)) => (Some(name.to_string()), resource),
+        None => (None, resource),
+    };
+    let (resource, subresource) = match resource.split_once('/') {
+        Some((r, s)) => (r.to_string(), Some(s.to_string())),
+        None => (resource.to_string(), None),
+    };
+    let review = SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                verb: Some(verb.into()),
+                group: Some(group.into()),
+                resource: Some(resource),
+                subresource,
+                name,
+                namespace: (!namespace.is_empty()).then(|| namespace.to_string()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let api: Api<SelfSubjectAccessReview> = Api::all(client.clone());
+    let answer = api.create(&PostParams::default(), &review).await.expect("a SelfSubjectAccessReview");
+    answer.status.is_some_and(|s| s.allowed)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_charts_service_account_issues_certificates_and_may_do_nothing_more() {
+    tokio::time::timeout(Duration::from_secs(150), run()).await.expect("the test did not finish within 150s");
+}
+
+async fn run() {
+    let pebble = Pebble::start(PebbleOptions::default()).await.expect("starting Pebble");
+    let mut env = OperatorEnv::prepare(Ca::Pebble(pebble), true).await.expect("starting the environment");
+
+    // The chart's ServiceAccount and RBAC (the CRDs are in place already; no Pod runs here).
+    let helm = Helm::for_cluster(env.control_plane.kubeconfig_path()).unwrap();
+    let chart = chart_dir().display().to_string();
+    helm.run(&["install", "kacme", &chart, "--namespace", "kacme", "--skip-crds"]).await.expect("helm install");
+    let manifest = helm.run(&["get", "manifest", "kacme", "--namespace", "kacme"]).await.unwrap();
+    let granted = granted_rights(&manifest);
+
+    // A token for the ServiceAccount from the TokenRequest API, and the operator running with it.
+    let token = env
+        .control_plane
+        .kubectl(&["create", "token", "kacme", "--namespace", "kacme", "--duration", "1h"])
+        .await
+        .expect("TokenRequest for the chart's ServiceAccount");
+    let kubeconfig = env.control_plane.dir().join("kacme-serviceaccount.kubeconfig");
+    token_kubeconfig(&env, token.trim(), &kubeconfig);
+    env.start_operator_with(&OperatorLaunch {
+        kubeconfig: Some(kubeconfig.clone()),
+        leader_elect: true,
+        envs: vec![("POD_NAME".into(), "kacme-0".into()), ("POD_NAMESPACE".into(), "kacme".into())],
+        ..OperatorLaunch::default()
+    })
+    .unwrap();
+
+    // Issuance through an Issuer (its account key in apps) and a ClusterIssuer (its key in kacme).
+    env.apply(&env.issuer_yaml("apps", "ca")).await.unwrap();
+    let cluster_issuer = env
+        .issuer_yaml("apps", "cluster-ca")
+        .replace("kind: Issuer", "kind: ClusterIssuer")
+        .replace("  namespace: apps\n", "");
+    env.apply(&cluster_issuer).await.unwrap();
+    env.apply(&certificate_yaml("web", "Issuer", "ca")).await.unwrap();
+    env.apply(&certificate_yaml("api", "ClusterIssuer", "cluster-ca")).await.unwrap();
+    env.wait_ready("apps", "web", Duration::from_secs(60)).await.expect("issued with the ServiceAccount's rights");
+    env.wait_ready("apps", "api", Duration::from_secs(60)).await.expect("issued through the ClusterIssuer");
+    env.wait_no_solver_objects("apps").await.unwrap();
+    assert!(env.secrets("kacme").get_opt("cluster-ca-account").await.unwrap().is_some(), "ClusterIssuer key");
+
+    // Deleting a Certificate runs the finalizer's cleanup.
+    env.certificates("apps").delete("api", &DeleteParams::default()).await.unwrap();
+    poll_until("the deleted Certificate to be gone", Duration::from_secs(30), Duration::from_millis(100), || async {
+        Ok(match env.certificates("apps").get_opt("api").await? {
+            None => Ok(()),
+            Some(c) => Err(format!("finalizers {:?}", c.metadata.finalizers)),
+        })
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\noperator log:\n{}", env.operator_log()));
+
+    // What the operator did, from the audit log: nothing refused, every granted right used.
+    let requests: Vec<ApiRequest> =
+        env.audit().unwrap().read_new().unwrap().into_iter().filter(|r| r.user == SERVICE_ACCOUNT).collect();
+    assert!(!requests.is_empty(), "the audit log has the ServiceAccount's requests");
+    let refused: Vec<String> =
+        requests.iter().filter(|r| r.code == 403).map(|r| format!("{} {}", r.verb_and_resource(), r.name)).collect();
+    assert!(refused.is_empty(), "requests of the operator refused: {refused:?}\n{}", env.operator_log());
+    let used: BTreeSet<String> = requests.iter().map(ApiRequest::verb_and_resource).collect();
+    let beyond: Vec<&String> = used.iter().filter(|u| !granted.contains(*u) && !u.contains("selfsubject")).collect();
+    assert!(beyond.is_empty(), "used without a grant (the apiserver allowed them?): {beyond:?}");
+    let unused: Vec<&String> = granted
+        .iter()
+        .filter(|g| !used.contains(*g) && !NOT_SEEN_AS_REQUESTS.iter().any(|(right, _)| right == g))
+        .collect();
+    eprintln!("rights granted: {granted:?}\nrights used: {used:?}");
+    assert!(unused.is_empty(), "granted but never used (remove them from the chart, or explain them): {unused:?}");
+
+    // And it is denied what it does not need.
+    let kubeconfig = Kubeconfig::read_from(&kubeconfig).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.unwrap();
+    let client = kube::Client::try_from(config).unwrap();
+    for (verb, group, resource, namespace) in [
+        ("get", "kacme.dev", "certificates", "apps"),
+        ("patch", "kacme.dev", "certificates/status", "apps"),
+        ("patch", "", "secrets", "apps"),
+        ("patch", "coordination.k8s.io", "kacme-controller@leases", "kacme"),
+    ] {
+        assert!(access_allowed(&client, verb, group, resource, namespace).await, "allowed: {verb} {resource}");
+    }
+    for (verb, group, resource, namespace) in [
+        ("delete", "", "namespaces", ""),
+        ("list", "", "namespaces", ""),
+        ("create", "apiextensions.k8s.io", "customresourcedefinitions", ""),
+        ("update", "apiextensions.k8s.io", "customresourcedefinitions", ""),
+        ("create", "kacme.dev", "certificates", "apps"),
+        ("update", "kacme.dev", "certificates", "apps"),
+        ("delete", "kacme.dev", "certificates", "apps"),
+        ("patch", "kacme.dev", "issuers", "apps"),
+        ("delete", "kacme.dev", "clusterissuers", ""),
+        ("update", "", "secrets", "apps"),
+        ("deletecollection", "", "secrets", "apps"),
+        ("get", "", "configmaps", "apps"),
+        ("patch", "", "pods", "apps"),
+        ("create", "", "pods/exec", "apps"),
+        ("get", "", "nodes", ""),
+        ("create", "apps", "deployments", "kacme"),
+        ("create", "rbac.authorization.k8s.io", "clusterrolebindings", ""),
+        ("escalate", "rbac.authorization.k8s.io", "clusterroles", ""),
+        ("impersonate", "", "users", ""),
+        ("create", "", "events", "apps"),
+        ("get", "coordination.k8s.io", "leases", "apps"),
+        ("delete", "coordination.k8s.io", "leases", "kacme"),
+        ("update", "coordination.k8s.io", "kacme-controller@leases", "kacme"),
+        ("patch", "coordination.k8s.io", "another-lease@leases", "kacme"),
+    ] {
+        assert!(
+            !access_allowed(&client, verb, group, resource, namespace).await,
+            "the ServiceAccount may {verb} {group}/{resource} in {namespace:?}, which kacme never needs"
+        );
+    }
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let error = namespaces.delete("apps", &DeleteParams::default()).await.expect_err("deleting a namespace is denied");
+    assert!(matches!(&error, kube::Error::Api(status) if status.code == 403), "{error}");
+    env.kill_operator();
+}
