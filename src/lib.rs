@@ -14,3 +14,5 @@ pub mod leader;
 pub mod metrics;
 pub mod pki;
 pub mod solver;
+pub mod webhook;
+pub mod workload;
