@@ -5,14 +5,20 @@
 //! `kacme.dev/solver` — never a cache of every Secret in the cluster.
 
 mod accounts;
+mod automation;
+mod ca_bundle;
 mod certificate;
 mod error;
+mod ingress;
 mod issuer;
 mod kube_solver;
 mod observe;
 mod progress;
+mod workload;
 
 pub use accounts::{AccountCache, IssuerInfo};
+pub use automation::{AUTOMATION_FIELD_MANAGER, AutomationConfig, run_automation};
+pub use ca_bundle::CaBundleConfig;
 pub use certificate::FINALIZER;
 pub use error::ReconcileError;
 pub use observe::{Caches, ControllerKind, NoReconcileObserver, Observers, ReconcileObserver};
@@ -324,8 +330,11 @@ pub async fn run_observed(
         )
         .for_each(|_| async {});
     let caches_synced = tokio::spawn(async move {
+        tracing::info!("DEBUG waiting for certificates");
         let synced = caches.certificates.wait_until_ready().await.is_ok()
+            && { tracing::info!("DEBUG certificates ok"); true }
             && caches.issuers.wait_until_ready().await.is_ok()
+            && { tracing::info!("DEBUG issuers ok"); true }
             && caches.cluster_issuers.wait_until_ready().await.is_ok();
         if synced {
             tracing::info!("caches of Certificates, Issuers and ClusterIssuers synced");

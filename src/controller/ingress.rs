@@ -1,0 +1,170 @@
+//! Certificates for annotated Ingresses: one per `spec.tls[]` entry, owned by the Ingress, kept in step,
+//! and deleted when the annotation goes (never a Certificate the Ingress does not control).
+//!
+//! Every Ingress is watched, but metadata only (annotations decide); the full Ingress is read only when it
+//! carries an issuer annotation. Certificates made here are labelled `kacme.dev/source: ingress` and only
+//! those are cached.
+
+use super::ReconcileError;
+use super::automation::{apply_certificate, delete_certificate, same_request};
+use crate::api::Certificate;
+use crate::api::names::LABEL_SOLVER;
+use crate::workload::annotations::{ANNOTATION_CLUSTER_ISSUER, ANNOTATION_ISSUER, LABEL_SOURCE, SOURCE_INGRESS};
+use crate::workload::ingress::{controlled_by, desired_ingress_certificates};
+use futures::StreamExt;
+use k8s_openapi::api::networking::v1::Ingress;
+use kube::api::{Api, PartialObjectMeta};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+struct IngressContext {
+    client: Client,
+    recorder: Recorder,
+    /// Certificates labelled `kacme.dev/source: ingress`.
+    owned: Store<Certificate>,
+}
+
+/// Runs the Ingress reconciler until `shutdown` resolves.
+pub(crate) async fn run_ingress_controller(client: Client, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+    let source = format!("{LABEL_SOURCE}={SOURCE_INGRESS}");
+    let (owned, writer) = reflector::store();
+    let owned_stream = reflector::reflector(
+        writer,
+        watcher(Api::<Certificate>::all(client.clone()), watcher::Config::default().labels(&source)),
+    )
+    .default_backoff()
+    .touched_objects();
+    let owned_task = tokio::spawn(async move { owned_stream.for_each(|_| std::future::ready(())).await });
+    if owned.wait_until_ready().await.is_err() {
+        tracing::warn!("the cache of Ingress Certificates did not become ready");
+    }
+    let reporter = Reporter { controller: "kacme".into(), instance: std::env::var("POD_NAME").ok() };
+    let ctx =
+        Arc::new(IngressContext { recorder: Recorder::new(client.clone(), reporter), owned, client: client.clone() });
+    tracing::info!("Ingress reconciler started");
+    // Every Ingress, metadata only (Api<PartialObjectMeta<_>> makes metadata-only requests).
+    let ingresses: Api<PartialObjectMeta<Ingress>> = Api::all(client.clone());
+    Controller::new(ingresses, watcher::Config::default().labels(&format!("!{LABEL_SOLVER}")))
+        .owns(Api::<Certificate>::all(client.clone()), watcher::Config::default().labels(&source))
+        .graceful_shutdown_on(shutdown)
+        .run(
+            reconcile_ingress,
+            |_, error, _| {
+                tracing::warn!(%error, "Ingress reconcile failed; retrying");
+                Action::requeue(Duration::from_secs(5))
+            },
+            ctx,
+        )
+        .for_each(|_| std::future::ready(()))
+        .await;
+    owned_task.abort();
+}
+
+#[tracing::instrument(skip_all, fields(ingress = %format!("{}/{}", meta.namespace().unwrap_or_default(), meta.name_any())))]
+async fn reconcile_ingress(
+    meta: Arc<PartialObjectMeta<Ingress>>,
+    ctx: Arc<IngressContext>,
+) -> Result<Action, ReconcileError> {
+    let namespace = meta.namespace().ok_or(ReconcileError::MissingField("metadata.namespace"))?;
+    let uid = meta.uid().ok_or(ReconcileError::MissingField("metadata.uid"))?;
+    let owned: Vec<Arc<Certificate>> = ctx
+        .owned
+        .state()
+        .into_iter()
+        .filter(|c| c.namespace().as_deref() == Some(namespace.as_str()))
+        .filter(|c| controlled_by(c.metadata.owner_references.as_deref(), &uid))
+        .collect();
+    let annotated = meta.annotations().contains_key(ANNOTATION_ISSUER)
+        || meta.annotations().contains_key(ANNOTATION_CLUSTER_ISSUER);
+    if !annotated && owned.is_empty() {
+        return Ok(Action::await_change());
+    }
+    let ingresses: Api<Ingress> = Api::namespaced(ctx.client.clone(), &namespace);
+    let desired = if annotated {
+        let Some(ingress) = ingresses
+            .get_opt(&meta.name_any())
+            .await
+            .map_err(|e| ReconcileError::kube(format!("reading Ingress {namespace}/{}", meta.name_any()), e))?
+        else {
+            return Ok(Action::await_change());
+        };
+        match desired_ingress_certificates(&ingress) {
+            Ok(plan) => {
+                for skipped in &plan.skipped {
+                    tracing::warn!(reason = %skipped, "an Ingress TLS entry gets no Certificate");
+                }
+                plan.certificates
+            }
+            Err(error) => {
+                publish(&ctx, &ingress, EventType::Warning, "BadAnnotation", error.to_string()).await;
+                return Ok(Action::await_change());
+            }
+        }
+    } else {
+        Vec::new()
+    };
+    let certificates: Api<Certificate> = Api::namespaced(ctx.client.clone(), &namespace);
+    let mut wanted = BTreeSet::new();
+    for certificate in &desired {
+        let name = certificate.name_any();
+        wanted.insert(name.clone());
+        match owned.iter().find(|c| c.name_any() == name) {
+            Some(existing) if same_request(certificate, existing) => continue,
+            Some(_) => {}
+            None => {
+                // Not ours (yet): never take over a Certificate that something else created.
+                let existing = certificates
+                    .get_opt(&name)
+                    .await
+                    .map_err(|e| ReconcileError::kube(format!("reading Certificate {namespace}/{name}"), e))?;
+                if let Some(existing) = existing
+                    && !controlled_by(existing.metadata.owner_references.as_deref(), &uid)
+                {
+                    tracing::warn!(certificate = %name, "a Certificate of that name exists and is not this Ingress's; leaving it");
+                    let message =
+                        format!("Certificate {name} exists and is not controlled by this Ingress; leaving it alone");
+                    publish_meta(&ctx, &meta, EventType::Warning, "CertificateConflict", message).await;
+                    continue;
+                }
+            }
+        }
+        apply_certificate(&ctx.client, certificate).await?;
+        tracing::info!(certificate = %name, dns_names = ?certificate.spec.dns_names, "Certificate for Ingress applied");
+    }
+    for leftover in owned.iter().filter(|c| !wanted.contains(&c.name_any())) {
+        delete_certificate(&ctx.client, &namespace, &leftover.name_any(), leftover.uid()).await?;
+        tracing::info!(certificate = %leftover.name_any(), "Certificate the Ingress no longer asks for deleted");
+        let message = format!("Deleted Certificate {}: the Ingress no longer asks for it", leftover.name_any());
+        publish_meta(&ctx, &meta, EventType::Normal, "CertificateDeleted", message).await;
+    }
+    Ok(Action::await_change())
+}
+
+async fn publish(ctx: &IngressContext, ingress: &Ingress, type_: EventType, reason: &str, note: String) {
+    let event =
+        Event { type_, reason: reason.into(), note: Some(note), action: "Certificates".into(), secondary: None };
+    if let Err(error) = ctx.recorder.publish(&event, &ingress.object_ref(&())).await {
+        tracing::warn!(%error, reason, "publishing an Event failed");
+    }
+}
+
+async fn publish_meta(
+    ctx: &IngressContext,
+    meta: &PartialObjectMeta<Ingress>,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let event =
+        Event { type_, reason: reason.into(), note: Some(note), action: "Certificates".into(), secondary: None };
+    if let Err(error) = ctx.recorder.publish(&event, &meta.object_ref(&())).await {
+        tracing::warn!(%error, reason, "publishing an Event failed");
+    }
+}
