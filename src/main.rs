@@ -33,7 +33,7 @@ enum LogFormat {
 enum Command {
     /// Run the operator: reconcile Certificates, Issuers and ClusterIssuers in the cluster of the current
     /// kubeconfig (KUBECONFIG) or, inside a Pod, of its service account.
-    Controller(ControllerArgs),
+    Controller(Box<ControllerArgs>),
     /// Renew a Certificate now, whatever its renewal time (sets the kacme.dev/renew-requested-at annotation).
     Renew {
         /// Name of the Certificate.
@@ -107,6 +107,54 @@ struct ControllerArgs {
     /// How long the Lease lasts after its last renewal: a crashed leader is replaced within about this long.
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     leader_election_lease_duration: Duration,
+    /// Create Certificates for Ingresses annotated kacme.dev/issuer or kacme.dev/cluster-issuer.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    ingress_certificates: bool,
+    /// Keep one Certificate per workload whose Pods the admission webhook marked (kacme.dev/workload).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    workload_certificates: bool,
+    /// Serve the Pod admission webhook (HTTPS) on this address, for example 0.0.0.0:9443; off unless set.
+    /// Every replica serves it, leader or not.
+    #[arg(long, env = "KACME_WEBHOOK_ADDRESS")]
+    webhook_address: Option<SocketAddr>,
+    /// How the apiserver reaches the webhook: a URL such as https://10.0.0.5:9443/mutate-pods (path
+    /// /mutate-pods)...
+    #[arg(long, conflicts_with = "webhook_service")]
+    webhook_url: Option<String>,
+    /// ...or a Service in the webhook namespace (the default: `kacme-webhook`), on --webhook-service-port.
+    #[arg(long, env = "KACME_WEBHOOK_SERVICE")]
+    webhook_service: Option<String>,
+    /// Port of the webhook Service.
+    #[arg(long, default_value_t = 443)]
+    webhook_service_port: i32,
+    /// Namespace of the operator: holds the webhook's serving Secret and is never mutated (default: the
+    /// cluster resource namespace).
+    #[arg(long, env = "KACME_WEBHOOK_NAMESPACE")]
+    webhook_namespace: Option<String>,
+    /// Secret with the webhook's serving CA and certificate (created and rotated by kacme).
+    #[arg(long, default_value = "kacme-webhook-tls")]
+    webhook_secret: String,
+    /// The MutatingWebhookConfiguration whose caBundle kacme keeps current.
+    #[arg(long, default_value = "kacme")]
+    webhook_configuration: String,
+    /// Create and own the whole MutatingWebhookConfiguration (true), or only patch the caBundle of an
+    /// existing one, for example installed by the Helm chart (false).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    webhook_manage_configuration: bool,
+    /// failurePolicy of a managed configuration: Fail (Pods in selected namespaces wait for kacme) or Ignore.
+    #[arg(long, default_value = "Fail", value_parser = ["Fail", "Ignore"])]
+    webhook_failure_policy: String,
+    /// Namespaces whose Pods go through the webhook (key=value, key!=value, key, !key; comma-separated;
+    /// empty for all). kacme's own namespace and kube-system are always left out.
+    #[arg(long, default_value = "kacme.dev/webhook=enabled")]
+    webhook_namespace_selector: String,
+    /// Publish the issuers' CA bundles as a ConfigMap in every namespace this label selector picks
+    /// (kubectl syntax; empty string for every namespace); off unless set.
+    #[arg(long)]
+    ca_bundle_namespace_selector: Option<String>,
+    /// Name of the CA bundle ConfigMaps.
+    #[arg(long, default_value = "kacme-ca-bundle")]
+    ca_bundle_config_map: String,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -133,7 +181,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Controller(args) => {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            runtime.block_on(run_controller(args))
+            runtime.block_on(run_controller(*args))
         }
         Command::Renew { name, namespace } => {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -176,6 +224,14 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         kube::Client::try_default().await.context("connecting to the Kubernetes API (KUBECONFIG or in-cluster)")?;
     let lease_namespace =
         args.leader_election_namespace.clone().unwrap_or_else(|| args.cluster_resource_namespace.clone());
+    let webhook = webhook_config(&args)?;
+    let automation = kacme::controller::AutomationConfig {
+        ingresses: args.ingress_certificates,
+        workloads: args.workload_certificates,
+        ca_bundle: args.ca_bundle_namespace_selector.clone().map(|namespace_selector| {
+            kacme::controller::CaBundleConfig { config_map_name: args.ca_bundle_config_map.clone(), namespace_selector }
+        }),
+    };
     let mut config = kacme::controller::ControllerConfig::new(args.cluster_resource_namespace, args.solver_image);
     config.concurrency = args.concurrency.max(1);
     config.backoff = kacme::decision::BackoffPolicy { initial: args.backoff_initial, max: args.backoff_max };
@@ -204,11 +260,19 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     tracing::info!(address = %listener.local_addr()?, "serving /metrics, /healthz and /readyz");
     let endpoints = tokio::spawn(kacme::endpoints::serve(listener, telemetry.clone(), stopped()));
     let observers = kacme::controller::Observers { acme: telemetry.clone(), reconcile: telemetry.clone() };
+    let webhook = match webhook {
+        Some(config) => {
+            let listener = kacme::webhook::bind(&config).await?;
+            Some(tokio::spawn(kacme::webhook::run_on(listener, client.clone(), config, stopped())))
+        }
+        None => None,
+    };
 
     if !args.leader_elect {
         telemetry.set_role(Role::Leading { caches_synced: false });
-        kacme::controller::run_observed(client, config, observers, stopped()).await?;
+        run_reconcilers(client, config, observers, automation, stopped).await?;
         endpoints.abort();
+        stop_webhook(webhook).await?;
         return Ok(());
     }
     let election = kacme::leader::LeaderElection::join(
@@ -231,11 +295,12 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     }
     telemetry.set_role(Role::Leading { caches_synced: false });
     tokio::select! {
-        result = kacme::controller::run_observed(client, config, observers, stopped()) => {
+        result = run_reconcilers(client, config, observers, automation, stopped.clone()) => {
             election.release().await;
             endpoints.abort();
             result?;
-            Ok(())
+            stop_webhook(webhook).await
+
         }
         loss = election.lost() => {
             telemetry.set_role(Role::Starting);
@@ -244,6 +309,69 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
             anyhow::bail!("lost the leader Lease: {loss}")
         }
     }
+}
+
+/// The Certificate reconcilers and the automatic certificates (Ingresses, workloads, CA bundles), together.
+async fn run_reconcilers<F, Fut>(
+    client: kube::Client,
+    config: kacme::controller::ControllerConfig,
+    observers: kacme::controller::Observers,
+    automation: kacme::controller::AutomationConfig,
+    stopped: F,
+) -> anyhow::Result<()>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + Sync + 'static,
+{
+    let (certificates, automatic) = tokio::join!(
+        kacme::controller::run_observed(client.clone(), config, observers, stopped()),
+        kacme::controller::run_automation(client, automation, stopped()),
+    );
+    certificates?;
+    automatic?;
+    Ok(())
+}
+
+/// Waits for the webhook (stopping with the same signal) and reports how it ended.
+async fn stop_webhook(
+    webhook: Option<tokio::task::JoinHandle<Result<(), kacme::webhook::WebhookError>>>,
+) -> anyhow::Result<()> {
+    if let Some(webhook) = webhook {
+        webhook.await.context("the webhook task")??;
+    }
+    Ok(())
+}
+
+/// The webhook's configuration from the flags; `None` without --webhook-address.
+fn webhook_config(args: &ControllerArgs) -> anyhow::Result<Option<kacme::webhook::WebhookConfig>> {
+    use kacme::webhook::configuration::{WebhookEndpoint, WebhookPolicy, parse_label_selector};
+    let Some(listen) = args.webhook_address else { return Ok(None) };
+    let namespace = args.webhook_namespace.clone().unwrap_or_else(|| args.cluster_resource_namespace.clone());
+    let endpoint = match &args.webhook_url {
+        Some(url) => WebhookEndpoint::Url(url.clone()),
+        None => WebhookEndpoint::Service {
+            namespace: namespace.clone(),
+            name: args.webhook_service.clone().unwrap_or_else(|| "kacme-webhook".into()),
+            port: args.webhook_service_port,
+        },
+    };
+    let namespace_selector = parse_label_selector(&args.webhook_namespace_selector)
+        .map_err(|e| anyhow::anyhow!("--webhook-namespace-selector: {e}"))?;
+    Ok(Some(kacme::webhook::WebhookConfig {
+        listen,
+        endpoint,
+        namespace: namespace.clone(),
+        secret_name: args.webhook_secret.clone(),
+        configuration_name: args.webhook_configuration.clone(),
+        manage_configuration: args.webhook_manage_configuration,
+        policy: WebhookPolicy {
+            failure_policy: args.webhook_failure_policy.clone(),
+            excluded_namespaces: vec![namespace, "kube-system".into()],
+            namespace_selector,
+            timeout_seconds: 5,
+        },
+        serving: kacme::webhook::serving::ServingPolicy::default(),
+    }))
 }
 
 async fn renew(name: String, namespace: Option<String>) -> anyhow::Result<()> {
