@@ -53,8 +53,8 @@ pub struct ControlPlaneOptions {
 ///
 /// The apiserver authenticates an `admin` user (group `system:masters`) with a bearer token, authorizes with
 /// RBAC, and signs service-account tokens (TokenRequest works). The controller-manager runs the garbage
-/// collector, namespace, service-account and service-account-token controllers. Nothing runs Pods: see
-/// [`crate::SolverStandIn`].
+/// collector, namespace, service-account, service-account-token, deployment and replicaset controllers.
+/// Nothing runs Pods: see [`crate::SolverStandIn`].
 pub struct ControlPlane {
     // Field order is drop order: processes first (apiserver before etcd), the directory last.
     controller_manager: ChildProcess,
@@ -266,8 +266,9 @@ impl ControlPlane {
             [
                 format!("--kubeconfig={}", kcm_kubeconfig.display()),
                 "--leader-elect=false".into(),
+                // Deployments and ReplicaSets too, so that workloads get Pods (nothing runs them).
                 "--controllers=garbage-collector-controller,namespace-controller,serviceaccount-controller,\
-                 serviceaccount-token-controller"
+                 serviceaccount-token-controller,deployment-controller,replicaset-controller"
                     .into(),
                 format!("--service-account-private-key-file={}", path("sa.key")),
                 format!("--root-ca-file={}", path("ca.crt")),
