@@ -199,6 +199,22 @@ where
     (reader, async move { stream.for_each(|_| std::future::ready(())).await })
 }
 
+/// Waits until a controller's cache is filled; false if it never will be.
+///
+/// `Store::wait_until_ready` wakes only the last of several waiters (kube-runtime 5 keeps one waker), and the
+/// controller itself waits on the same store: poll again now and then instead of relying on the wake-up.
+async fn store_ready<K>(store: &Store<K>) -> bool
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    loop {
+        if let Ok(ready) = tokio::time::timeout(Duration::from_millis(200), store.wait_until_ready()).await {
+            return ready.is_ok();
+        }
+    }
+}
+
 /// Runs `reconcile`, telling the observer how long it took and how it ended.
 async fn observed(
     observer: Arc<dyn ReconcileObserver>,
@@ -330,12 +346,9 @@ pub async fn run_observed(
         )
         .for_each(|_| async {});
     let caches_synced = tokio::spawn(async move {
-        tracing::info!("DEBUG waiting for certificates");
-        let synced = caches.certificates.wait_until_ready().await.is_ok()
-            && { tracing::info!("DEBUG certificates ok"); true }
-            && caches.issuers.wait_until_ready().await.is_ok()
-            && { tracing::info!("DEBUG issuers ok"); true }
-            && caches.cluster_issuers.wait_until_ready().await.is_ok();
+        let synced = store_ready(&caches.certificates).await
+            && store_ready(&caches.issuers).await
+            && store_ready(&caches.cluster_issuers).await;
         if synced {
             tracing::info!("caches of Certificates, Issuers and ClusterIssuers synced");
             observers.reconcile.caches_synced(caches);
