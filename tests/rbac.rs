@@ -70,6 +70,11 @@ const NOT_SEEN_AS_REQUESTS: &[(&str, &str)] = &[
          with blockOwnerDeletion (an authorization check, not a request); without it those creations are refused",
     ),
     ("patch events", "kube's event Recorder patches an Event that repeats into a series"),
+    (
+        "create certificates",
+        "the Certificates of annotated Ingresses are created by server-side apply: a patch request that the \
+         apiserver authorizes as create when the object does not exist yet",
+    ),
     ("get certificates", "a Certificate is read afresh when the cache may predate kacme's own status write"),
 ];
 
@@ -101,6 +106,47 @@ async fn access_allowed(client: &kube::Client, verb: &str, group: &str, resource
     let api: Api<SelfSubjectAccessReview> = Api::all(client.clone());
     let answer = api.create(&PostParams::default(), &review).await.expect("a SelfSubjectAccessReview");
     answer.status.is_some_and(|s| s.allowed)
+}
+
+const INGRESS: &str = "apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: shop
+  namespace: apps
+  annotations:
+    kacme.dev/issuer: ca
+spec:
+  ingressClassName: public
+  rules:
+  - host: shop.example.test
+    http:
+      paths:
+      - path: /
+        pathType: Prefix
+        backend:
+          service:
+            name: shop
+            port:
+              number: 80
+  tls:
+  - secretName: shop-tls
+    hosts: [shop.example.test]
+";
+
+async fn wait_gone(env: &OperatorEnv, name: &str) {
+    poll_until(
+        &format!("Certificate {name} to be gone"),
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || async {
+            Ok(match env.certificates("apps").get_opt(name).await? {
+                None => Ok(()),
+                Some(c) => Err(format!("finalizers {:?}", c.metadata.finalizers)),
+            })
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\noperator log:\n{}", env.operator_log()));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -149,16 +195,15 @@ async fn run() {
     env.wait_no_solver_objects("apps").await.unwrap();
     assert!(env.secrets("kacme").get_opt("cluster-ca-account").await.unwrap().is_some(), "ClusterIssuer key");
 
+    // An Ingress annotated with the issuer gets a Certificate, which goes with the annotation.
+    env.apply(INGRESS).await.unwrap();
+    env.wait_ready("apps", "shop-tls", Duration::from_secs(60)).await.expect("the annotated Ingress's Certificate");
+    env.control_plane.kubectl(&["annotate", "ingress", "shop", "-n", "apps", "kacme.dev/issuer-"]).await.unwrap();
+    wait_gone(&env, "shop-tls").await;
+
     // Deleting a Certificate runs the finalizer's cleanup.
     env.certificates("apps").delete("api", &DeleteParams::default()).await.unwrap();
-    poll_until("the deleted Certificate to be gone", Duration::from_secs(30), Duration::from_millis(100), || async {
-        Ok(match env.certificates("apps").get_opt("api").await? {
-            None => Ok(()),
-            Some(c) => Err(format!("finalizers {:?}", c.metadata.finalizers)),
-        })
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e:#}\noperator log:\n{}", env.operator_log()));
+    wait_gone(&env, "api").await;
 
     // What the operator did, from the audit log: nothing refused, every granted right used.
     let requests: Vec<ApiRequest> =
@@ -194,9 +239,9 @@ async fn run() {
         ("list", "", "namespaces", ""),
         ("create", "apiextensions.k8s.io", "customresourcedefinitions", ""),
         ("update", "apiextensions.k8s.io", "customresourcedefinitions", ""),
-        ("create", "kacme.dev", "certificates", "apps"),
         ("update", "kacme.dev", "certificates", "apps"),
-        ("delete", "kacme.dev", "certificates", "apps"),
+        ("deletecollection", "kacme.dev", "certificates", "apps"),
+        ("patch", "networking.k8s.io", "ingresses", "apps"),
         ("patch", "kacme.dev", "issuers", "apps"),
         ("delete", "kacme.dev", "clusterissuers", ""),
         ("update", "", "secrets", "apps"),
