@@ -308,6 +308,7 @@ impl<'a> Pass<'a> {
                 self.certificate.annotations().get(ANNOTATION_RENEW_REQUESTED_AT).cloned();
         }
         self.set("Issuing", true, reason.as_str(), message);
+        tracing::info!(reason = reason.as_str(), order = %session.progress().url, "created an ACME order");
         self.event(false, "OrderCreated", format!("Created ACME order {} ({message})", session.progress().url)).await;
         self.ctx.keep_session(self.certificate, session);
         Ok(Action::requeue(Duration::from_millis(50)))
@@ -600,6 +601,12 @@ impl<'a> Pass<'a> {
         self.status.last_failure_time = None;
         self.set("Ready", true, "Ready", "The certificate is up to date and has not expired");
         remove_condition(&mut self.status.conditions, "Issuing");
+        tracing::info!(
+            serial = %chain.leaf.serial,
+            not_after = %chain.leaf.not_after,
+            secret = %name,
+            "issued; the certificate is stored in its Secret"
+        );
         self.event(
             false,
             "Issued",
