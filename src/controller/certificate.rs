@@ -2,7 +2,7 @@
 
 use super::accounts::{IssuerInfo, ensure_account};
 use super::error::{ReconcileError, is_not_found};
-use super::kube_solver::{KubeSolver, cleanup_all_solver_objects};
+use super::kube_solver::{KubeSolver, cleanup_all_solver_objects, has_cached_solver_objects};
 use super::progress::{order_progress, order_status};
 use super::{Context, apply_status};
 use crate::acme::{
@@ -166,6 +166,7 @@ impl<'a> Pass<'a> {
                 self.status.not_before = Some(Time(not_before));
                 self.status.not_after = Some(Time(not_after));
                 self.status.renewal_time = Some(Time(renewal_time));
+                self.clean_up_leftover_solver_objects().await;
                 Ok(self.requeue_at_renewal(renewal_time))
             }
             IssuanceDecision::BackOff { reason, message, retry_at } => {
@@ -189,6 +190,18 @@ impl<'a> Pass<'a> {
             self.status.failed_issuance_attempts.unwrap_or(0) > 0 && self.condition_is("Ready", "False", "Failed");
         if !still_valid && !failed {
             self.set("Ready", false, reason.as_str(), message);
+        }
+    }
+
+    /// Removes solver objects of this Certificate that no order in flight accounts for. A pass that
+    /// presented a challenge and was killed before it wrote status leaves objects that the persisted order
+    /// does not name; when the CA has validated meanwhile, nothing presents that challenge again. The cache
+    /// tells (no request) whether there are any.
+    async fn clean_up_leftover_solver_objects(&self) {
+        if has_cached_solver_objects(self.ctx, self.certificate)
+            && let Err(error) = cleanup_all_solver_objects(self.ctx, self.certificate).await
+        {
+            tracing::warn!(%error, "removing leftover solver objects failed; retrying at the next pass");
         }
     }
 
@@ -583,6 +596,7 @@ impl<'a> Pass<'a> {
             .map_err(|e| ReconcileError::kube(format!("writing Secret {name}"), e))?;
         delete_if_present(&self.secrets, &next_key_secret_name(&self.certificate.name_any())).await?;
         self.ctx.forget_session(self.certificate);
+        self.clean_up_leftover_solver_objects().await;
         let renewal = crate::decision::renewal_time(
             chain.leaf.not_before,
             chain.leaf.not_after,

@@ -122,6 +122,19 @@ impl ChallengeSolver for KubeSolver<'_> {
     }
 }
 
+/// Whether the caches hold any solver object of a Certificate (by its label; no request).
+pub fn has_cached_solver_objects(ctx: &Context, certificate: &Certificate) -> bool {
+    let namespace = certificate.namespace();
+    let label = certificate_label_value(&certificate.name_any());
+    let belongs = |meta: &kube::api::ObjectMeta| {
+        meta.namespace == namespace && meta.labels.as_ref().and_then(|l| l.get(LABEL_CERTIFICATE)) == Some(&label)
+    };
+    let stores = &ctx.solver_stores;
+    stores.pods.state().iter().any(|o| belongs(&o.metadata))
+        || stores.services.state().iter().any(|o| belongs(&o.metadata))
+        || stores.ingresses.state().iter().any(|o| belongs(&o.metadata))
+}
+
 /// Deletes every solver object of a Certificate (by label), trying all and reporting every failure.
 pub async fn cleanup_all_solver_objects(ctx: &Context, certificate: &Certificate) -> Result<(), String> {
     let namespace = certificate.namespace().unwrap_or_default();
