@@ -559,9 +559,12 @@ impl<'a> Pass<'a> {
                 .await;
         }
         let ca_bundle = issuer.ca_bundle_pem();
+        // The question is whether the chain leads to the bundle, so verify it at a moment it is valid: the
+        // pass started before the CA signed, and a CA that does not backdate signs from "now".
+        let verify_at = Timestamp::now().max(chain.leaf.not_before);
         if let Some(bundle) = &ca_bundle
             && let Ok(ders) = crate::pki::parse_ca_bundle(bundle.as_bytes())
-            && let Err(e) = verify_chain(&chain, &ders, self.now)
+            && let Err(e) = verify_chain(&chain, &ders, verify_at)
         {
             self.event(
                 true,
