@@ -118,7 +118,7 @@ impl<'a> Pass<'a> {
                 ReconcileError::kube(format!("reading Secret {}", self.certificate.spec.secret_name), e)
             })?;
         let action = match self.status.order.clone() {
-            Some(order) => self.continue_order(order_progress(&order)).await,
+            Some(order) => self.continue_order(order_progress(&order), secret.as_ref()).await,
             None => self.decide(secret.as_ref()).await,
         };
         // Write what was learned even when the step failed: the failure is in the status.
@@ -345,7 +345,11 @@ impl<'a> Pass<'a> {
         generate_private_key(&wanted).map_err(|e| AcmeError::fatal(crate::acme::AcmeAction::Finalize, e.to_string()))
     }
 
-    async fn continue_order(&mut self, progress: OrderProgress) -> Result<Action, ReconcileError> {
+    async fn continue_order(
+        &mut self,
+        progress: OrderProgress,
+        secret: Option<&Secret>,
+    ) -> Result<Action, ReconcileError> {
         let wanted: Vec<String> =
             self.certificate.spec.dns_names.iter().chain(&self.certificate.spec.ip_addresses).cloned().collect();
         let ordered: Vec<String> = progress.identifiers.clone();
@@ -394,12 +398,7 @@ impl<'a> Pass<'a> {
             .and_then(|d| d.get(TLS_KEY).cloned())
             .and_then(|v| parse_private_key(&v.0).ok())
         else {
-            self.abandon_order(
-                "MissingPrivateKey",
-                "The private key of the order in progress is gone; starting a new order",
-            )
-            .await?;
-            return Ok(Action::requeue(Duration::from_millis(50)));
+            return self.finish_stored_order(&issuer, &account, progress, secret).await;
         };
         let request = match self.csr_request(&key) {
             Ok(request) => request,
@@ -438,6 +437,50 @@ impl<'a> Pass<'a> {
             Ok(Advance::Issued(chain)) => self.store_certificate(&issuer, &chain, &key, &request).await,
             Err(error) => self.acme_failure(error, Some(after), &account).await,
         }
+    }
+
+    /// The order's private key is gone. A pass that stored the certificate deletes the key and then writes
+    /// status: when it was interrupted in between (a crash), the order is valid and the Secret already holds
+    /// its certificate and key, so finish that issuance (revision, Issued) from the order instead of ordering
+    /// again. Otherwise the key is lost: start a new order.
+    async fn finish_stored_order(
+        &mut self,
+        issuer: &IssuerInfo,
+        account: &AcmeAccount,
+        progress: OrderProgress,
+        secret: Option<&Secret>,
+    ) -> Result<Action, ReconcileError> {
+        let stored_key = secret
+            .filter(|s| secret_ownership(s, &self.certificate.name_any()) == crate::decision::SecretOwnership::Ours)
+            .and_then(|s| s.data.as_ref()?.get(TLS_KEY))
+            .and_then(|value| parse_private_key(&value.0).ok());
+        if let Some(key) = stored_key
+            && let Ok(request) = self.csr_request(&key)
+            && let Ok(csr) = build_csr(&request, &key)
+        {
+            let session = match self.ctx.take_session(self.certificate, &progress.url) {
+                Some(session) => Ok(session),
+                None => OrderSession::resume(account, progress.clone()).await,
+            };
+            // Only a valid order: advancing any other would finalize it with the Secret's current key.
+            if let Ok(mut session) = session
+                && session.progress().state == crate::acme::OrderState::Valid
+            {
+                let solver = KubeSolver { ctx: self.ctx, certificate: self.certificate, acme: &issuer.acme };
+                let options = AdvanceOptions { self_check: None, max_wait: self.ctx.config.max_wait_per_step };
+                if let Ok(Advance::Issued(chain)) = session.advance(account, &solver, &csr, &options).await
+                    && parse_chain(chain.as_bytes()).is_ok_and(|c| key_matches_certificate(&key, &c.leaf))
+                {
+                    return self.store_certificate(issuer, &chain, &key, &request).await;
+                }
+            }
+        }
+        self.abandon_order(
+            "MissingPrivateKey",
+            "The private key of the order in progress is gone; starting a new order",
+        )
+        .await?;
+        Ok(Action::requeue(Duration::from_millis(50)))
     }
 
     fn issuing_reason(&self) -> String {
