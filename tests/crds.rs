@@ -1,5 +1,5 @@
 //! `crds/` must be exactly what the code generates: nobody edits it by hand.
-//! Regenerate with `cargo run -- crds --dir crds`.
+//! Regenerate with `cargo run -- crds --dir crds --dir charts/kacme/crds`.
 
 use std::path::Path;
 
@@ -10,11 +10,12 @@ fn checked_in_crds_equal_the_generated_ones() {
     for crd in kacme::api::crds() {
         let name = kacme::api::crd_file_name(&crd);
         let generated = kacme::api::crd_yaml(&crd).unwrap();
-        let checked_in = std::fs::read_to_string(dir.join(&name))
-            .unwrap_or_else(|e| panic!("crds/{name} is missing ({e}); run `cargo run -- crds --dir crds`"));
+        let checked_in = std::fs::read_to_string(dir.join(&name)).unwrap_or_else(|e| {
+            panic!("crds/{name} is missing ({e}); run `cargo run -- crds --dir crds --dir charts/kacme/crds`")
+        });
         assert!(
             checked_in == generated,
-            "crds/{name} is stale or was edited by hand; run `cargo run -- crds --dir crds`"
+            "crds/{name} is stale or was edited by hand; run `cargo run -- crds --dir crds --dir charts/kacme/crds`"
         );
         expected_files.push(name);
     }
