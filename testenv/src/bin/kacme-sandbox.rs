@@ -70,6 +70,8 @@ async fn main() -> Result<()> {
     let mut envs = control_plane.child_env();
     envs.push(("RUST_LOG", std::ffi::OsStr::new("info")));
     let metrics = control_plane.address().socket_addr(control_plane.address().free_port()?);
+    // The Pod admission webhook, which the apiserver calls at this loopback URL.
+    let webhook = control_plane.address().socket_addr(control_plane.address().free_port()?);
     let operator = ChildProcess::spawn(
         "kacme-controller",
         &args.kacme,
@@ -78,10 +80,29 @@ async fn main() -> Result<()> {
             "--cluster-resource-namespace=kacme".into(),
             "--solver-image=kacme:sandbox".into(),
             format!("--metrics-address={metrics}"),
+            format!("--webhook-address={webhook}"),
+            format!("--webhook-url=https://{webhook}/mutate-pods"),
         ],
         &envs,
         &operator_log,
     )?;
+
+    // Pods of the sample Deployment must find the webhook configured.
+    let configured = kacme_testenv::poll_until(
+        "the webhook configuration",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || async {
+            Ok(match control_plane.kubectl(&["get", "mutatingwebhookconfiguration", "kacme", "-o", "name"]).await {
+                Ok(_) => Ok(()),
+                Err(error) => Err(error.to_string()),
+            })
+        },
+    )
+    .await;
+    if let Err(error) = configured {
+        bail!("{error:#}\noperator log:\n{}", operator.log_tail(40));
+    }
 
     // Apply the samples, with the CA's URL and bundle filled in.
     let bundle: String = ca_bundle.lines().map(|l| format!("      {l}\n")).collect();
@@ -146,6 +167,9 @@ async fn main() -> Result<()> {
         "  kubectl get secret sample-tls -n sandbox -o jsonpath='{{.data.tls\\.crt}}' | base64 -d | openssl x509 -noout -text"
     );
     println!("  {} renew sample -n sandbox      # renew now", args.kacme.display());
+    println!("The sample Deployment `web` is annotated for a workload certificate (config/samples/30-workload.yaml):");
+    println!("  kubectl get pods -n sandbox -l app=web -o yaml | grep -B2 -A3 kacme   # volume, mount, label");
+    println!("  kubectl get kcert web-kacme -n sandbox                                # its Certificate");
     println!("The operator's log: {}", operator_log.display());
     println!("Its metrics: http://{metrics}/metrics (and /healthz, /readyz)");
     println!("Press Ctrl-C to stop the sandbox (everything it started is stopped).");
