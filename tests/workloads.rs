@@ -445,3 +445,72 @@ async fn issuer_ca_bundles_are_published_in_selected_namespaces_and_kept_current
     .unwrap();
     eprintln!("CA bundle test took {:.1}s", started.elapsed().as_secs_f64());
 }
+
+/// A configuration as a Helm chart installs it: no caBundle (kacme fills it in).
+fn chart_configuration_yaml(url: &str) -> String {
+    format!(
+        "apiVersion: admissionregistration.k8s.io/v1\nkind: MutatingWebhookConfiguration\nmetadata:\n  name: kacme-chart\nwebhooks:\n- name: pods.kacme.dev\n  admissionReviewVersions: [v1]\n  sideEffects: None\n  failurePolicy: Fail\n  timeoutSeconds: 5\n  clientConfig:\n    url: {url}\n  namespaceSelector:\n    matchLabels:\n      kacme.dev/webhook: enabled\n  rules:\n  - apiGroups: [\"\"]\n    apiVersions: [v1]\n    operations: [CREATE]\n    resources: [pods]\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_installed_webhook_configuration_gets_the_ca_bundle_kept_across_restarts_and_restored() {
+    let started = Instant::now();
+    let mut url = String::new();
+    let mut env = restarted_with(OperatorEnv::with_pebble(PebbleOptions::default()).await.unwrap(), |ip| {
+        let mut args = webhook_args(ip);
+        url = args[3].clone();
+        args.extend(["--webhook-manage-configuration=false".into(), "--webhook-configuration=kacme-chart".into()]);
+        args
+    });
+    env.apply(&chart_configuration_yaml(&url)).await.unwrap();
+    env.control_plane.kubectl(&["label", "namespace", "apps", "kacme.dev/webhook=enabled"]).await.unwrap();
+    let configurations: Api<MutatingWebhookConfiguration> = Api::all(env.client.clone());
+    let bundle = || async {
+        let configuration = configurations.get("kacme-chart").await.unwrap();
+        kacme::webhook::configuration::current_ca_bundle(&configuration).unwrap_or_default()
+    };
+    let wait_bundle = |what: &'static str| {
+        poll_until(what, WAIT, POLL, move || async move {
+            let current = bundle().await;
+            Ok(if current.contains("BEGIN CERTIFICATE") { Ok(current) } else { Err("no caBundle".to_string()) })
+        })
+    };
+    let first = wait_bundle("the caBundle filled in").await.with_context(|| env.operator_log()).unwrap();
+    let configuration = configurations.get("kacme-chart").await.unwrap();
+    let webhook = &configuration.webhooks.as_ref().unwrap()[0];
+    assert_eq!(webhook.client_config.url.as_deref(), Some(url.as_str()), "the rest is the chart's");
+    assert_eq!(webhook.failure_policy.as_deref(), Some("Fail"));
+
+    // The apiserver calls kacme through the chart's configuration.
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), "apps");
+    let annotated = [("kacme.dev/names", "one.apps.test"), ("kacme.dev/issuer", "ca")];
+    let pod = pods.create(&PostParams::default(), &pod_yaml("apps", "one", &annotated)).await.unwrap();
+    assert_eq!(mounts(&pod).0.as_deref(), Some("one-kacme-tls"));
+
+    // A restarted operator serves the same certificate (it is kept in a Secret) and leaves the bundle be.
+    let serving = env.secrets("kacme").get("kacme-webhook-tls").await.unwrap().data.unwrap()[TLS_CRT].clone();
+    env.kill_operator();
+    env.start_operator().unwrap();
+    let pod = poll_until("a Pod admitted by the restarted operator", WAIT, POLL, || async {
+        Ok(match pods.create(&PostParams::default(), &pod_yaml("apps", "two", &annotated)).await {
+            Ok(pod) => Ok(pod),
+            Err(error) => Err(error.to_string()),
+        })
+    })
+    .await
+    .unwrap();
+    assert_eq!(mounts(&pod).0.as_deref(), Some("two-kacme-tls"));
+    assert_eq!(env.secrets("kacme").get("kacme-webhook-tls").await.unwrap().data.unwrap()[TLS_CRT], serving);
+    assert_eq!(bundle().await, first);
+
+    // Someone empties the caBundle (a chart upgrade would): kacme restores it.
+    let patch = serde_json::json!([{"op": "replace", "path": "/webhooks/0/clientConfig/caBundle", "value": ""}]);
+    configurations
+        .patch("kacme-chart", &PatchParams::default(), &Patch::Json::<()>(serde_json::from_value(patch).unwrap()))
+        .await
+        .unwrap();
+    let restored = wait_bundle("the caBundle restored").await.unwrap();
+    assert_eq!(restored, first);
+    eprintln!("installed-configuration test took {:.1}s", started.elapsed().as_secs_f64());
+}
