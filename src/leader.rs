@@ -25,9 +25,24 @@ pub struct LeaderElectionConfig {
 }
 
 impl LeaderElectionConfig {
-    /// How long before expiry the leader renews; also how long renewals may fail before the leader steps down.
+    /// How long before expiry the leader renews: two thirds of the lease (10 s of 15 s), so that a failing
+    /// renewal has time for retries, as client-go's renew deadline gives it.
     pub fn renew_before(&self) -> Duration {
-        (self.lease_duration / 3).max(Duration::from_secs(1))
+        (self.lease_duration * 2 / 3).max(Duration::from_secs(1))
+    }
+
+    /// The timeout of each Lease request: a renewal that hangs must fail while the Lease is still valid.
+    pub fn request_timeout(&self) -> Duration {
+        (self.renew_before() / 4).clamp(Duration::from_millis(500), Duration::from_secs(5))
+    }
+
+    /// How long a leader retries failing renewals before it steps down. The first failure comes at most
+    /// one request timeout after the renewal began, `renew_before` before expiry; stepping down a second
+    /// before expiry leaves no moment with two leaders.
+    pub fn retry_window(&self) -> Duration {
+        self.renew_before()
+            .saturating_sub(self.request_timeout() + Duration::from_secs(1))
+            .max(Duration::from_millis(250))
     }
 }
 
@@ -41,8 +56,13 @@ pub enum LeaderError {
         #[source]
         source: kube_lease_manager::LeaseManagerError,
     },
-    #[error("lease duration {0:?} is too short: use at least 2s")]
+    #[error("lease duration {0:?} is too short: use at least 3s")]
     LeaseTooShort(Duration),
+    #[error("building the Kubernetes client of leader election: {source}")]
+    Client {
+        #[source]
+        source: kube::Error,
+    },
 }
 
 /// Why this process stopped being the leader.
@@ -71,11 +91,17 @@ pub struct LeaderElection {
 }
 
 impl LeaderElection {
-    /// Joins the election: creates the Lease when it does not exist yet (nobody holds it then).
-    pub async fn join(client: Client, config: LeaderElectionConfig) -> Result<LeaderElection, LeaderError> {
-        if config.lease_duration < Duration::from_secs(2) {
+    /// Joins the election: creates the Lease when it does not exist yet (nobody holds it then). Lease
+    /// requests go through a client of their own, built from `kube_config` with short timeouts.
+    pub async fn join(kube_config: kube::Config, config: LeaderElectionConfig) -> Result<LeaderElection, LeaderError> {
+        if config.lease_duration < Duration::from_secs(3) {
             return Err(LeaderError::LeaseTooShort(config.lease_duration));
         }
+        let mut kube_config = kube_config;
+        kube_config.connect_timeout = Some(config.request_timeout());
+        kube_config.read_timeout = Some(config.request_timeout());
+        kube_config.write_timeout = Some(config.request_timeout());
+        let client = Client::try_from(kube_config).map_err(|source| LeaderError::Client { source })?;
         let manager = LeaseManagerBuilder::new(client.clone(), &config.lease_name)
             .with_namespace(&config.namespace)
             .with_identity(&config.identity)
@@ -125,23 +151,22 @@ impl LeaderElection {
     /// While leading: resolves when the Lease is lost, or when renewals have failed for so long that it
     /// may have expired (then another replica may take over, so this one must stop).
     pub async fn lost(&self) -> LeaseLoss {
-        // An error comes at the latest when a renewal fails, `renew_before` before expiry: stepping down
-        // a second earlier than that leaves no moment with two leaders.
-        let deadline =
-            self.config.renew_before().saturating_sub(Duration::from_secs(1)).max(Duration::from_millis(500));
+        let window = self.config.retry_window();
         let mut failing_since: Option<Instant> = None;
         loop {
             let started = Instant::now();
-            match self.manager.changed().await {
+            let result = self.manager.changed().await;
+            // A call that lasted longer than a retry renewed (or waited) successfully before it failed:
+            // a new run of failures begins.
+            if started.elapsed() > window {
+                failing_since = None;
+            }
+            match result {
                 Ok(false) => return LeaseLoss::TakenOver,
                 Ok(true) => failing_since = None,
                 Err(error) => {
-                    // A call that lasted longer than the deadline renewed successfully before failing.
-                    if started.elapsed() > deadline {
-                        failing_since = None;
-                    }
-                    let since = *failing_since.get_or_insert(started);
-                    if since.elapsed() >= deadline {
+                    let since = *failing_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= window {
                         return LeaseLoss::RenewalFailed(error.to_string());
                     }
                     tracing::warn!(%error, "renewing the leader Lease failed; retrying");
@@ -189,8 +214,27 @@ mod tests {
     }
 
     #[test]
-    fn the_leader_renews_a_third_of_the_lease_before_it_expires() {
-        assert_eq!(config(15).renew_before(), Duration::from_secs(5));
-        assert_eq!(config(2).renew_before(), Duration::from_secs(1), "never under a second");
+    fn the_leader_renews_two_thirds_of_the_lease_before_it_expires() {
+        assert_eq!(config(15).renew_before(), Duration::from_secs(10));
+        assert_eq!(config(3).renew_before(), Duration::from_secs(2));
+        assert_eq!(config(1).renew_before(), Duration::from_secs(1), "never under a second");
+    }
+
+    #[test]
+    fn failing_renewals_are_retried_only_while_the_lease_is_surely_still_held() {
+        for seconds in [3, 6, 15, 30, 60, 300] {
+            let config = config(seconds);
+            let (renew_before, timeout, window) =
+                (config.renew_before(), config.request_timeout(), config.retry_window());
+            // The first failure comes at most one timeout after the renewal began; the Lease expires
+            // renew_before after that beginning.
+            assert!(timeout + window < renew_before, "{seconds}s: {timeout:?} + {window:?} < {renew_before:?}");
+            assert!(window >= Duration::from_millis(250), "{seconds}s: some retries");
+        }
+        let config = config(15);
+        assert_eq!(
+            (config.request_timeout(), config.retry_window()),
+            (Duration::from_millis(2500), Duration::from_millis(6500))
+        );
     }
 }

@@ -220,8 +220,9 @@ fn write_crds(dir: &std::path::Path) -> anyhow::Result<()> {
 async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     use kacme::endpoints::{Role, Telemetry};
     use std::sync::Arc;
-    let client =
-        kube::Client::try_default().await.context("connecting to the Kubernetes API (KUBECONFIG or in-cluster)")?;
+    let kube_config =
+        kube::Config::infer().await.context("connecting to the Kubernetes API (KUBECONFIG or in-cluster)")?;
+    let client = kube::Client::try_from(kube_config.clone()).context("building the Kubernetes client")?;
     let lease_namespace =
         args.leader_election_namespace.clone().unwrap_or_else(|| args.cluster_resource_namespace.clone());
     let webhook = webhook_config(&args)?;
@@ -276,7 +277,7 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let election = kacme::leader::LeaderElection::join(
-        client.clone(),
+        kube_config,
         kacme::leader::LeaderElectionConfig {
             namespace: lease_namespace,
             lease_name: kacme::leader::LEASE_NAME.into(),
@@ -306,6 +307,8 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
             telemetry.set_role(Role::Starting);
             // Exiting is the simplest way never to reconcile without the Lease: the Pod restarts as a standby.
             tracing::error!(reason = %loss, "lost the leader Lease; exiting so that a restart rejoins as a standby");
+            // Still the holder when renewals failed: hand the Lease over at once if the API lets us.
+            election.release().await;
             anyhow::bail!("lost the leader Lease: {loss}")
         }
     }

@@ -8,7 +8,7 @@ use common::operator_env::{Ca, OperatorEnv, OperatorLaunch, RunningOperator};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::events::v1::Event;
 use kacme_testenv::{Pebble, PebbleOptions, poll_until};
-use kube::api::{Api, ListParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use std::time::{Duration, Instant};
 
 /// The chart's (and the binary's) default lease duration.
@@ -138,4 +138,23 @@ async fn run() {
     assert_eq!(reporters(&env, "after").await, ["kacme-b"], "the new leader reconciles");
     wait_readyz(&b, "ok: leading").await;
     assert!(get(&b, "/metrics").await.1.lines().any(|l| l == "kacme_leader_election_is_leader 1"));
+
+    // Someone else takes the Lease (as a replica that wrongly thought it expired would): the leader stops
+    // at its next renewal, by exiting.
+    let leases: Api<Lease> = Api::namespaced(env.client.clone(), "kacme");
+    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(jiff::Timestamp::now());
+    let intruder = serde_json::json!({"spec": {"holderIdentity": "intruder", "renewTime": now, "acquireTime": now}});
+    leases.patch("kacme-controller", &PatchParams::default(), &Patch::Merge(&intruder)).await.unwrap();
+    let taken = Instant::now();
+    poll_until(
+        "kacme-b to exit after losing the Lease",
+        Duration::from_secs(15),
+        Duration::from_millis(100),
+        || async { Ok(if b.exited() { Ok(()) } else { Err("still running".to_string()) }) },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", b.log_tail(20)));
+    eprintln!("kacme-b exited {:.1}s after the Lease was taken from it", taken.elapsed().as_secs_f64());
+    assert!(b.log().contains("lost the leader Lease"), "{}", b.log_tail(10));
+    assert_eq!(holder(&env).await.as_deref(), Some("intruder"), "the stepping-down leader left the Lease alone");
 }

@@ -268,5 +268,22 @@ async fn run() {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let error = namespaces.delete("apps", &DeleteParams::default()).await.expect_err("deleting a namespace is denied");
     assert!(matches!(&error, kube::Error::Api(status) if status.code == 403), "{error}");
-    env.kill_operator();
+
+    // Without its Lease rights the leader cannot renew: it stops (exits) before the Lease could expire.
+    env.control_plane
+        .kubectl(&["delete", "rolebinding", "kacme-leader-election", "--namespace", "kacme"])
+        .await
+        .unwrap();
+    let revoked = std::time::Instant::now();
+    let operator = env.operator().unwrap();
+    poll_until(
+        "the operator to exit without its Lease",
+        Duration::from_secs(25),
+        Duration::from_millis(200),
+        || async { Ok(if operator.exited() { Ok(()) } else { Err("still running".to_string()) }) },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", operator.log_tail(20)));
+    eprintln!("the leader stepped down {:.1}s after losing its Lease rights", revoked.elapsed().as_secs_f64());
+    assert!(operator.log().contains("renewing the Lease failed for too long"), "{}", operator.log_tail(10));
 }
