@@ -181,8 +181,13 @@ where
         .map_err(|e| ReconcileError::kube(format!("writing the status of {kind} {name}"), e))
 }
 
-fn error_policy<K>(_: Arc<K>, error: &ReconcileError, _: Arc<Context>) -> Action {
-    tracing::warn!(%error, kind = error.metric_label(), "reconcile failed; retrying");
+fn error_policy<K: Resource<DynamicType = ()>>(object: Arc<K>, error: &ReconcileError, _: Arc<Context>) -> Action {
+    // Named like the reconcilers' spans (`certificate = "apps/web"`), so that every line about an object names it.
+    let object = match object.namespace() {
+        Some(namespace) => format!("{namespace}/{}", object.name_any()),
+        None => object.name_any(),
+    };
+    tracing::warn!(kind = %K::kind(&()), %object, %error, reason = error.metric_label(), "reconcile failed; retrying");
     Action::requeue(Duration::from_secs(5))
 }
 
