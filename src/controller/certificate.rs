@@ -296,15 +296,6 @@ impl<'a> Pass<'a> {
             Ok(key) => key,
             Err(error) => return self.fail(error).await,
         };
-        // The key is stored before the order exists: a crash can never lose the key of an issued certificate.
-        let key_secret = build_next_key_secret(self.certificate, key.pem());
-        let key_secret_name = key_secret.name_any();
-        self.secrets
-            .patch(&key_secret_name, &PatchParams::apply(super::FIELD_MANAGER).force(), &Patch::Apply(&key_secret))
-            .await
-            .map_err(|e| {
-                ReconcileError::kube(format!("storing the next private key in Secret {key_secret_name}"), e)
-            })?;
         let ips = match self.ip_addresses() {
             Ok(ips) => ips,
             Err(error) => return self.fail(error).await,
@@ -313,6 +304,18 @@ impl<'a> Pass<'a> {
             Ok(session) => session,
             Err(error) => return self.acme_failure(error, None, &account).await,
         };
+        // The key is stored before status names the order, so before any pass can finalize it: a crash can
+        // never lose the key of an issued certificate. Storing it only once the order exists means that
+        // while the CA is unreachable no attempt writes a key, for each such write (a watched Secret) would
+        // start the next attempt at once instead of after the retry delay.
+        let key_secret = build_next_key_secret(self.certificate, key.pem());
+        let key_secret_name = key_secret.name_any();
+        self.secrets
+            .patch(&key_secret_name, &PatchParams::apply(super::FIELD_MANAGER).force(), &Patch::Apply(&key_secret))
+            .await
+            .map_err(|e| {
+                ReconcileError::kube(format!("storing the next private key in Secret {key_secret_name}"), e)
+            })?;
         self.status.next_private_key_secret_name = Some(key_secret_name);
         self.status.order =
             Some(order_status(session.progress(), &self.certificate.name_any(), |t| account.key_authorization(t)));
