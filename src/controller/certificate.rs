@@ -302,7 +302,7 @@ impl<'a> Pass<'a> {
         };
         let session = match OrderSession::create(&account, &self.certificate.spec.dns_names, &ips).await {
             Ok(session) => session,
-            Err(error) => return self.acme_failure(error, None, &account).await,
+            Err(error) => return self.acme_failure(error, None, &account, &issuer).await,
         };
         // The key is stored before status names the order, so before any pass can finalize it: a crash can
         // never lose the key of an issued certificate. Storing it only once the order exists means that
@@ -417,7 +417,7 @@ impl<'a> Pass<'a> {
             Some(session) => session,
             None => match OrderSession::resume(&account, progress.clone()).await {
                 Ok(session) => session,
-                Err(error) => return self.acme_failure(error, Some(progress), &account).await,
+                Err(error) => return self.acme_failure(error, Some(progress), &account, &issuer).await,
             },
         };
         let solver = KubeSolver { ctx: self.ctx, certificate: self.certificate, acme: &issuer.acme };
@@ -438,7 +438,7 @@ impl<'a> Pass<'a> {
                 Ok(Action::requeue(wait.max(Duration::from_millis(50))))
             }
             Ok(Advance::Issued(chain)) => self.store_certificate(&issuer, &chain, &key, &request).await,
-            Err(error) => self.acme_failure(error, Some(after), &account).await,
+            Err(error) => self.acme_failure(error, Some(after), &account, &issuer).await,
         }
     }
 
@@ -538,8 +538,14 @@ impl<'a> Pass<'a> {
         error: AcmeError,
         progress: Option<OrderProgress>,
         account: &AcmeAccount,
+        issuer: &IssuerInfo,
     ) -> Result<Action, ReconcileError> {
         self.ctx.forget_session(self.certificate);
+        if error.is_problem("accountDoesNotExist") {
+            // The CA no longer knows the account (it lost its state, or the account was removed): the next
+            // attempt registers again with the stored key instead of using the cached account forever.
+            self.ctx.accounts.forget(issuer.kind, &issuer.secret_namespace, &issuer.name);
+        }
         match error.retry {
             Retry::Immediately => Ok(Action::requeue(Duration::from_millis(10))),
             Retry::After(delay) => {
