@@ -43,7 +43,11 @@ impl ProblemDetail {
 
 impl std::fmt::Display for ProblemDetail {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.short_kind(), self.detail)
+        // `about:blank` (RFC 7807): the problem means no more than its HTTP status, which the detail names.
+        match self.kind.as_str() {
+            "about:blank" => f.write_str(&self.detail),
+            _ => write!(f, "{}: {}", self.short_kind(), self.detail),
+        }
     }
 }
 
@@ -130,6 +134,7 @@ fn retry_for_problem(problem: &ProblemDetail) -> Retry {
         "badNonce" => Retry::Immediately,
         "rateLimited" => Retry::After(RATE_LIMIT_RETRY_DELAY),
         "serverInternal" | "orderNotReady" => Retry::After(DEFAULT_RETRY_DELAY),
+        _ if problem.status == Some(429) => Retry::After(RATE_LIMIT_RETRY_DELAY),
         _ if problem.status.is_some_and(|s| s >= 500) => Retry::After(DEFAULT_RETRY_DELAY),
         _ => Retry::Never,
     }

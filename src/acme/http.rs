@@ -105,14 +105,24 @@ impl HttpClient for MeteredHttp {
         let response = self.client.request(request);
         let observer = self.observer.clone();
         Box::pin(async move {
-            let result = tokio::time::timeout(REQUEST_TIMEOUT, response).await;
+            let exchange = async move {
+                let response = response.await?;
+                let status = response.status();
+                let response = if status.is_client_error() || status.is_server_error() {
+                    with_problem_document(response).await
+                } else {
+                    BytesResponse::from(response)
+                };
+                Ok::<_, hyper_util::client::legacy::Error>((status, response))
+            };
+            let result = tokio::time::timeout(REQUEST_TIMEOUT, exchange).await;
             let outcome = match &result {
-                Ok(Ok(response)) => AcmeOutcome::from_status(response.status().as_u16()),
+                Ok(Ok((status, _))) => AcmeOutcome::from_status(status.as_u16()),
                 _ => AcmeOutcome::NetworkError,
             };
             observer.request_finished(action, outcome, started.elapsed());
             match result {
-                Ok(Ok(response)) => Ok(BytesResponse::from(response)),
+                Ok(Ok((_, response))) => Ok(response),
                 Ok(Err(error)) => Err(instant_acme::Error::Other(Box::new(error))),
                 Err(_) => {
                     Err(instant_acme::Error::Other(format!("no answer from the CA within {REQUEST_TIMEOUT:?}").into()))
@@ -120,6 +130,42 @@ impl HttpClient for MeteredHttp {
             }
         })
     }
+}
+
+/// An error answer as instant-acme can read it. instant-acme reads the body of every error answer as a
+/// problem document (RFC 8555 section 6.7); an answer without one (an empty 404 for an order the CA does not
+/// know, a proxy's HTML 502 page) would become an unreadable-JSON error and its HTTP status would be lost.
+async fn with_problem_document(response: http::Response<hyper::body::Incoming>) -> BytesResponse {
+    use http_body_util::BodyExt as _;
+    let (mut parts, body) = response.into_parts();
+    let bytes = body.collect().await.map(|collected| collected.to_bytes()).unwrap_or_default();
+    let bytes = match problem_document_for(parts.status, &bytes) {
+        Some(document) => {
+            parts
+                .headers
+                .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/problem+json"));
+            parts.headers.remove(http::header::CONTENT_LENGTH);
+            document
+        }
+        None => bytes,
+    };
+    BytesResponse::from(http::Response::from_parts(parts, http_body_util::Full::new(bytes)))
+}
+
+/// A problem document that keeps the HTTP status (and the start of the body) of an error answer whose body
+/// is not one; `None` when it is one.
+fn problem_document_for(status: http::StatusCode, body: &[u8]) -> Option<Bytes> {
+    if serde_json::from_slice::<serde_json::Value>(body).is_ok_and(|value| value.is_object()) {
+        return None;
+    }
+    let excerpt: String = String::from_utf8_lossy(body).chars().take(200).collect();
+    let excerpt = excerpt.split_whitespace().collect::<Vec<_>>().join(" ");
+    let detail = match excerpt.is_empty() {
+        true => format!("HTTP {status} with no problem document"),
+        false => format!("HTTP {status}: {excerpt}"),
+    };
+    let document = serde_json::json!({"type": "about:blank", "detail": detail, "status": status.as_u16()});
+    Some(Bytes::from(document.to_string()))
 }
 
 /// Accepts any server certificate, but still checks handshake signatures. Only for `skipTLSVerify`.
@@ -158,5 +204,35 @@ impl ServerCertVerifier for AcceptAnyCertificate {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::acme::{AcmeError, Retry};
+
+    fn classified(status: u16, body: &str) -> AcmeError {
+        let status = http::StatusCode::from_u16(status).unwrap();
+        let document = problem_document_for(status, body.as_bytes()).expect("a made-up problem document");
+        let problem: instant_acme::Problem = serde_json::from_slice(&document).unwrap();
+        AcmeError::classify(AcmeAction::Order, instant_acme::Error::Api(problem))
+    }
+
+    #[test]
+    fn an_error_answer_without_a_problem_document_keeps_its_status() {
+        let gone = classified(404, "");
+        assert_eq!(gone.retry, Retry::Never, "an order the CA does not know is not retried: {gone}");
+        assert!(gone.to_string().contains("HTTP 404 Not Found with no problem document"), "{gone}");
+        let proxy = classified(502, "<html>\n  <h1>Bad   Gateway</h1></html>");
+        assert!(matches!(proxy.retry, Retry::After(_)), "a failing proxy is retried: {proxy}");
+        assert!(proxy.to_string().contains("HTTP 502 Bad Gateway: <html> <h1>Bad Gateway</h1></html>"), "{proxy}");
+        assert!(matches!(classified(429, "slow down").retry, Retry::After(_)));
+    }
+
+    #[test]
+    fn a_problem_document_is_left_as_the_ca_sent_it() {
+        let body = br#"{"type":"urn:ietf:params:acme:error:malformed","detail":"no such order","status":404}"#;
+        assert_eq!(problem_document_for(http::StatusCode::NOT_FOUND, body), None);
     }
 }
