@@ -1,0 +1,295 @@
+//! kacme-bench: how fast and how lean `kacme controller` issues certificates, on this machine.
+//!
+//! Starts a local control plane (with an apiserver audit log), an ACME CA (Pebble without validation
+//! sleep, rejected nonces or authorization reuse; or step-ca), the solver-Pod stand-in and the operator as
+//! a separate process under a user of its own; creates N Certificates and measures. Run it through `./bench`
+//! at the repository root, which builds what it needs. See `kacme-bench --help` and BENCHMARKS.md.
+#![forbid(unsafe_code)]
+
+mod args;
+mod env;
+mod measure;
+mod plot;
+mod report;
+
+use anyhow::{Context as _, Result, bail};
+use args::{Args, Scenario};
+use env::{BenchEnv, OperatorFeatures};
+use futures::StreamExt as _;
+use kacme_testenv::AuditReader;
+use kube::api::{Api, DynamicObject, PostParams};
+use measure::{Counts, ReadyTimes, Sampler, difference, operator_requests};
+use report::{ApiserverCounts, IdleReport, Latency, LatencyPoint, Memory, Report, RequestCounts, RunReport};
+use std::time::{Duration, Instant, SystemTime};
+
+/// How long to let the operator settle after the last Certificate is Ready (trailing cleanups, Events)
+/// before counting its requests and reading its steady memory.
+const SETTLE: Duration = Duration::from_secs(10);
+/// How often the operator's memory and CPU time are sampled.
+const SAMPLE_INTERVAL: Duration = Duration::from_millis(250);
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let Some(args) = args::parse(std::env::args().skip(1))? else {
+        print!("{}", args::USAGE);
+        return Ok(());
+    };
+    if !args.kacme.is_file() {
+        bail!("the kacme binary {} does not exist (build it: cargo build --release)", args.kacme.display());
+    }
+    if !args.crds.is_dir() {
+        bail!("the CRD directory {} does not exist (run from the repository root or pass --crds)", args.crds.display());
+    }
+    let features = OperatorFeatures::detect(&args.kacme)?;
+    if !features.metrics_address {
+        eprintln!("kacme-bench: this kacme has no --metrics-address: ACME requests are counted from the CA's log only");
+    }
+    let started_at_unix = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let mut runs = Vec::new();
+    let mut idle = None;
+    match args.scenario {
+        Scenario::Issue => runs.push(run(&args, features, false, false).await?.0),
+        Scenario::Memory => {
+            runs.push(run(&args, features, false, false).await?.0);
+            runs.push(run(&args, features, true, false).await?.0);
+        }
+        Scenario::Idle => {
+            let (report, idle_report) = run(&args, features, false, true).await?;
+            runs.push(report);
+            idle = idle_report;
+        }
+    }
+    let report = Report {
+        tool: "kacme-bench",
+        scenario: args.scenario.as_str().into(),
+        ca: args.ca.as_str().into(),
+        certificates: args.certificates,
+        namespaces: args.namespaces,
+        rate_per_second: args.rate,
+        kacme_binary: args.kacme.display().to_string(),
+        operator_args: args.operator_args.clone(),
+        started_at_unix,
+        machine: report::Machine::describe(),
+        runs,
+        idle,
+    };
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let json_path = args.out.join(format!("{}.json", args.stem()));
+    std::fs::write(&json_path, serde_json::to_vec_pretty(&report)?)
+        .with_context(|| format!("writing {}", json_path.display()))?;
+    let svg_path = args.out.join(format!("{}.svg", args.stem()));
+    let title = format!(
+        "kacme-bench {}: {} Certificates, {} namespaces, {} ({} CPUs)",
+        report.scenario, report.certificates, report.namespaces, report.ca, report.machine.cpus
+    );
+    std::fs::write(&svg_path, plot::render(&title, &report.runs))
+        .with_context(|| format!("writing {}", svg_path.display()))?;
+    let png_path = svg_path.with_extension("png");
+    let png = std::process::Command::new("rsvg-convert")
+        .arg("-o")
+        .arg(&png_path)
+        .arg(&svg_path)
+        .status()
+        .is_ok_and(|status| status.success());
+    println!();
+    print!("{}", report::table(&report));
+    println!(
+        "report: {}  plot: {}{}",
+        json_path.display(),
+        svg_path.display(),
+        if png { format!(" and {}", png_path.display()) } else { " (install rsvg-convert for a PNG too)".into() }
+    );
+    Ok(())
+}
+
+/// One measured run on a fresh environment; with `noise`, unrelated Secrets and Pods exist before the
+/// operator starts; with `idle`, the operator is then watched for `--idle-duration`.
+async fn run(
+    args: &Args,
+    features: OperatorFeatures,
+    noise: bool,
+    idle: bool,
+) -> Result<(RunReport, Option<IdleReport>)> {
+    let label = if noise {
+        format!("with {} Secrets + {} Pods", args.noise_secrets, args.noise_pods)
+    } else if args.scenario == Scenario::Memory {
+        "without unrelated objects".to_string()
+    } else {
+        args.scenario.as_str().to_string()
+    };
+    eprintln!("kacme-bench: run \"{label}\": starting the environment");
+    let mut env = BenchEnv::start(args).await?;
+    if noise {
+        env.create_unrelated_objects(args.noise_secrets, args.noise_secret_bytes, args.noise_pods).await?;
+    }
+    let audit_path = env.control_plane.audit_log_path().context("the control plane has no audit log")?;
+    let mut audit = AuditReader::from_end(audit_path)?;
+    let operator_start = env.start_operator(args, features).await?;
+    let pid = env.operator()?.pid();
+    eprintln!(
+        "kacme-bench: operator (pid {pid}) up and its ClusterIssuer Ready after {:.2}s",
+        operator_start.as_secs_f64()
+    );
+    // Let the operator's caches and the first reconciles settle before measuring.
+    let (ready, watch_task) = ReadyTimes::watch(env.client.clone());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let startup_requests = operator_requests(&mut audit)?;
+    let before = Counts::take(env.ca.pebble(), env.metrics_addr, pid).await?;
+
+    let origin = Instant::now();
+    let sampler = Sampler::start(pid, origin, SAMPLE_INTERVAL, ready.clone());
+    let applied = create_certificates(&env, args).await?;
+    eprintln!("kacme-bench: {} Certificates created in {:.2}s", applied.len(), origin.elapsed().as_secs_f64());
+    let mut last_progress = Instant::now();
+    while ready.count() < args.certificates {
+        env.operator()?.ensure_running()?;
+        if origin.elapsed() > args.timeout {
+            bail!(
+                "only {}/{} Certificates Ready after {:?}; operator log:\n{}",
+                ready.count(),
+                args.certificates,
+                args.timeout,
+                env.operator()?.log_tail(30)
+            );
+        }
+        if last_progress.elapsed() >= Duration::from_secs(5) {
+            eprintln!(
+                "kacme-bench: {}/{} Ready after {:.0}s",
+                ready.count(),
+                args.certificates,
+                origin.elapsed().as_secs_f64()
+            );
+            last_progress = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let all_ready = origin.elapsed().as_secs_f64();
+    let at_ready = kacme_testenv::sample_process(pid)?;
+    eprintln!("kacme-bench: all {} Ready after {all_ready:.2}s; settling for {SETTLE:?}", args.certificates);
+    tokio::time::sleep(SETTLE).await;
+    let after = Counts::take(env.ca.pebble(), env.metrics_addr, pid).await?;
+    let issuance_requests = operator_requests(&mut audit)?;
+
+    let mut latencies: Vec<LatencyPoint> = applied
+        .iter()
+        .filter_map(|(key, at)| {
+            let ready_at = ready.get(key)?;
+            Some(LatencyPoint {
+                ready_at: ready_at.duration_since(origin).as_secs_f64(),
+                latency: ready_at.saturating_duration_since(*at).as_secs_f64(),
+            })
+        })
+        .collect();
+    latencies.sort_by(|a, b| a.ready_at.total_cmp(&b.ready_at));
+    let seconds: Vec<f64> = latencies.iter().map(|l| l.latency).collect();
+    let settled = sampler.points_since(all_ready + SETTLE.as_secs_f64() / 2.0);
+    let steady = if settled.is_empty() {
+        after.process.map(|p| p.rss_kib).unwrap_or(0)
+    } else {
+        settled.iter().map(|p| p.rss_kib).sum::<u64>() / settled.len() as u64
+    };
+    let cpu_before = before.process.map(|p| p.cpu_seconds).unwrap_or(0.0);
+    let n = args.certificates;
+    let mut report = RunReport {
+        label,
+        certificates: n,
+        unrelated_secrets: if noise { args.noise_secrets } else { 0 },
+        unrelated_pods: if noise { args.noise_pods } else { 0 },
+        operator_start_seconds: operator_start.as_secs_f64(),
+        ready: ready.count(),
+        latency_seconds: Latency::of(&seconds),
+        all_ready_seconds: all_ready,
+        certificates_per_second: n as f64 / all_ready.max(1e-9),
+        memory: Memory {
+            rss_before_kib: before.process.map(|p| p.rss_kib).unwrap_or(0),
+            rss_peak_kib: after.process.map(|p| p.peak_rss_kib).unwrap_or(0),
+            rss_steady_kib: steady,
+        },
+        cpu_seconds_issuance: at_ready.cpu_seconds - cpu_before,
+        cpu_seconds_total: after.process.map(|p| p.cpu_seconds).unwrap_or(0.0),
+        acme_requests_seen_by_ca: after
+            .ca_requests
+            .as_ref()
+            .zip(before.ca_requests.as_ref())
+            .map(|(a, b)| RequestCounts::new(difference(a, b), n)),
+        acme_requests_seen_by_operator: after
+            .metrics_requests
+            .as_ref()
+            .zip(before.metrics_requests.as_ref())
+            .map(|(a, b)| RequestCounts::new(difference(a, b), n)),
+        apiserver_startup: ApiserverCounts::of(&startup_requests, 1),
+        apiserver: ApiserverCounts::of(&issuance_requests, n),
+        latencies,
+        timeline: Vec::new(),
+    };
+
+    let idle_report = if idle {
+        eprintln!("kacme-bench: watching the idle operator for {:?}", args.idle_duration);
+        let idle_started = Instant::now();
+        while idle_started.elapsed() < args.idle_duration {
+            env.operator()?.ensure_running()?;
+            tokio::time::sleep(Duration::from_secs(1).min(args.idle_duration.saturating_sub(idle_started.elapsed())))
+                .await;
+        }
+        let end = Counts::take(env.ca.pebble(), env.metrics_addr, pid).await?;
+        let requests = operator_requests(&mut audit)?;
+        let total = |a: &Option<std::collections::BTreeMap<String, u64>>,
+                     b: &Option<std::collections::BTreeMap<String, u64>>| {
+            a.as_ref().zip(b.as_ref()).map(|(a, b)| difference(a, b).values().sum::<u64>())
+        };
+        Some(IdleReport {
+            duration_seconds: idle_started.elapsed().as_secs_f64(),
+            writes_other_than_leases: report::writes_other_than_leases(&requests),
+            apiserver: ApiserverCounts::of(&requests, n),
+            acme_requests_seen_by_ca: total(&end.ca_requests, &after.ca_requests),
+            acme_requests_seen_by_operator: total(&end.metrics_requests, &after.metrics_requests),
+            cpu_seconds: end.process.map(|p| p.cpu_seconds).unwrap_or(0.0)
+                - after.process.map(|p| p.cpu_seconds).unwrap_or(0.0),
+            rss_start_kib: after.process.map(|p| p.rss_kib).unwrap_or(0),
+            rss_end_kib: end.process.map(|p| p.rss_kib).unwrap_or(0),
+        })
+    } else {
+        None
+    };
+    report.timeline = sampler.points();
+    drop(sampler);
+    watch_task.abort();
+    if let Some(operator) = env.operator.take() {
+        operator.kill();
+    }
+    Ok((report, idle_report))
+}
+
+/// Creates the Certificates, round-robin over the namespaces, all at once (16 requests in flight) or at
+/// `--rate`; returns each one's `namespace/name` with the moment its create request was sent.
+async fn create_certificates(env: &BenchEnv, args: &Args) -> Result<Vec<(String, Instant)>> {
+    let api = |namespace: &str| -> Api<DynamicObject> {
+        Api::namespaced_with(env.client.clone(), namespace, &env::certificate_resource())
+    };
+    let create = |index: usize| {
+        let namespace = env.namespaces[index % env.namespaces.len()].clone();
+        let api = api(&namespace);
+        async move {
+            let certificate = env::certificate(&namespace, index)?;
+            let key = env::key_of(&certificate);
+            let at = Instant::now();
+            api.create(&PostParams::default(), &certificate).await.with_context(|| format!("creating {key}"))?;
+            Ok::<_, anyhow::Error>((key, at))
+        }
+    };
+    let started = tokio::time::Instant::now();
+    let paced = |index: usize| async move {
+        if let Some(rate) = args.rate {
+            tokio::time::sleep_until(started + Duration::from_secs_f64(index as f64 / rate)).await;
+        }
+        create(index).await
+    };
+    // Paced creates wait for their moment in order; let enough of them wait at once.
+    let in_flight = if args.rate.is_some() { 256 } else { 16 };
+    futures::stream::iter((0..args.certificates).map(paced))
+        .buffer_unordered(in_flight)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect()
+}
