@@ -44,6 +44,8 @@ async fn main() -> Result<()> {
     if !features.metrics_address {
         eprintln!("kacme-bench: this kacme has no --metrics-address: ACME requests are counted from the CA's log only");
     }
+    // Before anything runs: how busy the machine is with other work.
+    let machine = report::Machine::describe();
     let started_at_unix = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let mut runs = Vec::new();
     let mut idle = None;
@@ -69,7 +71,7 @@ async fn main() -> Result<()> {
         kacme_binary: args.kacme.display().to_string(),
         operator_args: args.operator_args.clone(),
         started_at_unix,
-        machine: report::Machine::describe(),
+        machine,
         runs,
         idle,
     };
