@@ -149,6 +149,39 @@ async fn helm_lint_passes_and_the_chart_renders_a_hardened_operator() {
         let args: Vec<&str> = container["args"].as_sequence().unwrap().iter().filter_map(Value::as_str).collect();
         assert!(args.contains(&"--solver-image=ghcr.io/kacme/kacme@sha256:0123"), "{args:?}");
         assert!(args.contains(&"--cluster-resource-namespace=pki"), "{args:?}");
+
+        // The workload webhook and CA bundle distribution: off by default, values when on.
+        assert!(find(&documents, "Role").iter().all(|r| r["metadata"]["name"].as_str() != Some("kacme-webhook")));
+        let documents = helm
+            .template(
+                "kacme",
+                "kacme-system",
+                &[
+                    "--set",
+                    "webhook.enabled=true,webhook.failurePolicy=Ignore,caBundle.namespaceSelector=team=web",
+                    "--set-string",
+                    "webhook.namespaceSelector=kacme!=off",
+                ],
+            )
+            .await
+            .unwrap();
+        let container = &find(&documents, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0];
+        let args: Vec<&str> = container["args"].as_sequence().unwrap().iter().filter_map(Value::as_str).collect();
+        for arg in [
+            "--webhook-address=0.0.0.0:9443",
+            "--webhook-service=kacme-webhook",
+            "--webhook-namespace=kacme-system",
+            "--webhook-failure-policy=Ignore",
+            "--webhook-namespace-selector=kacme!=off",
+            "--ca-bundle-namespace-selector=team=web",
+        ] {
+            assert!(args.contains(&arg), "{arg} in {args:?}");
+        }
+        let services: Vec<&str> = find(&documents, "Service").iter().filter_map(|s| s["metadata"]["name"].as_str()).collect();
+        assert!(services.contains(&"kacme-webhook"), "{services:?}");
+        let rules = serde_yaml::to_string(&find(&documents, "ClusterRole")[0]["rules"]).unwrap();
+        assert!(rules.contains("mutatingwebhookconfigurations") && rules.contains("configmaps"), "{rules}");
+        helm.run(&["lint", "--strict", &chart, "--set", "webhook.enabled=true,caBundle.namespaceSelector=x"]).await.unwrap();
     })
     .await
 }
