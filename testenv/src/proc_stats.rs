@@ -48,6 +48,55 @@ fn cpu_ticks(stat: &str) -> Result<u64> {
     }
 }
 
+/// CPU seconds that the whole machine has been busy so far, all CPUs together (every state of the first
+/// line of `/proc/stat` but idle and iowait).
+pub fn machine_busy_seconds() -> Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let line = stat.lines().find(|l| l.starts_with("cpu ")).context("no cpu line in /proc/stat")?;
+    let ticks: Vec<u64> = line.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal (guest time is part of user time already).
+    let busy: u64 = ticks.iter().take(8).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, t)| t).sum();
+    Ok(busy as f64 / clock_ticks_per_second() as f64)
+}
+
+/// CPU seconds used so far by `pid` and every process below it, including children that have exited and
+/// been reaped (their time is in their parent's cutime and cstime).
+pub fn tree_cpu_seconds(pid: u32) -> f64 {
+    let mut processes = Vec::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(id) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+            if let Some((parent, ticks)) = parent_and_tree_ticks(&stat) {
+                processes.push((id, parent, ticks));
+            }
+        }
+    }
+    let mut tree = vec![pid];
+    let mut total = 0;
+    while let Some(current) = tree.pop() {
+        for (id, parent, ticks) in &processes {
+            if *id == current {
+                total += ticks;
+            }
+            if *parent == current && *id != current {
+                tree.push(*id);
+            }
+        }
+    }
+    total as f64 / clock_ticks_per_second() as f64
+}
+
+/// The parent pid (field 4) and utime + stime + cutime + cstime (fields 14 to 17) of a `/proc/<pid>/stat`.
+fn parent_and_tree_ticks(stat: &str) -> Option<(u32, u64)> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize| fields.get(n - 3)?.parse::<i64>().ok();
+    let parent = u32::try_from(field(4)?).ok()?;
+    let ticks = (14..=17).map(field).sum::<Option<i64>>()?;
+    Some((parent, u64::try_from(ticks).unwrap_or(0)))
+}
+
 /// `getconf CLK_TCK` (100 on every common Linux).
 fn clock_ticks_per_second() -> u64 {
     static TICKS: OnceLock<u64> = OnceLock::new();
@@ -71,6 +120,7 @@ mod tests {
         let stat = "4242 (kacme (x) y) S 1 4242 4242 0 -1 4194304 100 0 0 0 250 75 0 0 20 0 9 0 1 2 3";
         assert_eq!(cpu_ticks(stat).unwrap(), 325);
         assert!(cpu_ticks("garbage").is_err());
+        assert_eq!(parent_and_tree_ticks(stat), Some((1, 325)));
     }
 
     #[test]
@@ -78,5 +128,7 @@ mod tests {
         let sample = sample_process(std::process::id()).unwrap();
         assert!(sample.rss_kib > 0 && sample.peak_rss_kib >= sample.rss_kib, "{sample:?}");
         assert!(sample.cpu_seconds >= 0.0);
+        assert!(tree_cpu_seconds(std::process::id()) >= sample.cpu_seconds - 0.011);
+        assert!(machine_busy_seconds().unwrap() > 0.0);
     }
 }
