@@ -43,7 +43,9 @@ pub use dns::{ChallTestSrv, resolve_a};
 pub use https::{HttpsClient, HttpsResponse, error_chain};
 pub use loopback::LoopbackAddress;
 pub use pebble::{EabCredentials, Pebble, PebbleOptions};
-pub use proc_stats::{ProcessSample, machine_busy_seconds, sample_process, tree_cpu_seconds};
+pub use proc_stats::{
+    ProcessSample, machine_busy_seconds, sample_process, tree_cpu_seconds, tree_cpu_seconds_by_command,
+};
 pub use process::{ChildProcess, TempDir, log_tail, poll_until};
 pub use stand_in::{RunningSolver, SOLVER_LABEL, SolverStandIn};
 pub use step_ca::{StepCa, StepCaOptions};

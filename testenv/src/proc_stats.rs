@@ -62,29 +62,36 @@ pub fn machine_busy_seconds() -> Result<f64> {
 /// CPU seconds used so far by `pid` and every process below it, including children that have exited and
 /// been reaped (their time is in their parent's cutime and cstime).
 pub fn tree_cpu_seconds(pid: u32) -> f64 {
+    tree_cpu_seconds_by_command(pid).values().sum()
+}
+
+/// Like [`tree_cpu_seconds`], by command name (`kube-apiserver`, `etcd`, ...; the name of `/proc/<pid>/comm`).
+/// Exited children count under their parent's name.
+pub fn tree_cpu_seconds_by_command(pid: u32) -> std::collections::BTreeMap<String, f64> {
     let mut processes = Vec::new();
     if let Ok(entries) = std::fs::read_dir("/proc") {
         for entry in entries.flatten() {
             let Some(id) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
             let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
             if let Some((parent, ticks)) = parent_and_tree_ticks(&stat) {
-                processes.push((id, parent, ticks));
+                let command = stat.split_once('(').and_then(|(_, r)| r.rsplit_once(')')).map_or("?", |(c, _)| c);
+                processes.push((id, parent, ticks, command.to_string()));
             }
         }
     }
+    let mut by_command = std::collections::BTreeMap::new();
     let mut tree = vec![pid];
-    let mut total = 0;
     while let Some(current) = tree.pop() {
-        for (id, parent, ticks) in &processes {
+        for (id, parent, ticks, command) in &processes {
             if *id == current {
-                total += ticks;
+                *by_command.entry(command.clone()).or_insert(0.0) += *ticks as f64 / clock_ticks_per_second() as f64;
             }
             if *parent == current && *id != current {
                 tree.push(*id);
             }
         }
     }
-    total as f64 / clock_ticks_per_second() as f64
+    by_command
 }
 
 /// The parent pid (field 4) and utime + stime + cutime + cstime (fields 14 to 17) of a `/proc/<pid>/stat`.

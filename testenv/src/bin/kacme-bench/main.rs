@@ -138,7 +138,8 @@ async fn run(
     let startup_requests = operator_requests(&mut audit)?;
     let before = Counts::take(env.ca.pebble(), env.metrics_addr, pid).await?;
 
-    let cpu_at_origin = (kacme_testenv::machine_busy_seconds()?, kacme_testenv::tree_cpu_seconds(std::process::id()));
+    let cpu_at_origin =
+        (kacme_testenv::machine_busy_seconds()?, kacme_testenv::tree_cpu_seconds_by_command(std::process::id()));
     let origin = Instant::now();
     let sampler = Sampler::start(pid, origin, SAMPLE_INTERVAL, ready.clone());
     let applied = create_certificates(&env, args).await?;
@@ -169,7 +170,16 @@ async fn run(
     let all_ready = origin.elapsed().as_secs_f64();
     let at_ready = kacme_testenv::sample_process(pid)?;
     let machine_cpu = kacme_testenv::machine_busy_seconds()? - cpu_at_origin.0;
-    let benchmark_cpu = kacme_testenv::tree_cpu_seconds(std::process::id()) - cpu_at_origin.1;
+    let cpu_by_command: std::collections::BTreeMap<String, f64> =
+        kacme_testenv::tree_cpu_seconds_by_command(std::process::id())
+            .into_iter()
+            .map(|(command, seconds)| {
+                let before = cpu_at_origin.1.get(&command).copied().unwrap_or(0.0);
+                (command, ((seconds - before) * 100.0).round() / 100.0)
+            })
+            .filter(|(_, seconds)| *seconds > 0.0)
+            .collect();
+    let benchmark_cpu: f64 = cpu_by_command.values().sum();
     let other_cpu = (machine_cpu - benchmark_cpu).max(0.0);
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
     if other_cpu > 0.05 * all_ready * cpus {
@@ -221,6 +231,7 @@ async fn run(
         },
         cpu_seconds_issuance: at_ready.cpu_seconds - cpu_before,
         benchmark_cpu_seconds_issuance: benchmark_cpu,
+        benchmark_cpu_seconds_by_command: cpu_by_command,
         other_processes_cpu_seconds_issuance: other_cpu,
         cpu_seconds_total: after.process.map(|p| p.cpu_seconds).unwrap_or(0.0),
         acme_requests_seen_by_ca: after

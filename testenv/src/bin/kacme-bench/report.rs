@@ -176,6 +176,9 @@ pub struct RunReport {
     /// CPU time of everything this benchmark runs (control plane, CA, stand-in and solvers, operator,
     /// itself) from the first apply until all were Ready.
     pub benchmark_cpu_seconds_issuance: f64,
+    /// The same by command (`kacme` is the operator and the solver processes; exited solvers count under
+    /// `kacme-bench`, which runs the solver stand-in).
+    pub benchmark_cpu_seconds_by_command: BTreeMap<String, f64>,
     /// CPU time of every other process of the machine meanwhile: near 0 on a quiet machine.
     pub other_processes_cpu_seconds_issuance: f64,
     /// CPU time of the operator over its whole life in this run.
@@ -273,6 +276,11 @@ pub fn table(report: &Report) -> String {
     });
     row("CPU all of the benchmark; other processes (s)", &|r| {
         format!("{:.1}; {:.1}", r.benchmark_cpu_seconds_issuance, r.other_processes_cpu_seconds_issuance)
+    });
+    row("  by command (s)", &|r| {
+        let mut commands: Vec<(&String, &f64)> = r.benchmark_cpu_seconds_by_command.iter().collect();
+        commands.sort_by(|a, b| b.1.total_cmp(a.1));
+        commands.iter().take(6).map(|(c, s)| format!("{c} {s:.1}")).collect::<Vec<_>>().join(", ")
     });
     row("ACME requests/issuance (CA; operator)", &|r| {
         let ca = r.acme_requests_seen_by_ca.as_ref().map(|c| format!("{:.2}", c.per_issuance));
