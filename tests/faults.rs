@@ -357,7 +357,8 @@ async fn a_ca_outage_is_reported_and_backed_off_and_every_certificate_is_issued_
         eprintln!("the outage as a Certificate reports it: {example}");
         tokio::time::sleep(OUTAGE.saturating_sub(stopped.elapsed())).await;
 
-        // Backed off, not a hot loop: a few attempts per waiting Certificate over the outage.
+        // Backed off, not a hot loop: a few attempts per waiting Certificate over the outage (one every 10 s,
+        // each a few requests; a hot loop makes hundreds).
         let outage = stopped.elapsed();
         let acme = growth(&acme_requests(&env).await, &acme_before);
         let api: Vec<_> = audit.read_new().unwrap().into_iter().filter(|r| r.user == OPERATOR_USER).collect();
@@ -377,10 +378,10 @@ async fn a_ca_outage_is_reported_and_backed_off_and_every_certificate_is_issued_
             per_certificate(total(&acme) as usize)
         );
         assert!(
-            per_certificate(api.len()) <= 2.0 * bound,
-            "{:.1} apiserver requests per waiting Certificate in {outage:?} (at most {:.0})",
+            per_certificate(api.len()) <= 3.0 * bound,
+            "{:.1} apiserver requests per waiting Certificate in {outage:?} (at most {:.0}: three every 2s)",
             per_certificate(api.len()),
-            2.0 * bound
+            3.0 * bound
         );
 
         // A new Pebble on the same address: it knows no account and no order.
