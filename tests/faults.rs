@@ -167,16 +167,7 @@ async fn assert_no_solver_objects(env: &OperatorEnv) {
 
 /// No `-next-key` Secret remains.
 async fn assert_no_next_keys(env: &OperatorEnv) {
-    let left: Vec<String> = env
-        .secrets(NAMESPACE)
-        .list_metadata(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter_map(|s| s.metadata.name)
-        .filter(|n| n.ends_with("-next-key"))
-        .collect();
+    let left = env.next_key_secrets(NAMESPACE).await.unwrap();
     assert!(left.is_empty(), "next-key Secrets left behind: {left:?}");
 }
 
@@ -274,30 +265,11 @@ async fn acme_requests(env: &OperatorEnv) -> BTreeMap<String, u64> {
     let operator = env.operator().expect("the operator runs");
     let (status, text) = operator.get("/metrics").await.expect("GET /metrics");
     assert_eq!(status, 200, "{text}");
-    let mut counts = BTreeMap::new();
-    for line in text.lines().filter_map(|l| l.strip_prefix("kacme_acme_requests_total{")) {
-        let Some((labels, value)) = line.split_once('}') else { continue };
-        let label =
-            |name: &str| labels.split(',').find_map(|pair| pair.strip_prefix(&format!("{name}=\""))?.strip_suffix('"'));
-        let value = value.trim().parse::<f64>().unwrap_or(0.0) as u64;
-        *counts
-            .entry(format!("{} {}", label("action").unwrap_or("?"), label("outcome").unwrap_or("?")))
-            .or_default() += value;
-    }
-    counts
+    kacme_testenv::acme_request_counts(&text)
 }
 
 fn total(counts: &BTreeMap<String, u64>) -> u64 {
     counts.values().sum()
-}
-
-/// `later - earlier` per key, leaving out what did not change.
-fn growth(later: &BTreeMap<String, u64>, earlier: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
-    later
-        .iter()
-        .map(|(k, v)| (k.clone(), v.saturating_sub(earlier.get(k).copied().unwrap_or(0))))
-        .filter(|(_, v)| *v > 0)
-        .collect()
 }
 
 fn pebble_mut(env: &mut OperatorEnv) -> &mut Pebble {
@@ -360,7 +332,7 @@ async fn a_ca_outage_is_reported_and_backed_off_and_every_certificate_is_issued_
         // Backed off, not a hot loop: a few attempts per waiting Certificate over the outage (one every 10 s,
         // each a few requests; a hot loop makes hundreds).
         let outage = stopped.elapsed();
-        let acme = growth(&acme_requests(&env).await, &acme_before);
+        let acme = kacme_testenv::count_growth(&acme_requests(&env).await, &acme_before);
         let api: Vec<_> = audit.read_new().unwrap().into_iter().filter(|r| r.user == OPERATOR_USER).collect();
         let api_writes = api.iter().filter(|r| r.is_write()).count();
         let per_certificate = |n: usize| n as f64 / waiting.max(1) as f64;

@@ -274,16 +274,7 @@ async fn a_killed_operator_resumes_the_same_order_and_leaves_nothing_behind() {
         check_secret(&env, &name, &[&host]).await;
     }
     env.wait_no_solver_objects("apps").await.unwrap();
-    let leftover_keys: Vec<String> = env
-        .secrets("apps")
-        .list_metadata(&Default::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter_map(|s| s.metadata.name)
-        .filter(|n| n.ends_with("-next-key"))
-        .collect();
+    let leftover_keys = env.next_key_secrets("apps").await.unwrap();
     assert!(leftover_keys.is_empty(), "next-key Secrets left: {leftover_keys:?}");
 }
 

@@ -26,6 +26,7 @@
 mod audit;
 mod binaries;
 mod control_plane;
+mod counts;
 mod dns;
 mod https;
 mod loopback;
@@ -39,6 +40,7 @@ mod step_ca;
 pub use audit::{ApiRequest, AuditReader, count_by, is_write_verb};
 pub use binaries::Binaries;
 pub use control_plane::{ControlPlane, ControlPlaneOptions, FIELD_MANAGER};
+pub use counts::{acme_request_counts, count_growth};
 pub use dns::{ChallTestSrv, resolve_a};
 pub use https::{HttpsClient, HttpsResponse, error_chain};
 pub use loopback::LoopbackAddress;

@@ -336,6 +336,12 @@ impl OperatorEnv {
         Ok(names)
     }
 
+    /// The `<name>-next-key` Secrets that exist in `namespace` (none once every issuance has ended).
+    pub async fn next_key_secrets(&self, namespace: &str) -> Result<Vec<String>> {
+        let secrets = self.secrets(namespace).list_metadata(&ListParams::default()).await?;
+        Ok(secrets.items.into_iter().filter_map(|s| s.metadata.name).filter(|n| n.ends_with("-next-key")).collect())
+    }
+
     /// Waits until no solver object remains in `namespace`.
     pub async fn wait_no_solver_objects(&self, namespace: &str) -> Result<()> {
         poll_until("no solver objects left", Duration::from_secs(20), Duration::from_millis(100), || async {

@@ -16,9 +16,10 @@ use anyhow::{Context as _, Result, bail};
 use args::{Args, Scenario};
 use env::{BenchEnv, OperatorFeatures};
 use futures::StreamExt as _;
-use kacme_testenv::AuditReader;
+use kacme_testenv::{AuditReader, count_growth};
 use kube::api::{Api, DynamicObject, PostParams};
-use measure::{Counts, ReadyTimes, Sampler, difference, operator_requests};
+
+use measure::{Counts, ReadyTimes, Sampler, operator_requests};
 use report::{ApiserverCounts, IdleReport, Latency, LatencyPoint, Memory, Report, RequestCounts, RunReport};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -238,12 +239,12 @@ async fn run(
             .ca_requests
             .as_ref()
             .zip(before.ca_requests.as_ref())
-            .map(|(a, b)| RequestCounts::new(difference(a, b), n)),
+            .map(|(a, b)| RequestCounts::new(count_growth(a, b), n)),
         acme_requests_seen_by_operator: after
             .metrics_requests
             .as_ref()
             .zip(before.metrics_requests.as_ref())
-            .map(|(a, b)| RequestCounts::new(difference(a, b), n)),
+            .map(|(a, b)| RequestCounts::new(count_growth(a, b), n)),
         apiserver_startup: ApiserverCounts::of(&startup_requests, 1),
         apiserver: ApiserverCounts::of(&issuance_requests, n),
         latencies,
@@ -262,7 +263,7 @@ async fn run(
         let requests = operator_requests(&mut audit)?;
         let total = |a: &Option<std::collections::BTreeMap<String, u64>>,
                      b: &Option<std::collections::BTreeMap<String, u64>>| {
-            a.as_ref().zip(b.as_ref()).map(|(a, b)| difference(a, b).values().sum::<u64>())
+            a.as_ref().zip(b.as_ref()).map(|(a, b)| count_growth(a, b).values().sum::<u64>())
         };
         Some(IdleReport {
             duration_seconds: idle_started.elapsed().as_secs_f64(),

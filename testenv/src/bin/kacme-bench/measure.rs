@@ -8,7 +8,7 @@ use http_body_util::{BodyExt as _, Empty};
 use hyper::body::Bytes;
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::rt::TokioExecutor;
-use kacme_testenv::{ApiRequest, AuditReader, Pebble, ProcessSample, sample_process};
+use kacme_testenv::{ApiRequest, AuditReader, Pebble, ProcessSample, acme_request_counts, sample_process};
 use kube::Client;
 use kube::api::{Api, DynamicObject};
 use kube::runtime::{WatchStreamExt as _, watcher};
@@ -132,15 +132,6 @@ impl Counts {
     }
 }
 
-/// `later - earlier` per key (keys that did not change are left out).
-pub fn difference(later: &BTreeMap<String, u64>, earlier: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
-    later
-        .iter()
-        .map(|(key, value)| (key.clone(), value.saturating_sub(earlier.get(key).copied().unwrap_or(0))))
-        .filter(|(_, value)| *value > 0)
-        .collect()
-}
-
 /// The operator's requests among the audit log's new lines.
 pub fn operator_requests(audit: &mut AuditReader) -> Result<Vec<ApiRequest>> {
     Ok(audit.read_new()?.into_iter().filter(|r| r.user == OPERATOR_USER).collect())
@@ -159,48 +150,5 @@ pub async fn scrape_acme_requests(addr: SocketAddr) -> Result<BTreeMap<String, u
         bail!("GET /metrics: HTTP {}", response.status());
     }
     let body = response.into_body().collect().await?.to_bytes();
-    Ok(parse_acme_requests(&String::from_utf8_lossy(&body)))
-}
-
-/// Sums `kacme_acme_requests_total{action="..",outcome=".."} value` lines by "action outcome".
-pub fn parse_acme_requests(exposition: &str) -> BTreeMap<String, u64> {
-    let mut counts = BTreeMap::new();
-    for line in exposition.lines() {
-        let Some(rest) = line.strip_prefix("kacme_acme_requests_total") else { continue };
-        let (labels, value) = match rest.strip_prefix('{').and_then(|r| r.split_once('}')) {
-            Some((labels, value)) => (labels, value),
-            None => ("", rest),
-        };
-        let label = |name: &str| {
-            labels.split(',').find_map(|pair| {
-                let (key, value) = pair.split_once('=')?;
-                (key.trim() == name).then(|| value.trim().trim_matches('"').to_string())
-            })
-        };
-        let Some(value) = value.split_whitespace().next().and_then(|v| v.parse::<f64>().ok()) else { continue };
-        let key = format!("{} {}", label("action").unwrap_or_default(), label("outcome").unwrap_or_default());
-        *counts.entry(key).or_insert(0) += value as u64;
-    }
-    counts
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn acme_request_counters_are_read_from_the_exposition() {
-        let text = "# HELP kacme_acme_requests Requests to ACME CAs\n\
-                    # TYPE kacme_acme_requests counter\n\
-                    kacme_acme_requests_total{action=\"order\",outcome=\"success\"} 12\n\
-                    kacme_acme_requests_total{outcome=\"network_error\",action=\"order\"} 3\n\
-                    kacme_acme_requests_total{action=\"nonce\",outcome=\"success\"} 1\n\
-                    kacme_acme_request_duration_seconds_bucket{action=\"order\",le=\"0.1\"} 9\n";
-        let counts = parse_acme_requests(text);
-        assert_eq!(counts.get("order success"), Some(&12));
-        assert_eq!(counts.get("order network_error"), Some(&3));
-        assert_eq!(counts.values().sum::<u64>(), 16);
-        let earlier = BTreeMap::from([("order success".to_string(), 10)]);
-        assert_eq!(difference(&counts, &earlier).get("order success"), Some(&2));
-    }
+    Ok(acme_request_counts(&String::from_utf8_lossy(&body)))
 }
