@@ -122,12 +122,15 @@ impl ChallengeSolver for KubeSolver<'_> {
     }
 }
 
-/// Whether the caches hold any solver object of a Certificate (by its label; no request).
+/// Whether the caches hold any solver object of a Certificate (by its label; no request) that is not being
+/// deleted already (a running Pod stays, terminating, for its grace period).
 pub fn has_cached_solver_objects(ctx: &Context, certificate: &Certificate) -> bool {
     let namespace = certificate.namespace();
     let label = certificate_label_value(&certificate.name_any());
     let belongs = |meta: &kube::api::ObjectMeta| {
-        meta.namespace == namespace && meta.labels.as_ref().and_then(|l| l.get(LABEL_CERTIFICATE)) == Some(&label)
+        meta.namespace == namespace
+            && meta.deletion_timestamp.is_none()
+            && meta.labels.as_ref().and_then(|l| l.get(LABEL_CERTIFICATE)) == Some(&label)
     };
     let stores = &ctx.solver_stores;
     stores.pods.state().iter().any(|o| belongs(&o.metadata))
