@@ -392,10 +392,19 @@ async fn solver_pods_run_and_answer_through_their_service_and_ingress() {
             http_get(listen, "app.example.test", "/.well-known/acme-challenge/OTHER").await.expect("GET");
         assert_eq!(status, 404, "a path without Ingress rule: {body}");
 
+        // The process answers as soon as it listens; the stand-in reports that in the Pod's status right after.
         let pods: Api<Pod> = Api::namespaced(client.clone(), "solvers");
-        let pod = pods.get("solver-1").await.expect("the Pod");
-        let status = pod.status.expect("the stand-in reports a status");
-        assert_eq!(status.phase.as_deref(), Some("Running"));
+        let status =
+            poll_until("the Pod reported Running", Duration::from_secs(10), Duration::from_millis(50), || async {
+                let status = pods.get("solver-1").await?.status.unwrap_or_default();
+                Ok(if status.phase.as_deref() == Some("Running") {
+                    Ok(status)
+                } else {
+                    Err(format!("{:?}", status.phase))
+                })
+            })
+            .await
+            .expect("the stand-in reports the Pod Running");
         let ready = status.conditions.iter().flatten().find(|c| c.type_ == "Ready").expect("a Ready condition");
         assert_eq!(ready.status, "True");
         assert_eq!(status.pod_ip, Some(address.ip().to_string()));
