@@ -118,6 +118,19 @@ pub struct AuthorizationProgress {
 }
 
 impl AuthorizationProgress {
+    /// An authorization nothing has been done for yet.
+    fn pending(identifier: String, url: String) -> AuthorizationProgress {
+        AuthorizationProgress {
+            identifier,
+            url,
+            challenge_url: None,
+            token: None,
+            step: AuthorizationStep::Pending,
+            presented_at: None,
+            message: None,
+        }
+    }
+
     /// Whether solver objects may exist for this authorization.
     pub fn solver_may_exist(&self) -> bool {
         matches!(self.step, AuthorizationStep::Presented | AuthorizationStep::Submitted)
@@ -230,15 +243,7 @@ impl OrderSession {
             .state()
             .authorizations
             .iter()
-            .map(|a| AuthorizationProgress {
-                identifier: String::new(),
-                url: a.url.clone(),
-                challenge_url: None,
-                token: None,
-                step: AuthorizationStep::Pending,
-                presented_at: None,
-                message: None,
-            })
+            .map(|a| AuthorizationProgress::pending(String::new(), a.url.clone()))
             .collect();
         if session.progress.state != OrderState::Pending {
             // The CA reused valid authorizations of the account: nothing to solve.
@@ -369,15 +374,7 @@ impl OrderSession {
             let index = match self.progress.authorizations.iter().position(|a| a.url == url) {
                 Some(index) => index,
                 None => {
-                    self.progress.authorizations.push(AuthorizationProgress {
-                        identifier: identifier.clone(),
-                        url: url.clone(),
-                        challenge_url: None,
-                        token: None,
-                        step: AuthorizationStep::Pending,
-                        presented_at: None,
-                        message: None,
-                    });
+                    self.progress.authorizations.push(AuthorizationProgress::pending(identifier.clone(), url.clone()));
                     self.progress.authorizations.len() - 1
                 }
             };

@@ -2,10 +2,8 @@
 
 use super::*;
 use crate::api::names::*;
-use crate::api::{
-    Certificate, CertificateSpec, CertificateStatus, IssuerKind, IssuerRef, KeyAlgorithm, KeyEncoding, KeyUsage,
-    PrivateKeySpec,
-};
+use crate::api::{Certificate, CertificateStatus, IssuerKind, KeyAlgorithm, KeyEncoding, KeyUsage, PrivateKeySpec};
+use crate::desired::testing::certificate;
 use crate::pki::testing::TestCa;
 use crate::pki::{KeySpec, effective_usages, generate_private_key};
 use jiff::{Timestamp, ToSpan};
@@ -16,29 +14,6 @@ use std::collections::BTreeMap;
 
 fn issued_at() -> Timestamp {
     "2026-06-01T00:00:00Z".parse().unwrap()
-}
-
-/// A Certificate `web` for `web.example.test`, from Issuer `ca`, generation 1.
-fn certificate() -> Certificate {
-    let mut c = Certificate::new(
-        "web",
-        CertificateSpec {
-            secret_name: "web-tls".into(),
-            issuer_ref: IssuerRef { name: "ca".into(), kind: IssuerKind::Issuer },
-            dns_names: vec!["web.example.test".into()],
-            ip_addresses: vec![],
-            common_name: None,
-            duration: None,
-            renew_before: None,
-            renew_before_percentage: None,
-            private_key: None,
-            usages: vec![],
-            secret_template: None,
-        },
-    );
-    c.metadata.namespace = Some("apps".into());
-    c.metadata.generation = Some(1);
-    c
 }
 
 /// A Secret as kacme writes it for `certificate`, with a 24h certificate issued at `issued_at()`.
