@@ -3,12 +3,12 @@
 
 use crate::acme::{AcmeAction, AcmeObserver, AcmeOutcome};
 use crate::controller::{Caches, ControllerKind, ReconcileError, ReconcileObserver};
+use crate::http_server::ServeOptions;
 use crate::metrics::Metrics;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -119,40 +119,16 @@ fn respond(telemetry: &Telemetry, method: &Method, path: &str) -> (StatusCode, &
 
 /// Serves the endpoints on `listener` until `shutdown` completes.
 pub async fn serve(listener: TcpListener, telemetry: Arc<Telemetry>, shutdown: impl Future<Output = ()>) {
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, _) = match accepted {
-                    Ok(connection) => connection,
-                    Err(error) => {
-                        tracing::warn!(%error, "accepting a connection to the metrics endpoint failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let telemetry = telemetry.clone();
-                let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                    let (status, content_type, body) = respond(&telemetry, request.method(), request.uri().path());
-                    let mut response = Response::new(Full::new(Bytes::from(body)));
-                    *response.status_mut() = status;
-                    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-                    response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-                    async move { Ok::<_, std::convert::Infallible>(response) }
-                });
-                let connection = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(10))
-                    .serve_connection(TokioIo::new(stream), service);
-                tokio::spawn(async move {
-                    if let Err(error) = connection.await {
-                        tracing::debug!(%error, "metrics connection ended with an error");
-                    }
-                });
-            }
-            () = &mut shutdown => break,
-        }
-    }
+    let options = ServeOptions { name: "metrics endpoint", tls: None, drain: Duration::ZERO };
+    let handler = move |request: Request<Incoming>| {
+        let (status, content_type, body) = respond(&telemetry, request.method(), request.uri().path());
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        *response.status_mut() = status;
+        response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+        response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        async move { response }
+    };
+    crate::http_server::serve(listener, options, handler, shutdown).await;
 }
 
 #[cfg(test)]

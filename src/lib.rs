@@ -10,6 +10,8 @@ pub mod controller;
 pub mod decision;
 pub mod desired;
 pub mod endpoints;
+pub mod http_server;
+pub mod kube_errors;
 pub mod leader;
 pub mod metrics;
 pub mod pki;

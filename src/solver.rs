@@ -4,19 +4,18 @@
 //! (any port) gets the key authorization; `/healthz` answers `ok`; everything else is 404. Responses
 //! carry `Cache-Control: no-cache` so that no proxy serves a stale answer.
 
+use crate::http_server::ServeOptions;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HOST, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
-/// The path prefix of HTTP-01 challenges (RFC 8555 section 8.3).
-pub const CHALLENGE_PATH_PREFIX: &str = "/.well-known/acme-challenge/";
+pub use crate::acme::CHALLENGE_PATH_PREFIX;
 
 /// The one challenge a solver answers.
 #[derive(Clone, PartialEq, Eq)]
@@ -94,43 +93,12 @@ pub async fn serve(
     drain: Duration,
 ) -> std::io::Result<()> {
     let challenge = Arc::new(challenge);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, _) = match accepted {
-                    Ok(conn) => conn,
-                    Err(error) => {
-                        // Per-connection failures (for example EMFILE) must not stop the server.
-                        tracing::warn!(%error, "accepting a connection failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let challenge = challenge.clone();
-                let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                    let challenge = challenge.clone();
-                    async move { Ok::<_, std::convert::Infallible>(respond(&challenge, &request)) }
-                });
-                let connection = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(10))
-                    .serve_connection(TokioIo::new(stream), service);
-                let connection = graceful.watch(connection);
-                tokio::spawn(async move {
-                    if let Err(error) = connection.await {
-                        tracing::debug!(%error, "connection ended with an error");
-                    }
-                });
-            }
-            () = &mut shutdown => break,
-        }
-    }
-    drop(listener);
-    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
-        tracing::warn!("connections still open after {drain:?}; closing them");
-    }
+    let options = ServeOptions { name: "solver", tls: None, drain };
+    let handler = move |request: Request<Incoming>| {
+        let response = respond(&challenge, &request);
+        async move { response }
+    };
+    crate::http_server::serve(listener, options, handler, shutdown).await;
     Ok(())
 }
 

@@ -23,6 +23,7 @@
 //! ```
 
 mod account;
+mod challenge;
 mod error;
 mod http;
 mod issue;
@@ -31,12 +32,13 @@ mod order;
 mod selfcheck;
 
 pub use account::{AccountKey, AccountSpec, AcmeAccount, ExternalAccountBinding, Registration, decode_eab_hmac_key};
+pub use challenge::{CHALLENGE_PATH_PREFIX, Http01Challenge};
 pub use error::{AcmeError, PROBLEM_PREFIX, ProblemDetail, Retry};
 pub use http::CaTrust;
 pub use issue::{IssueOptions, Issued, issue, issue_with};
 pub use observe::{AcmeAction, AcmeObserver, AcmeOutcome, NoObserver, RequestCounter};
 pub use order::{
-    Advance, AdvanceOptions, AuthorizationProgress, AuthorizationStep, ChallengeSolver, Http01Challenge, OrderProgress,
-    OrderSession, OrderState, Presentation, SolverError, challenges_with_solvers, order_identifiers,
+    Advance, AdvanceOptions, AuthorizationProgress, AuthorizationStep, ChallengeSolver, OrderProgress, OrderSession,
+    OrderState, Presentation, SolverError, challenges_with_solvers, order_identifiers,
 };
 pub use selfcheck::SelfCheck;

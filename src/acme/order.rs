@@ -7,6 +7,7 @@
 //! an order from it with [`OrderSession::resume`] instead of creating a new one.
 
 use super::account::AcmeAccount;
+use super::challenge::Http01Challenge;
 use super::error::AcmeError;
 use super::observe::{AcmeAction, labelled};
 use super::selfcheck::SelfCheck;
@@ -15,18 +16,6 @@ use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
-
-/// One HTTP-01 challenge to serve: `GET http://<identifier>/.well-known/acme-challenge/<token>` must
-/// answer `key_authorization`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Http01Challenge {
-    /// The DNS name or IP address being validated.
-    pub identifier: String,
-    pub token: String,
-    pub key_authorization: String,
-    /// The authorization URL (unique per challenge of an order).
-    pub authorization_url: String,
-}
 
 /// Whether a solver is serving a challenge yet.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,6 +1,6 @@
 //! The optional self-check: before telling the CA a challenge is ready, fetch it over HTTP as the CA will.
 
-use super::order::Http01Challenge;
+use super::challenge::{CHALLENGE_PATH_PREFIX, Http01Challenge};
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::Bytes;
 use std::net::SocketAddr;
@@ -54,7 +54,7 @@ impl SelfCheck {
             .await
             .map_err(|e| format!("HTTP handshake with {address}: {e}"))?;
         tokio::spawn(connection);
-        let path = format!("{}{}", crate::solver::CHALLENGE_PATH_PREFIX, challenge.token);
+        let path = format!("{}{}", CHALLENGE_PATH_PREFIX, challenge.token);
         let request = hyper::Request::get(&path)
             .header(hyper::header::HOST, host)
             .body(Empty::<Bytes>::new())

@@ -5,10 +5,12 @@
 //! lives here as schema bounds and CEL rules.
 
 mod certificate;
+pub mod conditions;
 mod issuer;
 pub mod names;
 
 pub use certificate::*;
+pub use conditions::{CertificateReason, ConditionType, IssuanceReason, IssuerReason};
 pub use issuer::*;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

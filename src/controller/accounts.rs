@@ -2,12 +2,13 @@
 //! overwritten), registered at the CA once and shared by every order of the issuer.
 
 use super::Context;
-use super::error::{ReconcileError, is_conflict};
+use super::error::ReconcileError;
 use crate::acme::{
     AccountKey, AccountSpec, AcmeAccount, AcmeAction, AcmeError, CaTrust, ExternalAccountBinding, decode_eab_hmac_key,
 };
 use crate::api::names::{LABEL_MANAGED_BY, MANAGED_BY, TLS_KEY};
-use crate::api::{AcmeIssuer, ClusterIssuer, Issuer, IssuerKind};
+use crate::api::{AcmeIssuer, ClusterIssuer, ConditionType, Issuer, IssuerKind, IssuerReason};
+use crate::kube_errors::is_conflict;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ObjectMeta, PostParams};
@@ -71,7 +72,7 @@ impl IssuerInfo {
 }
 
 fn is_ready(conditions: Option<&[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]>) -> bool {
-    conditions.unwrap_or_default().iter().any(|c| c.type_ == "Ready" && c.status == "True")
+    conditions.unwrap_or_default().iter().any(|c| c.type_ == ConditionType::Ready.as_str() && c.status == "True")
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -110,13 +111,13 @@ impl AccountCache {
 /// Why an account could not be had; the reason is a CamelCase condition reason.
 #[derive(Debug)]
 pub struct AccountFailure {
-    pub reason: &'static str,
+    pub reason: IssuerReason,
     pub message: String,
     pub error: ReconcileError,
 }
 
 impl AccountFailure {
-    fn new(reason: &'static str, error: ReconcileError) -> AccountFailure {
+    fn new(reason: IssuerReason, error: ReconcileError) -> AccountFailure {
         AccountFailure { reason, message: error.to_string(), error }
     }
 }
@@ -126,9 +127,9 @@ pub async fn ensure_account(ctx: &Context, issuer: &IssuerInfo) -> Result<AcmeAc
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &issuer.secret_namespace);
     let key_ref = &issuer.acme.private_key_secret_ref;
     let key_name = key_ref.key.clone().unwrap_or_else(|| TLS_KEY.to_string());
-    let stored = secrets.get_opt(&key_ref.name).await.map_err(|e| {
+    let stored = ctx.read_secret(&issuer.secret_namespace, &key_ref.name).await.map_err(|e| {
         AccountFailure::new(
-            "ErrReadAccountKey",
+            IssuerReason::ErrReadAccountKey,
             ReconcileError::kube(format!("reading Secret {}/{}", issuer.secret_namespace, key_ref.name), e),
         )
     })?;
@@ -141,7 +142,7 @@ pub async fn ensure_account(ctx: &Context, issuer: &IssuerInfo) -> Result<AcmeAc
                     issuer.secret_namespace, key_ref.name
                 );
                 return Err(AccountFailure::new(
-                    "InvalidAccountKeySecret",
+                    IssuerReason::InvalidAccountKeySecret,
                     AcmeError::fatal(AcmeAction::Account, message).into(),
                 ));
             }
@@ -164,7 +165,7 @@ pub async fn ensure_account(ctx: &Context, issuer: &IssuerInfo) -> Result<AcmeAc
     let spec = account_spec(ctx, issuer).await?;
     let registration = AcmeAccount::register(&spec, stored_key.as_ref(), ctx.acme_observer.clone())
         .await
-        .map_err(|e| AccountFailure::new("ErrRegisterACMEAccount", e.into()))?;
+        .map_err(|e| AccountFailure::new(IssuerReason::ErrRegisterAcmeAccount, e.into()))?;
     if registration.key_is_new {
         let secret = Secret {
             metadata: ObjectMeta {
@@ -177,13 +178,18 @@ pub async fn ensure_account(ctx: &Context, issuer: &IssuerInfo) -> Result<AcmeAc
             data: Some(BTreeMap::from([(key_name, ByteString(registration.key.pem().as_bytes().to_vec()))])),
             ..Secret::default()
         };
-        if let Err(error) = secrets.create(&PostParams::default(), &secret).await {
-            // Someone created it meanwhile: use theirs next time, never overwrite it.
-            let reason = if is_conflict(&error) { "AccountKeySecretRace" } else { "ErrStoreAccountKey" };
-            return Err(AccountFailure::new(
-                reason,
-                ReconcileError::kube(format!("creating Secret {}/{}", issuer.secret_namespace, key_ref.name), error),
-            ));
+        match secrets.create(&PostParams::default(), &secret).await {
+            Ok(created) => ctx.remember_created_secret(&issuer.secret_namespace, &created),
+            Err(error) => {
+                // Someone created it meanwhile: use theirs next time, never overwrite it.
+                let reason = if is_conflict(&error) {
+                    IssuerReason::AccountKeySecretRace
+                } else {
+                    IssuerReason::ErrStoreAccountKey
+                };
+                let action = format!("creating Secret {}/{}", issuer.secret_namespace, key_ref.name);
+                return Err(AccountFailure::new(reason, ReconcileError::kube(action, error)));
+            }
         }
         // The new Secret has a resourceVersion we do not know yet: the next lookup registers once more
         // with the stored key (a cheap call returning the same account) and caches it.
@@ -200,7 +206,7 @@ async fn account_spec(ctx: &Context, issuer: &IssuerInfo) -> Result<AccountSpec,
     } else if let Some(bundle) = &acme.ca_bundle {
         CaTrust::Bundle(crate::pki::parse_ca_bundle(bundle.as_bytes()).map_err(|e| {
             AccountFailure::new(
-                "InvalidCABundle",
+                IssuerReason::InvalidCaBundle,
                 AcmeError::fatal(AcmeAction::Directory, format!("caBundle: {e}")).into(),
             )
         })?)
@@ -215,7 +221,7 @@ async fn account_spec(ctx: &Context, issuer: &IssuerInfo) -> Result<AccountSpec,
             let key = eab.key_secret_ref.key.clone().unwrap_or_else(|| EAB_SECRET_KEY.to_string());
             let secret = secrets.get_opt(name).await.map_err(|e| {
                 AccountFailure::new(
-                    "ErrReadEABSecret",
+                    IssuerReason::ErrReadEabSecret,
                     ReconcileError::kube(format!("reading Secret {}/{name}", issuer.secret_namespace), e),
                 )
             })?;
@@ -224,10 +230,13 @@ async fn account_spec(ctx: &Context, issuer: &IssuerInfo) -> Result<AccountSpec,
                     "the EAB key Secret {}/{name} does not exist or has no key {key:?}",
                     issuer.secret_namespace
                 );
-                AccountFailure::new("InvalidEABSecret", AcmeError::fatal(AcmeAction::Account, message).into())
+                AccountFailure::new(
+                    IssuerReason::InvalidEabSecret,
+                    AcmeError::fatal(AcmeAction::Account, message).into(),
+                )
             })?;
             let hmac_key = decode_eab_hmac_key(&String::from_utf8_lossy(&value.0))
-                .map_err(|e| AccountFailure::new("InvalidEABSecret", e.into()))?;
+                .map_err(|e| AccountFailure::new(IssuerReason::InvalidEabSecret, e.into()))?;
             Some(ExternalAccountBinding { key_id: eab.key_id.clone(), hmac_key })
         }
     };

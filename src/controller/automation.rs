@@ -4,8 +4,8 @@
 //! Certificate reconciler.
 
 use super::ReconcileError;
-use super::error::is_not_found;
 use crate::api::Certificate;
+use crate::kube_errors::{is_conflict, is_not_found};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::{Client, ResourceExt};
 use std::future::Future;
@@ -64,7 +64,7 @@ pub(crate) async fn apply_certificate(client: &Client, certificate: &Certificate
     let name = certificate.name_any();
     let api: Api<Certificate> = Api::namespaced(client.clone(), &namespace);
     let mut value = serde_json::to_value(certificate)
-        .map_err(|e| ReconcileError::Finalizer(format!("serializing Certificate {namespace}/{name}: {e}")))?;
+        .map_err(|source| ReconcileError::Serialize { what: format!("Certificate {namespace}/{name}"), source })?;
     if let Some(object) = value.as_object_mut() {
         object.remove("status");
         object.insert("apiVersion".into(), format!("{}/{}", crate::api::GROUP, crate::api::VERSION).into());
@@ -92,7 +92,7 @@ pub(crate) async fn delete_certificate(
         Ok(_) => Ok(()),
         Err(e) if is_not_found(&e) => Ok(()),
         // The precondition failed: the name now belongs to another object, which is not ours to delete.
-        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+        Err(e) if is_conflict(&e) => Ok(()),
         Err(e) => Err(ReconcileError::kube(format!("deleting Certificate {namespace}/{name}"), e)),
     }
 }

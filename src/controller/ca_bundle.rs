@@ -143,7 +143,7 @@ async fn reconcile_ca_bundles(client: &Client, config: &CaBundleConfig, stores: 
             Ok(_) => {
                 tracing::info!(config_map = %format!("{namespace}/{}", leftover.name_any()), "CA bundle ConfigMap removed")
             }
-            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(e) if crate::kube_errors::is_not_found(&e) => {}
             Err(e) => {
                 first_error.get_or_insert(ReconcileError::kube(
                     format!("deleting ConfigMap {namespace}/{}", leftover.name_any()),
@@ -163,7 +163,7 @@ async fn write_config_map(client: &Client, config_map: &ConfigMap, ours: bool) -
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
     let result = if ours {
         let mut value = serde_json::to_value(config_map)
-            .map_err(|e| ReconcileError::Finalizer(format!("serializing ConfigMap {namespace}/{name}: {e}")))?;
+            .map_err(|source| ReconcileError::Serialize { what: format!("ConfigMap {namespace}/{name}"), source })?;
         value["apiVersion"] = "v1".into();
         value["kind"] = "ConfigMap".into();
         api.patch(
@@ -187,7 +187,7 @@ async fn write_config_map(client: &Client, config_map: &ConfigMap, ours: bool) -
             tracing::info!(config_map = %format!("{namespace}/{name}"), "CA bundle ConfigMap written");
             Ok(())
         }
-        Err(kube::Error::Api(status)) if status.code == 409 => {
+        Err(e) if crate::kube_errors::is_conflict(&e) => {
             tracing::warn!(config_map = %format!("{namespace}/{name}"), "a ConfigMap of that name exists and is not kacme's; leaving it");
             Ok(())
         }

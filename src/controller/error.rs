@@ -5,24 +5,48 @@ use crate::acme::AcmeError;
 /// A reconcile failure. Messages never carry Secret contents.
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
+    /// A Kubernetes API request failed.
     #[error("{action} failed: {source}")]
     Kube {
         action: String,
         #[source]
         source: kube::Error,
     },
+    /// An ACME request failed outside an order (the account of an issuer).
     #[error(transparent)]
     Acme(#[from] AcmeError),
+    /// The object lacks a field every object of its kind has.
     #[error("the object has no {0}")]
     MissingField(&'static str),
-    #[error("finalizer: {0}")]
-    Finalizer(String),
+    /// An object could not be turned into JSON for a request.
+    #[error("serializing {what}: {source}")]
+    Serialize {
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Adding or removing the finalizer failed.
+    #[error("the finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<ReconcileError>>),
+    /// Solver objects of a deleted Certificate could not all be removed.
+    #[error("removing solver objects: {0}")]
+    RemoveSolverObjects(String),
 }
 
 impl ReconcileError {
     /// A Kubernetes API failure while doing `action` (for example "reading Secret apps/web-tls").
     pub fn kube(action: impl Into<String>, source: kube::Error) -> ReconcileError {
         ReconcileError::Kube { action: action.into(), source }
+    }
+
+    /// The error of a reconcile run through kube-runtime's `finalizer()` helper: the reconcile's own error
+    /// as it was, anything else as a finalizer error.
+    pub fn from_finalizer(error: kube::runtime::finalizer::Error<ReconcileError>) -> ReconcileError {
+        use kube::runtime::finalizer::Error;
+        match error {
+            Error::ApplyFailed(e) | Error::CleanupFailed(e) => e,
+            other => ReconcileError::Finalizer(Box::new(other)),
+        }
     }
 
     /// Every value of [`ReconcileError::metric_label`], so that metrics can start each series at 0.
@@ -33,18 +57,8 @@ impl ReconcileError {
         match self {
             ReconcileError::Kube { .. } => "kube",
             ReconcileError::Acme(_) => "acme",
-            ReconcileError::MissingField(_) => "invalid_object",
-            ReconcileError::Finalizer(_) => "finalizer",
+            ReconcileError::MissingField(_) | ReconcileError::Serialize { .. } => "invalid_object",
+            ReconcileError::Finalizer(_) | ReconcileError::RemoveSolverObjects(_) => "finalizer",
         }
     }
-}
-
-/// Whether a Kubernetes API error is a 404.
-pub(crate) fn is_not_found(error: &kube::Error) -> bool {
-    matches!(error, kube::Error::Api(status) if status.code == 404)
-}
-
-/// Whether a Kubernetes API error is a 409 AlreadyExists/Conflict.
-pub(crate) fn is_conflict(error: &kube::Error) -> bool {
-    matches!(error, kube::Error::Api(status) if status.code == 409)
 }

@@ -7,6 +7,7 @@
 
 use super::ReconcileError;
 use super::automation::{apply_certificate, delete_certificate, same_request};
+use super::events::EventPublisher;
 use crate::api::Certificate;
 use crate::api::names::LABEL_SOLVER;
 use crate::workload::annotations::{ANNOTATION_CLUSTER_ISSUER, ANNOTATION_ISSUER, LABEL_SOURCE, SOURCE_INGRESS};
@@ -15,7 +16,6 @@ use futures::StreamExt;
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
@@ -26,7 +26,7 @@ use std::time::Duration;
 
 struct IngressContext {
     client: Client,
-    recorder: Recorder,
+    events: EventPublisher,
     /// Certificates labelled `kacme.dev/source: ingress`.
     owned: Store<Certificate>,
 }
@@ -45,9 +45,11 @@ pub(crate) async fn run_ingress_controller(client: Client, shutdown: impl Future
     if owned.wait_until_ready().await.is_err() {
         tracing::warn!("the cache of Ingress Certificates did not become ready");
     }
-    let reporter = Reporter { controller: "kacme".into(), instance: std::env::var("POD_NAME").ok() };
-    let ctx =
-        Arc::new(IngressContext { recorder: Recorder::new(client.clone(), reporter), owned, client: client.clone() });
+    let ctx = Arc::new(IngressContext {
+        events: EventPublisher::new(client.clone(), "kacme"),
+        owned,
+        client: client.clone(),
+    });
     tracing::info!("Ingress reconciler started");
     // Every Ingress, metadata only (Api<PartialObjectMeta<_>> makes metadata-only requests).
     let ingresses: Api<PartialObjectMeta<Ingress>> = Api::all(client.clone());
@@ -103,7 +105,7 @@ async fn reconcile_ingress(
                 plan.certificates
             }
             Err(error) => {
-                publish(&ctx, &ingress, EventType::Warning, "BadAnnotation", error.to_string()).await;
+                publish(&ctx, &meta, true, "BadAnnotation", error.to_string()).await;
                 return Ok(Action::await_change());
             }
         }
@@ -130,7 +132,7 @@ async fn reconcile_ingress(
                     tracing::warn!(certificate = %name, "a Certificate of that name exists and is not this Ingress's; leaving it");
                     let message =
                         format!("Certificate {name} exists and is not controlled by this Ingress; leaving it alone");
-                    publish_meta(&ctx, &meta, EventType::Warning, "CertificateConflict", message).await;
+                    publish(&ctx, &meta, true, "CertificateConflict", message).await;
                     continue;
                 }
             }
@@ -142,29 +144,11 @@ async fn reconcile_ingress(
         delete_certificate(&ctx.client, &namespace, &leftover.name_any(), leftover.uid()).await?;
         tracing::info!(certificate = %leftover.name_any(), "Certificate the Ingress no longer asks for deleted");
         let message = format!("Deleted Certificate {}: the Ingress no longer asks for it", leftover.name_any());
-        publish_meta(&ctx, &meta, EventType::Normal, "CertificateDeleted", message).await;
+        publish(&ctx, &meta, false, "CertificateDeleted", message).await;
     }
     Ok(Action::await_change())
 }
 
-async fn publish(ctx: &IngressContext, ingress: &Ingress, type_: EventType, reason: &str, note: String) {
-    let event =
-        Event { type_, reason: reason.into(), note: Some(note), action: "Certificates".into(), secondary: None };
-    if let Err(error) = ctx.recorder.publish(&event, &ingress.object_ref(&())).await {
-        tracing::warn!(%error, reason, "publishing an Event failed");
-    }
-}
-
-async fn publish_meta(
-    ctx: &IngressContext,
-    meta: &PartialObjectMeta<Ingress>,
-    type_: EventType,
-    reason: &str,
-    note: String,
-) {
-    let event =
-        Event { type_, reason: reason.into(), note: Some(note), action: "Certificates".into(), secondary: None };
-    if let Err(error) = ctx.recorder.publish(&event, &meta.object_ref(&())).await {
-        tracing::warn!(%error, reason, "publishing an Event failed");
-    }
+async fn publish(ctx: &IngressContext, meta: &PartialObjectMeta<Ingress>, warning: bool, reason: &str, note: String) {
+    ctx.events.publish_to(&meta.object_ref(&()), "Certificates", warning, reason, note).await;
 }

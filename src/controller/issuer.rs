@@ -3,7 +3,7 @@
 use super::accounts::{IssuerInfo, ensure_account};
 use super::error::ReconcileError;
 use super::{Context, apply_status};
-use crate::api::{AcmeIssuerStatus, ClusterIssuer, Issuer, IssuerStatus};
+use crate::api::{AcmeIssuerStatus, ClusterIssuer, ConditionType, Issuer, IssuerReason, IssuerStatus};
 use crate::desired::set_condition;
 use jiff::Timestamp;
 use kube::ResourceExt;
@@ -49,9 +49,9 @@ async fn account_status(ctx: &Context, info: &IssuerInfo, mut status: IssuerStat
             let message = format!("The ACME account is registered with {}", info.acme.server);
             set_condition(
                 &mut status.conditions,
-                "Ready",
+                ConditionType::Ready,
                 true,
-                "ACMEAccountRegistered",
+                IssuerReason::AcmeAccountRegistered.as_str(),
                 &message,
                 info.generation,
                 now,
@@ -63,9 +63,10 @@ async fn account_status(ctx: &Context, info: &IssuerInfo, mut status: IssuerStat
             (status, Action::requeue(RECHECK_READY))
         }
         Err(failure) => {
-            tracing::warn!(reason = failure.reason, error = %failure.message, "ACME account not ready");
+            tracing::warn!(reason = failure.reason.as_str(), error = %failure.message, "ACME account not ready");
             let message = format!("{}: {}", info.describe(), failure.message);
-            set_condition(&mut status.conditions, "Ready", false, failure.reason, &message, info.generation, now);
+            let reason = failure.reason.as_str();
+            set_condition(&mut status.conditions, ConditionType::Ready, false, reason, &message, info.generation, now);
             let retry = match &failure.error {
                 ReconcileError::Acme(e) => match e.retry {
                     crate::acme::Retry::Immediately => Duration::from_secs(1),

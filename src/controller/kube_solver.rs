@@ -2,13 +2,13 @@
 //! Certificate, created when missing (also when deleted while still needed) and removed when done.
 
 use super::Context;
-use super::error::is_not_found;
 use crate::acme::{ChallengeSolver, Http01Challenge, Presentation, SolverError};
 use crate::api::names::{LABEL_CERTIFICATE, LABEL_SOLVER};
 use crate::api::{AcmeIssuer, Certificate};
 use crate::desired::{
     build_solver_ingress, build_solver_pod, build_solver_service, certificate_label_value, select_solver, solver_name,
 };
+use crate::kube_errors::{is_conflict, is_not_found};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::networking::v1::Ingress;
@@ -17,6 +17,9 @@ use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use serde::{Serialize, de::DeserializeOwned};
 use std::fmt::Debug;
+
+/// The Pod condition that says its containers are ready (a Kubernetes name, not one of kacme's).
+const POD_READY: &str = "Ready";
 
 /// Caches of the solver objects (watched through the `kacme.dev/solver` label only).
 #[derive(Clone)]
@@ -60,7 +63,7 @@ impl KubeSolver<'_> {
         }
         match self.api::<K>().create(&PostParams::default(), &object).await {
             Ok(_) => Ok(None),
-            Err(error) if super::error::is_conflict(&error) => Ok(None),
+            Err(error) if is_conflict(&error) => Ok(None),
             Err(error) => Err(SolverError(format!("creating {} {name}: {error}", K::kind(&())))),
         }
     }
@@ -83,7 +86,7 @@ impl ChallengeSolver for KubeSolver<'_> {
         let solver = select_solver(self.acme, labels, &challenge.identifier)
             .ok_or_else(|| SolverError(format!("no solver of the issuer matches {}", challenge.identifier)))?;
         let ingress_config = solver.http01.ingress.clone().unwrap_or_default();
-        let stores = &self.ctx.solver_stores;
+        let stores = &self.ctx.stores.solvers;
         let solver_ctx = &self.ctx.solver_context;
         let pod = build_solver_pod(self.certificate, challenge, &ingress_config, solver_ctx);
         let service = build_solver_service(self.certificate, challenge, &ingress_config, solver_ctx);
@@ -103,7 +106,7 @@ impl ChallengeSolver for KubeSolver<'_> {
         }
         let ready = status
             .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            .is_some_and(|c| c.iter().any(|c| c.type_ == POD_READY && c.status == "True"));
         if ready {
             Ok(Presentation::Ready)
         } else {
@@ -132,14 +135,14 @@ pub fn has_cached_solver_objects(ctx: &Context, certificate: &Certificate) -> bo
             && meta.deletion_timestamp.is_none()
             && meta.labels.as_ref().and_then(|l| l.get(LABEL_CERTIFICATE)) == Some(&label)
     };
-    let stores = &ctx.solver_stores;
+    let stores = &ctx.stores.solvers;
     stores.pods.state().iter().any(|o| belongs(&o.metadata))
         || stores.services.state().iter().any(|o| belongs(&o.metadata))
         || stores.ingresses.state().iter().any(|o| belongs(&o.metadata))
 }
 
 /// Deletes every solver object of a Certificate (by label), trying all and reporting every failure.
-pub async fn cleanup_all_solver_objects(ctx: &Context, certificate: &Certificate) -> Result<(), String> {
+pub async fn cleanup_all_solver_objects(ctx: &Context, certificate: &Certificate) -> Result<(), Vec<String>> {
     let namespace = certificate.namespace().unwrap_or_default();
     let selector = format!("{LABEL_SOLVER},{LABEL_CERTIFICATE}={}", certificate_label_value(&certificate.name_any()));
     let params = kube::api::ListParams::default().labels(&selector);
@@ -167,5 +170,5 @@ pub async fn cleanup_all_solver_objects(ctx: &Context, certificate: &Certificate
     if let Err(e) = pods.delete_collection(&delete, &params).await {
         errors.push(format!("deleting solver Pods: {e}"));
     }
-    if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
+    if errors.is_empty() { Ok(()) } else { Err(errors) }
 }

@@ -9,11 +9,11 @@ mod automation;
 mod ca_bundle;
 mod certificate;
 mod error;
+mod events;
 mod ingress;
 mod issuer;
 mod kube_solver;
 mod observe;
-mod progress;
 mod workload;
 
 pub use accounts::{AccountCache, IssuerInfo};
@@ -21,11 +21,12 @@ pub use automation::{AUTOMATION_FIELD_MANAGER, AutomationConfig, run_automation}
 pub use ca_bundle::CaBundleConfig;
 pub use certificate::FINALIZER;
 pub use error::ReconcileError;
+pub use events::EventPublisher;
 pub use observe::{Caches, ControllerKind, NoReconcileObserver, Observers, ReconcileObserver};
 
 use crate::acme::{AcmeObserver, OrderSession, SelfCheck};
 use crate::api::names::{ANNOTATION_CERTIFICATE_NAME, LABEL_MANAGED_BY, LABEL_SOLVER, MANAGED_BY};
-use crate::api::{Certificate, ClusterIssuer, Issuer, IssuerKind};
+use crate::api::{Certificate, ClusterIssuer, Issuer, IssuerKind, IssuerRef};
 use crate::decision::BackoffPolicy;
 use crate::desired::SolverContext;
 use futures::StreamExt;
@@ -33,7 +34,6 @@ use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Config as ControllerRunConfig, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
@@ -83,6 +83,26 @@ impl ControllerConfig {
     }
 }
 
+/// The watch caches the reconcilers read instead of the apiserver.
+#[derive(Clone)]
+pub struct Stores {
+    /// Secrets labelled `app.kubernetes.io/managed-by: kacme` (Certificates' Secrets, next keys, account keys).
+    pub secrets: Store<Secret>,
+    /// Issuers.
+    pub issuers: Store<Issuer>,
+    /// ClusterIssuers.
+    pub cluster_issuers: Store<ClusterIssuer>,
+    /// Solver Pods, Services and Ingresses.
+    pub solvers: kube_solver::SolverStores,
+}
+
+/// What kacme last did to a Secret, until the cache shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum SecretWrite {
+    Written(String),
+    Deleted,
+}
+
 /// What every reconcile shares.
 pub struct Context {
     pub client: Client,
@@ -90,12 +110,14 @@ pub struct Context {
     pub accounts: AccountCache,
     pub acme_observer: Arc<dyn AcmeObserver>,
     pub reconcile_observer: Arc<dyn ReconcileObserver>,
-    pub recorder: Recorder,
-    pub solver_stores: kube_solver::SolverStores,
+    pub events: EventPublisher,
+    pub stores: Stores,
     pub solver_context: SolverContext,
     sessions: Mutex<HashMap<String, OrderSession>>,
     /// The resourceVersion each Certificate had after kacme last wrote its status.
     written: Mutex<HashMap<String, String>>,
+    /// Secrets kacme wrote or deleted whose change the cache may not show yet, by namespace/name.
+    secret_writes: Mutex<HashMap<String, SecretWrite>>,
 }
 
 fn object_key(certificate: &Certificate) -> String {
@@ -103,6 +125,108 @@ fn object_key(certificate: &Certificate) -> String {
 }
 
 impl Context {
+    /// A context over `client` and `stores`, with nothing remembered yet.
+    pub fn new(client: Client, config: ControllerConfig, observers: Observers, stores: Stores) -> Context {
+        Context {
+            events: EventPublisher::new(client.clone(), &config.reporter),
+            solver_context: SolverContext::new(config.solver_image.clone()),
+            accounts: AccountCache::default(),
+            acme_observer: observers.acme,
+            reconcile_observer: observers.reconcile,
+            stores,
+            sessions: Mutex::default(),
+            written: Mutex::default(),
+            secret_writes: Mutex::default(),
+            config,
+            client,
+        }
+    }
+
+    /// A Secret, from the cache when it is current: the cache holds only kacme's own Secrets, so one it does
+    /// not hold is read from the apiserver (it may be foreign), and so is one kacme changed since the cache
+    /// last heard of it (acting on a stale Secret could issue twice).
+    pub(crate) async fn read_secret(&self, namespace: &str, name: &str) -> Result<Option<Arc<Secret>>, kube::Error> {
+        let key = format!("{namespace}/{name}");
+        let cached = self.stores.secrets.get(&ObjectRef::new(name).within(namespace));
+        let pending = self.secret_writes.lock().ok().and_then(|w| w.get(&key).cloned());
+        let current = match (&cached, pending) {
+            (Some(secret), None) => Some(secret.clone()),
+            (Some(secret), Some(SecretWrite::Written(version)))
+                if secret.resource_version().as_ref() == Some(&version) =>
+            {
+                self.forget_secret_write(&key);
+                Some(secret.clone())
+            }
+            (None, Some(SecretWrite::Deleted)) => {
+                self.forget_secret_write(&key);
+                None
+            }
+            _ => None,
+        };
+        match current {
+            Some(secret) => Ok(Some(secret)),
+            None => self.read_secret_afresh(namespace, name).await,
+        }
+    }
+
+    /// A Secret read from the apiserver.
+    pub(crate) async fn read_secret_afresh(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Arc<Secret>>, kube::Error> {
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+        Ok(api.get_opt(name).await?.map(Arc::new))
+    }
+
+    /// Server-side applies a Secret of kacme's, remembering its version until the cache shows it.
+    pub(crate) async fn apply_secret(&self, namespace: &str, secret: &Secret) -> Result<(), kube::Error> {
+        let name = secret.name_any();
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+        let written = api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(secret)).await?;
+        self.remember_secret_write(namespace, &name, written.resource_version().map(SecretWrite::Written));
+        Ok(())
+    }
+
+    /// Deletes a Secret of kacme's if it exists, remembering that until the cache shows it.
+    pub(crate) async fn delete_secret(&self, namespace: &str, name: &str) -> Result<(), ReconcileError> {
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+        certificate::delete_secret_if_present(&api, name).await?;
+        self.remember_secret_write(namespace, name, Some(SecretWrite::Deleted));
+        Ok(())
+    }
+
+    /// Remembers a Secret kacme created by other means than [`Context::apply_secret`].
+    pub(crate) fn remember_created_secret(&self, namespace: &str, secret: &Secret) {
+        self.remember_secret_write(namespace, &secret.name_any(), secret.resource_version().map(SecretWrite::Written));
+    }
+
+    fn remember_secret_write(&self, namespace: &str, name: &str, write: Option<SecretWrite>) {
+        if let (Ok(mut writes), Some(write)) = (self.secret_writes.lock(), write) {
+            writes.insert(format!("{namespace}/{name}"), write);
+        }
+    }
+
+    fn forget_secret_write(&self, key: &str) {
+        if let Ok(mut writes) = self.secret_writes.lock() {
+            writes.remove(key);
+        }
+    }
+
+    /// The issuer `reference` names, as the cache has it (a Certificate in `namespace` refers to it).
+    pub(crate) fn cached_issuer(&self, reference: &IssuerRef, namespace: &str) -> Option<IssuerInfo> {
+        match reference.kind {
+            IssuerKind::Issuer => {
+                let issuer = self.stores.issuers.get(&ObjectRef::new(&reference.name).within(namespace))?;
+                IssuerInfo::from_issuer(&issuer)
+            }
+            IssuerKind::ClusterIssuer => {
+                let issuer = self.stores.cluster_issuers.get(&ObjectRef::new(&reference.name))?;
+                IssuerInfo::from_cluster_issuer(&issuer, &self.config.cluster_resource_namespace)
+            }
+        }
+    }
+
     /// Keeps an order's instant-acme handle between passes (its position is in status anyway).
     fn keep_session(&self, certificate: &Certificate, session: OrderSession) {
         if let Ok(mut sessions) = self.sessions.lock() {
@@ -142,20 +266,6 @@ impl Context {
             written.remove(&object_key(certificate));
         }
     }
-
-    /// Publishes an Event about a Certificate; failures are logged, never fatal.
-    async fn publish_event(&self, certificate: &Certificate, warning: bool, reason: &str, note: String) {
-        let event = Event {
-            type_: if warning { EventType::Warning } else { EventType::Normal },
-            reason: reason.into(),
-            note: Some(note),
-            action: "Issuance".into(),
-            secondary: None,
-        };
-        if let Err(error) = self.recorder.publish(&event, &certificate.object_ref(&())).await {
-            tracing::warn!(%error, reason, "publishing an Event failed");
-        }
-    }
 }
 
 /// Writes `status` with server-side apply under [`FIELD_MANAGER`] (fields kacme no longer sets go);
@@ -191,17 +301,23 @@ fn error_policy<K: Resource<DynamicType = ()>>(object: Arc<K>, error: &Reconcile
     Action::requeue(Duration::from_secs(5))
 }
 
-/// Starts a reflector for solver objects of one kind and returns its store.
-fn solver_store<K>(client: &Client) -> (Store<K>, impl Future<Output = ()> + Send + 'static)
+/// A watch of `K` (filtered by `config`) that fills a cache as it is polled: the stream triggers a
+/// controller, the store serves reads, from one watch. managedFields are dropped before caching.
+fn cached_watch<K>(
+    client: &Client,
+    config: watcher::Config,
+) -> (Store<K>, impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static)
 where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
     let (reader, writer) = reflector::store();
     let api: Api<K> = Api::all(client.clone());
-    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default().labels(LABEL_SOLVER)))
+    let stream = watcher(api, config)
         .default_backoff()
-        .applied_objects();
-    (reader, async move { stream.for_each(|_| std::future::ready(())).await })
+        .modify(|object| object.meta_mut().managed_fields = None)
+        .reflect(writer)
+        .touched_objects();
+    (reader, stream)
 }
 
 /// Waits until a controller's cache is filled; false if it never will be.
@@ -251,34 +367,22 @@ pub async fn run_observed(
     observers: Observers,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), ReconcileError> {
-    let (pods, pods_task) = solver_store::<Pod>(&client);
-    let (services, services_task) = solver_store::<Service>(&client);
-    let (ingresses, ingresses_task) = solver_store::<Ingress>(&client);
-    let reflectors = tokio::spawn(async move {
-        tokio::join!(pods_task, services_task, ingresses_task);
-    });
-    for ready in [
-        pods.wait_until_ready().await.is_ok(),
-        services.wait_until_ready().await.is_ok(),
-        ingresses.wait_until_ready().await.is_ok(),
-    ] {
-        if !ready {
-            tracing::warn!("a solver object cache did not become ready");
-        }
-    }
-    let reporter = Reporter { controller: config.reporter.clone(), instance: std::env::var("POD_NAME").ok() };
-    let ctx = Arc::new(Context {
-        recorder: Recorder::new(client.clone(), reporter),
-        solver_context: SolverContext::new(config.solver_image.clone()),
-        solver_stores: kube_solver::SolverStores { pods, services, ingresses },
-        accounts: AccountCache::default(),
-        acme_observer: observers.acme,
-        reconcile_observer: observers.reconcile.clone(),
-        sessions: Mutex::default(),
-        written: Mutex::default(),
-        config: config.clone(),
-        client: client.clone(),
-    });
+    let solver_objects = || watcher::Config::default().labels(LABEL_SOLVER);
+    let (pods, pod_events) = cached_watch::<Pod>(&client, solver_objects());
+    let (services, service_events) = cached_watch::<Service>(&client, solver_objects());
+    let (ingresses, ingress_events) = cached_watch::<Ingress>(&client, solver_objects());
+    let managed = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
+    let (secrets, secret_events) = cached_watch::<Secret>(&client, managed);
+    let (issuers, issuer_events) = cached_watch::<Issuer>(&client, watcher::Config::default());
+    let (cluster_issuers, cluster_issuer_events) = cached_watch::<ClusterIssuer>(&client, watcher::Config::default());
+    let stores =
+        Stores { secrets, issuers, cluster_issuers, solvers: kube_solver::SolverStores { pods, services, ingresses } };
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        config.clone(),
+        Observers { acme: observers.acme.clone(), reconcile: observers.reconcile.clone() },
+        stores,
+    ));
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let signal = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -291,21 +395,17 @@ pub async fn run_observed(
     let issuer_store = store.clone();
     let cluster_issuer_store = store.clone();
     let certificate_controller = certificates
-        .owns(Api::<Pod>::all(client.clone()), watcher::Config::default().labels(LABEL_SOLVER))
-        .owns(Api::<Service>::all(client.clone()), watcher::Config::default().labels(LABEL_SOLVER))
-        .owns(Api::<Ingress>::all(client.clone()), watcher::Config::default().labels(LABEL_SOLVER))
-        .watches(
-            Api::<Secret>::all(client.clone()),
-            watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}")),
-            |secret| {
-                let name = secret.annotations().get(ANNOTATION_CERTIFICATE_NAME)?.clone();
-                Some(ObjectRef::<Certificate>::new(&name).within(&secret.namespace()?))
-            },
-        )
-        .watches(Api::<Issuer>::all(client.clone()), watcher::Config::default(), move |issuer| {
+        .owns_stream(pod_events)
+        .owns_stream(service_events)
+        .owns_stream(ingress_events)
+        .watches_stream(secret_events, |secret| {
+            let name = secret.annotations().get(ANNOTATION_CERTIFICATE_NAME)?.clone();
+            Some(ObjectRef::<Certificate>::new(&name).within(&secret.namespace()?))
+        })
+        .watches_stream(issuer_events, move |issuer| {
             certificates_of(&issuer_store, IssuerKind::Issuer, issuer.namespace(), &issuer.name_any())
         })
-        .watches(Api::<ClusterIssuer>::all(client.clone()), watcher::Config::default(), move |issuer| {
+        .watches_stream(cluster_issuer_events, move |issuer| {
             certificates_of(&cluster_issuer_store, IssuerKind::ClusterIssuer, None, &issuer.name_any())
         })
         .with_config(ControllerRunConfig::default().concurrency(config.concurrency))
@@ -367,7 +467,6 @@ pub async fn run_observed(
     tracing::info!("kacme controller started");
     tokio::join!(certificate_controller, issuer_controller, cluster_issuer_controller);
     caches_synced.abort();
-    reflectors.abort();
     tracing::info!("kacme controller stopped");
     Ok(())
 }

@@ -1,60 +1,25 @@
 //! Whether a Certificate needs a new certificate, and why.
 //!
-//! Like cert-manager's policy chain: the first check that fails gives the reason, in this order:
-//! DoesNotExist, MissingData, InvalidKeyPair, KeyMismatchesSpec, SpecChanged, ManuallyTriggered,
-//! Expiring. A Secret that exists but is not ours stops everything before that.
+//! Like cert-manager's policy chain: first the Secret is read (DoesNotExist, MissingData, InvalidKeyPair;
+//! a Secret that exists but is not ours stops everything), then the named checks of [`POLICY_CHAIN`] run
+//! in order on the certificate and key it holds, and the first that finds a reason to issue gives it:
+//! KeyMismatchesSpec, SpecChanged (DNS names, IP addresses, common name, issuer, usages),
+//! ManuallyTriggered, Expiring.
 
 use super::{BackoffPolicy, RenewBefore, renewal_time};
 use crate::api::names::{
     ANNOTATION_CERTIFICATE_NAME, ANNOTATION_ISSUER_KIND, ANNOTATION_ISSUER_NAME, ANNOTATION_RENEW_REQUESTED_AT,
     ANNOTATION_USAGES, TLS_CRT, TLS_KEY,
 };
-use crate::api::{Certificate, KeyUsage};
-use crate::pki::{KeySpec, effective_usages, key_matches_certificate, parse_chain, parse_private_key};
+use crate::api::{Certificate, ConditionType, IssuanceReason, KeyUsage};
+use crate::pki::{
+    CertificateInfo, KeySpec, ParsedChain, PrivateKey, effective_usages, key_matches_certificate, parse_chain,
+    parse_private_key,
+};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
-
-/// Why a certificate is (re)issued. The names are the CamelCase reasons of the `Issuing` condition.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum IssuanceReason {
-    /// The Secret does not exist.
-    DoesNotExist,
-    /// The Secret lacks tls.crt or tls.key.
-    MissingData,
-    /// tls.crt or tls.key cannot be read, or they do not belong together.
-    InvalidKeyPair,
-    /// The private key's algorithm, size or encoding differs from the spec.
-    KeyMismatchesSpec,
-    /// Names, common name, usages or issuer differ from what the certificate was issued for.
-    SpecChanged,
-    /// The renewal time has been reached.
-    Expiring,
-    /// A user asked for renewal (annotation `kacme.dev/renew-requested-at` or `kacme renew`).
-    ManuallyTriggered,
-}
-
-impl IssuanceReason {
-    /// The CamelCase condition reason.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            IssuanceReason::DoesNotExist => "DoesNotExist",
-            IssuanceReason::MissingData => "MissingData",
-            IssuanceReason::InvalidKeyPair => "InvalidKeyPair",
-            IssuanceReason::KeyMismatchesSpec => "KeyMismatchesSpec",
-            IssuanceReason::SpecChanged => "SpecChanged",
-            IssuanceReason::Expiring => "Expiring",
-            IssuanceReason::ManuallyTriggered => "ManuallyTriggered",
-        }
-    }
-}
-
-impl std::fmt::Display for IssuanceReason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// Everything the decision looks at.
 #[derive(Clone, Copy, Debug)]
@@ -110,10 +75,13 @@ fn annotation<'a>(secret: &'a Secret, key: &str) -> Option<&'a str> {
 
 /// Decides whether to issue, and why; or when to look again.
 pub fn issuance_decision(observed: &Observed<'_>, backoff: &BackoffPolicy) -> IssuanceDecision {
-    let (reason, message) = match why_issue(observed) {
-        Ok(Some(why)) => why,
-        Ok(None) => return up_to_date(observed),
+    let (reason, message) = match read_secret(observed) {
         Err(decision) => return decision,
+        Ok(Err(why)) => why,
+        Ok(Ok(stored)) => match POLICY_CHAIN.iter().find_map(|(_, check)| check(observed, &stored)) {
+            Some(why) => why,
+            None => return up_to_date(observed, &stored),
+        },
     };
     if reason != IssuanceReason::ManuallyTriggered
         && let Some(retry_at) = backoff_until(observed, backoff)
@@ -124,23 +92,12 @@ pub fn issuance_decision(observed: &Observed<'_>, backoff: &BackoffPolicy) -> Is
     IssuanceDecision::Issue { reason, message }
 }
 
-fn up_to_date(observed: &Observed<'_>) -> IssuanceDecision {
-    // why_issue returned None only after reading the chain successfully.
-    let chain = observed.secret.and_then(|s| secret_data(s, TLS_CRT)).and_then(|crt| parse_chain(crt).ok());
-    match chain {
-        Some(chain) => {
-            let renewal_time =
-                renewal_time(chain.leaf.not_before, chain.leaf.not_after, renew_before(observed.certificate));
-            IssuanceDecision::UpToDate {
-                not_before: chain.leaf.not_before,
-                not_after: chain.leaf.not_after,
-                renewal_time,
-            }
-        }
-        None => IssuanceDecision::Issue {
-            reason: IssuanceReason::InvalidKeyPair,
-            message: "Issuing certificate as tls.crt cannot be read".into(),
-        },
+fn up_to_date(observed: &Observed<'_>, stored: &Stored<'_>) -> IssuanceDecision {
+    let leaf = stored.leaf();
+    IssuanceDecision::UpToDate {
+        not_before: leaf.not_before,
+        not_after: leaf.not_after,
+        renewal_time: renewal_time(leaf.not_before, leaf.not_after, renew_before(observed.certificate)),
     }
 }
 
@@ -160,7 +117,7 @@ fn backoff_until(observed: &Observed<'_>, backoff: &BackoffPolicy) -> Option<Tim
     let failed_generation = status
         .conditions
         .iter()
-        .find(|c| c.type_ == "Issuing" && c.status == "False")
+        .find(|c| c.type_ == ConditionType::Issuing.as_str() && c.status == "False")
         .and_then(|c| c.observed_generation);
     let generation = observed.certificate.metadata.generation;
     if failed_generation.is_some() && generation.is_some() && failed_generation != generation {
@@ -169,15 +126,45 @@ fn backoff_until(observed: &Observed<'_>, backoff: &BackoffPolicy) -> Option<Tim
     Some(backoff.retry_at(last_failure, attempts))
 }
 
+/// A reason to issue and the message that explains it.
 type Why = (IssuanceReason, String);
 
-fn why_issue(observed: &Observed<'_>) -> Result<Option<Why>, IssuanceDecision> {
+/// What the Secret holds once it is known to be ours and readable.
+struct Stored<'a> {
+    secret: &'a Secret,
+    chain: ParsedChain,
+    key: PrivateKey,
+}
+
+impl Stored<'_> {
+    fn leaf(&self) -> &CertificateInfo {
+        &self.chain.leaf
+    }
+}
+
+/// One check of the issuance policy: a reason to issue, or `None` when this check finds nothing.
+type Check = fn(&Observed<'_>, &Stored<'_>) -> Option<Why>;
+
+/// The checks on a readable certificate and key, in the order they run; the first reason found wins.
+const POLICY_CHAIN: [(&str, Check); 8] = [
+    ("the private key matches the spec", private_key_mismatches_spec),
+    ("the DNS names are the requested ones", dns_names_changed),
+    ("the IP addresses are the requested ones", ip_addresses_changed),
+    ("the common name is the requested one", common_name_changed),
+    ("the issuer is the requested one", issuer_changed),
+    ("the usages are the requested ones", usages_changed),
+    ("no renewal was requested", renewal_requested),
+    ("the renewal time has not come", renewal_time_reached),
+];
+
+/// The certificate and key of the Secret; a reason to issue when there is none usable; or the decision
+/// to leave a foreign Secret alone.
+fn read_secret<'a>(observed: &Observed<'a>) -> Result<Result<Stored<'a>, Why>, IssuanceDecision> {
     let certificate = observed.certificate;
-    let spec = &certificate.spec;
     let Some(secret) = observed.secret else {
-        return Ok(Some((
+        return Ok(Err((
             IssuanceReason::DoesNotExist,
-            format!("Issuing certificate as Secret {:?} does not exist", spec.secret_name),
+            format!("Issuing certificate as Secret {:?} does not exist", certificate.spec.secret_name),
         )));
     };
     if let SecretOwnership::Foreign(message) =
@@ -191,106 +178,114 @@ fn why_issue(observed: &Observed<'_>) -> Result<Option<Why>, IssuanceDecision> {
             (None, Some(_)) => "a certificate (tls.crt)",
             _ => "a private key (tls.key)",
         };
-        return Ok(Some((
+        return Ok(Err((
             IssuanceReason::MissingData,
             format!("Issuing certificate as Secret does not contain {missing}"),
         )));
     };
-    let invalid = |what: &str| Ok(Some((IssuanceReason::InvalidKeyPair, format!("Issuing certificate as {what}"))));
+    let invalid = |what: &str| Ok(Err((IssuanceReason::InvalidKeyPair, format!("Issuing certificate as {what}"))));
     let Ok(chain) = parse_chain(crt) else {
         return invalid("tls.crt does not hold a readable PEM certificate");
     };
-    let Ok(private_key) = parse_private_key(key) else {
+    let Ok(key) = parse_private_key(key) else {
         return invalid("tls.key does not hold a readable PEM private key");
     };
-    if !key_matches_certificate(&private_key, &chain.leaf) {
+    if !key_matches_certificate(&key, &chain.leaf) {
         return invalid("the private key in tls.key does not match the certificate in tls.crt");
     }
-
-    let wanted_key = KeySpec::from_spec(spec.private_key.as_ref());
-    if private_key.spec() != wanted_key {
-        return Ok(Some((
-            IssuanceReason::KeyMismatchesSpec,
-            format!(
-                "Issuing certificate as the private key is {} but the spec asks for {wanted_key}",
-                private_key.spec()
-            ),
-        )));
-    }
-
-    if let Some(change) = spec_change(observed, secret, &chain.leaf, wanted_key) {
-        return Ok(Some((IssuanceReason::SpecChanged, format!("Issuing certificate as {change}"))));
-    }
-
-    let requested = certificate.metadata.annotations.as_ref().and_then(|a| a.get(ANNOTATION_RENEW_REQUESTED_AT));
-    let handled = certificate.status.as_ref().and_then(|s| s.last_renewal_request.as_ref());
-    if let Some(requested) = requested
-        && Some(requested) != handled
-    {
-        return Ok(Some((
-            IssuanceReason::ManuallyTriggered,
-            format!("Renewing certificate as requested ({ANNOTATION_RENEW_REQUESTED_AT}={requested})"),
-        )));
-    }
-
-    let renewal = renewal_time(chain.leaf.not_before, chain.leaf.not_after, renew_before(certificate));
-    if observed.now >= renewal {
-        let message = if observed.now >= chain.leaf.not_after {
-            format!("Renewing certificate as it expired at {}", chain.leaf.not_after)
-        } else {
-            format!("Renewing certificate as its renewal time {renewal} has passed (expires {})", chain.leaf.not_after)
-        };
-        return Ok(Some((IssuanceReason::Expiring, message)));
-    }
-    Ok(None)
+    Ok(Ok(Stored { secret, chain, key }))
 }
 
-/// What differs between the spec and what the certificate in the Secret was issued for, if anything.
-fn spec_change(
-    observed: &Observed<'_>,
-    secret: &Secret,
-    leaf: &crate::pki::CertificateInfo,
-    key: KeySpec,
-) -> Option<String> {
-    let spec = &observed.certificate.spec;
-    let wanted_dns: BTreeSet<String> = spec.dns_names.iter().map(|n| n.to_ascii_lowercase()).collect();
-    let have_dns: BTreeSet<String> = leaf.dns_names.iter().map(|n| n.to_ascii_lowercase()).collect();
-    if wanted_dns != have_dns {
-        return Some(format!(
-            "the DNS names changed: the certificate has {have_dns:?}, the spec asks for {wanted_dns:?}"
-        ));
+fn private_key_mismatches_spec(observed: &Observed<'_>, stored: &Stored<'_>) -> Option<Why> {
+    let wanted = KeySpec::from_spec(observed.certificate.spec.private_key.as_ref());
+    (stored.key.spec() != wanted).then(|| {
+        (
+            IssuanceReason::KeyMismatchesSpec,
+            format!("Issuing certificate as the private key is {} but the spec asks for {wanted}", stored.key.spec()),
+        )
+    })
+}
+
+fn spec_changed(change: String) -> Option<Why> {
+    Some((IssuanceReason::SpecChanged, format!("Issuing certificate as {change}")))
+}
+
+fn dns_names_changed(observed: &Observed<'_>, stored: &Stored<'_>) -> Option<Why> {
+    let wanted: BTreeSet<String> = observed.certificate.spec.dns_names.iter().map(|n| n.to_ascii_lowercase()).collect();
+    let have: BTreeSet<String> = stored.leaf().dns_names.iter().map(|n| n.to_ascii_lowercase()).collect();
+    if wanted == have {
+        return None;
     }
-    let wanted_ips: BTreeSet<IpAddr> = spec.ip_addresses.iter().filter_map(|a| a.parse().ok()).collect();
-    let have_ips: BTreeSet<IpAddr> = leaf.ip_addresses.iter().copied().collect();
-    if wanted_ips != have_ips {
-        return Some(format!(
-            "the IP addresses changed: the certificate has {have_ips:?}, the spec asks for {wanted_ips:?}"
-        ));
+    spec_changed(format!("the DNS names changed: the certificate has {have:?}, the spec asks for {wanted:?}"))
+}
+
+fn ip_addresses_changed(observed: &Observed<'_>, stored: &Stored<'_>) -> Option<Why> {
+    let wanted: BTreeSet<IpAddr> =
+        observed.certificate.spec.ip_addresses.iter().filter_map(|a| a.parse().ok()).collect();
+    let have: BTreeSet<IpAddr> = stored.leaf().ip_addresses.iter().copied().collect();
+    if wanted == have {
+        return None;
     }
-    if spec.common_name != leaf.common_name {
-        return Some(format!(
-            "the common name changed: the certificate has {:?}, the spec asks for {:?}",
-            leaf.common_name, spec.common_name
-        ));
+    spec_changed(format!("the IP addresses changed: the certificate has {have:?}, the spec asks for {wanted:?}"))
+}
+
+fn common_name_changed(observed: &Observed<'_>, stored: &Stored<'_>) -> Option<Why> {
+    let (wanted, have) = (&observed.certificate.spec.common_name, &stored.leaf().common_name);
+    if wanted == have {
+        return None;
     }
-    let issuer = (annotation(secret, ANNOTATION_ISSUER_KIND), annotation(secret, ANNOTATION_ISSUER_NAME));
-    let wanted_kind = spec.issuer_ref.kind.to_string();
-    if issuer != (Some(wanted_kind.as_str()), Some(spec.issuer_ref.name.as_str())) {
-        return Some(format!(
-            "the issuer changed: the certificate is from {} {:?}, the spec asks for {wanted_kind} {:?}",
-            issuer.0.unwrap_or("an unknown issuer"),
-            issuer.1.unwrap_or_default(),
-            spec.issuer_ref.name
-        ));
+    spec_changed(format!("the common name changed: the certificate has {have:?}, the spec asks for {wanted:?}"))
+}
+
+fn issuer_changed(observed: &Observed<'_>, stored: &Stored<'_>) -> Option<Why> {
+    let wanted = &observed.certificate.spec.issuer_ref;
+    let have = (annotation(stored.secret, ANNOTATION_ISSUER_KIND), annotation(stored.secret, ANNOTATION_ISSUER_NAME));
+    let wanted_kind = wanted.kind.to_string();
+    if have == (Some(wanted_kind.as_str()), Some(wanted.name.as_str())) {
+        return None;
     }
-    let wanted_usages = usages_annotation(&effective_usages(&spec.usages, key.algorithm));
-    let have_usages = annotation(secret, ANNOTATION_USAGES).unwrap_or_default();
-    if have_usages != wanted_usages {
-        return Some(format!(
-            "the usages changed: the certificate has [{have_usages}], the spec asks for [{wanted_usages}]"
-        ));
+    spec_changed(format!(
+        "the issuer changed: the certificate is from {} {:?}, the spec asks for {wanted_kind} {:?}",
+        have.0.unwrap_or("an unknown issuer"),
+        have.1.unwrap_or_default(),
+        wanted.name
+    ))
+}
+
+fn usages_changed(observed: &Observed<'_>, stored: &Stored<'_>) -> Option<Why> {
+    let wanted_key = KeySpec::from_spec(observed.certificate.spec.private_key.as_ref());
+    let wanted = usages_annotation(&effective_usages(&observed.certificate.spec.usages, wanted_key.algorithm));
+    let have = annotation(stored.secret, ANNOTATION_USAGES).unwrap_or_default();
+    if have == wanted {
+        return None;
     }
-    None
+    spec_changed(format!("the usages changed: the certificate has [{have}], the spec asks for [{wanted}]"))
+}
+
+fn renewal_requested(observed: &Observed<'_>, _: &Stored<'_>) -> Option<Why> {
+    let certificate = observed.certificate;
+    let requested = certificate.metadata.annotations.as_ref()?.get(ANNOTATION_RENEW_REQUESTED_AT)?;
+    let handled = certificate.status.as_ref().and_then(|s| s.last_renewal_request.as_ref());
+    (Some(requested) != handled).then(|| {
+        (
+            IssuanceReason::ManuallyTriggered,
+            format!("Renewing certificate as requested ({ANNOTATION_RENEW_REQUESTED_AT}={requested})"),
+        )
+    })
+}
+
+fn renewal_time_reached(observed: &Observed<'_>, stored: &Stored<'_>) -> Option<Why> {
+    let leaf = stored.leaf();
+    let renewal = renewal_time(leaf.not_before, leaf.not_after, renew_before(observed.certificate));
+    if observed.now < renewal {
+        return None;
+    }
+    let message = if observed.now >= leaf.not_after {
+        format!("Renewing certificate as it expired at {}", leaf.not_after)
+    } else {
+        format!("Renewing certificate as its renewal time {renewal} has passed (expires {})", leaf.not_after)
+    };
+    Some((IssuanceReason::Expiring, message))
 }
 
 /// The value of the `kacme.dev/usages` Secret annotation for a set of usages.

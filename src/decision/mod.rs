@@ -2,12 +2,15 @@
 //! a client, a clock or the network, and are unit-tested with plain values.
 
 mod backoff;
+mod identifiers;
 mod issuance;
 mod renewal;
 
+pub use crate::api::IssuanceReason;
 pub use backoff::BackoffPolicy;
+pub use identifiers::same_identifiers;
 pub use issuance::{
-    IssuanceDecision, IssuanceReason, Observed, SecretOwnership, issuance_decision, secret_ownership, usages_annotation,
+    IssuanceDecision, Observed, SecretOwnership, issuance_decision, secret_ownership, usages_annotation,
 };
 pub use renewal::{RenewBefore, renewal_time};
 

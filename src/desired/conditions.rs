@@ -1,6 +1,6 @@
 //! Status conditions, and whether a new status is worth writing.
 
-use crate::api::CertificateStatus;
+use crate::api::{CertificateStatus, ConditionType};
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
@@ -43,7 +43,7 @@ impl From<bool> for ConditionStatus {
 /// apiserver accepts is cut.
 pub fn set_condition(
     conditions: &mut Vec<Condition>,
-    type_: &str,
+    type_: ConditionType,
     status: impl Into<ConditionStatus>,
     reason: &str,
     message: &str,
@@ -51,6 +51,7 @@ pub fn set_condition(
     now: Timestamp,
 ) {
     let status = status.into().as_str();
+    let type_ = type_.as_str();
     let position = conditions.iter().position(|c| c.type_ == type_);
     let last_transition_time = match position.map(|i| &conditions[i]) {
         Some(old) if old.status == status => old.last_transition_time.clone(),
@@ -71,8 +72,24 @@ pub fn set_condition(
 }
 
 /// Removes every condition of type `type_`.
-pub fn remove_condition(conditions: &mut Vec<Condition>, type_: &str) {
-    conditions.retain(|c| c.type_ != type_);
+pub fn remove_condition(conditions: &mut Vec<Condition>, type_: ConditionType) {
+    conditions.retain(|c| c.type_ != type_.as_str());
+}
+
+/// The condition of type `type_`, if any.
+pub fn find_condition(conditions: &[Condition], type_: ConditionType) -> Option<&Condition> {
+    conditions.iter().find(|c| c.type_ == type_.as_str())
+}
+
+/// Whether the condition of type `type_` has this status and reason.
+pub fn condition_is(
+    conditions: &[Condition],
+    type_: ConditionType,
+    status: impl Into<ConditionStatus>,
+    reason: &str,
+) -> bool {
+    let status = status.into().as_str();
+    find_condition(conditions, type_).is_some_and(|c| c.status == status && c.reason == reason)
 }
 
 /// Whether `new` differs meaningfully from `old`, that is, whether it is worth a status write.
@@ -209,7 +226,7 @@ mod tests {
             ),
         ];
         for (case, mut conditions, status, reason, want) in cases {
-            set_condition(&mut conditions, "Ready", status, reason, "message", Some(2), later);
+            set_condition(&mut conditions, ConditionType::Ready, status, reason, "message", Some(2), later);
             assert_eq!(summary(&conditions), want, "{case}");
             let ready = conditions.iter().find(|c| c.type_ == "Ready").unwrap();
             assert_eq!((ready.message.as_str(), ready.observed_generation), ("message", Some(2)), "{case}");
@@ -219,8 +236,8 @@ mod tests {
     #[test]
     fn a_boolean_is_a_condition_status() {
         let mut conditions = vec![];
-        set_condition(&mut conditions, "Ready", true, "Issued", "", None, t0());
-        set_condition(&mut conditions, "Issuing", false, "Done", "", None, t0());
+        set_condition(&mut conditions, ConditionType::Ready, true, "Issued", "", None, t0());
+        set_condition(&mut conditions, ConditionType::Issuing, false, "Done", "", None, t0());
         assert_eq!(
             summary(&conditions),
             vec![row("Ready", "True", "Issued", t0()), row("Issuing", "False", "Done", t0())]
@@ -231,7 +248,7 @@ mod tests {
     fn transition_times_are_whole_seconds_and_messages_fit_the_apiserver() {
         let mut conditions = vec![];
         let long = "é".repeat(20_000); // 40,000 bytes
-        set_condition(&mut conditions, "Ready", false, "Failed", &long, None, t0() + 1500.milliseconds());
+        set_condition(&mut conditions, ConditionType::Ready, false, "Failed", &long, None, t0() + 1500.milliseconds());
         assert_eq!(conditions[0].last_transition_time.0, t0() + 1.second());
         assert!(conditions[0].message.len() <= 32768 && conditions[0].message.starts_with("éé"));
     }
@@ -243,9 +260,9 @@ mod tests {
             condition("Ready", "True", "Issued", t0()),
             condition("Issuing", "False", "Old", t0()),
         ];
-        remove_condition(&mut conditions, "Issuing");
+        remove_condition(&mut conditions, ConditionType::Issuing);
         assert_eq!(summary(&conditions), vec![row("Ready", "True", "Issued", t0())]);
-        remove_condition(&mut conditions, "Missing");
+        remove_condition(&mut conditions, ConditionType::Issuing);
         assert_eq!(conditions.len(), 1);
     }
 

@@ -13,19 +13,27 @@
 //!   that holds the private key of an issuance in progress.
 //! - [`set_condition`], [`remove_condition`], [`status_changed`]: status conditions, written only when
 //!   something meaningful changed.
+//! - [`StatusTransition`]: the Certificate status after each step of the issuance path;
+//!   [`authorization_events`] and [`EventNote`]: the Events it publishes.
+//! - [`order_status`], [`order_progress`]: the order in flight between the engine and status.
 //! - [`requeue_at`]: the renewal requeue time with a per-Certificate jitter.
 
 #![warn(missing_docs)]
 
 mod conditions;
+mod events;
 mod names;
+mod order_status;
 mod requeue;
 mod secret;
 mod solver_objects;
 mod solver_selection;
+mod status;
 
-pub use conditions::{ConditionStatus, remove_condition, set_condition, status_changed};
+pub use conditions::{ConditionStatus, condition_is, find_condition, remove_condition, set_condition, status_changed};
+pub use events::{EventNote, EventReason, authorization_events};
 pub use names::{certificate_label_value, next_key_secret_name, solver_name, token_hash};
+pub use order_status::{order_progress, order_status};
 pub use requeue::requeue_at;
 pub use secret::{build_certificate_secret, build_next_key_secret};
 pub use solver_objects::{
@@ -33,6 +41,7 @@ pub use solver_objects::{
     build_solver_pod, build_solver_service, default_solver_resources, solver_selector_labels,
 };
 pub use solver_selection::select_solver;
+pub use status::{IssuerWait, StatusTransition, UP_TO_DATE_MESSAGE, Validity};
 
 #[cfg(test)]
 pub(crate) mod testing;

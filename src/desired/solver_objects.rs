@@ -5,10 +5,10 @@
 //! Certificate, so that deleting the Certificate garbage-collects them.
 
 use super::names::{certificate_label_value, solver_name, token_hash};
+use crate::acme::CHALLENGE_PATH_PREFIX;
 use crate::acme::Http01Challenge;
 use crate::api::names::{LABEL_CERTIFICATE, LABEL_MANAGED_BY, LABEL_SOLVER, LABEL_TOKEN_HASH, MANAGED_BY};
 use crate::api::{Certificate, Http01Ingress, ObjectMetaTemplate, SolverPathType, SolverPodSpec, SolverServiceType};
-use crate::solver::CHALLENGE_PATH_PREFIX;
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, HTTPGetAction, Pod, PodSecurityContext, PodSpec, Probe,
     ResourceRequirements, SeccompProfile, SecurityContext, Service, ServicePort, ServiceSpec,

@@ -1,6 +1,8 @@
 //! Certificate chains: parsing a PEM chain, reading the leaf, and verifying it to a CA bundle.
 
-use super::{PkiError, keys::pem_blocks};
+use super::PkiError;
+use super::keys::PrivateKey;
+use super::pem_text::pem_blocks;
 use jiff::Timestamp;
 use rustls_pki_types::{CertificateDer, UnixTime};
 use std::net::IpAddr;
@@ -158,4 +160,9 @@ impl webpki::ExtendedKeyUsageValidator for AnyExtendedKeyUsage {
     fn validate(&self, _: webpki::KeyPurposeIdIter<'_, '_>) -> Result<(), webpki::Error> {
         Ok(())
     }
+}
+
+/// Whether the private key is the one whose public key the certificate carries.
+pub fn key_matches_certificate(key: &PrivateKey, certificate: &CertificateInfo) -> bool {
+    key.public_key_raw() == certificate.public_key_raw.as_slice()
 }

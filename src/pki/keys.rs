@@ -1,7 +1,8 @@
 //! Private keys: generation for the supported algorithms and sizes, PEM encoding (PKCS#1/SEC1 or PKCS#8),
 //! parsing in any of those forms, and matching a key against a certificate.
 
-use super::{PkiError, chain::CertificateInfo};
+use super::PkiError;
+use super::pem_text::pem_blocks;
 use crate::api::{KeyAlgorithm, KeyEncoding, PrivateKeySpec};
 use aws_lc_rs::encoding::AsDer;
 use rcgen::{KeyPair, PublicKeyData, RsaKeySize, SignatureAlgorithm};
@@ -202,16 +203,4 @@ fn key_algorithm_and_size(key_pair: &KeyPair) -> Result<(KeyAlgorithm, u32), Pki
             _ => Err(PkiError::ParseKey("unsupported key algorithm".into())),
         }
     }
-}
-
-/// Whether the private key is the one whose public key the certificate carries.
-pub fn key_matches_certificate(key: &PrivateKey, certificate: &CertificateInfo) -> bool {
-    key.public_key_raw() == certificate.public_key_raw.as_slice()
-}
-
-/// The PEM blocks of a text, as (label, DER) pairs; text outside blocks is ignored.
-pub(crate) fn pem_blocks(text: &str) -> Result<Vec<(String, Vec<u8>)>, PkiError> {
-    pem::parse_many(text)
-        .map(|blocks| blocks.into_iter().map(|b| (b.tag().to_string(), b.into_contents())).collect())
-        .map_err(|e| PkiError::ParsePem(e.to_string()))
 }

@@ -5,12 +5,13 @@
 mod chain;
 mod csr;
 mod keys;
+mod pem_text;
 #[cfg(test)]
 pub(crate) mod testing;
 
-pub use chain::{CertificateInfo, ParsedChain, parse_ca_bundle, parse_chain, verify_chain};
+pub use chain::{CertificateInfo, ParsedChain, key_matches_certificate, parse_ca_bundle, parse_chain, verify_chain};
 pub use csr::{CsrRequest, build_csr, effective_usages};
-pub use keys::{KeySpec, PrivateKey, generate_private_key, key_matches_certificate, parse_private_key};
+pub use keys::{KeySpec, PrivateKey, generate_private_key, parse_private_key};
 
 /// What went wrong in certificate logic; each variant names the action that failed.
 #[derive(Debug, thiserror::Error)]

@@ -13,6 +13,7 @@ pub mod configuration;
 pub mod serving;
 
 use crate::api::names::{LABEL_MANAGED_BY, MANAGED_BY};
+use crate::http_server::ServeOptions;
 use crate::workload::pod::{PodAdmission, admit_pod};
 use configuration::{
     WEBHOOK_NAME, WEBHOOK_PATH, WebhookEndpoint, WebhookPolicy, build_webhook_configuration, current_ca_bundle,
@@ -22,7 +23,6 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -91,7 +91,16 @@ pub enum WebhookError {
     Serving(#[from] serving::ServingError),
     /// The serving certificate could not be loaded into TLS.
     #[error("loading the serving certificate into TLS: {0}")]
-    Tls(String),
+    LoadServingCertificate(String),
+    /// The TLS configuration could not be built.
+    #[error("configuring TLS: {0}")]
+    ConfigureTls(rustls::Error),
+    /// Other replicas kept rewriting the serving Secret while this one tried to.
+    #[error("writing Secret {0}: it kept changing under us (other replicas writing); retrying later")]
+    ServingSecretContended(String),
+    /// The MutatingWebhookConfiguration could not be turned into JSON.
+    #[error("serializing the MutatingWebhookConfiguration: {0}")]
+    SerializeConfiguration(serde_json::Error),
 }
 
 fn kube_error(action: impl Into<String>) -> impl FnOnce(kube::Error) -> WebhookError {
@@ -146,15 +155,15 @@ impl ResolvesServerCert for ServingCertResolver {
 
 fn certified_key(material: &ServingMaterial) -> Result<Arc<CertifiedKey>, WebhookError> {
     let certificates: Vec<rustls_pki_types::CertificateDer<'static>> = pem::parse_many(&material.tls_crt)
-        .map_err(|e| WebhookError::Tls(e.to_string()))?
+        .map_err(|e| WebhookError::LoadServingCertificate(e.to_string()))?
         .into_iter()
         .filter(|b| b.tag() == "CERTIFICATE")
         .map(|b| rustls_pki_types::CertificateDer::from(b.into_contents()))
         .collect();
-    let key = pem::parse(&material.tls_key).map_err(|e| WebhookError::Tls(e.to_string()))?;
+    let key = pem::parse(&material.tls_key).map_err(|e| WebhookError::LoadServingCertificate(e.to_string()))?;
     let key = rustls_pki_types::PrivateKeyDer::Pkcs8(rustls_pki_types::PrivatePkcs8KeyDer::from(key.into_contents()));
-    let signing_key =
-        rustls::crypto::aws_lc_rs::sign::any_supported_type(&key).map_err(|e| WebhookError::Tls(e.to_string()))?;
+    let signing_key = rustls::crypto::aws_lc_rs::sign::any_supported_type(&key)
+        .map_err(|e| WebhookError::LoadServingCertificate(e.to_string()))?;
     Ok(Arc::new(CertifiedKey::new(certificates, signing_key)))
 }
 
@@ -200,11 +209,11 @@ async fn ensure_serving_material(client: &Client, config: &WebhookConfig) -> Res
                 return Ok(renewed);
             }
             // Another replica wrote first: read again and use (or renew) what it wrote.
-            Err(kube::Error::Api(status)) if status.code == 409 => continue,
+            Err(e) if crate::kube_errors::is_conflict(&e) => continue,
             Err(e) => return Err(kube_error(format!("writing Secret {}/{}", config.namespace, config.secret_name))(e)),
         }
     }
-    Err(WebhookError::Tls("the serving Secret kept changing under us".into()))
+    Err(WebhookError::ServingSecretContended(format!("{}/{}", config.namespace, config.secret_name)))
 }
 
 /// Makes the configuration carry `ca_bundle` (and, when kacme manages it, everything else).
@@ -214,7 +223,7 @@ async fn ensure_configuration(client: &Client, config: &WebhookConfig, ca_bundle
     if config.manage_configuration {
         let mut desired = build_webhook_configuration(name, &config.endpoint, ca_bundle, &config.policy);
         desired.metadata.managed_fields = None;
-        let mut value = serde_json::to_value(&desired).map_err(|e| WebhookError::Tls(e.to_string()))?;
+        let mut value = serde_json::to_value(&desired).map_err(WebhookError::SerializeConfiguration)?;
         value["apiVersion"] = "admissionregistration.k8s.io/v1".into();
         value["kind"] = "MutatingWebhookConfiguration".into();
         api.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&value))
@@ -277,7 +286,7 @@ pub async fn run_on(
     let resolver = Arc::new(ServingCertResolver(RwLock::new(certified_key(&material)?)));
     let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
         .with_safe_default_protocol_versions()
-        .map_err(|e| WebhookError::Tls(e.to_string()))?
+        .map_err(WebhookError::ConfigureTls)?
         .with_no_client_auth()
         .with_cert_resolver(resolver.clone());
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -340,49 +349,19 @@ async fn serve(
     excluded: Arc<Vec<String>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(conn) => conn,
-                    Err(error) => {
-                        tracing::warn!(%error, "webhook: accepting a connection failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let acceptor = acceptor.clone();
-                let excluded = excluded.clone();
-                tokio::spawn(async move {
-                    let stream = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => stream,
-                        Ok(Err(error)) => {
-                            tracing::debug!(%error, %peer, "webhook: TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => return,
-                    };
-                    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                        let excluded = excluded.clone();
-                        async move { Ok::<_, std::convert::Infallible>(respond(request, &excluded).await) }
-                    });
-                    let connection = hyper::server::conn::http1::Builder::new()
-                        .timer(TokioTimer::new())
-                        .header_read_timeout(Duration::from_secs(10))
-                        .serve_connection(TokioIo::new(stream), service);
-                    if let Err(error) = connection.await {
-                        tracing::debug!(%error, "webhook: connection ended with an error");
-                    }
-                });
-            }
-            changed = stop.changed() => {
-                if changed.is_err() || *stop.borrow() {
-                    break;
-                }
-            }
-        }
-    }
+    let options = ServeOptions {
+        name: "webhook",
+        tls: Some(tokio_rustls::TlsAcceptor::from(tls)),
+        drain: Duration::from_secs(5),
+    };
+    let handler = move |request: Request<Incoming>| {
+        let excluded = excluded.clone();
+        async move { respond(request, &excluded).await }
+    };
+    let stopped = async move {
+        let _ = stop.wait_for(|stop| *stop).await;
+    };
+    crate::http_server::serve(listener, options, handler, stopped).await;
 }
 
 fn plain(status: StatusCode, body: &str) -> Response<Full<Bytes>> {

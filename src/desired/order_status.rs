@@ -1,9 +1,9 @@
 //! Between the engine's order position and the Certificate status: a lossless round trip, so that a
 //! restarted operator resumes the order from status.
 
+use super::solver_name;
 use crate::acme::{AuthorizationProgress, AuthorizationStep, OrderProgress, OrderState};
 use crate::api::{AuthorizationStatus, OrderStatus};
-use crate::desired::solver_name;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 fn step_name(step: AuthorizationStep) -> &'static str {

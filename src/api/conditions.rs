@@ -1,0 +1,148 @@
+//! The condition types and reasons kacme writes into status: the vocabulary that `kubectl describe`,
+//! `kubectl wait --for=condition=Ready` and alerts read. One name per meaning, spelled once.
+
+use std::fmt;
+
+/// The type of a status condition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ConditionType {
+    /// The object is usable: a Certificate's Secret holds a valid certificate matching the spec; an issuer's
+    /// ACME account is registered.
+    Ready,
+    /// A Certificate is being issued (True while an order is in flight; False with the reason of the last
+    /// attempt when it failed or was abandoned).
+    Issuing,
+}
+
+impl ConditionType {
+    /// The type as conditions spell it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ConditionType::Ready => "Ready",
+            ConditionType::Issuing => "Issuing",
+        }
+    }
+}
+
+/// Why a certificate is (re)issued: the reason of the `Issuing` condition (and of `Ready=False` while the
+/// Secret holds no usable certificate). The order is the order in which the issuance policy checks them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum IssuanceReason {
+    /// The Secret does not exist.
+    DoesNotExist,
+    /// The Secret lacks tls.crt or tls.key.
+    MissingData,
+    /// tls.crt or tls.key cannot be read, or they do not belong together.
+    InvalidKeyPair,
+    /// The private key's algorithm, size or encoding differs from the spec.
+    KeyMismatchesSpec,
+    /// Names, common name, usages or issuer differ from what the certificate was issued for.
+    SpecChanged,
+    /// The renewal time has been reached.
+    Expiring,
+    /// A user asked for renewal (annotation `kacme.dev/renew-requested-at` or `kacme renew`).
+    ManuallyTriggered,
+}
+
+impl IssuanceReason {
+    /// The CamelCase condition reason.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            IssuanceReason::DoesNotExist => "DoesNotExist",
+            IssuanceReason::MissingData => "MissingData",
+            IssuanceReason::InvalidKeyPair => "InvalidKeyPair",
+            IssuanceReason::KeyMismatchesSpec => "KeyMismatchesSpec",
+            IssuanceReason::SpecChanged => "SpecChanged",
+            IssuanceReason::Expiring => "Expiring",
+            IssuanceReason::ManuallyTriggered => "ManuallyTriggered",
+        }
+    }
+}
+
+/// The other reasons of a Certificate's `Ready` and `Issuing` conditions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CertificateReason {
+    /// Ready=True: the certificate is up to date.
+    Ready,
+    /// Issuing=True before a more precise reason is known.
+    Issuing,
+    /// The last issuance attempt failed (the message has the CA's words); it is retried with backoff.
+    Failed,
+    /// The Secret named by `secretName` belongs to something else; kacme leaves it alone.
+    SecretNotOwned,
+    /// The issuer named by `issuerRef` does not exist.
+    IssuerNotFound,
+    /// The issuer exists but its ACME account is not ready.
+    IssuerNotReady,
+    /// The issuer could not be read.
+    IssuerUnavailable,
+    /// The private key of the order in flight is gone; a new order starts.
+    MissingPrivateKey,
+}
+
+impl CertificateReason {
+    /// The CamelCase condition reason.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            CertificateReason::Ready => "Ready",
+            CertificateReason::Issuing => "Issuing",
+            CertificateReason::Failed => "Failed",
+            CertificateReason::SecretNotOwned => "SecretNotOwned",
+            CertificateReason::IssuerNotFound => "IssuerNotFound",
+            CertificateReason::IssuerNotReady => "IssuerNotReady",
+            CertificateReason::IssuerUnavailable => "IssuerUnavailable",
+            CertificateReason::MissingPrivateKey => "MissingPrivateKey",
+        }
+    }
+}
+
+/// The reasons of an Issuer's or ClusterIssuer's `Ready` condition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum IssuerReason {
+    /// The ACME account is registered (or was found) at the CA.
+    AcmeAccountRegistered,
+    /// The CA refused or failed the account registration.
+    ErrRegisterAcmeAccount,
+    /// `caBundle` holds no readable certificate.
+    InvalidCaBundle,
+    /// The account key Secret exists but has no key under the expected name.
+    InvalidAccountKeySecret,
+    /// The account key Secret could not be read.
+    ErrReadAccountKey,
+    /// The account key Secret was created by someone else while kacme registered.
+    AccountKeySecretRace,
+    /// The new account key could not be stored.
+    ErrStoreAccountKey,
+    /// The EAB key Secret could not be read.
+    ErrReadEabSecret,
+    /// The EAB key Secret is missing, lacks the key, or holds no valid HMAC key.
+    InvalidEabSecret,
+}
+
+impl IssuerReason {
+    /// The CamelCase condition reason.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            IssuerReason::AcmeAccountRegistered => "ACMEAccountRegistered",
+            IssuerReason::ErrRegisterAcmeAccount => "ErrRegisterACMEAccount",
+            IssuerReason::InvalidCaBundle => "InvalidCABundle",
+            IssuerReason::InvalidAccountKeySecret => "InvalidAccountKeySecret",
+            IssuerReason::ErrReadAccountKey => "ErrReadAccountKey",
+            IssuerReason::AccountKeySecretRace => "AccountKeySecretRace",
+            IssuerReason::ErrStoreAccountKey => "ErrStoreAccountKey",
+            IssuerReason::ErrReadEabSecret => "ErrReadEABSecret",
+            IssuerReason::InvalidEabSecret => "InvalidEABSecret",
+        }
+    }
+}
+
+macro_rules! display_as_str {
+    ($($t:ty),*) => {$(
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    )*};
+}
+display_as_str!(ConditionType, IssuanceReason, CertificateReason, IssuerReason);

@@ -1,0 +1,133 @@
+//! Phase 3: an order is in flight. Move it on by one step: solver objects, challenges, finalize.
+
+use super::failure::IssuanceError;
+use super::{NEXT_STEP, Pass};
+use crate::acme::{AcmeAccount, Advance, AdvanceOptions, OrderProgress, OrderSession, OrderState};
+use crate::api::names::TLS_KEY;
+use crate::api::{CertificateReason, IssuanceReason};
+use crate::controller::ReconcileError;
+use crate::controller::accounts::IssuerInfo;
+use crate::controller::kube_solver::KubeSolver;
+use crate::decision::{SecretOwnership, same_identifiers, secret_ownership};
+use crate::desired::{authorization_events, next_key_secret_name};
+use crate::pki::{build_csr, key_matches_certificate, parse_chain, parse_private_key};
+use k8s_openapi::api::core::v1::Secret;
+use kube::runtime::controller::Action;
+
+impl Pass<'_> {
+    pub(super) async fn continue_order(
+        &mut self,
+        progress: OrderProgress,
+        secret: Option<&Secret>,
+    ) -> Result<Action, ReconcileError> {
+        let spec = &self.certificate.spec;
+        let wanted: Vec<String> = spec.dns_names.iter().chain(&spec.ip_addresses).cloned().collect();
+        if !same_identifiers(&wanted, &progress.identifiers) {
+            self.abandon_order(
+                IssuanceReason::SpecChanged.as_str(),
+                "The names changed during issuance; starting a new order",
+            )
+            .await;
+            return Ok(Action::requeue(NEXT_STEP));
+        }
+        let (issuer, account) = match self.issuer_and_account().await {
+            Ok(found) => found,
+            Err(wait) => return Ok(self.wait_for_issuer(&wait)),
+        };
+        let key_secret_name = next_key_secret_name(&self.name());
+        let key_secret = self
+            .ctx
+            .read_secret(&self.namespace, &key_secret_name)
+            .await
+            .map_err(|e| ReconcileError::kube(format!("reading Secret {key_secret_name}"), e))?;
+        let Some(key) = key_secret
+            .as_ref()
+            .filter(|s| secret_ownership(s, &self.name()) == SecretOwnership::Ours)
+            .and_then(|s| s.data.as_ref()?.get(TLS_KEY))
+            .and_then(|v| parse_private_key(&v.0).ok())
+        else {
+            return self.finish_stored_order(&issuer, &account, progress, secret).await;
+        };
+        let request = match self.csr_request(&key) {
+            Ok(request) => request,
+            Err(error) => return self.fail(error).await,
+        };
+        let csr = match build_csr(&request, &key) {
+            Ok(csr) => csr,
+            Err(error) => return self.fail(IssuanceError::BuildCsr(error)).await,
+        };
+        let mut session = match self.ctx.take_session(self.certificate, &progress.url) {
+            Some(session) => session,
+            None => match OrderSession::resume(&account, progress.clone()).await {
+                Ok(session) => session,
+                Err(error) => return self.acme_failure(error, Some(progress), &account, &issuer).await,
+            },
+        };
+        let solver = KubeSolver { ctx: self.ctx, certificate: self.certificate, acme: &issuer.acme };
+        let options = AdvanceOptions {
+            self_check: self.ctx.config.self_check.clone(),
+            max_wait: self.ctx.config.max_wait_per_step,
+        };
+        let before = session.progress().clone();
+        let advanced = session.advance(&account, &solver, &csr, &options).await;
+        let after = session.progress().clone();
+        for note in authorization_events(&before, &after) {
+            self.publish(note).await;
+        }
+        let order = self.order_status(&after, &account);
+        self.status.order = Some(order.clone());
+        match advanced {
+            Ok(Advance::Wait { after: wait, reason }) => {
+                self.transition().order_waiting(order, &reason);
+                self.ctx.keep_session(self.certificate, session);
+                Ok(Action::requeue(wait.max(NEXT_STEP)))
+            }
+            Ok(Advance::Issued(chain)) => self.store_certificate(&issuer, &chain, &key, &request).await,
+            Err(error) => self.acme_failure(error, Some(after), &account, &issuer).await,
+        }
+    }
+
+    /// The order's private key is gone. A pass that stored the certificate deletes the key and then writes
+    /// status: when it was interrupted in between (a crash), the order is valid and the Secret already holds
+    /// its certificate and key, so finish that issuance (revision, Issued) from the order instead of ordering
+    /// again. Otherwise the key is lost: start a new order.
+    async fn finish_stored_order(
+        &mut self,
+        issuer: &IssuerInfo,
+        account: &AcmeAccount,
+        progress: OrderProgress,
+        secret: Option<&Secret>,
+    ) -> Result<Action, ReconcileError> {
+        let stored_key = secret
+            .filter(|s| secret_ownership(s, &self.name()) == SecretOwnership::Ours)
+            .and_then(|s| s.data.as_ref()?.get(TLS_KEY))
+            .and_then(|value| parse_private_key(&value.0).ok());
+        if let Some(key) = stored_key
+            && let Ok(request) = self.csr_request(&key)
+            && let Ok(csr) = build_csr(&request, &key)
+        {
+            let session = match self.ctx.take_session(self.certificate, &progress.url) {
+                Some(session) => Ok(session),
+                None => OrderSession::resume(account, progress.clone()).await,
+            };
+            // Only a valid order: advancing any other would finalize it with the Secret's current key.
+            if let Ok(mut session) = session
+                && session.progress().state == OrderState::Valid
+            {
+                let solver = KubeSolver { ctx: self.ctx, certificate: self.certificate, acme: &issuer.acme };
+                let options = AdvanceOptions { self_check: None, max_wait: self.ctx.config.max_wait_per_step };
+                if let Ok(Advance::Issued(chain)) = session.advance(account, &solver, &csr, &options).await
+                    && parse_chain(chain.as_bytes()).is_ok_and(|c| key_matches_certificate(&key, &c.leaf))
+                {
+                    return self.store_certificate(issuer, &chain, &key, &request).await;
+                }
+            }
+        }
+        self.abandon_order(
+            CertificateReason::MissingPrivateKey.as_str(),
+            "The private key of the order in progress is gone; starting a new order",
+        )
+        .await;
+        Ok(Action::requeue(NEXT_STEP))
+    }
+}

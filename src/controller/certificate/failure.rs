@@ -1,0 +1,93 @@
+//! When a step goes wrong: retry the same order, abandon it, or fail the attempt and back off.
+
+use super::{NEXT_STEP, Pass};
+use crate::acme::{AcmeAccount, AcmeError, OrderProgress, Retry};
+use crate::controller::ReconcileError;
+use crate::controller::accounts::IssuerInfo;
+use crate::controller::kube_solver::cleanup_all_solver_objects;
+use crate::desired::{EventNote, EventReason};
+use crate::pki::PkiError;
+use kube::runtime::controller::Action;
+use std::time::Duration;
+
+/// Why an issuance attempt failed for good; the message is shown in the conditions and the Event.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum IssuanceError {
+    /// No solver of the issuer applies to one of the names.
+    #[error("no solver of {issuer} applies to {identifier} (check the solvers' selectors)")]
+    NoSolver { identifier: String, issuer: String },
+    /// An IP address of the spec does not parse (admission should have refused it).
+    #[error("{0:?} is not an IP address")]
+    InvalidIpAddress(String),
+    /// The private key could not be generated.
+    #[error("{0}")]
+    GenerateKey(PkiError),
+    /// The CSR could not be built.
+    #[error("{0}")]
+    BuildCsr(PkiError),
+    /// The CA sent a chain that does not parse.
+    #[error("the CA returned an unreadable chain: {0}")]
+    UnreadableChain(PkiError),
+    /// The CA sent a certificate for a key other than the order's.
+    #[error("the CA returned a certificate for another key")]
+    CertificateForAnotherKey,
+    /// The Secret appeared meanwhile and belongs to something else.
+    #[error("{0}")]
+    SecretNotOwned(String),
+    /// The CA refused the order (or the engine gave up on it).
+    #[error(transparent)]
+    Acme(#[from] AcmeError),
+}
+
+impl Pass<'_> {
+    /// An ACME error in an order: retry the same order, or fail this issuance for good.
+    pub(super) async fn acme_failure(
+        &mut self,
+        error: AcmeError,
+        progress: Option<OrderProgress>,
+        account: &AcmeAccount,
+        issuer: &IssuerInfo,
+    ) -> Result<Action, ReconcileError> {
+        self.ctx.forget_session(self.certificate);
+        if error.is_problem("accountDoesNotExist") {
+            // The CA no longer knows the account (it lost its state, or the account was removed): the next
+            // attempt registers again with the stored key instead of using the cached account forever.
+            self.ctx.accounts.forget(issuer.kind, &issuer.secret_namespace, &issuer.name);
+        }
+        match error.retry {
+            Retry::Immediately => Ok(Action::requeue(Duration::from_millis(10))),
+            Retry::After(delay) => {
+                let order = progress.map(|progress| self.order_status(&progress, account));
+                self.transition().retrying(order, delay.as_secs(), &error.to_string());
+                Ok(Action::requeue(delay))
+            }
+            Retry::Never => self.fail(error.into()).await,
+        }
+    }
+
+    /// Gives up the order in flight without counting a failure; the next pass starts a new one.
+    pub(super) async fn abandon_order(&mut self, reason: &str, message: &str) {
+        self.ctx.forget_session(self.certificate);
+        if let Err(failures) = cleanup_all_solver_objects(self.ctx, self.certificate).await {
+            tracing::warn!(error = %failures.join("; "), "removing solver objects of an abandoned order failed");
+        }
+        self.transition().order_abandoned(reason, message);
+    }
+
+    /// Ends this issuance attempt as failed: counts it, cleans up, and backs off.
+    pub(super) async fn fail(&mut self, error: IssuanceError) -> Result<Action, ReconcileError> {
+        self.ctx.forget_session(self.certificate);
+        if let Err(failures) = cleanup_all_solver_objects(self.ctx, self.certificate).await {
+            tracing::warn!(error = %failures.join("; "), "removing solver objects after a failure failed; retrying later");
+        }
+        self.delete_next_key().await?;
+        if let IssuanceError::SecretNotOwned(message) = &error {
+            self.transition().secret_taken_over(message);
+        }
+        let (attempts, message) = self.transition().failed(&error.to_string());
+        tracing::warn!(attempts, %error, "issuance failed");
+        self.publish(EventNote::warning(EventReason::Failed, message)).await;
+        let retry_at = self.ctx.config.backoff.retry_at(self.now, attempts);
+        Ok(Action::requeue(retry_at.duration_since(self.now).unsigned_abs().max(NEXT_STEP)))
+    }
+}

@@ -1,0 +1,256 @@
+//! The Certificate reconciler: one step of the issuance path per pass, its position kept in status.
+//!
+//! A pass gathers the Certificate, its Secret and its order in flight, then takes exactly one phase:
+//! - [`decide`]: no order in flight — is a certificate needed, and why (the pure policy chain of
+//!   [`crate::decision`])? Up to date, back off, or start an order;
+//! - [`start`]: create the ACME order and store its private key before any pass can finalize it;
+//! - [`advance`]: move the order on (solver objects, challenges, finalize), or finish one a crash interrupted;
+//! - [`store`]: check the chain and store it in the Secret;
+//! - [`failure`]: retry the same order, abandon it, or fail the attempt and back off.
+//!
+//! Every phase changes status through [`StatusTransition`] and describes Events as [`EventNote`]s: both pure
+//! and unit-tested in [`crate::desired`]. The status is written once, at the end of the pass, and only when it
+//! changed.
+
+mod advance;
+mod decide;
+mod failure;
+mod start;
+mod store;
+
+use super::accounts::{IssuerInfo, ensure_account};
+use super::error::ReconcileError;
+use super::kube_solver::{cleanup_all_solver_objects, has_cached_solver_objects};
+use super::{Context, apply_status};
+use crate::acme::AcmeAccount;
+use crate::api::{Certificate, CertificateReason, CertificateStatus, ClusterIssuer, Issuer, IssuerKind};
+use crate::desired::{
+    EventNote, IssuerWait, StatusTransition, next_key_secret_name, order_status, requeue_at, status_changed,
+};
+use crate::kube_errors::is_not_found;
+use crate::pki::{CsrRequest, PrivateKey, effective_usages};
+use failure::IssuanceError;
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams};
+use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The finalizer that lets kacme remove solver objects of a Certificate deleted mid-order.
+pub const FINALIZER: &str = "kacme.dev/solver-cleanup";
+
+/// How soon to look again at a Certificate waiting for its issuer.
+const ISSUER_WAIT: Duration = Duration::from_secs(15);
+/// How soon to look again at a Certificate whose Secret belongs to someone else.
+const FOREIGN_SECRET_WAIT: Duration = Duration::from_secs(60);
+/// How soon the next step of an order runs when nothing needs waiting for.
+const NEXT_STEP: Duration = Duration::from_millis(50);
+
+/// Reconciles a Certificate.
+#[tracing::instrument(skip_all, fields(certificate = %format!("{}/{}", certificate.namespace().unwrap_or_default(), certificate.name_any())))]
+pub async fn reconcile_certificate(certificate: Arc<Certificate>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    let namespace = certificate.namespace().ok_or(ReconcileError::MissingField("metadata.namespace"))?;
+    let api: Api<Certificate> = Api::namespaced(ctx.client.clone(), &namespace);
+    let certificate = if ctx.may_be_stale(&certificate) {
+        match api.get_opt(&certificate.name_any()).await {
+            Ok(Some(fresh)) => Arc::new(fresh),
+            Ok(None) => {
+                ctx.forget_written(&certificate);
+                return Ok(Action::await_change());
+            }
+            Err(e) => return Err(ReconcileError::kube(format!("reading Certificate {}", certificate.name_any()), e)),
+        }
+    } else {
+        certificate
+    };
+    finalizer(&api, FINALIZER, certificate, |event| async {
+        match event {
+            FinalizerEvent::Apply(certificate) => Pass::new(&ctx, &certificate).run().await,
+            FinalizerEvent::Cleanup(certificate) => {
+                ctx.forget_written(&certificate);
+                clean_up_deleted(&ctx, &certificate).await
+            }
+        }
+    })
+    .await
+    .map_err(ReconcileError::from_finalizer)
+}
+
+/// The Certificate is being deleted: remove its solver objects and the key of an order in flight.
+async fn clean_up_deleted(ctx: &Context, certificate: &Certificate) -> Result<Action, ReconcileError> {
+    ctx.forget_session(certificate);
+    cleanup_all_solver_objects(ctx, certificate)
+        .await
+        .map_err(|failures| ReconcileError::RemoveSolverObjects(failures.join("; ")))?;
+    let namespace = certificate.namespace().unwrap_or_default();
+    ctx.delete_secret(&namespace, &next_key_secret_name(&certificate.name_any())).await?;
+    Ok(Action::await_change())
+}
+
+/// One reconcile pass of one Certificate: the status it builds is written once, at the end.
+struct Pass<'a> {
+    ctx: &'a Context,
+    certificate: &'a Certificate,
+    namespace: String,
+    status: CertificateStatus,
+    now: Timestamp,
+}
+
+impl<'a> Pass<'a> {
+    fn new(ctx: &'a Context, certificate: &'a Certificate) -> Pass<'a> {
+        Pass {
+            ctx,
+            certificate,
+            namespace: certificate.namespace().unwrap_or_default(),
+            status: certificate.status.clone().unwrap_or_default(),
+            now: Timestamp::now(),
+        }
+    }
+
+    async fn run(mut self) -> Result<Action, ReconcileError> {
+        let secret_name = &self.certificate.spec.secret_name;
+        let secret = self
+            .ctx
+            .read_secret(&self.namespace, secret_name)
+            .await
+            .map_err(|e| ReconcileError::kube(format!("reading Secret {secret_name}"), e))?;
+        let action = match self.status.order.clone() {
+            Some(order) => self.continue_order(crate::desired::order_progress(&order), secret.as_deref()).await,
+            None => self.decide(secret.as_deref()).await,
+        };
+        // Write what was learned even when the step failed: the failure is in the status.
+        let old = self.certificate.status.clone().unwrap_or_default();
+        if status_changed(&old, &self.status) {
+            let api: Api<Certificate> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
+            let version = apply_status(&api, &self.certificate.name_any(), "Certificate", &self.status).await?;
+            self.ctx.remember_write(self.certificate, version);
+        }
+        action
+    }
+
+    /// The status transitions of this pass.
+    fn transition(&mut self) -> StatusTransition<'_> {
+        StatusTransition::new(&mut self.status, self.certificate.metadata.generation, self.now)
+    }
+
+    async fn publish(&self, note: EventNote) {
+        self.ctx.events.publish(self.certificate, "Issuance", &note).await;
+    }
+
+    fn name(&self) -> String {
+        self.certificate.name_any()
+    }
+
+    /// The status form of an order's position, naming its solver objects.
+    fn order_status(&self, progress: &crate::acme::OrderProgress, account: &AcmeAccount) -> crate::api::OrderStatus {
+        order_status(progress, &self.name(), |token| account.key_authorization(token))
+    }
+
+    /// Removes solver objects of this Certificate that no order in flight accounts for. A pass that
+    /// presented a challenge and was killed before it wrote status leaves objects that the persisted order
+    /// does not name; when the CA has validated meanwhile, nothing presents that challenge again. The cache
+    /// tells (no request) whether there are any.
+    async fn clean_up_leftover_solver_objects(&self) {
+        if has_cached_solver_objects(self.ctx, self.certificate)
+            && let Err(failures) = cleanup_all_solver_objects(self.ctx, self.certificate).await
+        {
+            tracing::warn!(error = %failures.join("; "), "removing leftover solver objects failed; retrying at the next pass");
+        }
+    }
+
+    fn requeue_at_renewal(&self, renewal_time: Timestamp) -> Action {
+        let key = format!("{}/{}", self.namespace, self.name());
+        let at = requeue_at(renewal_time, &key, self.ctx.config.renewal_jitter);
+        Action::requeue(at.duration_since(self.now).unsigned_abs().max(Duration::from_secs(1)))
+    }
+
+    /// The issuer of the Certificate and its ACME account, or why they cannot be used yet.
+    ///
+    /// The cache answers when it holds the issuer Ready; anything else is read afresh, so that a cache
+    /// lagging behind an issuer that just became Ready never holds the Certificate back.
+    async fn issuer_and_account(&self) -> Result<(IssuerInfo, AcmeAccount), IssuerWait> {
+        let reference = &self.certificate.spec.issuer_ref;
+        let cached = self.ctx.cached_issuer(reference, &self.namespace).filter(|info| info.ready);
+        let issuer = match cached {
+            Some(info) => info,
+            None => self.read_issuer().await?,
+        };
+        let account = ensure_account(self.ctx, &issuer)
+            .await
+            .map_err(|failure| IssuerWait { reason: CertificateReason::IssuerNotReady, message: failure.message })?;
+        Ok((issuer, account))
+    }
+
+    async fn read_issuer(&self) -> Result<IssuerInfo, IssuerWait> {
+        let reference = &self.certificate.spec.issuer_ref;
+        let found = match reference.kind {
+            IssuerKind::Issuer => {
+                let api: Api<Issuer> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
+                api.get_opt(&reference.name).await.map(|i| i.and_then(|i| IssuerInfo::from_issuer(&i)))
+            }
+            IssuerKind::ClusterIssuer => {
+                let api: Api<ClusterIssuer> = Api::all(self.ctx.client.clone());
+                api.get_opt(&reference.name).await.map(|i| {
+                    i.and_then(|i| IssuerInfo::from_cluster_issuer(&i, &self.ctx.config.cluster_resource_namespace))
+                })
+            }
+        };
+        let wait = |reason, message| Err(IssuerWait { reason, message });
+        match found {
+            Err(e) => wait(
+                CertificateReason::IssuerUnavailable,
+                format!("reading {} {}: {e}", reference.kind, reference.name),
+            ),
+            Ok(None) => wait(
+                CertificateReason::IssuerNotFound,
+                format!("{} {:?} does not exist", reference.kind, reference.name),
+            ),
+            Ok(Some(info)) if !info.ready => wait(
+                CertificateReason::IssuerNotReady,
+                format!("{} is not Ready yet (see its status)", info.describe()),
+            ),
+            Ok(Some(info)) => Ok(info),
+        }
+    }
+
+    /// The issuer cannot be used yet: say so and look again soon.
+    fn wait_for_issuer(&mut self, wait: &IssuerWait) -> Action {
+        let order_in_flight = self.status.order.is_some();
+        self.transition().waiting_for_issuer(wait, order_in_flight);
+        Action::requeue(ISSUER_WAIT)
+    }
+
+    fn ip_addresses(&self) -> Result<Vec<IpAddr>, IssuanceError> {
+        let addresses = &self.certificate.spec.ip_addresses;
+        addresses.iter().map(|a| a.parse().map_err(|_| IssuanceError::InvalidIpAddress(a.clone()))).collect()
+    }
+
+    /// What the CSR for `key` must ask for: exactly the spec's names, addresses, common name and usages.
+    fn csr_request(&self, key: &PrivateKey) -> Result<CsrRequest, IssuanceError> {
+        let spec = &self.certificate.spec;
+        Ok(CsrRequest {
+            dns_names: spec.dns_names.clone(),
+            ip_addresses: self.ip_addresses()?,
+            common_name: spec.common_name.clone(),
+            usages: effective_usages(&spec.usages, key.spec().algorithm),
+        })
+    }
+
+    /// Deletes the next-key Secret of this Certificate, if there is one.
+    async fn delete_next_key(&self) -> Result<(), ReconcileError> {
+        self.ctx.delete_secret(&self.namespace, &next_key_secret_name(&self.name())).await
+    }
+}
+
+/// Deletes a Secret; a Secret that is already gone is fine.
+pub(super) async fn delete_secret_if_present(secrets: &Api<Secret>, name: &str) -> Result<(), ReconcileError> {
+    match secrets.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(e) if is_not_found(&e) => Ok(()),
+        Err(e) => Err(ReconcileError::kube(format!("deleting Secret {name}"), e)),
+    }
+}

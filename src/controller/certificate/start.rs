@@ -1,0 +1,86 @@
+//! Phase 2: start an order. The private key is stored before status names the order, so before any pass
+//! can finalize it.
+
+use super::failure::IssuanceError;
+use super::{NEXT_STEP, Pass};
+use crate::acme::OrderSession;
+use crate::api::names::{ANNOTATION_RENEW_REQUESTED_AT, TLS_KEY};
+use crate::api::{IssuanceReason, RotationPolicy};
+use crate::controller::ReconcileError;
+use crate::decision::{SecretOwnership, secret_ownership};
+use crate::desired::{EventNote, EventReason, build_next_key_secret, select_solver};
+use crate::pki::{KeySpec, PrivateKey, generate_private_key, parse_private_key};
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+use kube::runtime::controller::Action;
+
+impl Pass<'_> {
+    pub(super) async fn start_order(
+        &mut self,
+        reason: IssuanceReason,
+        message: &str,
+        secret: Option<&Secret>,
+    ) -> Result<Action, ReconcileError> {
+        let (issuer, account) = match self.issuer_and_account().await {
+            Ok(found) => found,
+            Err(wait) => return Ok(self.wait_for_issuer(&wait)),
+        };
+        let labels = self.certificate.labels().clone();
+        let spec = &self.certificate.spec;
+        if let Some(unsolvable) = spec
+            .dns_names
+            .iter()
+            .chain(&spec.ip_addresses)
+            .find(|id| select_solver(&issuer.acme, &labels, id).is_none())
+        {
+            let error = IssuanceError::NoSolver { identifier: unsolvable.clone(), issuer: issuer.describe() };
+            return self.fail(error).await;
+        }
+        let key = match self.next_private_key(secret) {
+            Ok(key) => key,
+            Err(error) => return self.fail(error).await,
+        };
+        let ips = match self.ip_addresses() {
+            Ok(ips) => ips,
+            Err(error) => return self.fail(error).await,
+        };
+        let session = match OrderSession::create(&account, &self.certificate.spec.dns_names, &ips).await {
+            Ok(session) => session,
+            Err(error) => return self.acme_failure(error, None, &account, &issuer).await,
+        };
+        // Storing the key only once the order exists means that while the CA is unreachable no attempt
+        // writes a key: each such write (a watched Secret) would start the next attempt at once instead of
+        // after the retry delay.
+        let key_secret = build_next_key_secret(self.certificate, key.pem());
+        let key_secret_name = key_secret.name_any();
+        self.ctx.apply_secret(&self.namespace, &key_secret).await.map_err(|e| {
+            ReconcileError::kube(format!("storing the next private key in Secret {key_secret_name}"), e)
+        })?;
+        let order = self.order_status(session.progress(), &account);
+        let renewal_request = self.certificate.annotations().get(ANNOTATION_RENEW_REQUESTED_AT).cloned();
+        self.transition().order_created(reason, message, order, key_secret_name, renewal_request);
+        let url = session.progress().url.clone();
+        tracing::info!(reason = reason.as_str(), order = %url, "created an ACME order");
+        self.publish(EventNote::normal(EventReason::OrderCreated, format!("Created ACME order {url} ({message})")))
+            .await;
+        self.ctx.keep_session(self.certificate, session);
+        Ok(Action::requeue(NEXT_STEP))
+    }
+
+    /// The key of the next certificate: the current one when the spec says never to rotate and it still
+    /// fits, else a new one.
+    fn next_private_key(&self, secret: Option<&Secret>) -> Result<PrivateKey, IssuanceError> {
+        let spec = &self.certificate.spec;
+        let wanted = KeySpec::from_spec(spec.private_key.as_ref());
+        let never_rotate = spec.private_key.as_ref().and_then(|k| k.rotation_policy) == Some(RotationPolicy::Never);
+        if never_rotate
+            && let Some(secret) = secret.filter(|s| secret_ownership(s, &self.name()) == SecretOwnership::Ours)
+            && let Some(value) = secret.data.as_ref().and_then(|d| d.get(TLS_KEY))
+            && let Ok(current) = parse_private_key(&value.0)
+            && current.spec() == wanted
+        {
+            return Ok(current);
+        }
+        generate_private_key(&wanted).map_err(IssuanceError::GenerateKey)
+    }
+}

@@ -1,0 +1,90 @@
+//! Phase 4: the CA issued a chain. Check it and store it in the Certificate's Secret.
+
+use super::Pass;
+use super::failure::IssuanceError;
+use crate::controller::ReconcileError;
+use crate::controller::accounts::IssuerInfo;
+use crate::decision::{RenewBefore, SecretOwnership, renewal_time, secret_ownership, usages_annotation};
+use crate::desired::{EventNote, EventReason, Validity, build_certificate_secret};
+use crate::pki::{CsrRequest, PrivateKey, key_matches_certificate, parse_ca_bundle, parse_chain, verify_chain};
+use jiff::Timestamp;
+use kube::runtime::controller::Action;
+use std::time::Duration;
+
+impl Pass<'_> {
+    pub(super) async fn store_certificate(
+        &mut self,
+        issuer: &IssuerInfo,
+        chain_pem: &str,
+        key: &PrivateKey,
+        request: &CsrRequest,
+    ) -> Result<Action, ReconcileError> {
+        let chain = match parse_chain(chain_pem.as_bytes()) {
+            Ok(chain) => chain,
+            Err(error) => return self.fail(IssuanceError::UnreadableChain(error)).await,
+        };
+        if !key_matches_certificate(key, &chain.leaf) {
+            return self.fail(IssuanceError::CertificateForAnotherKey).await;
+        }
+        let ca_bundle = issuer.ca_bundle_pem();
+        // The question is whether the chain leads to the bundle, so verify it at a moment it is valid: the
+        // pass started before the CA signed, and a CA that does not backdate signs from "now".
+        let verify_at = Timestamp::now().max(chain.leaf.not_before);
+        if let Some(bundle) = &ca_bundle
+            && let Ok(ders) = parse_ca_bundle(bundle.as_bytes())
+            && let Err(e) = verify_chain(&chain, &ders, verify_at)
+        {
+            let message = format!("The issued chain does not verify to the issuer's caBundle: {e}");
+            self.publish(EventNote::warning(EventReason::ChainNotTrusted, message)).await;
+        }
+        // Look once more, at the apiserver, right before writing: never take over a Secret that appeared
+        // meanwhile (the cache sees only kacme's own Secrets).
+        let name = self.certificate.spec.secret_name.clone();
+        let current = self
+            .ctx
+            .read_secret_afresh(&self.namespace, &name)
+            .await
+            .map_err(|e| ReconcileError::kube(format!("reading Secret {name}"), e))?;
+        if let Some(current) = &current
+            && let SecretOwnership::Foreign(message) = secret_ownership(current, &self.name())
+        {
+            return self.fail(IssuanceError::SecretNotOwned(message)).await;
+        }
+        let usages = usages_annotation(&request.usages);
+        let secret = build_certificate_secret(
+            self.certificate,
+            &self.certificate.spec.issuer_ref,
+            chain_pem,
+            key.pem(),
+            ca_bundle.as_deref(),
+            &usages,
+        );
+        self.ctx
+            .apply_secret(&self.namespace, &secret)
+            .await
+            .map_err(|e| ReconcileError::kube(format!("writing Secret {name}"), e))?;
+        self.delete_next_key().await?;
+        self.ctx.forget_session(self.certificate);
+        self.clean_up_leftover_solver_objects().await;
+        let spec = &self.certificate.spec;
+        let renew_before = RenewBefore::from_spec(spec.renew_before.map(Duration::from), spec.renew_before_percentage);
+        let validity = Validity {
+            not_before: chain.leaf.not_before,
+            not_after: chain.leaf.not_after,
+            renewal_time: renewal_time(chain.leaf.not_before, chain.leaf.not_after, renew_before),
+        };
+        self.transition().issued(validity);
+        tracing::info!(
+            serial = %chain.leaf.serial,
+            not_after = %chain.leaf.not_after,
+            secret = %name,
+            "issued; the certificate is stored in its Secret"
+        );
+        let message = format!(
+            "Issued certificate serial {} valid until {} into Secret {name}",
+            chain.leaf.serial, chain.leaf.not_after
+        );
+        self.publish(EventNote::normal(EventReason::Issued, message)).await;
+        Ok(self.requeue_at_renewal(validity.renewal_time))
+    }
+}

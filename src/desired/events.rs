@@ -1,0 +1,182 @@
+//! The Events the issuance path publishes about a Certificate, computed from what changed.
+
+use crate::acme::{AuthorizationStep, OrderProgress};
+
+/// The reason of an Event about a Certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventReason {
+    /// A new ACME order was created.
+    OrderCreated,
+    /// A challenge is served and the CA was told to validate it.
+    Presented,
+    /// The CA validated an identifier.
+    Validated,
+    /// The CA could not validate an identifier.
+    ValidationFailed,
+    /// The certificate was issued and stored.
+    Issued,
+    /// An issuance attempt failed.
+    Failed,
+    /// The Secret belongs to something else.
+    SecretNotOwned,
+    /// The issued chain does not lead to the issuer's caBundle.
+    ChainNotTrusted,
+}
+
+impl EventReason {
+    /// The CamelCase reason.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            EventReason::OrderCreated => "OrderCreated",
+            EventReason::Presented => "Presented",
+            EventReason::Validated => "Validated",
+            EventReason::ValidationFailed => "ValidationFailed",
+            EventReason::Issued => "Issued",
+            EventReason::Failed => "Failed",
+            EventReason::SecretNotOwned => "SecretNotOwned",
+            EventReason::ChainNotTrusted => "ChainNotTrusted",
+        }
+    }
+}
+
+/// An Event to publish: Normal or Warning, a reason and a message for people.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventNote {
+    /// Warning (something went wrong) or Normal.
+    pub warning: bool,
+    /// Why.
+    pub reason: EventReason,
+    /// What happened, in words.
+    pub message: String,
+}
+
+impl EventNote {
+    /// A Normal Event.
+    pub fn normal(reason: EventReason, message: impl Into<String>) -> EventNote {
+        EventNote { warning: false, reason, message: message.into() }
+    }
+
+    /// A Warning Event.
+    pub fn warning(reason: EventReason, message: impl Into<String>) -> EventNote {
+        EventNote { warning: true, reason, message: message.into() }
+    }
+}
+
+/// The Events for the authorizations that changed between two positions of an order: a challenge
+/// presented to the CA, then validated or refused. One per authorization and change, so that no name's
+/// Event hides another's.
+pub fn authorization_events(before: &OrderProgress, after: &OrderProgress) -> Vec<EventNote> {
+    let mut notes = Vec::new();
+    for authorization in &after.authorizations {
+        let previous = before.authorizations.iter().find(|a| a.url == authorization.url).map(|a| a.step);
+        if previous == Some(authorization.step) {
+            continue;
+        }
+        let identifier = &authorization.identifier;
+        let was_unsubmitted =
+            matches!(previous, None | Some(AuthorizationStep::Pending) | Some(AuthorizationStep::Presented));
+        let now_submitted = matches!(authorization.step, AuthorizationStep::Submitted | AuthorizationStep::Valid);
+        if was_unsubmitted && now_submitted && authorization.token.is_some() {
+            notes.push(EventNote::normal(
+                EventReason::Presented,
+                format!("Presented the HTTP-01 challenge for {identifier}"),
+            ));
+        }
+        match authorization.step {
+            AuthorizationStep::Valid => {
+                notes.push(EventNote::normal(EventReason::Validated, format!("The CA validated {identifier}")))
+            }
+            AuthorizationStep::Invalid => {
+                let why = authorization.message.clone().unwrap_or_default();
+                notes.push(EventNote::warning(
+                    EventReason::ValidationFailed,
+                    format!("The CA could not validate {identifier}: {why}"),
+                ));
+            }
+            _ => {}
+        }
+    }
+    notes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::acme::{AuthorizationProgress, OrderState};
+
+    fn authorization(identifier: &str, step: AuthorizationStep, token: Option<&str>) -> AuthorizationProgress {
+        AuthorizationProgress {
+            identifier: identifier.into(),
+            url: format!("https://ca/authz/{identifier}"),
+            challenge_url: None,
+            token: token.map(Into::into),
+            step,
+            presented_at: None,
+            message: (step == AuthorizationStep::Invalid).then(|| "connection refused".into()),
+        }
+    }
+
+    fn order(authorizations: Vec<AuthorizationProgress>) -> OrderProgress {
+        OrderProgress {
+            url: "https://ca/order/1".into(),
+            state: OrderState::Pending,
+            identifiers: authorizations.iter().map(|a| a.identifier.clone()).collect(),
+            authorizations,
+        }
+    }
+
+    fn reasons(notes: &[EventNote]) -> Vec<(EventReason, &str)> {
+        notes.iter().map(|n| (n.reason, n.message.as_str())).collect()
+    }
+
+    #[test]
+    fn each_authorization_that_changed_gets_its_own_events() {
+        use AuthorizationStep::*;
+        // (case, before, after, expected events)
+        let cases: Vec<(&str, Vec<AuthorizationProgress>, Vec<AuthorizationProgress>, Vec<(EventReason, &str)>)> = vec![
+            (
+                "nothing changed",
+                vec![authorization("a", Submitted, Some("t"))],
+                vec![authorization("a", Submitted, Some("t"))],
+                vec![],
+            ),
+            (
+                "two names presented at once",
+                vec![authorization("a", Pending, Some("t")), authorization("b", Presented, Some("u"))],
+                vec![authorization("a", Submitted, Some("t")), authorization("b", Submitted, Some("u"))],
+                vec![
+                    (EventReason::Presented, "Presented the HTTP-01 challenge for a"),
+                    (EventReason::Presented, "Presented the HTTP-01 challenge for b"),
+                ],
+            ),
+            (
+                "presented and validated in one pass",
+                vec![authorization("a", Pending, Some("t"))],
+                vec![authorization("a", Valid, Some("t"))],
+                vec![
+                    (EventReason::Presented, "Presented the HTTP-01 challenge for a"),
+                    (EventReason::Validated, "The CA validated a"),
+                ],
+            ),
+            (
+                "an authorization the CA had already validated is not presented",
+                vec![],
+                vec![authorization("a", Valid, None)],
+                vec![(EventReason::Validated, "The CA validated a")],
+            ),
+            (
+                "a refused challenge is a warning with the CA's words",
+                vec![authorization("a", Submitted, Some("t"))],
+                vec![authorization("a", Invalid, Some("t"))],
+                vec![(EventReason::ValidationFailed, "The CA could not validate a: connection refused")],
+            ),
+        ];
+        for (case, before, after, expected) in cases {
+            let notes = authorization_events(&order(before), &order(after));
+            assert_eq!(reasons(&notes), expected, "{case}");
+        }
+        let refused =
+            authorization_events(&order(vec![]), &order(vec![authorization("a", AuthorizationStep::Invalid, None)]));
+        assert!(refused[0].warning);
+    }
+}
