@@ -38,6 +38,8 @@
 
 mod apply;
 mod selector;
+#[cfg(test)]
+mod tests;
 
 use apply::{Ownership, Part};
 use bytes::Bytes;
