@@ -9,6 +9,8 @@ mod automation;
 mod ca_bundle;
 mod certificate;
 mod error;
+#[cfg(test)]
+mod fake_apiserver_tests;
 mod ingress;
 mod issuer;
 mod kube_solver;
