@@ -362,6 +362,17 @@ fn normalize(object: &mut Value) {
     }
 }
 
+/// `object` with the `.status` of `source` (none when `source` has none).
+fn with_status_of(mut object: Value, source: &Value) -> Value {
+    if let Some(map) = object.as_object_mut() {
+        match source.get("status") {
+            Some(status) => map.insert("status".into(), status.clone()),
+            None => map.remove("status"),
+        };
+    }
+    object
+}
+
 /// The object without `metadata` and `status`: what `metadata.generation` counts changes of.
 fn generation_relevant(object: &Value) -> Value {
     let mut rest = object.clone();
@@ -619,12 +630,17 @@ impl State {
             return Err(ApiError::new(405, "MethodNotAllowed", "the fake apiserver does not serve watches"));
         }
         let name = call.target.name.clone();
+        let object_reply = |reply: Result<Reply, ApiError>| {
+            reply.map(
+                |reply| if call.metadata_only { Reply { body: partial_metadata(&reply.body), ..reply } } else { reply },
+            )
+        };
         match (call.method, name) {
-            (&Method::GET, Some(name)) => self.get(call, &name),
+            (&Method::GET, Some(name)) => object_reply(self.get(call, &name)),
             (&Method::GET, None) => self.list(call),
-            (&Method::POST, None) => self.create(call),
-            (&Method::PUT, Some(name)) => self.replace(call, &name),
-            (&Method::PATCH, Some(name)) => self.patch(call, &name),
+            (&Method::POST, None) => object_reply(self.create(call)),
+            (&Method::PUT, Some(name)) => object_reply(self.replace(call, &name)),
+            (&Method::PATCH, Some(name)) => object_reply(self.patch(call, &name)),
             (&Method::DELETE, Some(name)) if call.target.subresource.is_none() => self.delete(call, &name),
             (&Method::DELETE, None) => self.delete_collection(call),
             (method, _) => Err(ApiError::new(
@@ -638,7 +654,7 @@ impl State {
     fn get(&self, call: &Call, name: &str) -> Result<Reply, ApiError> {
         call.target.part()?;
         let stored = self.objects.get(&call.target.key(name)).ok_or_else(|| ApiError::not_found(&call.target, name))?;
-        Ok(Reply::ok(if call.metadata_only { partial_metadata(&stored.object) } else { stored.object.clone() }))
+        Ok(Reply::ok(stored.object.clone()))
     }
 
     /// The keys of the objects a collection request selects.
@@ -760,8 +776,7 @@ impl State {
                 return Err(ApiError::new(415, "UnsupportedMediaType", format!("unsupported patch type {other:?}")));
             }
         }
-        let object = self.commit(&call.target, &key, candidate, part, None)?;
-        Ok(Reply::ok(if call.metadata_only { partial_metadata(&object) } else { object }))
+        self.commit(&call.target, &key, candidate, part, None).map(Reply::ok)
     }
 
     /// Server-side apply: creates the object when absent, else merges the configuration (see [`apply`]).
@@ -824,27 +839,10 @@ impl State {
                 key.name
             )));
         }
+        // A write to one part takes the other part from the stored object.
         let mut object = match part {
-            Part::Main => {
-                let mut object = candidate;
-                match current.get("status") {
-                    Some(status) => object["status"] = status.clone(),
-                    None => {
-                        object.as_object_mut().map(|map| map.remove("status"));
-                    }
-                }
-                object
-            }
-            Part::Status => {
-                let mut object = current.clone();
-                match candidate.get("status") {
-                    Some(status) => object["status"] = status.clone(),
-                    None => {
-                        object.as_object_mut().map(|map| map.remove("status"));
-                    }
-                }
-                object
-            }
+            Part::Main => with_status_of(candidate, current),
+            Part::Status => with_status_of(current.clone(), &candidate),
         };
         let metadata = metadata_mut(&mut object);
         for (field, expected) in [("name", Some(key.name.as_str())), ("namespace", key.namespace.as_deref())] {

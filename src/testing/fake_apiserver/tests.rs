@@ -119,9 +119,12 @@ async fn a_list_across_namespaces_sees_every_namespace_and_metadata_only_reads_w
 
     let everywhere = all.list_metadata(&ListParams::default().labels("a=b")).await.expect("listed");
     let one = apps.get_metadata_opt("web-tls").await.expect("read");
+    let label = json!({"metadata": {"labels": {"c": "d"}}});
+    let patched = apps.patch_metadata("web-tls", &PatchParams::default(), &Patch::Merge(&label)).await;
 
     assert_eq!(everywhere.items.len(), 2);
     assert_eq!(one.map(|m| m.metadata.labels), Some(Some(BTreeMap::from([("a".into(), "b".into())]))));
+    assert_eq!(patched.expect("patched").metadata.labels.map(|l| l.len()), Some(2));
 }
 
 #[tokio::test]
