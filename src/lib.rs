@@ -16,5 +16,7 @@ pub mod leader;
 pub mod metrics;
 pub mod pki;
 pub mod solver;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod webhook;
 pub mod workload;

@@ -10,6 +10,8 @@ mod ca_bundle;
 mod certificate;
 mod error;
 mod events;
+#[cfg(test)]
+mod fake_apiserver_tests;
 mod ingress;
 mod issuer;
 mod kube_solver;
@@ -94,6 +96,23 @@ pub struct Stores {
     pub cluster_issuers: Store<ClusterIssuer>,
     /// Solver Pods, Services and Ingresses.
     pub solvers: kube_solver::SolverStores,
+}
+
+impl Stores {
+    /// Stores that nothing fills, for unit tests: every read goes to the apiserver.
+    #[cfg(test)]
+    pub(crate) fn empty() -> Stores {
+        Stores {
+            secrets: reflector::store().0,
+            issuers: reflector::store().0,
+            cluster_issuers: reflector::store().0,
+            solvers: kube_solver::SolverStores {
+                pods: reflector::store().0,
+                services: reflector::store().0,
+                ingresses: reflector::store().0,
+            },
+        }
+    }
 }
 
 /// What kacme last did to a Secret, until the cache shows it.
