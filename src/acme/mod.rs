@@ -24,6 +24,8 @@
 
 mod account;
 mod error;
+#[cfg(test)]
+pub(crate) mod fake;
 mod http;
 mod issue;
 mod observe;
