@@ -460,9 +460,19 @@ impl OrderSession {
                 waits.push(format!("{identifier}: self-check: {problem}"));
                 continue;
             }
-            labelled(AcmeAction::Challenge, challenge.set_ready())
-                .await
-                .map_err(|e| AcmeError::classify(AcmeAction::Challenge, e))?;
+            if let Err(error) = labelled(AcmeAction::Challenge, challenge.set_ready()).await {
+                let mut error = AcmeError::classify(AcmeAction::Challenge, error);
+                if !error.is_retryable() {
+                    // The CA validated within the request and refused: the authorization is invalid.
+                    // Say which name failed, as for an authorization found invalid later.
+                    cleanup_quietly(solver, &http01).await;
+                    let detail = error.problem.as_ref().map(ToString::to_string).unwrap_or(error.message.clone());
+                    entry.step = AuthorizationStep::Invalid;
+                    entry.message = Some(detail.clone());
+                    error.message = format!("{identifier}: {detail}");
+                }
+                return Err(error);
+            }
             entry.step = AuthorizationStep::Submitted;
             entry.message = None;
         }

@@ -180,6 +180,28 @@ async fn a_solver_serving_the_wrong_answer_fails_validation() {
 }
 
 #[tokio::test]
+async fn a_ca_that_refuses_in_the_challenge_answer_gets_the_name_and_reason_recorded() {
+    let fake = FakeAcme::start().await;
+    let (account, _) = fake.register_account().await;
+    fake.set_synchronous_validation(true);
+    fake.set_validation(Validation::Invalid("the solver answered 404".into()));
+    let solver = MemorySolver::new();
+    let request = request(&["sync.example.test"], &[]);
+    let csr = build_csr(&request, &key()).expect("a CSR");
+    let mut session = create_order(&account, &request).await;
+
+    let error = session.advance(&account, &solver, &csr, &step_options()).await.expect_err("an invalid challenge");
+
+    assert_eq!(error.retry, Retry::Never, "{error}");
+    assert!(error.is_problem("incorrectResponse"), "{error}");
+    assert!(error.to_string().contains("sync.example.test: incorrectResponse: the solver answered 404"), "{error}");
+    let authorization = &session.progress().authorizations[0];
+    assert_eq!(authorization.step, AuthorizationStep::Invalid, "the status shows which authorization failed");
+    assert_eq!(authorization.message.as_deref(), Some("incorrectResponse: the solver answered 404"));
+    assert_eq!(solver.serving(), 0, "the challenge was cleaned up");
+}
+
+#[tokio::test]
 async fn validation_that_takes_several_polls_still_issues() {
     let fake = FakeAcme::start().await;
     let (account, _) = fake.register_account().await;
