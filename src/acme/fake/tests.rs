@@ -11,6 +11,8 @@ use crate::pki::{
     CsrRequest, KeySpec, PrivateKey, build_csr, generate_private_key, key_matches_certificate, parse_ca_bundle,
     parse_chain, verify_chain,
 };
+use http::Method;
+use serde_json::Value;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -383,4 +385,252 @@ async fn a_csr_with_other_names_than_the_order_is_refused_for_good() {
     assert!(error.is_problem("badCSR"), "{error}");
     assert_eq!(error.retry, Retry::Never);
     assert!(fake.certificates_issued().is_empty());
+}
+
+#[tokio::test]
+async fn certificates_live_as_long_as_the_test_says() {
+    let fake = FakeAcme::start().await;
+    fake.set_certificate_validity(Duration::from_secs(3600));
+    let (account, _) = fake.register_account().await;
+    let request = request(&["short.example.test"], &[]);
+    let key = key();
+
+    let issued = issue(&account, &request, &key, &MemorySolver::new(), &options()).await.expect("issued");
+
+    let leaf = parse_chain(issued.chain_pem.as_bytes()).expect("a chain").leaf;
+    let lifetime = leaf.not_after.duration_since(leaf.not_before);
+    assert!((3600..=3660 + 5).contains(&lifetime.as_secs()), "an hour (and the minute of backdating): {lifetime:?}");
+}
+
+/// A bare ACME client that signs whatever the test asks, to check the fake's own protocol checks.
+struct RawClient {
+    http: crate::acme::http::MeteredHttp,
+    key: aws_lc_rs::signature::EcdsaKeyPair,
+    directory: Value,
+    kid: Option<String>,
+}
+
+/// An answer: status, headers, body (JSON when it is JSON, else `Null`).
+struct RawAnswer {
+    status: u16,
+    headers: http::HeaderMap,
+    body: Value,
+}
+
+impl RawAnswer {
+    fn problem_type(&self) -> &str {
+        self.body["type"].as_str().unwrap_or_default()
+    }
+
+    fn nonce(&self) -> Option<String> {
+        self.headers.get("replay-nonce").and_then(|v| v.to_str().ok()).map(str::to_string)
+    }
+}
+
+impl RawClient {
+    async fn new(fake: &FakeAcme) -> RawClient {
+        let http = crate::acme::http::MeteredHttp::new(&fake.trust(), &fake.directory_url(), Arc::new(NoObserver))
+            .expect("an HTTP client");
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let pkcs8 = aws_lc_rs::signature::EcdsaKeyPair::generate_pkcs8(
+            &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            &rng,
+        )
+        .expect("a P-256 key");
+        let key = aws_lc_rs::signature::EcdsaKeyPair::from_pkcs8(
+            &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            pkcs8.as_ref(),
+        )
+        .expect("the P-256 key");
+        let mut client = RawClient { http, key, directory: Value::Null, kid: None };
+        client.directory = client.send(Method::GET, &fake.directory_url(), Vec::new()).await.body;
+        client
+    }
+
+    async fn send(&self, method: Method, url: &str, body: Vec<u8>) -> RawAnswer {
+        use instant_acme::HttpClient as _;
+        let request = http::Request::builder()
+            .method(method)
+            .uri(url)
+            .header("content-type", "application/jose+json")
+            .body(instant_acme::BodyWrapper::from(body))
+            .expect("a request");
+        let mut response = self.http.request(request).await.expect("an answer");
+        let bytes = response.body.into_bytes().await.expect("the body");
+        RawAnswer {
+            status: response.parts.status.as_u16(),
+            headers: response.parts.headers,
+            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        }
+    }
+
+    fn url(&self, name: &str) -> String {
+        self.directory[name].as_str().expect("a directory URL").to_string()
+    }
+
+    async fn nonce(&self) -> String {
+        self.send(Method::HEAD, &self.url("newNonce"), Vec::new()).await.nonce().expect("a nonce")
+    }
+
+    fn jwk(&self) -> Value {
+        use aws_lc_rs::signature::KeyPair as _;
+        let point = self.key.public_key().as_ref();
+        serde_json::json!({"kty": "EC", "crv": "P-256", "x": b64(&point[1..33]), "y": b64(&point[33..65])})
+    }
+
+    /// A JWS for `url` with `nonce`; `tamper` changes the payload after signing.
+    fn jws(&self, url: &str, nonce: &str, payload: Option<&Value>, tamper: bool) -> Vec<u8> {
+        let mut header = serde_json::json!({"alg": "ES256", "nonce": nonce, "url": url});
+        match &self.kid {
+            Some(kid) => header["kid"] = Value::String(kid.clone()),
+            None => header["jwk"] = self.jwk(),
+        }
+        let protected = b64(header.to_string().as_bytes());
+        let payload = payload.map(|p| b64(p.to_string().as_bytes())).unwrap_or_default();
+        let signature = self
+            .key
+            .sign(&aws_lc_rs::rand::SystemRandom::new(), format!("{protected}.{payload}").as_bytes())
+            .expect("a signature");
+        let payload = if tamper { b64(b"{\"tampered\":true}") } else { payload };
+        serde_json::json!({"protected": protected, "payload": payload, "signature": b64(signature.as_ref())})
+            .to_string()
+            .into_bytes()
+    }
+
+    async fn post(&self, url: &str, payload: Option<&Value>) -> RawAnswer {
+        let body = self.jws(url, &self.nonce().await, payload, false);
+        self.send(Method::POST, url, body).await
+    }
+
+    async fn create_account(&mut self) -> RawAnswer {
+        let answer = self.post(&self.url("newAccount"), Some(&serde_json::json!({"termsOfServiceAgreed": true}))).await;
+        self.kid = answer.headers.get("location").and_then(|v| v.to_str().ok()).map(str::to_string);
+        answer
+    }
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+#[tokio::test]
+async fn the_directory_advertises_what_the_test_set() {
+    let fake = FakeAcme::start().await;
+    let plain = RawClient::new(&fake).await.directory;
+    assert_eq!(plain["meta"], serde_json::json!({}));
+    assert!(plain.get("renewalInfo").is_none());
+
+    fake.set_profiles(&[("shortlived", "six days"), ("classic", "ninety days")]);
+    fake.set_renewal_info_url(Some("https://127.0.0.1:1/renewal-info".into()));
+    fake.require_external_account(Some(Vec::new()));
+    let directory = RawClient::new(&fake).await.directory;
+
+    assert_eq!(directory["meta"]["externalAccountRequired"], true);
+    assert_eq!(directory["meta"]["profiles"]["shortlived"], "six days");
+    assert_eq!(directory["renewalInfo"], "https://127.0.0.1:1/renewal-info");
+    assert_eq!(fake.requests(Endpoint::Directory), 2);
+}
+
+#[tokio::test]
+async fn every_answer_has_a_fresh_nonce_and_a_used_or_unknown_nonce_is_refused() {
+    let fake = FakeAcme::start().await;
+    let client = RawClient::new(&fake).await;
+    let url = client.url("newAccount");
+    let payload = serde_json::json!({"termsOfServiceAgreed": true});
+    let nonce = client.nonce().await;
+
+    let created = client.send(Method::POST, &url, client.jws(&url, &nonce, Some(&payload), false)).await;
+    assert_eq!(created.status, 201);
+    assert!(created.nonce().is_some_and(|n| n != nonce));
+
+    let replayed = client.send(Method::POST, &url, client.jws(&url, &nonce, Some(&payload), false)).await;
+    assert_eq!((replayed.status, replayed.problem_type()), (400, "urn:ietf:params:acme:error:badNonce"));
+    assert!(replayed.nonce().is_some(), "a problem answer carries a nonce too");
+
+    let invented = client.send(Method::POST, &url, client.jws(&url, "made-up", Some(&payload), false)).await;
+    assert_eq!(invented.problem_type(), "urn:ietf:params:acme:error:badNonce");
+}
+
+#[tokio::test]
+async fn a_request_signed_for_another_url_or_tampered_with_is_refused() {
+    let fake = FakeAcme::start().await;
+    let client = RawClient::new(&fake).await;
+    let url = client.url("newAccount");
+    let payload = serde_json::json!({"termsOfServiceAgreed": true});
+
+    let other_url = client.jws(&client.url("newOrder"), &client.nonce().await, Some(&payload), false);
+    let answer = client.send(Method::POST, &url, other_url).await;
+    assert_eq!((answer.status, answer.problem_type()), (401, "urn:ietf:params:acme:error:unauthorized"));
+
+    let tampered = client.jws(&url, &client.nonce().await, Some(&payload), true);
+    let answer = client.send(Method::POST, &url, tampered).await;
+    assert_eq!((answer.status, answer.problem_type()), (400, "urn:ietf:params:acme:error:malformed"));
+    assert!(answer.body["detail"].as_str().unwrap_or_default().contains("signature"), "{}", answer.body);
+    assert_eq!(fake.accounts_created(), 0);
+}
+
+#[tokio::test]
+async fn only_return_existing_finds_an_account_by_its_key_and_no_other() {
+    let fake = FakeAcme::start().await;
+    let mut client = RawClient::new(&fake).await;
+    let lookup = serde_json::json!({"onlyReturnExisting": true});
+
+    let unknown = client.post(&client.url("newAccount"), Some(&lookup)).await;
+    assert_eq!((unknown.status, unknown.problem_type()), (400, "urn:ietf:params:acme:error:accountDoesNotExist"));
+
+    let created = client.create_account().await;
+    assert_eq!(created.status, 201);
+    client.kid = None;
+    let found = client.post(&client.url("newAccount"), Some(&lookup)).await;
+    assert_eq!(found.status, 200);
+    assert_eq!(found.headers.get("location"), created.headers.get("location"));
+}
+
+#[tokio::test]
+async fn new_orders_keep_their_payload_and_only_advertised_profiles_are_accepted() {
+    let fake = FakeAcme::start().await;
+    fake.set_profiles(&[("shortlived", "six days")]);
+    let mut client = RawClient::new(&fake).await;
+    client.create_account().await;
+    let identifiers = serde_json::json!([{"type": "dns", "value": "p.example.test"}, {"type": "ip", "value": "::1"}]);
+
+    let payload =
+        serde_json::json!({"identifiers": identifiers, "profile": "shortlived", "notAfter": "2030-01-01T00:00:00Z"});
+    let order = client.post(&client.url("newOrder"), Some(&payload)).await;
+    assert_eq!(order.status, 201, "{}", order.body);
+    assert_eq!(order.body["profile"], "shortlived");
+    assert_eq!(order.body["status"], "pending");
+    assert_eq!(order.body["authorizations"].as_array().map(Vec::len), Some(2));
+
+    let unknown = serde_json::json!({"identifiers": identifiers, "profile": "tlsserver"});
+    let refused = client.post(&client.url("newOrder"), Some(&unknown)).await;
+    assert_eq!((refused.status, refused.problem_type()), (400, "urn:ietf:params:acme:error:invalidProfile"));
+
+    let payloads = fake.new_order_payloads();
+    assert_eq!(payloads.len(), 2, "refused orders are recorded too");
+    assert_eq!(payloads[0]["notAfter"], "2030-01-01T00:00:00Z");
+    assert_eq!(fake.orders_created(), 1);
+}
+
+#[tokio::test]
+async fn raw_faults_answer_exactly_and_a_hanging_one_never_answers() {
+    let fake = FakeAcme::start().await;
+    let client = RawClient::new(&fake).await;
+    let raw = Fault::Raw {
+        status: 503,
+        headers: vec![("Retry-After".into(), "31536000".into())],
+        body: b"<html>down</html>".to_vec(),
+    };
+    fake.fail_next(Endpoint::Directory, raw, 1);
+    let answer = client.send(Method::GET, &fake.directory_url(), Vec::new()).await;
+    assert_eq!(answer.status, 503);
+    assert_eq!(answer.headers.get("retry-after").map(|v| v.as_bytes()), Some(&b"31536000"[..]));
+    assert!(answer.nonce().is_none(), "exactly the raw answer");
+
+    fake.fail_next(Endpoint::Nonce, Fault::Hang, 1);
+    let hung = tokio::time::timeout(Duration::from_millis(300), client.nonce()).await;
+    assert!(hung.is_err(), "no answer to a hanging request");
+    assert!(!client.nonce().await.is_empty(), "the next request is answered");
+    assert_eq!(fake.requests(Endpoint::Nonce), 2);
 }
