@@ -11,7 +11,7 @@
 //!   [`FakeAcme::bad_nonce_rate`] rejects nonces at random; [`FakeAcme::forget_orders`] and
 //!   [`FakeAcme::forget_accounts`] lose state as a CA restarted on an empty database would;
 //! - CA behaviour: authorization reuse, required External Account Binding, profiles and a renewalInfo
-//!   URL in the directory's `meta`, certificate lifetime.
+//!   URL in the directory's `meta`, asynchronous signing, certificate lifetime.
 //!
 //! It observes: requests per endpoint, orders created, serials issued, the payload of every newOrder.
 //!
@@ -366,6 +366,12 @@ impl FakeAcme {
         self.state().settings.renewal_info_url = url;
     }
 
+    /// How many polls of an order see it `processing` after finalize before it is `valid` (0 by
+    /// default: valid in the finalize answer), as a CA that signs asynchronously.
+    pub(crate) fn set_signing_polls(&self, polls: u32) {
+        self.state().settings.signing_polls = polls;
+    }
+
     /// The lifetime of certificates issued from now on (24 hours by default, as step-ca).
     pub(crate) fn set_certificate_validity(&self, validity: Duration) {
         self.state().settings.certificate_validity = validity;
@@ -489,6 +495,7 @@ struct Settings {
     profiles: BTreeMap<String, String>,
     renewal_info_url: Option<String>,
     certificate_validity: Duration,
+    signing_polls: u32,
 }
 
 #[derive(Default)]
@@ -516,6 +523,8 @@ struct Order {
     not_before: Option<Value>,
     not_after: Option<Value>,
     certificate: Option<u64>,
+    /// After finalize: polls left that still see the order `processing`.
+    signing_polls_left: Option<u32>,
     expires: String,
 }
 
@@ -647,6 +656,7 @@ impl State {
                 profiles: BTreeMap::new(),
                 renewal_info_url: None,
                 certificate_validity: Duration::from_secs(24 * 3600),
+                signing_polls: 0,
             },
             observed: Observed::default(),
             faults: Vec::new(),
@@ -716,7 +726,10 @@ impl State {
 
     fn order_status(&self, order: &Order) -> Status {
         if order.certificate.is_some() {
-            return Status::Valid;
+            return match order.signing_polls_left {
+                Some(_) => Status::Processing,
+                None => Status::Valid,
+            };
         }
         let statuses: Vec<Status> = order
             .authorizations
@@ -877,6 +890,9 @@ impl Shared {
                 let authorizations = state.orders.get(&order).map(|o| o.authorizations.clone()).unwrap_or_default();
                 for authorization in authorizations {
                     state.poll_authorization(authorization);
+                }
+                if let Some(order) = state.orders.get_mut(&order) {
+                    order.signing_polls_left = order.signing_polls_left.and_then(|left| left.checked_sub(1));
                 }
                 Reply::json(200, &self.order_json(state, order)?)
             }
@@ -1083,6 +1099,7 @@ impl Shared {
             not_before: payload.get("notBefore").cloned(),
             not_after: payload.get("notAfter").cloned(),
             certificate: None,
+            signing_polls_left: None,
             expires: timestamp_in(Duration::from_secs(7 * 24 * 3600)),
         };
         state.orders.insert(id, order);
@@ -1114,7 +1131,7 @@ impl Shared {
             "authorizations": order.authorizations.iter().map(|a| self.url(Endpoint::Authorization, Some(*a))).collect::<Vec<_>>(),
             "finalize": self.url(Endpoint::Finalize, Some(id)),
         });
-        if let Some(certificate) = order.certificate {
+        if let Some(certificate) = order.certificate.filter(|_| order.signing_polls_left.is_none()) {
             value["certificate"] = Value::String(self.url(Endpoint::Certificate, Some(certificate)));
         }
         if let Some(profile) = &order.profile {
@@ -1202,8 +1219,10 @@ impl Shared {
         let certificate = state.id();
         state.certificates.insert(certificate, Certificate { account, chain_pem: signed.chain_pem });
         state.observed.certificates.push(signed.serial);
+        let signing_polls = state.settings.signing_polls;
         if let Some(order) = state.orders.get_mut(&id) {
             order.certificate = Some(certificate);
+            order.signing_polls_left = (signing_polls > 0).then_some(signing_polls);
         }
         Ok(Reply::json(200, &self.order_json(state, id)?))
     }

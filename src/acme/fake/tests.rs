@@ -217,6 +217,20 @@ async fn validation_that_takes_several_polls_still_issues() {
 }
 
 #[tokio::test]
+async fn a_ca_that_signs_after_a_few_polls_still_issues() {
+    let fake = FakeAcme::start().await;
+    fake.set_signing_polls(2);
+    let (account, _) = fake.register_account().await;
+    let request = request(&["signing.example.test"], &[]);
+    let key = key();
+
+    let issued = issue(&account, &request, &key, &MemorySolver::new(), &options()).await.expect("issued");
+
+    check_issued(&fake, &issued.chain_pem, &request, &key);
+    assert_eq!(fake.requests(Endpoint::Finalize), 1);
+}
+
+#[tokio::test]
 async fn a_server_error_on_finalize_is_retried_and_the_next_attempt_issues() {
     let fake = FakeAcme::start().await;
     let (account, _) = fake.register_account().await;
