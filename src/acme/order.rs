@@ -484,8 +484,17 @@ impl OrderSession {
     }
 
     async fn download(&mut self, options: &AdvanceOptions) -> Result<Advance, AcmeError> {
-        let policy = poll_policy(options.max_wait);
-        match labelled(AcmeAction::Certificate, self.order.poll_certificate(&policy)).await {
+        // The chain of an order known to be valid is fetched at once: polling waits before its first
+        // request, so with a `max_wait` shorter than that wait it would never fetch it.
+        let fetched = if self.order.state().status == OrderStatus::Valid {
+            labelled(AcmeAction::Certificate, self.order.certificate())
+                .await
+                .and_then(|chain| chain.ok_or(instant_acme::Error::Timeout(None)))
+        } else {
+            let policy = poll_policy(options.max_wait);
+            labelled(AcmeAction::Certificate, self.order.poll_certificate(&policy)).await
+        };
+        match fetched {
             Ok(chain) => {
                 self.progress.state = OrderState::Valid;
                 Ok(Advance::Issued(chain))

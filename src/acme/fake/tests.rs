@@ -231,6 +231,33 @@ async fn a_ca_that_signs_after_a_few_polls_still_issues() {
 }
 
 #[tokio::test]
+async fn an_order_advanced_without_waiting_is_downloaded_once_signed() {
+    let fake = FakeAcme::start().await;
+    fake.set_signing_polls(2);
+    let (account, _) = fake.register_account().await;
+    let solver = MemorySolver::new();
+    let request = request(&["signing.example.test"], &[]);
+    let key = key();
+    let csr = build_csr(&request, &key).expect("a CSR");
+    let mut session = create_order(&account, &request).await;
+    let options = AdvanceOptions { max_wait: Duration::ZERO, ..AdvanceOptions::default() };
+
+    let mut waits = Vec::new();
+    let chain = loop {
+        match session.advance(&account, &solver, &csr, &options).await.expect("a step") {
+            Advance::Issued(chain) => break chain,
+            Advance::Wait { reason, .. } => waits.push(reason),
+        }
+        assert!(waits.len() < 10, "never issued: {waits:?}");
+    };
+
+    check_issued(&fake, &chain, &request, &key);
+    assert!(waits.iter().any(|w| w.contains("signing")), "the engine waited for the CA to sign: {waits:?}");
+    assert!(waits.len() <= 4, "downloaded as soon as the order was valid: {waits:?}");
+    assert_eq!(fake.requests(Endpoint::Finalize), 1);
+}
+
+#[tokio::test]
 async fn a_server_error_on_finalize_is_retried_and_the_next_attempt_issues() {
     let fake = FakeAcme::start().await;
     let (account, _) = fake.register_account().await;
