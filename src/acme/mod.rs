@@ -25,6 +25,8 @@
 mod account;
 mod challenge;
 mod error;
+#[cfg(test)]
+pub(crate) mod fake;
 mod http;
 mod issue;
 mod observe;

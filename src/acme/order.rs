@@ -449,9 +449,19 @@ impl OrderSession {
                 waits.push(format!("{identifier}: self-check: {problem}"));
                 continue;
             }
-            labelled(AcmeAction::Challenge, challenge.set_ready())
-                .await
-                .map_err(|e| AcmeError::classify(AcmeAction::Challenge, e))?;
+            if let Err(error) = labelled(AcmeAction::Challenge, challenge.set_ready()).await {
+                let mut error = AcmeError::classify(AcmeAction::Challenge, error);
+                if !error.is_retryable() {
+                    // The CA validated within the request and refused: the authorization is invalid.
+                    // Say which name failed, as for an authorization found invalid later.
+                    cleanup_quietly(solver, &http01).await;
+                    let detail = error.problem.as_ref().map(ToString::to_string).unwrap_or(error.message.clone());
+                    entry.step = AuthorizationStep::Invalid;
+                    entry.message = Some(detail.clone());
+                    error.message = format!("{identifier}: {detail}");
+                }
+                return Err(error);
+            }
             entry.step = AuthorizationStep::Submitted;
             entry.message = None;
         }
@@ -463,8 +473,17 @@ impl OrderSession {
     }
 
     async fn download(&mut self, options: &AdvanceOptions) -> Result<Advance, AcmeError> {
-        let policy = poll_policy(options.max_wait);
-        match labelled(AcmeAction::Certificate, self.order.poll_certificate(&policy)).await {
+        // The chain of an order known to be valid is fetched at once: polling waits before its first
+        // request, so with a `max_wait` shorter than that wait it would never fetch it.
+        let fetched = if self.order.state().status == OrderStatus::Valid {
+            labelled(AcmeAction::Certificate, self.order.certificate())
+                .await
+                .and_then(|chain| chain.ok_or(instant_acme::Error::Timeout(None)))
+        } else {
+            let policy = poll_policy(options.max_wait);
+            labelled(AcmeAction::Certificate, self.order.poll_certificate(&policy)).await
+        };
+        match fetched {
             Ok(chain) => {
                 self.progress.state = OrderState::Valid;
                 Ok(Advance::Issued(chain))
