@@ -33,10 +33,11 @@ mod jws;
 mod tests;
 
 use super::account::{AccountKey, AccountSpec, AcmeAccount, ExternalAccountBinding};
+use super::challenge::Http01Challenge;
 use super::error::PROBLEM_PREFIX;
 use super::http::CaTrust;
 use super::observe::NoObserver;
-use super::order::{ChallengeSolver, Http01Challenge, Presentation, SolverError};
+use super::order::{ChallengeSolver, Presentation, SolverError};
 use bytes::Bytes;
 use ca::{FakeCa, Name};
 use http::{Method, Request, Response, StatusCode};
