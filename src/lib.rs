@@ -6,6 +6,7 @@
 
 pub mod acme;
 pub mod api;
+pub mod automatic;
 pub mod controller;
 pub mod decision;
 pub mod desired;
@@ -19,4 +20,3 @@ pub mod solver;
 #[cfg(test)]
 pub(crate) mod testing;
 pub mod webhook;
-pub mod workload;

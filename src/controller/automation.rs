@@ -4,14 +4,8 @@
 //! Certificate reconciler.
 
 use super::ReconcileError;
-use crate::api::Certificate;
-use crate::kube_errors::{is_conflict, is_not_found};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
-use kube::{Client, ResourceExt};
+use kube::Client;
 use std::future::Future;
-
-/// The server-side apply field manager of Certificates kacme creates for Ingresses and workloads.
-pub const AUTOMATION_FIELD_MANAGER: &str = "kacme-automation";
 
 /// Which automatic certificates to run.
 #[derive(Debug, Clone, Default)]
@@ -56,110 +50,4 @@ pub async fn run_automation(
         optional(ca_bundle.map(futures::FutureExt::boxed))
     );
     Ok(())
-}
-
-/// Server-side applies `certificate` (metadata and spec; its status is the Certificate reconciler's).
-pub(crate) async fn apply_certificate(client: &Client, certificate: &Certificate) -> Result<(), ReconcileError> {
-    let namespace = certificate.namespace().unwrap_or_default();
-    let name = certificate.name_any();
-    let api: Api<Certificate> = Api::namespaced(client.clone(), &namespace);
-    let mut value = serde_json::to_value(certificate)
-        .map_err(|source| ReconcileError::Serialize { what: format!("Certificate {namespace}/{name}"), source })?;
-    if let Some(object) = value.as_object_mut() {
-        object.remove("status");
-        object.insert("apiVersion".into(), format!("{}/{}", crate::api::GROUP, crate::api::VERSION).into());
-        object.insert("kind".into(), "Certificate".into());
-    }
-    api.patch(&name, &PatchParams::apply(AUTOMATION_FIELD_MANAGER).force(), &Patch::Apply(&value))
-        .await
-        .map_err(|e| ReconcileError::kube(format!("applying Certificate {namespace}/{name}"), e))?;
-    Ok(())
-}
-
-/// Deletes the Certificate `namespace/name` if it is still the one with `uid`.
-pub(crate) async fn delete_certificate(
-    client: &Client,
-    namespace: &str,
-    name: &str,
-    uid: Option<String>,
-) -> Result<(), ReconcileError> {
-    let api: Api<Certificate> = Api::namespaced(client.clone(), namespace);
-    let params = DeleteParams {
-        preconditions: uid.map(|uid| Preconditions { uid: Some(uid), resource_version: None }),
-        ..DeleteParams::default()
-    };
-    match api.delete(name, &params).await {
-        Ok(_) => Ok(()),
-        Err(e) if is_not_found(&e) => Ok(()),
-        // The precondition failed: the name now belongs to another object, which is not ours to delete.
-        Err(e) if is_conflict(&e) => Ok(()),
-        Err(e) => Err(ReconcileError::kube(format!("deleting Certificate {namespace}/{name}"), e)),
-    }
-}
-
-/// Whether two Certificates ask for the same thing (labels kacme sets, owners and spec).
-pub(crate) fn same_request(desired: &Certificate, existing: &Certificate) -> bool {
-    let labels_kept = desired.labels().iter().all(|(k, v)| existing.labels().get(k) == Some(v));
-    let owners_kept = desired
-        .owner_references()
-        .iter()
-        .all(|o| existing.owner_references().iter().any(|e| e.uid == o.uid && e.controller == o.controller));
-    labels_kept && owners_kept && desired.spec == existing.spec
-}
-
-/// Runs a "compute everything, apply the difference" loop: `pass` runs after each batch of `triggers`
-/// (coalesced for `debounce`), again after `retry` when it failed, and at least every `resync`.
-pub(crate) async fn resync_loop<F, Fut>(
-    name: &'static str,
-    mut triggers: tokio::sync::mpsc::Receiver<()>,
-    shutdown: impl Future<Output = ()>,
-    mut pass: F,
-) where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<(), ReconcileError>>,
-{
-    use std::time::Duration;
-    let debounce = Duration::from_millis(200);
-    let retry = Duration::from_secs(5);
-    let resync = Duration::from_secs(300);
-    tokio::pin!(shutdown);
-    let mut wait = resync;
-    loop {
-        tokio::select! {
-            trigger = triggers.recv() => {
-                if trigger.is_none() {
-                    break;
-                }
-                tokio::time::sleep(debounce).await;
-                while triggers.try_recv().is_ok() {}
-            }
-            () = tokio::time::sleep(wait) => {}
-            () = &mut shutdown => break,
-        }
-        wait = match pass().await {
-            Ok(()) => resync,
-            Err(error) => {
-                tracing::warn!(%error, reconciler = name, "pass failed; retrying");
-                retry
-            }
-        };
-    }
-}
-
-/// Forwards every event of a watch stream as a trigger, and waits until the first list is in.
-pub(crate) fn trigger_on<S, T>(stream: S, triggers: tokio::sync::mpsc::Sender<()>) -> impl Future<Output = ()> + Send
-where
-    S: futures::Stream<Item = Result<T, kube::runtime::watcher::Error>> + Send + 'static,
-    T: Send,
-{
-    use futures::StreamExt;
-    async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(event) = stream.next().await {
-            if let Err(error) = &event {
-                tracing::debug!(%error, "watch error");
-            }
-            let _ = triggers.try_send(());
-        }
-    }
 }

@@ -1,12 +1,13 @@
-//! The CA bundle ConfigMaps (see [`crate::workload::ca_bundle`]): written in every namespace the label
+//! The CA bundle ConfigMaps (see [`crate::automatic::ca_bundle`]): written in every namespace the label
 //! selector picks, kept current when an issuer's caBundle changes, and removed from namespaces that are
 //! no longer selected. Only ConfigMaps labelled `kacme.dev/ca-bundle` are ever written over or deleted.
 
 use super::ReconcileError;
-use super::automation::{resync_loop, trigger_on};
+use super::resync::{resync_loop, trigger_on};
+use super::sweep::{plan_sweep, run_sweep};
 use crate::api::names::{LABEL_MANAGED_BY, MANAGED_BY};
 use crate::api::{ClusterIssuer, Issuer, IssuerKind};
-use crate::workload::ca_bundle::{IssuerBundle, LABEL_CA_BUNDLE, desired_ca_bundle_config_maps};
+use crate::automatic::ca_bundle::{IssuerBundle, LABEL_CA_BUNDLE, desired_ca_bundle_config_maps};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::api::{Api, DeleteParams, PartialObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{self, Store};
@@ -117,42 +118,30 @@ async fn reconcile_ca_bundles(client: &Client, config: &CaBundleConfig, stores: 
     }
     let desired = desired_ca_bundle_config_maps(&config.config_map_name, &namespaces, &bundles);
     let existing = stores.config_maps.state();
-    let mut first_error = None;
-    for config_map in &desired {
-        let namespace = config_map.namespace().unwrap_or_default();
-        let current = existing
-            .iter()
-            .find(|c| c.namespace().as_deref() == Some(namespace.as_str()) && c.name_any() == config.config_map_name);
-        if current.is_some_and(|c| c.data == config_map.data) {
-            continue;
-        }
-        if let Err(error) = write_config_map(client, config_map, current.is_some()).await {
-            first_error.get_or_insert(error);
-        }
-    }
-    for leftover in existing.iter() {
-        let namespace = leftover.namespace().unwrap_or_default();
-        let kept = desired
-            .iter()
-            .any(|d| d.namespace().as_deref() == Some(namespace.as_str()) && d.name_any() == leftover.name_any());
-        if kept || leftover.labels().get(LABEL_MANAGED_BY).map(String::as_str) != Some(MANAGED_BY) {
-            continue;
-        }
-        let api: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
-        match api.delete(&leftover.name_any(), &DeleteParams::default()).await {
-            Ok(_) => {
-                tracing::info!(config_map = %format!("{namespace}/{}", leftover.name_any()), "CA bundle ConfigMap removed")
+    let mut plan = plan_sweep(&desired, &existing, |desired, existing| desired.data == existing.data);
+    // A ConfigMap of that name that kacme did not make is never deleted (nor overwritten: see below).
+    plan.delete.retain(|leftover| leftover.labels().get(LABEL_MANAGED_BY).map(String::as_str) == Some(MANAGED_BY));
+    let existing_now = &existing;
+    run_sweep(
+        plan,
+        |config_map| async move {
+            let exists = existing_now
+                .iter()
+                .any(|c| c.namespace() == config_map.namespace() && c.name_any() == config_map.name_any());
+            write_config_map(client, config_map, exists).await
+        },
+        |leftover| async move {
+            let (namespace, name) = (leftover.namespace().unwrap_or_default(), leftover.name_any());
+            let api: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
+            match api.delete(&name, &DeleteParams::default()).await {
+                Ok(_) => tracing::info!(config_map = %format!("{namespace}/{name}"), "CA bundle ConfigMap removed"),
+                Err(e) if crate::kube_errors::is_not_found(&e) => {}
+                Err(e) => return Err(ReconcileError::kube(format!("deleting ConfigMap {namespace}/{name}"), e)),
             }
-            Err(e) if crate::kube_errors::is_not_found(&e) => {}
-            Err(e) => {
-                first_error.get_or_insert(ReconcileError::kube(
-                    format!("deleting ConfigMap {namespace}/{}", leftover.name_any()),
-                    e,
-                ));
-            }
-        }
-    }
-    first_error.map_or(Ok(()), Err)
+            Ok(())
+        },
+    )
+    .await
 }
 
 /// Writes a CA bundle ConfigMap. A ConfigMap of that name that kacme did not label is never overwritten
@@ -166,18 +155,10 @@ async fn write_config_map(client: &Client, config_map: &ConfigMap, ours: bool) -
             .map_err(|source| ReconcileError::Serialize { what: format!("ConfigMap {namespace}/{name}"), source })?;
         value["apiVersion"] = "v1".into();
         value["kind"] = "ConfigMap".into();
-        api.patch(
-            &name,
-            &PatchParams::apply(super::automation::AUTOMATION_FIELD_MANAGER).force(),
-            &Patch::Apply(&value),
-        )
-        .await
+        api.patch(&name, &PatchParams::apply(super::AUTOMATION_FIELD_MANAGER).force(), &Patch::Apply(&value)).await
     } else {
         api.create(
-            &PostParams {
-                field_manager: Some(super::automation::AUTOMATION_FIELD_MANAGER.into()),
-                ..PostParams::default()
-            },
+            &PostParams { field_manager: Some(super::AUTOMATION_FIELD_MANAGER.into()), ..PostParams::default() },
             config_map,
         )
         .await

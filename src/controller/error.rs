@@ -31,6 +31,9 @@ pub enum ReconcileError {
     /// Solver objects of a deleted Certificate could not all be removed.
     #[error("removing solver objects: {0}")]
     RemoveSolverObjects(String),
+    /// Several writes of one round failed (each is tried).
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Several(Vec<ReconcileError>),
 }
 
 impl ReconcileError {
@@ -49,6 +52,15 @@ impl ReconcileError {
         }
     }
 
+    /// Nothing, one error, or all of them.
+    pub fn all(mut errors: Vec<ReconcileError>) -> Result<(), ReconcileError> {
+        match errors.len() {
+            0 => Ok(()),
+            1 => Err(errors.remove(0)),
+            _ => Err(ReconcileError::Several(errors)),
+        }
+    }
+
     /// Every value of [`ReconcileError::metric_label`], so that metrics can start each series at 0.
     pub const METRIC_LABELS: [&'static str; 4] = ["kube", "acme", "invalid_object", "finalizer"];
 
@@ -59,6 +71,7 @@ impl ReconcileError {
             ReconcileError::Acme(_) => "acme",
             ReconcileError::MissingField(_) | ReconcileError::Serialize { .. } => "invalid_object",
             ReconcileError::Finalizer(_) | ReconcileError::RemoveSolverObjects(_) => "finalizer",
+            ReconcileError::Several(errors) => errors.first().map_or("kube", ReconcileError::metric_label),
         }
     }
 }

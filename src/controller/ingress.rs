@@ -6,12 +6,14 @@
 //! those are cached.
 
 use super::ReconcileError;
-use super::automation::{apply_certificate, delete_certificate, same_request};
 use super::events::EventPublisher;
+use super::owned_certificates::{apply_certificate, delete_certificate, same_request};
+use super::sweep::{plan_sweep, run_sweep};
 use crate::api::Certificate;
 use crate::api::names::LABEL_SOLVER;
-use crate::workload::annotations::{ANNOTATION_CLUSTER_ISSUER, ANNOTATION_ISSUER, LABEL_SOURCE, SOURCE_INGRESS};
-use crate::workload::ingress::{controlled_by, desired_ingress_certificates};
+use crate::automatic::annotations::{ANNOTATION_CLUSTER_ISSUER, ANNOTATION_ISSUER, LABEL_SOURCE, SOURCE_INGRESS};
+use crate::automatic::certificate::controlled_by;
+use crate::automatic::ingress::desired_ingress_certificates;
 use futures::StreamExt;
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{Api, PartialObjectMeta};
@@ -19,7 +21,6 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
-use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -113,39 +114,43 @@ async fn reconcile_ingress(
         Vec::new()
     };
     let certificates: Api<Certificate> = Api::namespaced(ctx.client.clone(), &namespace);
-    let mut wanted = BTreeSet::new();
-    for certificate in &desired {
-        let name = certificate.name_any();
-        wanted.insert(name.clone());
-        match owned.iter().find(|c| c.name_any() == name) {
-            Some(existing) if same_request(certificate, existing) => continue,
-            Some(_) => {}
-            None => {
-                // Not ours (yet): never take over a Certificate that something else created.
-                let existing = certificates
-                    .get_opt(&name)
-                    .await
-                    .map_err(|e| ReconcileError::kube(format!("reading Certificate {namespace}/{name}"), e))?;
-                if let Some(existing) = existing
-                    && !controlled_by(existing.metadata.owner_references.as_deref(), &uid)
-                {
-                    tracing::warn!(certificate = %name, "a Certificate of that name exists and is not this Ingress's; leaving it");
-                    let message =
-                        format!("Certificate {name} exists and is not controlled by this Ingress; leaving it alone");
-                    publish(&ctx, &meta, true, "CertificateConflict", message).await;
-                    continue;
+    let (ctx, meta, uid, namespace, owned_now) = (&ctx, &meta, &uid, &namespace, &owned);
+    run_sweep(
+        plan_sweep(&desired, &owned, same_request),
+        |certificate| {
+            let certificates = certificates.clone();
+            async move {
+                let name = certificate.name_any();
+                if !owned_now.iter().any(|c| c.name_any() == name) {
+                    // Not ours (yet): never take over a Certificate that something else created.
+                    let existing = certificates
+                        .get_opt(&name)
+                        .await
+                        .map_err(|e| ReconcileError::kube(format!("reading Certificate {namespace}/{name}"), e))?;
+                    if let Some(existing) = existing
+                        && !controlled_by(existing.metadata.owner_references.as_deref(), uid)
+                    {
+                        tracing::warn!(certificate = %name, "a Certificate of that name exists and is not this Ingress's; leaving it");
+                        let message =
+                            format!("Certificate {name} exists and is not controlled by this Ingress; leaving it alone");
+                        publish(ctx, meta, true, "CertificateConflict", message).await;
+                        return Ok(());
+                    }
                 }
+                apply_certificate(&ctx.client, certificate).await?;
+                tracing::info!(certificate = %name, dns_names = ?certificate.spec.dns_names, "Certificate for Ingress applied");
+                Ok(())
             }
-        }
-        apply_certificate(&ctx.client, certificate).await?;
-        tracing::info!(certificate = %name, dns_names = ?certificate.spec.dns_names, "Certificate for Ingress applied");
-    }
-    for leftover in owned.iter().filter(|c| !wanted.contains(&c.name_any())) {
-        delete_certificate(&ctx.client, &namespace, &leftover.name_any(), leftover.uid()).await?;
-        tracing::info!(certificate = %leftover.name_any(), "Certificate the Ingress no longer asks for deleted");
-        let message = format!("Deleted Certificate {}: the Ingress no longer asks for it", leftover.name_any());
-        publish(&ctx, &meta, false, "CertificateDeleted", message).await;
-    }
+        },
+        |leftover| async move {
+            delete_certificate(&ctx.client, namespace, &leftover.name_any(), leftover.uid()).await?;
+            tracing::info!(certificate = %leftover.name_any(), "Certificate the Ingress no longer asks for deleted");
+            let message = format!("Deleted Certificate {}: the Ingress no longer asks for it", leftover.name_any());
+            publish(ctx, meta, false, "CertificateDeleted", message).await;
+            Ok(())
+        },
+    )
+    .await?;
     Ok(Action::await_change())
 }
 

@@ -16,10 +16,13 @@ mod ingress;
 mod issuer;
 mod kube_solver;
 mod observe;
+mod owned_certificates;
+mod resync;
+mod sweep;
 mod workload;
 
 pub use accounts::{AccountCache, IssuerInfo};
-pub use automation::{AUTOMATION_FIELD_MANAGER, AutomationConfig, run_automation};
+pub use automation::{AutomationConfig, run_automation};
 pub use ca_bundle::CaBundleConfig;
 pub use certificate::FINALIZER;
 pub use error::ReconcileError;
@@ -47,6 +50,9 @@ use std::time::{Duration, Instant};
 
 /// The server-side apply field manager of everything kacme writes.
 pub const FIELD_MANAGER: &str = "kacme";
+/// The server-side apply field manager of Certificates kacme creates for Ingresses and workloads, and of
+/// the CA bundle ConfigMaps.
+pub const AUTOMATION_FIELD_MANAGER: &str = "kacme-automation";
 
 /// How the operator runs.
 #[derive(Clone, Debug)]

@@ -7,16 +7,17 @@
 //! ([`desired_workload_certificates`]), applies those that differ, and deletes labelled leftovers.
 
 use super::ReconcileError;
-use super::automation::{apply_certificate, delete_certificate, resync_loop, same_request, trigger_on};
+use super::owned_certificates::{apply_certificate, delete_certificate, same_request};
+use super::resync::{resync_loop, trigger_on};
+use super::sweep::{plan_sweep, run_sweep};
 use crate::api::Certificate;
-use crate::workload::annotations::{LABEL_SOURCE, LABEL_WORKLOAD, SOURCE_WORKLOAD};
-use crate::workload::pod::{MarkedPod, desired_workload_certificates};
+use crate::automatic::annotations::{LABEL_SOURCE, LABEL_WORKLOAD, SOURCE_WORKLOAD};
+use crate::automatic::workload::{MarkedPod, desired_workload_certificates};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
-use std::collections::BTreeSet;
 use std::future::Future;
 
 /// Runs the workload reconciler until `shutdown` resolves.
@@ -63,43 +64,28 @@ async fn reconcile_workloads(
         .collect();
     let desired = desired_workload_certificates(&marked);
     let existing = certificates.state();
-    let mut wanted = BTreeSet::new();
-    let mut first_error = None;
-    for certificate in &desired {
-        let key = (certificate.namespace().unwrap_or_default(), certificate.name_any());
-        wanted.insert(key.clone());
-        let current = existing.iter().find(|c| (c.namespace().unwrap_or_default(), c.name_any()) == key);
-        if current.is_some_and(|c| same_request(certificate, c)) {
-            continue;
-        }
-        if current.is_none()
-            && let Some(foreign) = foreign_certificate(client, &key.0, &key.1).await?
-        {
-            tracing::warn!(certificate = %format!("{}/{}", key.0, key.1), owner = %foreign, "a Certificate of the workload's name exists and is not kacme's; leaving it");
-            continue;
-        }
-        match apply_certificate(client, certificate).await {
-            Ok(()) => tracing::info!(certificate = %format!("{}/{}", key.0, key.1), "workload Certificate applied"),
-            Err(error) => {
-                first_error.get_or_insert(error);
+    let existing_now = &existing;
+    run_sweep(
+        plan_sweep(&desired, &existing, same_request),
+        |certificate| async move {
+            let (namespace, name) = (certificate.namespace().unwrap_or_default(), certificate.name_any());
+            let exists = existing_now.iter().any(|c| c.namespace().as_deref() == Some(namespace.as_str()) && c.name_any() == name);
+            if !exists && let Some(foreign) = foreign_certificate(client, &namespace, &name).await? {
+                tracing::warn!(certificate = %format!("{namespace}/{name}"), owner = %foreign, "a Certificate of the workload's name exists and is not kacme's; leaving it");
+                return Ok(());
             }
-        }
-    }
-    for leftover in existing.iter() {
-        let key = (leftover.namespace().unwrap_or_default(), leftover.name_any());
-        if wanted.contains(&key) || leftover.metadata.deletion_timestamp.is_some() {
-            continue;
-        }
-        match delete_certificate(client, &key.0, &key.1, leftover.uid()).await {
-            Ok(()) => {
-                tracing::info!(certificate = %format!("{}/{}", key.0, key.1), "no Pod of the workload remains; Certificate deleted")
-            }
-            Err(error) => {
-                first_error.get_or_insert(error);
-            }
-        }
-    }
-    first_error.map_or(Ok(()), Err)
+            apply_certificate(client, certificate).await?;
+            tracing::info!(certificate = %format!("{namespace}/{name}"), "workload Certificate applied");
+            Ok(())
+        },
+        |leftover| async move {
+            let (namespace, name) = (leftover.namespace().unwrap_or_default(), leftover.name_any());
+            delete_certificate(client, &namespace, &name, leftover.uid()).await?;
+            tracing::info!(certificate = %format!("{namespace}/{name}"), "no Pod of the workload remains; Certificate deleted");
+            Ok(())
+        },
+    )
+    .await
 }
 
 /// Describes the Certificate `namespace/name` when one exists that kacme did not create for a workload.

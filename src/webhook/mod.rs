@@ -1,7 +1,7 @@
 //! The mutating admission webhook for workload certificates, served by the operator over TLS.
 //!
 //! - [`admission_response`] (pure): the answer to one AdmissionReview — untouched, patched (the Secret
-//!   volume, the mounts and the `kacme.dev/workload` label, see [`crate::workload::pod`]) or denied with a
+//!   volume, the mounts and the `kacme.dev/workload` label, see [`crate::automatic::workload`]) or denied with a
 //!   message naming the annotation. No side effects: the controller creates the Certificates from the Pods
 //!   the webhook marked.
 //! - [`serving`]: the serving certificate (own CA, kept in a Secret, rotated before expiry).
@@ -13,8 +13,8 @@ pub mod configuration;
 pub mod serving;
 
 use crate::api::names::{LABEL_MANAGED_BY, MANAGED_BY};
+use crate::automatic::workload::{PodAdmission, admit_pod};
 use crate::http_server::ServeOptions;
-use crate::workload::pod::{PodAdmission, admit_pod};
 use configuration::{
     WEBHOOK_NAME, WEBHOOK_PATH, WebhookEndpoint, WebhookPolicy, build_webhook_configuration, current_ca_bundle,
 };
@@ -404,7 +404,7 @@ async fn respond(request: Request<Incoming>, excluded: &[String]) -> Response<Fu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::workload::annotations::{ANNOTATION_ISSUER, ANNOTATION_NAMES};
+    use crate::automatic::annotations::{ANNOTATION_ISSUER, ANNOTATION_NAMES};
 
     fn review(namespace: &str, operation: &str, annotations: serde_json::Value) -> AdmissionRequest<DynamicObject> {
         let review: AdmissionReview<DynamicObject> = serde_json::from_value(serde_json::json!({

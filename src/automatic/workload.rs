@@ -5,7 +5,7 @@ use super::annotations::{
     ANNOTATION_CONTAINERS, ANNOTATION_NAMES, AnnotationError, IssuanceAnnotations, LABEL_SOURCE, LABEL_WORKLOAD,
     SOURCE_WORKLOAD, parse_containers, parse_issuance, parse_names,
 };
-use super::ingress::{build_certificate, spec_from_annotations};
+use super::certificate::{build_certificate, spec_from_annotations};
 use crate::api::{Certificate, KeyUsage};
 use crate::desired::certificate_label_value;
 use json_patch::jsonptr::PointerBuf;
@@ -260,7 +260,7 @@ pub fn build_workload_certificate(namespace: &str, workload_label: &str, request
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::workload::annotations::{ANNOTATION_CLUSTER_ISSUER, ANNOTATION_ISSUER};
+    use crate::automatic::annotations::{ANNOTATION_CLUSTER_ISSUER, ANNOTATION_ISSUER};
     use k8s_openapi::api::core::v1::{Container, PodSpec, Volume, VolumeMount};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 

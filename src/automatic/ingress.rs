@@ -3,10 +3,10 @@
 use super::annotations::{
     AnnotationError, IssuanceAnnotations, LABEL_SOURCE, SOURCE_INGRESS, is_dns_name, parse_issuance, parse_usages,
 };
-use crate::api::names::{LABEL_MANAGED_BY, MANAGED_BY};
-use crate::api::{Certificate, CertificateSpec, KeyUsage, PrivateKeySpec};
+use super::certificate::{build_certificate, spec_from_annotations};
+use crate::api::{Certificate, KeyUsage};
 use k8s_openapi::api::networking::v1::Ingress;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{Resource, ResourceExt};
 use std::collections::BTreeMap;
 
@@ -84,53 +84,6 @@ pub fn ingress_owner_reference(ingress: &Ingress) -> Option<OwnerReference> {
     Some(owner)
 }
 
-/// A Certificate as kacme creates it for an Ingress or a workload: labelled as kacme's, with `source`.
-pub(crate) fn build_certificate(
-    namespace: &str,
-    name: &str,
-    mut labels: BTreeMap<String, String>,
-    owner: Option<OwnerReference>,
-    spec: CertificateSpec,
-) -> Certificate {
-    labels.insert(LABEL_MANAGED_BY.into(), MANAGED_BY.into());
-    Certificate {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            namespace: Some(namespace.into()),
-            labels: Some(labels),
-            owner_references: owner.map(|o| vec![o]),
-            ..ObjectMeta::default()
-        },
-        spec,
-        status: None,
-    }
-}
-
-/// The spec fields the issuance annotations set.
-pub(crate) fn spec_from_annotations(
-    secret_name: &str,
-    issuance: &IssuanceAnnotations,
-    dns_names: Vec<String>,
-    ip_addresses: Vec<String>,
-    usages: Vec<KeyUsage>,
-) -> CertificateSpec {
-    CertificateSpec {
-        secret_name: secret_name.into(),
-        issuer_ref: issuance.issuer_ref.clone(),
-        dns_names,
-        ip_addresses,
-        common_name: None,
-        duration: issuance.duration,
-        renew_before: issuance.renew_before,
-        renew_before_percentage: None,
-        private_key: issuance
-            .algorithm
-            .map(|algorithm| PrivateKeySpec { algorithm: Some(algorithm), ..PrivateKeySpec::default() }),
-        usages,
-        secret_template: None,
-    }
-}
-
 fn build_ingress_certificate(
     namespace: &str,
     secret_name: &str,
@@ -144,19 +97,16 @@ fn build_ingress_certificate(
     build_certificate(namespace, secret_name, labels, Some(owner), spec)
 }
 
-/// Whether `certificate` is controlled by the object with `uid`.
-pub fn controlled_by(certificate_owners: Option<&[OwnerReference]>, uid: &str) -> bool {
-    certificate_owners.into_iter().flatten().any(|o| o.controller == Some(true) && o.uid == uid)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::api::{IssuerKind, KeyAlgorithm};
-    use crate::workload::annotations::{
+    use crate::automatic::annotations::{
         ANNOTATION_CLUSTER_ISSUER, ANNOTATION_ISSUER, ANNOTATION_PRIVATE_KEY_ALGORITHM, ANNOTATION_USAGES,
     };
+    use crate::automatic::certificate::controlled_by;
     use k8s_openapi::api::networking::v1::{IngressSpec, IngressTLS};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     fn ingress(annotations: &[(&str, &str)], tls: &[(Option<&str>, &[&str])]) -> Ingress {
         Ingress {
