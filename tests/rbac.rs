@@ -76,6 +76,12 @@ const NOT_SEEN_AS_REQUESTS: &[(&str, &str)] = &[
          apiserver authorizes as create when the object does not exist yet",
     ),
     ("get certificates", "a Certificate is read afresh when the cache may predate kacme's own status write"),
+    (
+        "get issuers",
+        "an Issuer is read from the watch cache; the apiserver is asked only while the cache does not hold it Ready \
+         (at start-up, or while it is missing or not Ready)",
+    ),
+    ("get clusterissuers", "as Issuers: read from the apiserver only while the watch cache does not hold it Ready"),
 ];
 
 /// Whether the client's user may `verb` `resource` (`[name@]resource[/subresource]`) of `group` in `namespace`.
