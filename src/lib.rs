@@ -1,7 +1,10 @@
 //! kacme: a Kubernetes operator that issues workload certificates over ACME from a private CA.
 //!
-//! Layers: [`api`] (the CRD types), [`pki`] and [`decision`] (pure logic, no I/O), [`solver`] (the
-//! HTTP-01 server of solver Pods).
+//! Layers: [`api`] (the CRD types and the condition vocabulary); pure logic with no I/O in [`pki`],
+//! [`decision`] (whether and when to issue), [`desired`] (the objects and status the reconcilers write) and
+//! [`automatic`] (Certificates for Ingresses and workloads); adapters in [`acme`] (the ACME engine),
+//! [`controller`] (the reconcilers), [`webhook`], [`solver`] and [`endpoints`], which serve HTTP through
+//! [`http_server`]; [`kube_errors`] classifies Kubernetes API errors in one place.
 #![forbid(unsafe_code)]
 
 pub mod acme;
