@@ -18,7 +18,7 @@
 //! | `kacme_build_info` | gauge (1) | version |
 
 use crate::acme::{AcmeAction, AcmeObserver, AcmeOutcome};
-use crate::api::{Certificate, IssuerKind};
+use crate::api::{Certificate, ConditionType, IssuerKind};
 use crate::controller::{Caches, ControllerKind, ReconcileError, ReconcileObserver};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::ResourceExt;
@@ -237,7 +237,7 @@ impl std::fmt::Debug for ObjectCollector {
 
 /// The status of the Ready condition: "True", "False" or "Unknown" (also when absent).
 fn ready_status(conditions: &[Condition]) -> &'static str {
-    match conditions.iter().find(|c| c.type_ == "Ready").map(|c| c.status.as_str()) {
+    match conditions.iter().find(|c| c.type_ == ConditionType::Ready.as_str()).map(|c| c.status.as_str()) {
         Some("True") => "True",
         Some("False") => "False",
         _ => "Unknown",

@@ -2,9 +2,8 @@
 //! overwritten), registered at the CA once and shared by every order of the issuer.
 
 use super::Context;
-use super::error::ReconcileError;
 use crate::acme::{
-    AccountKey, AccountSpec, AcmeAccount, AcmeAction, AcmeError, CaTrust, ExternalAccountBinding, decode_eab_hmac_key,
+    AccountKey, AccountSpec, AcmeAccount, AcmeError, CaTrust, ExternalAccountBinding, Retry, decode_eab_hmac_key,
 };
 use crate::api::names::{LABEL_MANAGED_BY, MANAGED_BY, TLS_KEY};
 use crate::api::{AcmeIssuer, ClusterIssuer, ConditionType, Issuer, IssuerKind, IssuerReason};
@@ -14,6 +13,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ObjectMeta, PostParams};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
+use std::time::Duration;
 
 /// Default data key of an EAB HMAC key Secret (as in cert-manager).
 pub const EAB_SECRET_KEY: &str = "secret";
@@ -108,44 +108,88 @@ impl AccountCache {
     }
 }
 
-/// Why an account could not be had; the reason is a CamelCase condition reason.
-#[derive(Debug)]
-pub struct AccountFailure {
-    pub reason: IssuerReason,
-    pub message: String,
-    pub error: ReconcileError,
+/// Why an issuer's ACME account could not be had, each variant named after the action that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    /// The account key Secret could not be read.
+    #[error("reading Secret {secret}: {source}")]
+    ReadKeySecret { secret: String, source: kube::Error },
+    /// The account key Secret exists but lacks the key; kacme never overwrites it.
+    #[error(
+        "Secret {secret} exists but has no key {key:?}; kacme never overwrites it: add the account key or name another Secret"
+    )]
+    KeySecretWithoutKey { secret: String, key: String },
+    /// `caBundle` holds no usable certificate.
+    #[error("caBundle: {0}")]
+    ParseCaBundle(crate::pki::PkiError),
+    /// The EAB key Secret could not be read.
+    #[error("reading Secret {secret}: {source}")]
+    ReadEabSecret { secret: String, source: kube::Error },
+    /// The EAB key Secret is missing or lacks the key.
+    #[error("the EAB key Secret {secret} does not exist or has no key {key:?}")]
+    EabSecretWithoutKey { secret: String, key: String },
+    /// The EAB key is not a valid HMAC key.
+    #[error(transparent)]
+    DecodeEabKey(AcmeError),
+    /// The CA refused or failed the registration.
+    #[error(transparent)]
+    Register(AcmeError),
+    /// The new account key could not be stored.
+    #[error("creating Secret {secret}: {source}")]
+    StoreKey { secret: String, source: kube::Error },
 }
 
-impl AccountFailure {
-    fn new(reason: IssuerReason, error: ReconcileError) -> AccountFailure {
-        AccountFailure { reason, message: error.to_string(), error }
+impl AccountError {
+    /// The reason of the issuer's Ready condition.
+    pub fn reason(&self) -> IssuerReason {
+        match self {
+            AccountError::ReadKeySecret { .. } => IssuerReason::ErrReadAccountKey,
+            AccountError::KeySecretWithoutKey { .. } => IssuerReason::InvalidAccountKeySecret,
+            AccountError::ParseCaBundle(_) => IssuerReason::InvalidCaBundle,
+            AccountError::ReadEabSecret { .. } => IssuerReason::ErrReadEabSecret,
+            AccountError::EabSecretWithoutKey { .. } | AccountError::DecodeEabKey(_) => IssuerReason::InvalidEabSecret,
+            AccountError::Register(_) => IssuerReason::ErrRegisterAcmeAccount,
+            AccountError::StoreKey { source, .. } if is_conflict(source) => IssuerReason::AccountKeySecretRace,
+            AccountError::StoreKey { .. } => IssuerReason::ErrStoreAccountKey,
+        }
+    }
+
+    /// How soon trying again may help: the CA's own retry advice for its errors, a short wait for the
+    /// apiserver's, and a long one for what only a person can fix.
+    pub fn retry_after(&self) -> Duration {
+        match self {
+            AccountError::Register(error) | AccountError::DecodeEabKey(error) => match error.retry {
+                Retry::Immediately => Duration::from_secs(1),
+                Retry::After(delay) => delay,
+                Retry::Never => RECHECK_FAILED,
+            },
+            AccountError::ReadKeySecret { .. } | AccountError::ReadEabSecret { .. } | AccountError::StoreKey { .. } => {
+                Duration::from_secs(10)
+            }
+            AccountError::KeySecretWithoutKey { .. }
+            | AccountError::ParseCaBundle(_)
+            | AccountError::EabSecretWithoutKey { .. } => RECHECK_FAILED,
+        }
     }
 }
 
+/// How soon an issuer whose account failed for a final reason is looked at again.
+const RECHECK_FAILED: Duration = Duration::from_secs(300);
+
 /// The account of an issuer: from the cache, or registered (loading or generating its key).
-pub async fn ensure_account(ctx: &Context, issuer: &IssuerInfo) -> Result<AcmeAccount, AccountFailure> {
+pub async fn ensure_account(ctx: &Context, issuer: &IssuerInfo) -> Result<AcmeAccount, AccountError> {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &issuer.secret_namespace);
     let key_ref = &issuer.acme.private_key_secret_ref;
     let key_name = key_ref.key.clone().unwrap_or_else(|| TLS_KEY.to_string());
-    let stored = ctx.read_secret(&issuer.secret_namespace, &key_ref.name).await.map_err(|e| {
-        AccountFailure::new(
-            IssuerReason::ErrReadAccountKey,
-            ReconcileError::kube(format!("reading Secret {}/{}", issuer.secret_namespace, key_ref.name), e),
-        )
-    })?;
+    let secret_name = format!("{}/{}", issuer.secret_namespace, key_ref.name);
+    let stored = ctx
+        .read_secret(&issuer.secret_namespace, &key_ref.name)
+        .await
+        .map_err(|source| AccountError::ReadKeySecret { secret: secret_name.clone(), source })?;
     let stored_key = match &stored {
         Some(secret) => match secret.data.as_ref().and_then(|d| d.get(&key_name)) {
             Some(value) => Some(AccountKey::from_pem(String::from_utf8_lossy(&value.0).into_owned())),
-            None => {
-                let message = format!(
-                    "Secret {}/{} exists but has no key {key_name:?}; kacme never overwrites it: add the account key or name another Secret",
-                    issuer.secret_namespace, key_ref.name
-                );
-                return Err(AccountFailure::new(
-                    IssuerReason::InvalidAccountKeySecret,
-                    AcmeError::fatal(AcmeAction::Account, message).into(),
-                ));
-            }
+            None => return Err(AccountError::KeySecretWithoutKey { secret: secret_name, key: key_name }),
         },
         None => None,
     };
@@ -165,7 +209,7 @@ pub async fn ensure_account(ctx: &Context, issuer: &IssuerInfo) -> Result<AcmeAc
     let spec = account_spec(ctx, issuer).await?;
     let registration = AcmeAccount::register(&spec, stored_key.as_ref(), ctx.acme_observer.clone())
         .await
-        .map_err(|e| AccountFailure::new(IssuerReason::ErrRegisterAcmeAccount, e.into()))?;
+        .map_err(AccountError::Register)?;
     if registration.key_is_new {
         let secret = Secret {
             metadata: ObjectMeta {
@@ -180,16 +224,8 @@ pub async fn ensure_account(ctx: &Context, issuer: &IssuerInfo) -> Result<AcmeAc
         };
         match secrets.create(&PostParams::default(), &secret).await {
             Ok(created) => ctx.remember_created_secret(&issuer.secret_namespace, &created),
-            Err(error) => {
-                // Someone created it meanwhile: use theirs next time, never overwrite it.
-                let reason = if is_conflict(&error) {
-                    IssuerReason::AccountKeySecretRace
-                } else {
-                    IssuerReason::ErrStoreAccountKey
-                };
-                let action = format!("creating Secret {}/{}", issuer.secret_namespace, key_ref.name);
-                return Err(AccountFailure::new(reason, ReconcileError::kube(action, error)));
-            }
+            // A conflict means someone created it meanwhile: use theirs next time, never overwrite it.
+            Err(source) => return Err(AccountError::StoreKey { secret: secret_name, source }),
         }
         // The new Secret has a resourceVersion we do not know yet: the next lookup registers once more
         // with the stored key (a cheap call returning the same account) and caches it.
@@ -199,44 +235,31 @@ pub async fn ensure_account(ctx: &Context, issuer: &IssuerInfo) -> Result<AcmeAc
     Ok(registration.account)
 }
 
-async fn account_spec(ctx: &Context, issuer: &IssuerInfo) -> Result<AccountSpec, AccountFailure> {
+async fn account_spec(ctx: &Context, issuer: &IssuerInfo) -> Result<AccountSpec, AccountError> {
     let acme = &issuer.acme;
     let trust = if acme.skip_tls_verify == Some(true) {
         CaTrust::InsecureSkipVerify
     } else if let Some(bundle) = &acme.ca_bundle {
-        CaTrust::Bundle(crate::pki::parse_ca_bundle(bundle.as_bytes()).map_err(|e| {
-            AccountFailure::new(
-                IssuerReason::InvalidCaBundle,
-                AcmeError::fatal(AcmeAction::Directory, format!("caBundle: {e}")).into(),
-            )
-        })?)
+        CaTrust::Bundle(crate::pki::parse_ca_bundle(bundle.as_bytes()).map_err(AccountError::ParseCaBundle)?)
     } else {
         CaTrust::System
     };
     let external_account = match &acme.external_account_binding {
         None => None,
         Some(eab) => {
-            let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &issuer.secret_namespace);
             let name = &eab.key_secret_ref.name;
+            let secret_name = format!("{}/{name}", issuer.secret_namespace);
             let key = eab.key_secret_ref.key.clone().unwrap_or_else(|| EAB_SECRET_KEY.to_string());
-            let secret = secrets.get_opt(name).await.map_err(|e| {
-                AccountFailure::new(
-                    IssuerReason::ErrReadEabSecret,
-                    ReconcileError::kube(format!("reading Secret {}/{name}", issuer.secret_namespace), e),
-                )
-            })?;
-            let value = secret.and_then(|s| s.data).and_then(|d| d.get(&key).cloned()).ok_or_else(|| {
-                let message = format!(
-                    "the EAB key Secret {}/{name} does not exist or has no key {key:?}",
-                    issuer.secret_namespace
-                );
-                AccountFailure::new(
-                    IssuerReason::InvalidEabSecret,
-                    AcmeError::fatal(AcmeAction::Account, message).into(),
-                )
-            })?;
-            let hmac_key = decode_eab_hmac_key(&String::from_utf8_lossy(&value.0))
-                .map_err(|e| AccountFailure::new(IssuerReason::InvalidEabSecret, e.into()))?;
+            let secret = ctx
+                .read_secret(&issuer.secret_namespace, name)
+                .await
+                .map_err(|source| AccountError::ReadEabSecret { secret: secret_name.clone(), source })?;
+            let value = secret
+                .as_ref()
+                .and_then(|s| s.data.as_ref()?.get(&key))
+                .ok_or(AccountError::EabSecretWithoutKey { secret: secret_name, key })?;
+            let hmac_key =
+                decode_eab_hmac_key(&String::from_utf8_lossy(&value.0)).map_err(AccountError::DecodeEabKey)?;
             Some(ExternalAccountBinding { key_id: eab.key_id.clone(), hmac_key })
         }
     };

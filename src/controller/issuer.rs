@@ -14,8 +14,6 @@ use std::time::Duration;
 
 /// How often a Ready issuer's account is checked again.
 const RECHECK_READY: Duration = Duration::from_secs(3600);
-/// How soon an issuer whose account failed for a final reason is looked at again.
-const RECHECK_FAILED: Duration = Duration::from_secs(300);
 
 /// Reconciles an Issuer.
 #[tracing::instrument(skip_all, fields(issuer = %format!("{}/{}", issuer.namespace().unwrap_or_default(), issuer.name_any())))]
@@ -62,19 +60,12 @@ async fn account_status(ctx: &Context, info: &IssuerInfo, mut status: IssuerStat
             });
             (status, Action::requeue(RECHECK_READY))
         }
-        Err(failure) => {
-            tracing::warn!(reason = failure.reason.as_str(), error = %failure.message, "ACME account not ready");
-            let message = format!("{}: {}", info.describe(), failure.message);
-            let reason = failure.reason.as_str();
+        Err(error) => {
+            let reason = error.reason().as_str();
+            tracing::warn!(reason, %error, "ACME account not ready");
+            let message = format!("{}: {error}", info.describe());
             set_condition(&mut status.conditions, ConditionType::Ready, false, reason, &message, info.generation, now);
-            let retry = match &failure.error {
-                ReconcileError::Acme(e) => match e.retry {
-                    crate::acme::Retry::Immediately => Duration::from_secs(1),
-                    crate::acme::Retry::After(delay) => delay,
-                    crate::acme::Retry::Never => RECHECK_FAILED,
-                },
-                _ => Duration::from_secs(10),
-            };
+            let retry = error.retry_after();
             (status, Action::requeue(retry))
         }
     }

@@ -181,7 +181,7 @@ impl<'a> Pass<'a> {
         };
         let account = ensure_account(self.ctx, &issuer)
             .await
-            .map_err(|failure| IssuerWait { reason: CertificateReason::IssuerNotReady, message: failure.message })?;
+            .map_err(|error| IssuerWait { reason: CertificateReason::IssuerNotReady, message: error.to_string() })?;
         Ok((issuer, account))
     }
 
