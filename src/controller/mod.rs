@@ -392,10 +392,24 @@ pub async fn run_observed(
     observers: Observers,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), ReconcileError> {
+    // Solver objects are cached by reflectors of their own, complete before the first reconcile: sweeping
+    // the leftovers of a killed pass relies on the cache (an empty cache would hide them).
     let solver_objects = || watcher::Config::default().labels(LABEL_SOLVER);
-    let (pods, pod_events) = cached_watch::<Pod>(&client, solver_objects());
-    let (services, service_events) = cached_watch::<Service>(&client, solver_objects());
-    let (ingresses, ingress_events) = cached_watch::<Ingress>(&client, solver_objects());
+    let (pods, pods_task) = cached_watch::<Pod>(&client, solver_objects());
+    let (services, services_task) = cached_watch::<Service>(&client, solver_objects());
+    let (ingresses, ingresses_task) = cached_watch::<Ingress>(&client, solver_objects());
+    let solver_reflectors = tokio::spawn(async move {
+        tokio::join!(
+            pods_task.for_each(|_| std::future::ready(())),
+            services_task.for_each(|_| std::future::ready(())),
+            ingresses_task.for_each(|_| std::future::ready(()))
+        );
+    });
+    for ready in [store_ready(&pods).await, store_ready(&services).await, store_ready(&ingresses).await] {
+        if !ready {
+            tracing::warn!("a solver object cache did not become ready");
+        }
+    }
     let managed = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
     let (secrets, secret_events) = cached_watch::<Secret>(&client, managed);
     let (issuers, issuer_events) = cached_watch::<Issuer>(&client, watcher::Config::default());
@@ -420,9 +434,9 @@ pub async fn run_observed(
     let issuer_store = store.clone();
     let cluster_issuer_store = store.clone();
     let certificate_controller = certificates
-        .owns_stream(pod_events)
-        .owns_stream(service_events)
-        .owns_stream(ingress_events)
+        .owns(Api::<Pod>::all(client.clone()), solver_objects())
+        .owns(Api::<Service>::all(client.clone()), solver_objects())
+        .owns(Api::<Ingress>::all(client.clone()), solver_objects())
         .watches_stream(secret_events, |secret| {
             let name = secret.annotations().get(ANNOTATION_CERTIFICATE_NAME)?.clone();
             Some(ObjectRef::<Certificate>::new(&name).within(&secret.namespace()?))
@@ -492,6 +506,7 @@ pub async fn run_observed(
     tracing::info!("kacme controller started");
     tokio::join!(certificate_controller, issuer_controller, cluster_issuer_controller);
     caches_synced.abort();
+    solver_reflectors.abort();
     tracing::info!("kacme controller stopped");
     Ok(())
 }
