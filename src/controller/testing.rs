@@ -94,41 +94,9 @@ impl IssuanceHarness {
 
     // --- Seeding -------------------------------------------------------------------------------------
 
-    /// The Issuer `apps/ca`, Ready, for the fake CA: its caBundle holds the fake's TLS root (to reach the
-    /// directory) and its issuing CA (so that issued chains verify to the bundle, and `ca.crt` carries it).
+    /// The Issuer `apps/ca`, Ready, for the fake CA (see [`ready_issuer_at`]).
     pub fn ready_issuer(&self) -> Issuer {
-        let mut issuer = Issuer::new(ISSUER, IssuerSpec { acme: self.acme_issuer() });
-        issuer.metadata.namespace = Some(NAMESPACE.into());
-        issuer.status = Some(IssuerStatus {
-            conditions: vec![Condition {
-                type_: "Ready".into(),
-                status: "True".into(),
-                reason: "AccountRegistered".into(),
-                message: "The ACME account is registered".into(),
-                last_transition_time: Time(jiff::Timestamp::now()),
-                observed_generation: Some(1),
-            }],
-            acme: None,
-        });
-        issuer
-    }
-
-    /// The `acme` spec of an issuer at the fake CA, with one solver for every name.
-    pub fn acme_issuer(&self) -> AcmeIssuer {
-        let CaTrust::Bundle(tls_roots) = self.ca.trust() else { panic!("the fake CA is trusted through a bundle") };
-        let config = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
-        let mut bundle: String =
-            tls_roots.into_iter().map(|der| pem::encode_config(&pem::Pem::new("CERTIFICATE", der), config)).collect();
-        bundle.push_str(&self.ca.ca_pem());
-        AcmeIssuer {
-            server: self.ca.directory_url(),
-            email: None,
-            ca_bundle: Some(bundle),
-            skip_tls_verify: None,
-            private_key_secret_ref: SecretKeySelector { name: ACCOUNT_KEY_SECRET.into(), key: None },
-            external_account_binding: None,
-            solvers: vec![AcmeSolver { selector: None, http01: Http01Solver::default() }],
-        }
+        ready_issuer_at(ISSUER, &self.ca)
     }
 
     /// Stores `certificate` with kacme's finalizer (as the first pass leaves it); returns what was stored.
@@ -347,6 +315,44 @@ impl IssuanceHarness {
     /// Every request the fake CA received so far.
     pub fn acme_requests(&self) -> u64 {
         ACME_ENDPOINTS.iter().map(|endpoint| self.ca.requests(*endpoint)).sum()
+    }
+}
+
+/// An Issuer `apps/<name>`, Ready, for the fake CA `ca`, with its account key in Secret `<name>-account`.
+pub(crate) fn ready_issuer_at(name: &str, ca: &FakeAcme) -> Issuer {
+    let mut issuer = Issuer::new(name, IssuerSpec { acme: acme_issuer_at(ca, &format!("{name}-account")) });
+    issuer.metadata.namespace = Some(NAMESPACE.into());
+    issuer.status = Some(IssuerStatus {
+        conditions: vec![Condition {
+            type_: "Ready".into(),
+            status: "True".into(),
+            reason: "AccountRegistered".into(),
+            message: "The ACME account is registered".into(),
+            last_transition_time: Time(jiff::Timestamp::now()),
+            observed_generation: Some(1),
+        }],
+        acme: None,
+    });
+    issuer
+}
+
+/// The `acme` spec of an issuer at the fake CA `ca`, with one solver for every name: its caBundle holds the
+/// fake's TLS root (to reach the directory) and its issuing CA (so that issued chains verify to the
+/// bundle, and `ca.crt` carries it).
+pub(crate) fn acme_issuer_at(ca: &FakeAcme, account_key_secret: &str) -> AcmeIssuer {
+    let CaTrust::Bundle(tls_roots) = ca.trust() else { panic!("the fake CA is trusted through a bundle") };
+    let config = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+    let mut bundle: String =
+        tls_roots.into_iter().map(|der| pem::encode_config(&pem::Pem::new("CERTIFICATE", der), config)).collect();
+    bundle.push_str(&ca.ca_pem());
+    AcmeIssuer {
+        server: ca.directory_url(),
+        email: None,
+        ca_bundle: Some(bundle),
+        skip_tls_verify: None,
+        private_key_secret_ref: SecretKeySelector { name: account_key_secret.into(), key: None },
+        external_account_binding: None,
+        solvers: vec![AcmeSolver { selector: None, http01: Http01Solver::default() }],
     }
 }
 

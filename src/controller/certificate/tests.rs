@@ -409,7 +409,8 @@ async fn an_order_the_ca_forgot_fails_the_attempt_and_the_next_attempt_orders_ag
 #[tokio::test]
 async fn an_account_the_ca_forgot_is_registered_again_with_the_stored_key() {
     let mut harness = IssuanceHarness::ready_to_issue().await;
-    harness.run_passes(1).await;
+    // The first pass registers the account and stores its new key; the second caches the account.
+    harness.run_passes(2).await;
     let account_key = harness.secret(crate::controller::testing::ACCOUNT_KEY_SECRET).expect("the account key");
 
     harness.ca.forget_accounts();
@@ -511,81 +512,93 @@ async fn a_certificate_deleted_mid_order_loses_its_solver_objects_and_its_next_k
 
 /// When a crash is injected.
 #[derive(Clone, Copy, Debug)]
-enum CrashAt {
-    /// In the first pass, which creates the order.
+enum CrashIn {
+    /// The first pass, which creates the order.
     OrderPass,
-    /// In the pass in which the CA validates, which finalizes and stores.
+    /// The pass in which the CA validates, which finalizes and stores.
     StorePass,
 }
 
+/// The status write at the end of every pass.
+const STATUS_WRITE: (&str, &str) = ("PATCH", "/certificates/web/status");
+
+/// Makes the requests `failing` fail once each (from now on): the process died before them.
+fn die_before(apiserver: &FakeApiserver, failing: &[(&str, &str)]) {
+    for (method, path) in failing {
+        apiserver.fail_next(method, path, 500, 1);
+    }
+}
+
 #[tokio::test]
-async fn a_crash_at_any_write_of_the_issuance_path_loses_no_key_and_issues_once_after_a_restart() {
-    // (case, when, the failing request (method, path), orders the issuance may take)
-    let cases = [
+async fn a_crash_at_any_write_of_the_issuance_path_loses_no_key_and_issues_once() {
+    // (case, the pass that dies, the writes it never makes (the first one failing is where it dies), how
+    // many orders the issuance may take)
+    let cases: [(&str, CrashIn, &[(&str, &str)], usize); 4] = [
         (
             "after the order is created, before its key is stored",
-            CrashAt::OrderPass,
-            ("PATCH", "/secrets/web-next-key"),
+            CrashIn::OrderPass,
+            &[("PATCH", "/secrets/web-next-key"), STATUS_WRITE],
             2,
         ),
-        (
-            "after the key is stored, before status names the order",
-            CrashAt::OrderPass,
-            ("PATCH", "/certificates/web/status"),
-            2,
-        ),
+        ("after the key is stored, before status names the order", CrashIn::OrderPass, &[STATUS_WRITE], 2),
         (
             "after the Secret is written, before the next key is deleted",
-            CrashAt::StorePass,
-            ("DELETE", "/secrets/web-next-key"),
+            CrashIn::StorePass,
+            &[("DELETE", "/secrets/web-next-key"), STATUS_WRITE],
             1,
         ),
-        (
-            "after the next key is deleted, before status says it is issued",
-            CrashAt::StorePass,
-            ("PATCH", "/certificates/web/status"),
-            1,
-        ),
+        ("after the next key is deleted, before status says it is issued", CrashIn::StorePass, &[STATUS_WRITE], 1),
     ];
-    for (case, at, (method, path), orders) in cases {
-        let mut harness = IssuanceHarness::ready_to_issue().await;
-        match at {
-            CrashAt::OrderPass => harness.apiserver.fail_next(method, path, 500, 1),
-            CrashAt::StorePass => {
-                let apiserver = harness.apiserver.clone();
-                let (method, path) = (method.to_owned(), path.to_owned());
-                harness.ca.set_validation(Validation::Check(Arc::new(move |_: &FakeChallenge| {
-                    apiserver.fail_next(&method, &path, 500, 1);
-                    Ok(())
-                })));
+    for (case, pass, failing, orders) in cases {
+        // A restart loses the orders in memory, the account cache and the record of kacme's own writes;
+        // without one, the same process carries on after the failed pass.
+        for restart in [true, false] {
+            let case = format!("{case} ({})", if restart { "restarted" } else { "same process" });
+            let mut harness = IssuanceHarness::ready_to_issue().await;
+            match pass {
+                CrashIn::OrderPass => die_before(&harness.apiserver, failing),
+                CrashIn::StorePass => {
+                    let apiserver = harness.apiserver.clone();
+                    let failing: Vec<(String, String)> =
+                        failing.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
+                    harness.ca.set_validation(Validation::Check(Arc::new(move |_: &FakeChallenge| {
+                        let failing: Vec<(&str, &str)> =
+                            failing.iter().map(|(m, p)| (m.as_str(), p.as_str())).collect();
+                        die_before(&apiserver, &failing);
+                        Ok(())
+                    })));
+                }
             }
-        }
 
-        let mut passes = 0;
-        loop {
-            assert!(passes < MAX_PASSES, "{case}: no pass failed");
-            harness.sync_caches();
-            passes += 1;
-            let failed = harness.try_pass().await.is_err();
-            harness.mark_solver_pods_ready();
-            if failed {
-                break;
+            let mut passes = 0;
+            loop {
+                assert!(passes < MAX_PASSES, "{case}: no pass failed");
+                harness.sync_caches();
+                let status_before = harness.certificate().status;
+                passes += 1;
+                let failed = harness.try_pass().await.is_err();
+                harness.mark_solver_pods_ready();
+                if failed {
+                    assert_eq!(harness.certificate().status, status_before, "{case}: the dead pass wrote no status");
+                    break;
+                }
             }
-        }
-        if matches!(at, CrashAt::StorePass) {
-            assert!(harness.secret(SECRET).is_some(), "{case}: the Secret was written before the crash");
-        }
-        harness.restart();
-        harness.run_until_ready(MAX_PASSES).await;
+            if matches!(pass, CrashIn::StorePass) {
+                assert!(harness.secret(SECRET).is_some(), "{case}: the Secret was written before the crash");
+            }
+            if restart {
+                harness.restart();
+            }
+            harness.run_until_ready(MAX_PASSES).await;
 
-        assert!(harness.stored_key_matches_certificate(), "{case}: tls.key is the key of tls.crt");
-        assert_eq!(harness.ca.certificates_issued().len(), 1, "{case}: issued once");
-        let (chain, _) = harness.stored_certificate();
-        assert_eq!(harness.ca.certificates_issued(), [chain.leaf.serial], "{case}: the stored one");
-        assert_eq!(harness.ca.orders_created(), orders, "{case}: orders");
-        assert_eq!(harness.certificate().status.and_then(|s| s.revision), Some(1), "{case}: revision");
-        assert_eq!(harness.event_reasons().last().map(String::as_str), Some("Issued"), "{case}");
-        assert!(harness.next_key_secret().is_none(), "{case}: the next-key Secret is gone");
-        assert_eq!(harness.solver_objects(), Vec::<String>::new(), "{case}: the solver objects are gone");
+            assert!(harness.stored_key_matches_certificate(), "{case}: tls.key is the key of tls.crt");
+            let (chain, _) = harness.stored_certificate();
+            assert_eq!(harness.ca.certificates_issued(), [chain.leaf.serial], "{case}: issued once, and stored");
+            assert_eq!(harness.ca.orders_created(), orders, "{case}: orders");
+            assert_eq!(harness.certificate().status.and_then(|s| s.revision), Some(1), "{case}: revision");
+            assert_eq!(harness.event_reasons().last().map(String::as_str), Some("Issued"), "{case}");
+            assert!(harness.next_key_secret().is_none(), "{case}: the next-key Secret is gone");
+            assert_eq!(harness.solver_objects(), Vec::<String>::new(), "{case}: the solver objects are gone");
+        }
     }
 }
