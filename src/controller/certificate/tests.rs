@@ -2,10 +2,10 @@
 //! branch of the issuance path, crash windows included, in milliseconds.
 
 use super::FINALIZER;
-use crate::acme::fake::{Endpoint, FakeChallenge, Fault, Validation};
-use crate::api::names::{ANNOTATION_RENEW_REQUESTED_AT, CA_CRT};
+use crate::acme::fake::{Endpoint, FakeAcme, FakeChallenge, Fault, Validation};
+use crate::api::names::{ANNOTATION_ISSUER_NAME, ANNOTATION_RENEW_REQUESTED_AT, CA_CRT};
 use crate::api::{AcmeSolver, Certificate, Http01Solver, IssuerKind, PrivateKeySpec, RotationPolicy, SolverSelector};
-use crate::controller::testing::{IssuanceHarness, NAMESPACE, SECRET};
+use crate::controller::testing::{IssuanceHarness, NAMESPACE, SECRET, ready_issuer_at};
 use crate::pki::{parse_ca_bundle, verify_chain};
 use crate::testing::FakeApiserver;
 use jiff::Timestamp;
@@ -225,6 +225,33 @@ async fn a_change_of_names_mid_order_abandons_the_order_and_issues_for_the_new_n
     assert_eq!(harness.ca.orders_created(), 2);
     assert_eq!(harness.ca.certificates_issued().len(), 1, "nothing was issued for the old names");
     assert!(harness.stored_key_matches_certificate());
+}
+
+#[tokio::test]
+async fn a_change_of_issuer_mid_order_abandons_the_order_and_issues_from_the_new_issuer() {
+    // (case, whether the new issuer is at another CA)
+    for (case, another_ca) in [("another CA", true), ("another account at the same CA", false)] {
+        let mut harness = IssuanceHarness::ready_to_issue().await;
+        let other_ca = FakeAcme::start().await;
+        harness.apiserver.put(&ready_issuer_at("other", if another_ca { &other_ca } else { &harness.ca }));
+        harness.run_passes(2).await;
+        assert!(!harness.solver_objects().is_empty(), "{case}: the order is at its challenge");
+
+        harness.edit_certificate_spec(|spec| spec.issuer_ref.name = "other".into()).await;
+        harness.sync_caches();
+        harness.pass().await;
+
+        assert_eq!(harness.condition_reason("Issuing"), condition("False", "SpecChanged"), "{case}");
+        harness.run_until_ready(MAX_PASSES).await;
+        let secret = harness.secret(SECRET).expect("the Secret");
+        let issuer = secret.metadata.annotations.and_then(|a| a.get(ANNOTATION_ISSUER_NAME).cloned());
+        assert_eq!(issuer.as_deref(), Some("other"), "{case}");
+        let (chain, _) = harness.stored_certificate();
+        let issued = if another_ca { other_ca.certificates_issued() } else { harness.ca.certificates_issued() };
+        assert_eq!(issued, [chain.leaf.serial], "{case}: issued by the new issuer's CA");
+        assert_eq!(harness.certificate().status.and_then(|s| s.failed_issuance_attempts), None, "{case}: no failure");
+        assert!(!harness.event_reasons().contains(&"Failed".to_string()), "{case}: {:?}", harness.event_reasons());
+    }
 }
 
 #[tokio::test]
