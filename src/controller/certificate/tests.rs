@@ -166,19 +166,24 @@ async fn a_new_certificate_becomes_ready_in_a_few_passes_once_its_solver_objects
 }
 
 #[tokio::test]
-async fn an_up_to_date_certificate_is_left_alone_without_a_write_or_an_acme_request() {
-    let mut harness = IssuanceHarness::ready_to_issue().await;
-    harness.run_until_ready(MAX_PASSES).await;
-    harness.sync_caches();
-    harness.apiserver.clear_requests();
-    let acme_requests = harness.acme_requests();
+async fn an_up_to_date_certificate_is_left_alone_without_a_request_to_the_apiserver_or_the_ca() {
+    // The process that issued it remembers its own writes; a restarted one knows only its caches.
+    for restart in [false, true] {
+        let mut harness = IssuanceHarness::ready_to_issue().await;
+        harness.run_until_ready(MAX_PASSES).await;
+        if restart {
+            harness.restart();
+        }
+        harness.sync_caches();
+        harness.apiserver.clear_requests();
+        let acme_requests = harness.acme_requests();
 
-    harness.pass().await;
+        harness.pass().await;
 
-    println!("an up-to-date Certificate: {:?}", harness.apiserver.requests());
-    assert_eq!(harness.apiserver.writes(), []);
-    assert_eq!(harness.apiserver.requests(), [], "everything is read from the caches");
-    assert_eq!(harness.acme_requests(), acme_requests);
+        assert_eq!(harness.apiserver.requests(), [], "restarted: {restart}: everything is read from the caches");
+        assert_eq!(harness.acme_requests(), acme_requests, "restarted: {restart}");
+        assert_eq!(harness.condition_reason("Ready"), condition("True", "Ready"), "restarted: {restart}");
+    }
 }
 
 #[tokio::test]
