@@ -10,8 +10,6 @@ mod ca_bundle;
 mod certificate;
 mod error;
 mod events;
-#[cfg(test)]
-mod fake_apiserver_tests;
 mod ingress;
 mod issuer;
 mod kube_solver;
@@ -19,6 +17,8 @@ mod observe;
 mod owned_certificates;
 mod resync;
 mod sweep;
+#[cfg(test)]
+mod testing;
 mod workload;
 
 pub use accounts::{AccountCache, IssuerInfo};
@@ -105,20 +105,42 @@ pub struct Stores {
 }
 
 impl Stores {
-    /// Stores that nothing fills, for unit tests: every read goes to the apiserver.
+    /// Empty stores and the writers that fill them, for unit tests that play the watches themselves.
     #[cfg(test)]
-    pub(crate) fn empty() -> Stores {
-        Stores {
-            secrets: reflector::store().0,
-            issuers: reflector::store().0,
-            cluster_issuers: reflector::store().0,
-            solvers: kube_solver::SolverStores {
-                pods: reflector::store().0,
-                services: reflector::store().0,
-                ingresses: reflector::store().0,
-            },
-        }
+    pub(crate) fn with_writers() -> (Stores, StoreWriters) {
+        let (secrets, secrets_writer) = reflector::store();
+        let (issuers, issuers_writer) = reflector::store();
+        let (cluster_issuers, cluster_issuers_writer) = reflector::store();
+        let (pods, pods_writer) = reflector::store();
+        let (services, services_writer) = reflector::store();
+        let (ingresses, ingresses_writer) = reflector::store();
+        let stores = Stores {
+            secrets,
+            issuers,
+            cluster_issuers,
+            solvers: kube_solver::SolverStores { pods, services, ingresses },
+        };
+        let writers = StoreWriters {
+            secrets: secrets_writer,
+            issuers: issuers_writer,
+            cluster_issuers: cluster_issuers_writer,
+            pods: pods_writer,
+            services: services_writer,
+            ingresses: ingresses_writer,
+        };
+        (stores, writers)
     }
+}
+
+/// The writing ends of [`Stores`], for unit tests that feed the caches instead of watches.
+#[cfg(test)]
+pub(crate) struct StoreWriters {
+    pub secrets: reflector::store::Writer<Secret>,
+    pub issuers: reflector::store::Writer<Issuer>,
+    pub cluster_issuers: reflector::store::Writer<ClusterIssuer>,
+    pub pods: reflector::store::Writer<Pod>,
+    pub services: reflector::store::Writer<Service>,
+    pub ingresses: reflector::store::Writer<Ingress>,
 }
 
 /// What kacme last did to a Secret, until the cache shows it.

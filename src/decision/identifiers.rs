@@ -1,11 +1,26 @@
 //! Whether an order in flight still asks for what the spec asks for.
 
+use crate::api::IssuerRef;
+use crate::api::names::{ANNOTATION_ISSUER_KIND, ANNOTATION_ISSUER_NAME};
+use k8s_openapi::api::core::v1::Secret;
 use std::net::IpAddr;
 
 /// Whether two lists name the same identifiers: DNS names compared without case, IP addresses by value
 /// (`::1` and `0:0::1` are one address), order and duplicates ignored.
 pub fn same_identifiers(wanted: &[String], ordered: &[String]) -> bool {
     canonical(wanted) == canonical(ordered)
+}
+
+/// Whether the next-key Secret of an order in flight names an issuer other than `wanted`: the order was
+/// placed with another issuer (its account, its CA) and must not be continued with this one. A Secret that
+/// names no issuer (written before kacme recorded it) is not taken for another issuer's.
+pub fn order_is_for_another_issuer(next_key_secret: &Secret, wanted: &IssuerRef) -> bool {
+    let annotations = next_key_secret.metadata.annotations.as_ref();
+    let annotation = |key: &str| annotations.and_then(|a| a.get(key)).map(String::as_str);
+    match (annotation(ANNOTATION_ISSUER_KIND), annotation(ANNOTATION_ISSUER_NAME)) {
+        (Some(kind), Some(name)) => kind != wanted.kind.to_string() || name != wanted.name,
+        _ => false,
+    }
 }
 
 fn canonical(identifiers: &[String]) -> std::collections::BTreeSet<String> {
@@ -37,6 +52,30 @@ mod tests {
         ];
         for (case, wanted, ordered, same) in cases {
             assert_eq!(same_identifiers(&wanted, &ordered), same, "{case}");
+        }
+    }
+
+    #[test]
+    fn an_order_is_for_another_issuer_when_its_key_names_another_issuer() {
+        use crate::api::IssuerKind;
+        let secret = |annotations: &[(&str, &str)]| {
+            let mut secret = Secret::default();
+            secret.metadata.annotations =
+                Some(annotations.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+            secret
+        };
+        let wanted = IssuerRef { name: "ca".into(), kind: IssuerKind::Issuer };
+        let (kind, name) = (ANNOTATION_ISSUER_KIND, ANNOTATION_ISSUER_NAME);
+        // (case, the next-key Secret's annotations, for another issuer)
+        let cases: [(&str, &[(&str, &str)], bool); 5] = [
+            ("the same issuer", &[(kind, "Issuer"), (name, "ca")], false),
+            ("another name", &[(kind, "Issuer"), (name, "other")], true),
+            ("a ClusterIssuer of the same name", &[(kind, "ClusterIssuer"), (name, "ca")], true),
+            ("no issuer recorded", &[], false),
+            ("half an issuer recorded", &[(name, "other")], false),
+        ];
+        for (case, annotations, another) in cases {
+            assert_eq!(order_is_for_another_issuer(&secret(annotations), &wanted), another, "{case}");
         }
     }
 }

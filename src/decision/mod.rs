@@ -8,7 +8,7 @@ mod renewal;
 
 pub use crate::api::IssuanceReason;
 pub use backoff::BackoffPolicy;
-pub use identifiers::same_identifiers;
+pub use identifiers::{order_is_for_another_issuer, same_identifiers};
 pub use issuance::{
     IssuanceDecision, Observed, SecretOwnership, issuance_decision, secret_ownership, usages_annotation,
 };

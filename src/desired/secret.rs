@@ -75,7 +75,8 @@ fn kacme_secret_annotations(certificate: &Certificate, issuer: &IssuerRef, usage
 
 /// The Secret ([`next_key_secret_name`], type `Opaque`) that holds `key_pem`, the private key of the
 /// Certificate's issuance in progress, as tls.key until the certificate is stored. It is owned by the
-/// Certificate (it is kacme's, and temporary) and labelled with the Certificate.
+/// Certificate (it is kacme's, and temporary), labelled with the Certificate, and annotated with the
+/// issuer the order is placed with (the spec's), so that a pass can tell the order from another issuer's.
 pub fn build_next_key_secret(certificate: &Certificate, key_pem: &str) -> Secret {
     let name = certificate_name(certificate);
     Secret {
@@ -86,7 +87,11 @@ pub fn build_next_key_secret(certificate: &Certificate, key_pem: &str) -> Secret
                 (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
                 (LABEL_CERTIFICATE.to_string(), certificate_label_value(&name)),
             ])),
-            annotations: Some(BTreeMap::from([(ANNOTATION_CERTIFICATE_NAME.to_string(), name)])),
+            annotations: Some(BTreeMap::from([
+                (ANNOTATION_CERTIFICATE_NAME.to_string(), name),
+                (ANNOTATION_ISSUER_NAME.to_string(), certificate.spec.issuer_ref.name.clone()),
+                (ANNOTATION_ISSUER_KIND.to_string(), certificate.spec.issuer_ref.kind.to_string()),
+            ])),
             owner_references: controller_owner_reference(certificate).map(|owner| vec![owner]),
             ..Default::default()
         },
@@ -224,8 +229,13 @@ mod tests {
                 secret.metadata.labels == Some(map(&[(LABEL_MANAGED_BY, "kacme"), (LABEL_CERTIFICATE, "web")])),
             ),
             (
-                "it names the Certificate",
-                secret.metadata.annotations == Some(map(&[(ANNOTATION_CERTIFICATE_NAME, "web")])),
+                "it names the Certificate and the issuer of the order",
+                secret.metadata.annotations
+                    == Some(map(&[
+                        (ANNOTATION_CERTIFICATE_NAME, "web"),
+                        (ANNOTATION_ISSUER_NAME, "ca"),
+                        (ANNOTATION_ISSUER_KIND, "Issuer"),
+                    ])),
             ),
             (
                 "it is controlled by the Certificate",

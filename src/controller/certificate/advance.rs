@@ -8,7 +8,7 @@ use crate::api::{CertificateReason, IssuanceReason};
 use crate::controller::ReconcileError;
 use crate::controller::accounts::IssuerInfo;
 use crate::controller::kube_solver::KubeSolver;
-use crate::decision::{SecretOwnership, same_identifiers, secret_ownership};
+use crate::decision::{SecretOwnership, order_is_for_another_issuer, same_identifiers, secret_ownership};
 use crate::desired::{authorization_events, next_key_secret_name};
 use crate::pki::{build_csr, key_matches_certificate, parse_chain, parse_private_key};
 use k8s_openapi::api::core::v1::Secret;
@@ -30,21 +30,27 @@ impl Pass<'_> {
             .await;
             return Ok(Action::requeue(NEXT_STEP));
         }
-        let (issuer, account) = match self.issuer_and_account().await {
-            Ok(found) => found,
-            Err(wait) => return Ok(self.wait_for_issuer(&wait)),
-        };
         let key_secret_name = next_key_secret_name(&self.name());
         let key_secret = self
             .ctx
             .read_secret(&self.namespace, &key_secret_name)
             .await
             .map_err(|e| ReconcileError::kube(format!("reading Secret {key_secret_name}"), e))?;
-        let Some(key) = key_secret
-            .as_ref()
-            .filter(|s| secret_ownership(s, &self.name()) == SecretOwnership::Ours)
-            .and_then(|s| s.data.as_ref()?.get(TLS_KEY))
-            .and_then(|v| parse_private_key(&v.0).ok())
+        let key_secret = key_secret.filter(|s| secret_ownership(s, &self.name()) == SecretOwnership::Ours);
+        if key_secret.as_ref().is_some_and(|s| order_is_for_another_issuer(s, &spec.issuer_ref)) {
+            self.abandon_order(
+                IssuanceReason::SpecChanged.as_str(),
+                "The issuer changed during issuance; starting a new order",
+            )
+            .await;
+            return Ok(Action::requeue(NEXT_STEP));
+        }
+        let (issuer, account) = match self.issuer_and_account().await {
+            Ok(found) => found,
+            Err(wait) => return Ok(self.wait_for_issuer(&wait)),
+        };
+        let Some(key) =
+            key_secret.as_ref().and_then(|s| s.data.as_ref()?.get(TLS_KEY)).and_then(|v| parse_private_key(&v.0).ok())
         else {
             return self.finish_stored_order(&issuer, &account, progress, secret).await;
         };

@@ -17,6 +17,8 @@ mod decide;
 mod failure;
 mod start;
 mod store;
+#[cfg(test)]
+mod tests;
 
 use super::accounts::{IssuerInfo, ensure_account};
 use super::error::ReconcileError;

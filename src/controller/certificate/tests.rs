@@ -1,0 +1,636 @@
+//! Whole reconcile passes of the Certificate reconciler against the in-memory apiserver and CA: every
+//! branch of the issuance path, crash windows included, in milliseconds.
+
+use super::FINALIZER;
+use crate::acme::fake::{Endpoint, FakeAcme, FakeChallenge, Fault, Validation};
+use crate::api::names::{ANNOTATION_ISSUER_NAME, ANNOTATION_RENEW_REQUESTED_AT, CA_CRT};
+use crate::api::{AcmeSolver, Certificate, Http01Solver, IssuerKind, PrivateKeySpec, RotationPolicy, SolverSelector};
+use crate::controller::testing::{IssuanceHarness, NAMESPACE, SECRET, ready_issuer_at};
+use crate::pki::{parse_ca_bundle, verify_chain};
+use crate::testing::FakeApiserver;
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::networking::v1::Ingress;
+use kube::api::{Api, DeleteParams};
+use kube::runtime::controller::Action;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// More passes than any issuance here needs: a loop that does not converge fails instead of spinning.
+const MAX_PASSES: usize = 8;
+
+fn owned(pairs: &[&str]) -> Vec<String> {
+    pairs.iter().map(|s| s.to_string()).collect()
+}
+
+fn condition(status: &str, reason: &str) -> Option<(String, String)> {
+    Some((status.into(), reason.into()))
+}
+
+/// A Secret `apps/web-tls` that kacme did not make.
+fn foreign_secret() -> Secret {
+    let mut secret = Secret::default();
+    secret.metadata.name = Some(SECRET.into());
+    secret.metadata.namespace = Some(NAMESPACE.into());
+    secret.metadata.labels = Some(BTreeMap::from([("owner".into(), "someone".into())]));
+    secret.data = Some(BTreeMap::from([("password".into(), k8s_openapi::ByteString(b"hunter2".to_vec()))]));
+    secret
+}
+
+/// How many times Events with this reason were published (a repeated Event counts each time).
+fn event_count(harness: &IssuanceHarness, reason: &str) -> u64 {
+    harness.apiserver.events().iter().filter(|e| e.reason == reason).map(|e| e.count).sum()
+}
+
+/// Whether a request wrote to the Certificate's Secret.
+fn wrote_certificate_secret(apiserver: &FakeApiserver) -> bool {
+    apiserver.writes().iter().any(|w| w.path.ends_with(&format!("/secrets/{SECRET}")))
+}
+
+// --- First passes, without a CA (moved from the fake apiserver's first tests) ---------------------------
+
+#[tokio::test]
+async fn a_certificate_whose_issuer_is_missing_gets_its_finalizer_then_says_so_in_status() {
+    let mut harness = IssuanceHarness::start().await;
+    harness.apiserver.put(&crate::desired::testing::certificate());
+
+    harness.pass().await;
+    let finalizers = harness.certificate().metadata.finalizers;
+    harness.apiserver.clear_requests();
+    harness.sync_caches();
+    harness.pass().await;
+
+    assert_eq!(finalizers, Some(vec![FINALIZER.to_owned()]));
+    assert_eq!(harness.condition_reason("Ready"), condition("False", "IssuerNotFound"));
+    let writes: Vec<String> = harness.apiserver.writes().iter().map(ToString::to_string).collect();
+    assert_eq!(
+        writes,
+        ["PATCH /apis/kacme.dev/v1alpha1/namespaces/apps/certificates/web/status?force=true&fieldManager=kacme -> 200"]
+    );
+    assert_eq!(harness.acme_requests(), 0, "no issuer, no CA to ask");
+}
+
+#[tokio::test]
+async fn a_secret_of_someone_else_is_left_alone_and_reported_once() {
+    let harness = IssuanceHarness::ready_to_issue().await;
+    let foreign = harness.apiserver.put(&foreign_secret());
+
+    harness.pass().await;
+    harness.pass().await;
+
+    assert_eq!(harness.condition_reason("Ready"), condition("False", "SecretNotOwned"));
+    assert_eq!(harness.secret(SECRET), Some(foreign), "the Secret is untouched");
+    assert_eq!(harness.event_reasons(), ["SecretNotOwned"]);
+    assert_eq!(harness.apiserver.count("PATCH", "/status"), 1, "the second pass has nothing new to write");
+    assert_eq!(harness.acme_requests(), 0, "nothing to order for a Secret kacme may not write");
+}
+
+#[tokio::test]
+async fn a_deleted_certificate_loses_its_solver_objects_and_then_its_finalizer() {
+    let harness = IssuanceHarness::ready_to_issue().await;
+    let labels = BTreeMap::from([
+        (crate::api::names::LABEL_SOLVER.to_owned(), "true".to_owned()),
+        (crate::api::names::LABEL_CERTIFICATE.to_owned(), crate::desired::certificate_label_value("web")),
+    ]);
+    let mut pod = Pod::default();
+    pod.metadata.name = Some("web-solver".into());
+    pod.metadata.namespace = Some(NAMESPACE.into());
+    pod.metadata.labels = Some(labels);
+    harness.apiserver.put(&pod);
+    harness.apiserver.put(&Ingress { metadata: pod.metadata.clone(), ..Ingress::default() });
+    Api::<Certificate>::namespaced(harness.apiserver.client(), NAMESPACE)
+        .delete("web", &DeleteParams::default())
+        .await
+        .expect("deletion starts");
+
+    harness.pass().await;
+
+    assert!(harness.apiserver.list::<Pod>().is_empty() && harness.apiserver.list::<Ingress>().is_empty());
+    assert!(
+        harness.apiserver.get::<Certificate>(NAMESPACE, "web").is_none(),
+        "the finalizer went, and the Certificate"
+    );
+}
+
+// --- The issuance path ---------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_new_certificate_becomes_ready_in_a_few_passes_once_its_solver_objects_serve_the_challenge() {
+    let mut harness = IssuanceHarness::ready_to_issue().await;
+    harness.ca.set_validation(harness.validation_through_solver_objects());
+
+    let passes = harness.run_until_ready(MAX_PASSES).await;
+
+    let requests = harness.apiserver.requests();
+    let writes = harness.apiserver.writes().len();
+    println!(
+        "a new Certificate is Ready after {passes} passes, {} apiserver requests ({writes} writes), {} ACME requests",
+        requests.len(),
+        harness.acme_requests()
+    );
+    for request in &requests {
+        println!("  {request}");
+    }
+    assert!(passes <= 3, "{passes} passes: create the order, the solver objects, then validate and finalize");
+    // The budget as measured (3 Events and 3 status writes included); lower is welcome, higher is a regression.
+    assert!(requests.len() <= 25, "{} apiserver requests", requests.len());
+    assert!(writes <= 19, "{writes} apiserver writes");
+    assert!(harness.acme_requests() <= 15, "{} ACME requests", harness.acme_requests());
+    let (chain, key) = harness.stored_certificate();
+    assert!(crate::pki::key_matches_certificate(&key, &chain.leaf), "tls.key is the key of tls.crt");
+    assert_eq!(chain.leaf.dns_names, ["web.example.test"]);
+    let ca = parse_ca_bundle(harness.ca.ca_pem().as_bytes()).expect("the fake's CA certificate");
+    verify_chain(&chain, &ca, Timestamp::now()).expect("the chain verifies to the fake's issuing CA");
+    let secret = harness.secret(SECRET).expect("the Secret");
+    assert_eq!(secret.type_.as_deref(), Some("kubernetes.io/tls"));
+    let ca_crt = parse_ca_bundle(&secret.data.as_ref().and_then(|d| d.get(CA_CRT)).expect("ca.crt").0)
+        .expect("ca.crt holds PEM certificates");
+    assert!(ca_crt.contains(&ca[0]), "ca.crt carries the issuing CA");
+    verify_chain(&chain, &ca_crt, Timestamp::now()).expect("the chain verifies to ca.crt, as a workload checks it");
+    assert_eq!(harness.ca.certificates_issued(), std::slice::from_ref(&chain.leaf.serial));
+    assert_eq!(harness.ca.orders_created(), 1);
+    let status = harness.certificate().status.expect("a status");
+    assert_eq!(status.revision, Some(1));
+    assert_eq!(status.not_after.map(|t| t.0), Some(chain.leaf.not_after));
+    let renewal = status.renewal_time.expect("a renewal time").0;
+    assert!(chain.leaf.not_before < renewal && renewal < chain.leaf.not_after, "renewal within the lifetime");
+    assert_eq!(
+        (status.order, status.next_private_key_secret_name, status.failed_issuance_attempts),
+        (None, None, None)
+    );
+    assert_eq!(harness.condition_reason("Ready"), condition("True", "Ready"));
+    assert_eq!(harness.event_reasons(), ["OrderCreated", "Presented", "Validated", "Issued"]);
+    assert_eq!(harness.solver_objects(), Vec::<String>::new(), "the solver objects are gone");
+    assert!(harness.next_key_secret().is_none(), "the next-key Secret is gone");
+}
+
+#[tokio::test]
+async fn an_up_to_date_certificate_is_left_alone_without_a_request_to_the_apiserver_or_the_ca() {
+    // The process that issued it remembers its own writes; a restarted one knows only its caches.
+    for restart in [false, true] {
+        let mut harness = IssuanceHarness::ready_to_issue().await;
+        harness.run_until_ready(MAX_PASSES).await;
+        if restart {
+            harness.restart();
+        }
+        harness.sync_caches();
+        harness.apiserver.clear_requests();
+        let acme_requests = harness.acme_requests();
+
+        harness.pass().await;
+
+        assert_eq!(harness.apiserver.requests(), [], "restarted: {restart}: everything is read from the caches");
+        assert_eq!(harness.acme_requests(), acme_requests, "restarted: {restart}");
+        assert_eq!(harness.condition_reason("Ready"), condition("True", "Ready"), "restarted: {restart}");
+    }
+}
+
+#[tokio::test]
+async fn a_certificate_past_its_renewal_time_is_renewed_while_it_stays_ready() {
+    let mut harness = IssuanceHarness::ready_to_issue().await;
+    // Issued 1 minute back-dated and valid for 15 s: its renewal time (2/3 of the lifetime) has passed.
+    harness.ca.set_certificate_validity(Duration::from_secs(15));
+    harness.run_until_ready(MAX_PASSES).await;
+    let (first, first_key) = harness.stored_certificate();
+    harness.ca.set_certificate_validity(Duration::from_secs(24 * 3600));
+
+    harness.sync_caches();
+    harness.pass().await;
+    let while_renewing = (harness.condition_reason("Ready"), harness.condition_reason("Issuing"));
+    harness.run_until_ready(MAX_PASSES).await;
+
+    assert_eq!(while_renewing, (condition("True", "Ready"), condition("True", "Expiring")));
+    let (second, second_key) = harness.stored_certificate();
+    assert_ne!(first.leaf.serial, second.leaf.serial);
+    assert!(second.leaf.not_after > first.leaf.not_after);
+    assert_ne!(first_key.pem(), second_key.pem(), "the key rotates by default");
+    assert!(harness.stored_key_matches_certificate());
+    assert_eq!(harness.certificate().status.and_then(|s| s.revision), Some(2));
+    assert_eq!(harness.ca.certificates_issued().len(), 2);
+    assert_eq!(event_count(&harness, "Issued"), 2);
+}
+
+#[tokio::test]
+async fn a_change_of_names_mid_order_abandons_the_order_and_issues_for_the_new_names() {
+    let mut harness = IssuanceHarness::ready_to_issue().await;
+    harness.run_passes(2).await;
+    assert!(!harness.solver_objects().is_empty(), "the order is at its challenge");
+
+    harness.edit_certificate_spec(|spec| spec.dns_names = vec!["app.example.test".into()]).await;
+    harness.sync_caches();
+    harness.pass().await;
+
+    assert_eq!(harness.condition_reason("Issuing"), condition("False", "SpecChanged"));
+    assert_eq!(harness.certificate().status.and_then(|s| s.order), None, "the order is abandoned");
+    assert_eq!(harness.solver_objects(), Vec::<String>::new(), "with its solver objects");
+    harness.run_until_ready(MAX_PASSES).await;
+    let (chain, _) = harness.stored_certificate();
+    assert_eq!(chain.leaf.dns_names, ["app.example.test"]);
+    assert_eq!(harness.ca.orders_created(), 2);
+    assert_eq!(harness.ca.certificates_issued().len(), 1, "nothing was issued for the old names");
+    assert!(harness.stored_key_matches_certificate());
+}
+
+#[tokio::test]
+async fn a_change_of_issuer_mid_order_abandons_the_order_and_issues_from_the_new_issuer() {
+    // (case, whether the new issuer is at another CA)
+    for (case, another_ca) in [("another CA", true), ("another account at the same CA", false)] {
+        let mut harness = IssuanceHarness::ready_to_issue().await;
+        let other_ca = FakeAcme::start().await;
+        harness.apiserver.put(&ready_issuer_at("other", if another_ca { &other_ca } else { &harness.ca }));
+        harness.run_passes(2).await;
+        assert!(!harness.solver_objects().is_empty(), "{case}: the order is at its challenge");
+
+        harness.edit_certificate_spec(|spec| spec.issuer_ref.name = "other".into()).await;
+        harness.sync_caches();
+        harness.pass().await;
+
+        assert_eq!(harness.condition_reason("Issuing"), condition("False", "SpecChanged"), "{case}");
+        harness.run_until_ready(MAX_PASSES).await;
+        let secret = harness.secret(SECRET).expect("the Secret");
+        let issuer = secret.metadata.annotations.and_then(|a| a.get(ANNOTATION_ISSUER_NAME).cloned());
+        assert_eq!(issuer.as_deref(), Some("other"), "{case}");
+        let (chain, _) = harness.stored_certificate();
+        let issued = if another_ca { other_ca.certificates_issued() } else { harness.ca.certificates_issued() };
+        assert_eq!(issued, [chain.leaf.serial], "{case}: issued by the new issuer's CA");
+        assert_eq!(harness.certificate().status.and_then(|s| s.failed_issuance_attempts), None, "{case}: no failure");
+        assert!(!harness.event_reasons().contains(&"Failed".to_string()), "{case}: {:?}", harness.event_reasons());
+    }
+}
+
+#[tokio::test]
+async fn an_issuer_that_is_missing_or_not_ready_is_reported_without_asking_the_ca() {
+    let not_ready = |harness: &IssuanceHarness| {
+        let mut issuer = harness.ready_issuer();
+        let condition = &mut issuer.status.as_mut().expect("a status").conditions[0];
+        condition.status = "False".into();
+        condition.reason = "ErrRegisterAcmeAccount".into();
+        Some(issuer)
+    };
+    let missing = |_: &IssuanceHarness| None;
+    // (case, the Issuer, the kind the Certificate refers to, the expected reason)
+    type IssuerOf = fn(&IssuanceHarness) -> Option<crate::api::Issuer>;
+    let cases: [(&str, IssuerOf, IssuerKind, &str); 3] = [
+        ("no Issuer of that name", missing, IssuerKind::Issuer, "IssuerNotFound"),
+        ("an Issuer that is not Ready", not_ready, IssuerKind::Issuer, "IssuerNotReady"),
+        (
+            "no ClusterIssuer of that name (an Issuer of that name does not count)",
+            |h| Some(h.ready_issuer()),
+            IssuerKind::ClusterIssuer,
+            "IssuerNotFound",
+        ),
+    ];
+    for (case, issuer, kind, reason) in cases {
+        let mut harness = IssuanceHarness::start().await;
+        if let Some(issuer) = issuer(&harness) {
+            harness.apiserver.put(&issuer);
+        }
+        let mut certificate = crate::desired::testing::certificate();
+        certificate.spec.issuer_ref.kind = kind;
+        harness.seed_certificate(certificate);
+        harness.sync_caches();
+
+        harness.pass().await;
+
+        assert_eq!(harness.condition_reason("Ready"), condition("False", reason), "{case}");
+        assert_eq!(harness.condition_reason("Issuing"), condition("False", reason), "{case}");
+        assert_eq!(harness.acme_requests(), 0, "{case}: no ACME request");
+        assert!(harness.next_key_secret().is_none(), "{case}: no key stored");
+    }
+}
+
+#[tokio::test]
+async fn a_name_that_no_solver_matches_fails_the_attempt_without_an_order_at_the_ca() {
+    let mut harness = IssuanceHarness::start().await;
+    let mut issuer = harness.ready_issuer();
+    issuer.spec.acme.solvers = vec![AcmeSolver {
+        selector: Some(SolverSelector { dns_names: vec!["other.example.test".into()], ..SolverSelector::default() }),
+        http01: Http01Solver::default(),
+    }];
+    harness.apiserver.put(&issuer);
+    harness.seed_certificate(crate::desired::testing::certificate());
+    harness.sync_caches();
+
+    harness.pass().await;
+
+    let (status, reason, message) = harness.condition("Ready").expect("a Ready condition");
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "Failed"));
+    assert!(message.contains("no solver of Issuer apps/ca applies to web.example.test"), "{message}");
+    assert_eq!(harness.condition_reason("Issuing"), condition("False", "Failed"));
+    assert_eq!(harness.certificate().status.and_then(|s| s.failed_issuance_attempts), Some(1));
+    assert_eq!(harness.ca.orders_created(), 0);
+    assert_eq!(harness.ca.requests(Endpoint::NewOrder), 0);
+    assert!(harness.next_key_secret().is_none());
+    assert_eq!(harness.event_reasons(), ["Failed"]);
+}
+
+#[tokio::test]
+async fn a_challenge_the_ca_refuses_fails_the_attempt_with_its_words_then_backs_off() {
+    let mut harness = IssuanceHarness::ready_to_issue().await;
+    let refusal = "Connection refused to web.example.test:80";
+    harness.ca.set_validation(Validation::Invalid(refusal.into()));
+
+    let mut passes = 0;
+    while harness.condition_reason("Issuing") != condition("False", "Failed") {
+        assert!(passes < MAX_PASSES, "no failure after {passes} passes: {:#?}", harness.certificate().status);
+        harness.run_passes(1).await;
+        passes += 1;
+    }
+
+    let (_, _, message) = harness.condition("Ready").expect("a Ready condition");
+    assert!(message.contains(refusal), "the CA's words are shown: {message}");
+    assert_eq!(harness.condition_reason("Ready"), condition("False", "Failed"));
+    let status = harness.certificate().status.expect("a status");
+    assert_eq!(status.failed_issuance_attempts, Some(1));
+    assert!(status.last_failure_time.is_some());
+    assert_eq!((status.order, status.next_private_key_secret_name), (None, None));
+    assert_eq!(harness.solver_objects(), Vec::<String>::new(), "the solver objects are removed");
+    assert!(harness.next_key_secret().is_none(), "the next-key Secret is removed");
+    let reasons = harness.event_reasons();
+    assert!(reasons.ends_with(&owned(&["ValidationFailed", "Failed"])), "{reasons:?}");
+
+    // Backing off: the next pass asks nobody anything and writes nothing.
+    harness.sync_caches();
+    harness.apiserver.clear_requests();
+    let acme_requests = harness.acme_requests();
+    harness.pass().await;
+    assert_eq!(harness.apiserver.writes(), []);
+    assert_eq!(harness.acme_requests(), acme_requests);
+
+    // Once the backoff has elapsed, the next attempt issues and clears the failure.
+    harness.ca.set_validation(Validation::Valid);
+    harness.let_the_backoff_elapse().await;
+    harness.run_until_ready(MAX_PASSES).await;
+    let status = harness.certificate().status.expect("a status");
+    assert_eq!((status.failed_issuance_attempts, status.last_failure_time), (None, None));
+    assert_eq!(harness.ca.orders_created(), 2);
+}
+
+#[tokio::test]
+async fn a_server_error_on_finalize_is_retried_on_the_same_order() {
+    let mut harness = IssuanceHarness::ready_to_issue().await;
+    harness.ca.fail_next(Endpoint::Finalize, Fault::problem(500, "serverInternal", "the signer is down"), 1);
+
+    let mut passes = 0;
+    while !harness.condition("Issuing").is_some_and(|(_, _, message)| message.starts_with("Retrying")) {
+        assert!(passes < MAX_PASSES, "no retry after {passes} passes: {:#?}", harness.certificate().status);
+        harness.run_passes(1).await;
+        passes += 1;
+    }
+    let (status, _, message) = harness.condition("Issuing").expect("Issuing");
+    let order_while_retrying = harness.certificate().status.and_then(|s| s.order).map(|o| o.url);
+    harness.run_until_ready(MAX_PASSES).await;
+
+    assert_eq!(status, "True");
+    assert!(message.contains("the signer is down"), "{message}");
+    assert!(order_while_retrying.is_some(), "the order stays in status");
+    assert_eq!(harness.ca.orders_created(), 1);
+    assert_eq!(harness.ca.requests(Endpoint::Finalize), 2);
+    assert_eq!(harness.ca.certificates_issued().len(), 1);
+    assert_eq!(harness.certificate().status.and_then(|s| s.failed_issuance_attempts), None);
+    assert!(harness.stored_key_matches_certificate());
+}
+
+#[tokio::test]
+async fn a_nonce_the_ca_keeps_rejecting_is_retried_at_once_on_the_same_order() {
+    let mut harness = IssuanceHarness::ready_to_issue().await;
+    // instant-acme itself tries a request three times when the nonce is rejected: reject all three.
+    harness.ca.fail_next(
+        Endpoint::Finalize,
+        Fault::problem(400, "badNonce", "JWS has an invalid anti-replay nonce"),
+        3,
+    );
+
+    let mut actions = Vec::new();
+    while !harness.is_ready_and_idle() {
+        assert!(actions.len() < MAX_PASSES, "not Ready after {actions:?}");
+        harness.sync_caches();
+        actions.push(harness.pass().await);
+        harness.mark_solver_pods_ready();
+    }
+
+    assert!(actions.contains(&Action::requeue(Duration::from_millis(10))), "retried at once: {actions:?}");
+    assert_eq!(harness.ca.requests(Endpoint::Finalize), 4);
+    assert_eq!(harness.ca.orders_created(), 1);
+    assert_eq!(harness.certificate().status.and_then(|s| s.failed_issuance_attempts), None, "not a failure");
+    assert!(harness.stored_key_matches_certificate());
+}
+
+#[tokio::test]
+async fn an_order_the_ca_forgot_fails_the_attempt_and_the_next_attempt_orders_again() {
+    let mut harness = IssuanceHarness::ready_to_issue().await;
+    harness.run_passes(2).await;
+    assert!(!harness.solver_objects().is_empty(), "the order is at its challenge");
+
+    harness.ca.forget_orders();
+    harness.run_passes(1).await;
+
+    assert_eq!(harness.condition_reason("Issuing"), condition("False", "Failed"));
+    let (_, _, message) = harness.condition("Issuing").expect("Issuing");
+    assert!(message.contains("order"), "the CA's words: {message}");
+    assert_eq!(harness.solver_objects(), Vec::<String>::new());
+    assert!(harness.next_key_secret().is_none());
+    harness.let_the_backoff_elapse().await;
+    harness.run_until_ready(MAX_PASSES).await;
+    assert_eq!(harness.ca.orders_created(), 2);
+    assert_eq!(harness.ca.certificates_issued().len(), 1);
+    assert!(harness.stored_key_matches_certificate());
+}
+
+#[tokio::test]
+async fn an_account_the_ca_forgot_is_registered_again_with_the_stored_key() {
+    let mut harness = IssuanceHarness::ready_to_issue().await;
+    // The first pass registers the account and stores its new key; the second caches the account.
+    harness.run_passes(2).await;
+    let account_key = harness.secret(crate::controller::testing::ACCOUNT_KEY_SECRET).expect("the account key");
+
+    harness.ca.forget_accounts();
+    harness.run_passes(1).await;
+
+    let (_, _, message) = harness.condition("Issuing").expect("Issuing");
+    assert!(message.contains("accountDoesNotExist"), "the CA's words: {message}");
+    harness.let_the_backoff_elapse().await;
+    harness.run_until_ready(MAX_PASSES).await;
+    assert_eq!(harness.ca.accounts_created(), 2, "registered again");
+    let same_key = harness.secret(crate::controller::testing::ACCOUNT_KEY_SECRET).map(|s| s.data);
+    assert_eq!(same_key, Some(account_key.data), "with the stored key");
+    assert_eq!(harness.ca.certificates_issued().len(), 1);
+    assert!(harness.stored_key_matches_certificate());
+}
+
+#[tokio::test]
+async fn a_foreign_secret_that_appears_right_before_the_store_step_is_never_written() {
+    let mut harness = IssuanceHarness::ready_to_issue().await;
+    let apiserver = harness.apiserver.clone();
+    let planted: Arc<Mutex<Option<Secret>>> = Arc::default();
+    let planted_by_ca = planted.clone();
+    // The Secret appears while the CA validates: after the pass read the Secret, before it stores.
+    harness.ca.set_validation(Validation::Check(Arc::new(move |_: &FakeChallenge| {
+        *planted_by_ca.lock().expect("the planted Secret") = Some(apiserver.put(&foreign_secret()));
+        Ok(())
+    })));
+
+    let mut passes = 0;
+    while harness.condition_reason("Issuing") != condition("False", "Failed") {
+        assert!(passes < MAX_PASSES, "no failure after {passes} passes: {:#?}", harness.certificate().status);
+        harness.run_passes(1).await;
+        passes += 1;
+    }
+    let (_, _, message) = harness.condition("Issuing").expect("Issuing");
+    harness.run_passes(1).await;
+
+    assert!(message.contains("was not created by kacme"), "{message}");
+    assert_eq!(harness.condition_reason("Ready"), condition("False", "SecretNotOwned"));
+    let planted = planted.lock().expect("the planted Secret").clone();
+    assert!(planted.is_some(), "the CA validated");
+    assert_eq!(harness.secret(SECRET), planted, "the foreign Secret is untouched");
+    assert!(!wrote_certificate_secret(&harness.apiserver), "no write to {SECRET}: {:?}", harness.apiserver.writes());
+    assert!(harness.next_key_secret().is_none());
+    assert_eq!(harness.ca.certificates_issued().len(), 1);
+}
+
+#[tokio::test]
+async fn the_key_is_reused_on_renewal_only_when_the_rotation_policy_says_never() {
+    // (rotation policy, whether the renewed certificate keeps the key)
+    let cases = [(RotationPolicy::Never, true), (RotationPolicy::Always, false)];
+    for (policy, kept) in cases {
+        let mut harness = IssuanceHarness::start().await;
+        harness.apiserver.put(&harness.ready_issuer());
+        let mut certificate = crate::desired::testing::certificate();
+        certificate.spec.private_key = Some(PrivateKeySpec { rotation_policy: Some(policy), ..Default::default() });
+        harness.seed_certificate(certificate);
+        harness.run_until_ready(MAX_PASSES).await;
+        let (first, first_key) = harness.stored_certificate();
+
+        harness
+            .edit_certificate_metadata(|meta| {
+                meta.annotations
+                    .get_or_insert_with(BTreeMap::new)
+                    .insert(ANNOTATION_RENEW_REQUESTED_AT.into(), "2026-12-01T00:00:00Z".into());
+            })
+            .await;
+        harness.run_until_ready(MAX_PASSES).await;
+
+        let (second, second_key) = harness.stored_certificate();
+        assert_ne!(first.leaf.serial, second.leaf.serial, "{policy:?}: renewed");
+        assert_eq!(first_key.pem() == second_key.pem(), kept, "{policy:?}");
+        assert!(harness.stored_key_matches_certificate(), "{policy:?}");
+        assert_eq!(harness.certificate().status.and_then(|s| s.revision), Some(2), "{policy:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_certificate_deleted_mid_order_loses_its_solver_objects_and_its_next_key() {
+    let mut harness = IssuanceHarness::ready_to_issue().await;
+    harness.run_passes(2).await;
+    assert!(!harness.solver_objects().is_empty(), "the order is at its challenge");
+    assert!(harness.next_key_secret().is_some(), "the order's key is stored");
+
+    Api::<Certificate>::namespaced(harness.apiserver.client(), NAMESPACE)
+        .delete("web", &DeleteParams::default())
+        .await
+        .expect("deletion starts");
+    harness.sync_caches();
+    harness.pass().await;
+
+    assert_eq!(harness.solver_objects(), Vec::<String>::new());
+    assert!(harness.next_key_secret().is_none());
+    assert!(harness.apiserver.get::<Certificate>(NAMESPACE, "web").is_none(), "the finalizer went");
+    assert!(harness.secret(SECRET).is_none(), "nothing was stored");
+}
+
+// --- Crash windows -------------------------------------------------------------------------------------
+
+/// When a crash is injected.
+#[derive(Clone, Copy, Debug)]
+enum CrashIn {
+    /// The first pass, which creates the order.
+    OrderPass,
+    /// The pass in which the CA validates, which finalizes and stores.
+    StorePass,
+}
+
+/// The status write at the end of every pass.
+const STATUS_WRITE: (&str, &str) = ("PATCH", "/certificates/web/status");
+
+/// Makes the requests `failing` fail once each (from now on): the process died before them.
+fn die_before(apiserver: &FakeApiserver, failing: &[(&str, &str)]) {
+    for (method, path) in failing {
+        apiserver.fail_next(method, path, 500, 1);
+    }
+}
+
+#[tokio::test]
+async fn a_crash_at_any_write_of_the_issuance_path_loses_no_key_and_issues_once() {
+    // (case, the pass that dies, the writes it never makes (the first one failing is where it dies), how
+    // many orders the issuance may take)
+    let cases: [(&str, CrashIn, &[(&str, &str)], usize); 4] = [
+        (
+            "after the order is created, before its key is stored",
+            CrashIn::OrderPass,
+            &[("PATCH", "/secrets/web-next-key"), STATUS_WRITE],
+            2,
+        ),
+        ("after the key is stored, before status names the order", CrashIn::OrderPass, &[STATUS_WRITE], 2),
+        (
+            "after the Secret is written, before the next key is deleted",
+            CrashIn::StorePass,
+            &[("DELETE", "/secrets/web-next-key"), STATUS_WRITE],
+            1,
+        ),
+        ("after the next key is deleted, before status says it is issued", CrashIn::StorePass, &[STATUS_WRITE], 1),
+    ];
+    for (case, pass, failing, orders) in cases {
+        // A restart loses the orders in memory, the account cache and the record of kacme's own writes;
+        // without one, the same process carries on after the failed pass.
+        for restart in [true, false] {
+            let case = format!("{case} ({})", if restart { "restarted" } else { "same process" });
+            let mut harness = IssuanceHarness::ready_to_issue().await;
+            match pass {
+                CrashIn::OrderPass => die_before(&harness.apiserver, failing),
+                CrashIn::StorePass => {
+                    let apiserver = harness.apiserver.clone();
+                    let failing: Vec<(String, String)> =
+                        failing.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
+                    harness.ca.set_validation(Validation::Check(Arc::new(move |_: &FakeChallenge| {
+                        let failing: Vec<(&str, &str)> =
+                            failing.iter().map(|(m, p)| (m.as_str(), p.as_str())).collect();
+                        die_before(&apiserver, &failing);
+                        Ok(())
+                    })));
+                }
+            }
+
+            let mut passes = 0;
+            loop {
+                assert!(passes < MAX_PASSES, "{case}: no pass failed");
+                harness.sync_caches();
+                let status_before = harness.certificate().status;
+                passes += 1;
+                let failed = harness.try_pass().await.is_err();
+                harness.mark_solver_pods_ready();
+                if failed {
+                    assert_eq!(harness.certificate().status, status_before, "{case}: the dead pass wrote no status");
+                    break;
+                }
+            }
+            if matches!(pass, CrashIn::StorePass) {
+                assert!(harness.secret(SECRET).is_some(), "{case}: the Secret was written before the crash");
+            }
+            if restart {
+                harness.restart();
+            }
+            harness.run_until_ready(MAX_PASSES).await;
+
+            assert!(harness.stored_key_matches_certificate(), "{case}: tls.key is the key of tls.crt");
+            let (chain, _) = harness.stored_certificate();
+            assert_eq!(harness.ca.certificates_issued(), [chain.leaf.serial], "{case}: issued once, and stored");
+            assert_eq!(harness.ca.orders_created(), orders, "{case}: orders");
+            assert_eq!(harness.certificate().status.and_then(|s| s.revision), Some(1), "{case}: revision");
+            assert_eq!(harness.event_reasons().last().map(String::as_str), Some("Issued"), "{case}");
+            assert!(harness.next_key_secret().is_none(), "{case}: the next-key Secret is gone");
+            assert_eq!(harness.solver_objects(), Vec::<String>::new(), "{case}: the solver objects are gone");
+        }
+    }
+}
