@@ -16,6 +16,7 @@ use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use serde::{Serialize, de::DeserializeOwned};
+use std::collections::HashSet;
 use std::fmt::Debug;
 
 /// The Pod condition that says its containers are ready (a Kubernetes name, not one of kacme's).
@@ -34,9 +35,21 @@ pub struct KubeSolver<'a> {
     pub ctx: &'a Context,
     pub certificate: &'a Certificate,
     pub acme: &'a AcmeIssuer,
+    /// The names of the solver objects this solver removed (the caches may still show them for a moment).
+    removed: std::sync::Mutex<HashSet<String>>,
 }
 
-impl KubeSolver<'_> {
+impl<'a> KubeSolver<'a> {
+    /// A solver for the challenges of `certificate`, with the issuer's `acme` settings.
+    pub fn new(ctx: &'a Context, certificate: &'a Certificate, acme: &'a AcmeIssuer) -> KubeSolver<'a> {
+        KubeSolver { ctx, certificate, acme, removed: std::sync::Mutex::default() }
+    }
+
+    /// The names of the solver objects removed so far.
+    pub fn removed(&self) -> HashSet<String> {
+        self.removed.lock().map(|names| names.clone()).unwrap_or_default()
+    }
+
     fn namespace(&self) -> String {
         self.certificate.namespace().unwrap_or_default()
     }
@@ -73,10 +86,14 @@ impl KubeSolver<'_> {
         K: kube::Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Clone + Debug + DeserializeOwned,
     {
         match self.api::<K>().delete(name, &DeleteParams::background()).await {
-            Ok(_) => Ok(()),
-            Err(error) if is_not_found(&error) => Ok(()),
-            Err(error) => Err(format!("deleting {} {name}: {error}", K::kind(&()))),
+            Ok(_) => {}
+            Err(error) if is_not_found(&error) => {}
+            Err(error) => return Err(format!("deleting {} {name}: {error}", K::kind(&()))),
         }
+        if let Ok(mut removed) = self.removed.lock() {
+            removed.insert(name.to_string());
+        }
+        Ok(())
     }
 }
 
@@ -125,15 +142,21 @@ impl ChallengeSolver for KubeSolver<'_> {
     }
 }
 
-/// Whether the caches hold any solver object of a Certificate (by its label; no request) that is not being
-/// deleted already (a running Pod stays, terminating, for its grace period).
-pub fn has_cached_solver_objects(ctx: &Context, certificate: &Certificate) -> bool {
+/// Whether the caches hold any solver object of a Certificate (by its label; no request) that still needs
+/// deleting, leaving out the objects named in `just_removed`.
+///
+/// An object being deleted is left alone while its grace period runs (a running Pod stays, terminating, for
+/// it), but not once the period is over: a DELETE whose client died half-way (the operator killed) can
+/// leave an object marked for deletion that nothing removes, and deleting it again lets the apiserver finish.
+pub fn has_cached_solver_objects(ctx: &Context, certificate: &Certificate, just_removed: &HashSet<String>) -> bool {
     let namespace = certificate.namespace();
     let label = certificate_label_value(&certificate.name_any());
+    let now = jiff::Timestamp::now();
     let belongs = |meta: &kube::api::ObjectMeta| {
         meta.namespace == namespace
-            && meta.deletion_timestamp.is_none()
+            && meta.deletion_timestamp.as_ref().is_none_or(|deleted_at| deleted_at.0 <= now)
             && meta.labels.as_ref().and_then(|l| l.get(LABEL_CERTIFICATE)) == Some(&label)
+            && meta.name.as_ref().is_none_or(|name| !just_removed.contains(name))
     };
     let stores = &ctx.stores.solvers;
     stores.pods.state().iter().any(|o| belongs(&o.metadata))

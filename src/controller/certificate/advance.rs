@@ -69,13 +69,14 @@ impl Pass<'_> {
                 Err(error) => return self.acme_failure(error, Some(progress), &account, &issuer).await,
             },
         };
-        let solver = KubeSolver { ctx: self.ctx, certificate: self.certificate, acme: &issuer.acme };
+        let solver = KubeSolver::new(self.ctx, self.certificate, &issuer.acme);
         let options = AdvanceOptions {
             self_check: self.ctx.config.self_check.clone(),
             max_wait: self.ctx.config.max_wait_per_step,
         };
         let before = session.progress().clone();
         let advanced = session.advance(&account, &solver, &csr, &options).await;
+        self.solver_objects_removed.extend(solver.removed());
         let after = session.progress().clone();
         for note in authorization_events(&before, &after) {
             self.publish(note).await;
@@ -120,7 +121,7 @@ impl Pass<'_> {
             if let Ok(mut session) = session
                 && session.progress().state == OrderState::Valid
             {
-                let solver = KubeSolver { ctx: self.ctx, certificate: self.certificate, acme: &issuer.acme };
+                let solver = KubeSolver::new(self.ctx, self.certificate, &issuer.acme);
                 let options = AdvanceOptions { self_check: None, max_wait: self.ctx.config.max_wait_per_step };
                 if let Ok(Advance::Issued(chain)) = session.advance(account, &solver, &csr, &options).await
                     && parse_chain(chain.as_bytes()).is_ok_and(|c| key_matches_certificate(&key, &c.leaf))

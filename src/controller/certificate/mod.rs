@@ -38,6 +38,7 @@ use kube::ResourceExt;
 use kube::api::{Api, DeleteParams};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -100,6 +101,8 @@ struct Pass<'a> {
     namespace: String,
     status: CertificateStatus,
     now: Timestamp,
+    /// Solver objects removed in this pass: the caches may still show them.
+    solver_objects_removed: HashSet<String>,
 }
 
 impl<'a> Pass<'a> {
@@ -110,6 +113,7 @@ impl<'a> Pass<'a> {
             namespace: certificate.namespace().unwrap_or_default(),
             status: certificate.status.clone().unwrap_or_default(),
             now: Timestamp::now(),
+            solver_objects_removed: HashSet::new(),
         }
     }
 
@@ -157,7 +161,7 @@ impl<'a> Pass<'a> {
     /// does not name; when the CA has validated meanwhile, nothing presents that challenge again. The cache
     /// tells (no request) whether there are any.
     async fn clean_up_leftover_solver_objects(&self) {
-        if has_cached_solver_objects(self.ctx, self.certificate)
+        if has_cached_solver_objects(self.ctx, self.certificate, &self.solver_objects_removed)
             && let Err(failures) = cleanup_all_solver_objects(self.ctx, self.certificate).await
         {
             tracing::warn!(error = %failures.join("; "), "removing leftover solver objects failed; retrying at the next pass");
