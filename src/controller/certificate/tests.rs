@@ -634,3 +634,45 @@ async fn a_crash_at_any_write_of_the_issuance_path_loses_no_key_and_issues_once(
         }
     }
 }
+
+#[tokio::test]
+async fn a_leftover_solver_pod_whose_deletion_was_cut_short_is_deleted_again_one_in_its_grace_period_is_not() {
+    let mut harness = IssuanceHarness::ready_to_issue().await;
+    harness.run_until_ready(MAX_PASSES).await;
+    let labels = BTreeMap::from([
+        (crate::api::names::LABEL_SOLVER.to_owned(), "true".to_owned()),
+        (crate::api::names::LABEL_CERTIFICATE.to_owned(), crate::desired::certificate_label_value("web")),
+    ]);
+    // (case, deletionTimestamp relative to now, whether the pass deletes it)
+    let cases = [
+        ("a DELETE cut short by a killed operator (overdue)", Some(-60), true),
+        ("a Pod in its grace period", Some(30), false),
+        ("a leftover not being deleted", None, true),
+    ];
+    for (case, deleted_at, deleted_again) in cases {
+        let mut pod = Pod::default();
+        pod.metadata.name = Some("web-leftover".into());
+        pod.metadata.namespace = Some(NAMESPACE.into());
+        pod.metadata.labels = Some(labels.clone());
+        pod.metadata.deletion_timestamp = deleted_at.map(|seconds: i64| {
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                jiff::Timestamp::now() + jiff::SignedDuration::from_secs(seconds),
+            )
+        });
+        harness.apiserver.put(&pod);
+        harness.sync_caches();
+        harness.apiserver.clear_requests();
+
+        harness.pass().await;
+
+        let gone = harness.apiserver.get::<Pod>(NAMESPACE, "web-leftover").is_none();
+        assert_eq!(gone, deleted_again, "{case}");
+        assert_eq!(
+            harness.apiserver.count("DELETE", "/pods") > 0,
+            deleted_again,
+            "{case}: {:?}",
+            harness.apiserver.requests()
+        );
+        harness.apiserver.remove::<Pod>(NAMESPACE, "web-leftover");
+    }
+}
