@@ -4,17 +4,13 @@
 mod common;
 
 use common::helm::{Helm, chart_dir};
+use common::within;
 use kacme_testenv::ControlPlane;
 use serde_yaml::Value;
 use std::path::Path;
 use std::time::Duration;
 
 /// Bounds a test: a hung helm or control plane fails it instead of hanging the run.
-async fn within<T>(seconds: u64, body: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(seconds), body)
-        .await
-        .unwrap_or_else(|_| panic!("the test did not finish within {seconds}s"))
-}
 
 #[test]
 fn the_charts_crds_equal_the_generated_ones() {

@@ -4,6 +4,9 @@
 //!
 //! Needs the binaries that `tests/env/install` builds (each test fails with that hint when one is missing).
 
+mod common;
+
+use common::within;
 use instant_acme::{
     Account, AuthorizationStatus, ChallengeType, ExternalAccountKey, Identifier, NewAccount, NewOrder, OrderStatus,
     RetryPolicy,
@@ -19,7 +22,6 @@ use kacme_testenv::{
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, PostParams};
 use kube::{Client, ResourceExt as _};
 use serde_json::{Value, json};
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -29,14 +31,6 @@ const KACME: &str = env!("CARGO_BIN_EXE_kacme");
 
 fn crds_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("crds")
-}
-
-/// Runs a test body with an overall deadline, so that a hang fails loudly instead of blocking the suite.
-async fn within<T>(seconds: u64, body: impl Future<Output = T>) -> T {
-    match tokio::time::timeout(Duration::from_secs(seconds), body).await {
-        Ok(value) => value,
-        Err(_) => panic!("the test did not finish within {seconds}s"),
-    }
 }
 
 /// `base` with a JSON merge patch (RFC 7386) applied: objects merge, `null` removes a key.

@@ -5,6 +5,7 @@
 mod common;
 
 use common::operator_env::{Ca, OPERATOR_USER, OperatorEnv, condition};
+use common::within;
 use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::core::v1::Event;
 use kacme::api::Certificate;
@@ -14,19 +15,10 @@ use kacme_testenv::{Pebble, PebbleOptions, poll_until};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt as _};
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 const NAMESPACE: &str = "apps";
 const ISSUER: &str = "ca";
-
-/// Runs a test body with an overall deadline, so that a hang fails loudly instead of blocking the suite.
-async fn within<T>(seconds: u64, body: impl Future<Output = T>) -> T {
-    match tokio::time::timeout(Duration::from_secs(seconds), body).await {
-        Ok(value) => value,
-        Err(_) => panic!("the test did not finish within {seconds}s"),
-    }
-}
 
 /// A small deterministic generator (xorshift), seeded from the clock and printed, so that a failing run's
 /// kill moments can be replayed with KACME_FAULT_SEED.

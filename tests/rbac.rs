@@ -139,22 +139,6 @@ spec:
     hosts: [shop.example.test]
 ";
 
-async fn wait_gone(env: &OperatorEnv, name: &str) {
-    poll_until(
-        &format!("Certificate {name} to be gone"),
-        Duration::from_secs(30),
-        Duration::from_millis(100),
-        || async {
-            Ok(match env.certificates("apps").get_opt(name).await? {
-                None => Ok(()),
-                Some(c) => Err(format!("finalizers {:?}", c.metadata.finalizers)),
-            })
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e:#}\noperator log:\n{}", env.operator_log()));
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_charts_service_account_issues_certificates_and_may_do_nothing_more() {
     tokio::time::timeout(Duration::from_secs(150), run()).await.expect("the test did not finish within 150s");
@@ -205,11 +189,11 @@ async fn run() {
     env.apply(INGRESS).await.unwrap();
     env.wait_ready("apps", "shop-tls", Duration::from_secs(60)).await.expect("the annotated Ingress's Certificate");
     env.control_plane.kubectl(&["annotate", "ingress", "shop", "-n", "apps", "kacme.dev/issuer-"]).await.unwrap();
-    wait_gone(&env, "shop-tls").await;
+    env.wait_certificate_gone("apps", "shop-tls", Duration::from_secs(30)).await.unwrap();
 
     // Deleting a Certificate runs the finalizer's cleanup.
     env.certificates("apps").delete("api", &DeleteParams::default()).await.unwrap();
-    wait_gone(&env, "api").await;
+    env.wait_certificate_gone("apps", "api", Duration::from_secs(30)).await.unwrap();
 
     // What the operator did, from the audit log: nothing refused, every granted right used.
     let requests: Vec<ApiRequest> =

@@ -202,18 +202,6 @@ fn extended_key_usages(der: &[u8]) -> (bool, bool) {
     usages.map_or((false, false), |u| (u.server_auth, u.client_auth))
 }
 
-async fn wait_gone(env: &OperatorEnv, name: &str) -> Result<()> {
-    let api = env.certificates("apps");
-    poll_until(&format!("Certificate {name} deleted"), WAIT, POLL, || async {
-        Ok(match api.get_opt(name).await? {
-            None => Ok(()),
-            Some(_) => Err("still there".to_string()),
-        })
-    })
-    .await
-    .with_context(|| env.operator_log())
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn workloads_get_mounted_certificates_through_the_webhook_and_complete_mutual_tls() {
     let started = Instant::now();
@@ -305,7 +293,7 @@ async fn workloads_get_mounted_certificates_through_the_webhook_and_complete_mut
 
     // No Pod of beta left: its Certificate goes; alpha's stays.
     kubectl(&["scale", "deployment", "beta", "-n", "apps", "--replicas=0"]).await.unwrap();
-    wait_gone(&env, "beta-kacme").await.unwrap();
+    env.wait_certificate_gone("apps", "beta-kacme", WAIT).await.unwrap();
     assert!(env.certificates("apps").get_opt("alpha-kacme").await.unwrap().is_some());
 
     // With the webhook down, namespaces it does not select still admit Pods; selected ones wait for it.
@@ -367,7 +355,7 @@ async fn an_annotated_ingress_gets_its_certificates_and_loses_them_with_the_anno
 
     // The annotation goes: so do the Certificates the Ingress owns, and only those.
     env.control_plane.kubectl(&["annotate", "ingress", "web", "-n", "apps", "kacme.dev/issuer-"]).await.unwrap();
-    wait_gone(&env, "web-tls").await.unwrap();
+    env.wait_certificate_gone("apps", "web-tls", WAIT).await.unwrap();
     assert!(env.certificates("apps").get_opt("taken-tls").await.unwrap().is_some());
     eprintln!("Ingress test took {:.1}s", started.elapsed().as_secs_f64());
 }

@@ -342,6 +342,19 @@ impl OperatorEnv {
         Ok(secrets.items.into_iter().filter_map(|s| s.metadata.name).filter(|n| n.ends_with("-next-key")).collect())
     }
 
+    /// Waits up to `timeout` until the Certificate `namespace/name` is gone (its finalizer ran).
+    pub async fn wait_certificate_gone(&self, namespace: &str, name: &str, timeout: Duration) -> Result<()> {
+        let api = self.certificates(namespace);
+        poll_until(&format!("Certificate {name} to be gone"), timeout, Duration::from_millis(100), || async {
+            Ok(match api.get_opt(name).await? {
+                None => Ok(()),
+                Some(c) => Err(format!("finalizers {:?}", c.metadata.finalizers)),
+            })
+        })
+        .await
+        .with_context(|| self.operator_log())
+    }
+
     /// Waits until no solver object remains in `namespace`.
     pub async fn wait_no_solver_objects(&self, namespace: &str) -> Result<()> {
         poll_until("no solver objects left", Duration::from_secs(20), Duration::from_millis(100), || async {
