@@ -158,7 +158,7 @@ struct ControllerArgs {
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    text.parse::<kube::core::Duration>().map(Duration::from).map_err(|e| e.to_string())
+    kacme::api::duration::parse_go_duration(text).map_err(|e| e.to_string())
 }
 
 /// Logs to stderr in `format`, filtered by RUST_LOG when set, else by `level`.

@@ -1,8 +1,8 @@
 //! The `Certificate` resource: what a user asks for, and what kacme reports back.
 
+use super::duration::{GO_DURATION_PATTERN, GoDuration};
 use super::{DNS_NAME_PATTERN, ObjectMetaTemplate, dns_subdomain_schema};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::core::Duration;
 use kube::{CustomResource, KubeSchema};
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
@@ -71,7 +71,7 @@ pub struct CertificateSpec {
     /// own default lifetime applies (24h for step-ca). Renewal always follows the lifetime actually issued.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "lifetime_schema")]
-    pub duration: Option<Duration>,
+    pub duration: Option<GoDuration>,
 
     /// How long before expiry to renew, as a Go duration (for example `8h`). Mutually exclusive with
     /// renewBeforePercentage. When both are absent the certificate is renewed when 2/3 of its lifetime
@@ -79,7 +79,7 @@ pub struct CertificateSpec {
     /// after issuance, never in a loop.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "positive_duration_schema")]
-    pub renew_before: Option<Duration>,
+    pub renew_before: Option<GoDuration>,
 
     /// How long before expiry to renew, as a percentage (1-99) of the issued lifetime. Mutually exclusive
     /// with renewBefore.
@@ -380,9 +380,6 @@ fn ip_addresses_schema(_: &mut SchemaGenerator) -> Schema {
         "x-kubernetes-list-type": "set"
     })
 }
-
-/// A Go duration string, as `time.ParseDuration` accepts it.
-const GO_DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$";
 
 fn lifetime_schema(_: &mut SchemaGenerator) -> Schema {
     json_schema!({

@@ -6,6 +6,7 @@
 
 mod certificate;
 pub mod conditions;
+pub mod duration;
 mod issuer;
 pub mod names;
 

@@ -3,8 +3,8 @@
 //! Parsing never panics and every error names the annotation and the problem, because the admission
 //! webhook returns these messages to `kubectl` as they are.
 
+use crate::api::duration::{GoDuration, parse_go_duration};
 use crate::api::{IssuerKind, IssuerRef, KeyAlgorithm, KeyUsage};
-use kube::core::Duration;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
@@ -59,9 +59,9 @@ pub struct IssuanceAnnotations {
     /// The issuer named by `kacme.dev/issuer` or `kacme.dev/cluster-issuer`.
     pub issuer_ref: IssuerRef,
     /// `kacme.dev/duration`.
-    pub duration: Option<Duration>,
+    pub duration: Option<GoDuration>,
     /// `kacme.dev/renew-before`.
-    pub renew_before: Option<Duration>,
+    pub renew_before: Option<GoDuration>,
     /// `kacme.dev/private-key-algorithm`.
     pub algorithm: Option<KeyAlgorithm>,
 }
@@ -126,13 +126,11 @@ fn issuer_name(annotation: &'static str, name: &str) -> Result<String, Annotatio
 fn parse_duration(
     annotations: &BTreeMap<String, String>,
     annotation: &'static str,
-) -> Result<Option<Duration>, AnnotationError> {
+) -> Result<Option<GoDuration>, AnnotationError> {
     let Some(value) = annotations.get(annotation) else { return Ok(None) };
-    value
-        .trim()
-        .parse::<Duration>()
-        .map(Some)
-        .map_err(|e| problem(annotation, format!("{value:?} is not a duration such as 24h or 90m ({e})")))
+    parse_go_duration(value.trim())
+        .map(|duration| Some(GoDuration::from(duration)))
+        .map_err(|e| problem(annotation, format!("{value:?} is not a duration such as 24h or 90m: {e}")))
 }
 
 /// The usages of `kacme.dev/usages`, sorted and deduplicated; empty when the annotation is absent.
@@ -248,6 +246,23 @@ mod tests {
             ("an empty issuer", &[(ANNOTATION_ISSUER, " ")], Err(ANNOTATION_ISSUER)),
             ("an uppercase issuer", &[(ANNOTATION_ISSUER, "CA")], Err(ANNOTATION_ISSUER)),
             ("a bad duration", &[(ANNOTATION_ISSUER, "ca"), (ANNOTATION_DURATION, "a day")], Err(ANNOTATION_DURATION)),
+            // kube's own parser panics on these three: the operator must refuse them, never crash.
+            ("an exponent", &[(ANNOTATION_ISSUER, "ca"), (ANNOTATION_DURATION, "1e300h")], Err(ANNOTATION_DURATION)),
+            (
+                "an infinite duration",
+                &[(ANNOTATION_ISSUER, "ca"), (ANNOTATION_DURATION, "infh")],
+                Err(ANNOTATION_DURATION),
+            ),
+            (
+                "a duration beyond range",
+                &[(ANNOTATION_ISSUER, "ca"), (ANNOTATION_RENEW_BEFORE, "99999999999999999999999h")],
+                Err(ANNOTATION_RENEW_BEFORE),
+            ),
+            (
+                "a negative renew-before",
+                &[(ANNOTATION_ISSUER, "ca"), (ANNOTATION_RENEW_BEFORE, "-8h")],
+                Err(ANNOTATION_RENEW_BEFORE),
+            ),
             (
                 "a too short duration",
                 &[(ANNOTATION_ISSUER, "ca"), (ANNOTATION_DURATION, "1m")],
