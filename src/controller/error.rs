@@ -31,6 +31,9 @@ pub enum ReconcileError {
     /// Solver objects of a deleted Certificate could not all be removed.
     #[error("removing solver objects: {0}")]
     RemoveSolverObjects(String),
+    /// The reconcile panicked (a bug): the panic was caught and costs this object only.
+    #[error("the reconcile panicked: {0} (a bug: please report it)")]
+    Panicked(String),
     /// Several writes of one round failed (each is tried).
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     Several(Vec<ReconcileError>),
@@ -62,7 +65,7 @@ impl ReconcileError {
     }
 
     /// Every value of [`ReconcileError::metric_label`], so that metrics can start each series at 0.
-    pub const METRIC_LABELS: [&'static str; 4] = ["kube", "acme", "invalid_object", "finalizer"];
+    pub const METRIC_LABELS: [&'static str; 5] = ["kube", "acme", "invalid_object", "finalizer", "panic"];
 
     /// The metric label of the error kind.
     pub fn metric_label(&self) -> &'static str {
@@ -71,6 +74,7 @@ impl ReconcileError {
             ReconcileError::Acme(_) => "acme",
             ReconcileError::MissingField(_) | ReconcileError::Serialize { .. } => "invalid_object",
             ReconcileError::Finalizer(_) | ReconcileError::RemoveSolverObjects(_) => "finalizer",
+            ReconcileError::Panicked(_) => "panic",
             ReconcileError::Several(errors) => errors.first().map_or("kube", ReconcileError::metric_label),
         }
     }

@@ -58,7 +58,7 @@ pub(crate) async fn run_ingress_controller(client: Client, shutdown: impl Future
         .owns(Api::<Certificate>::all(client.clone()), watcher::Config::default().labels(&source))
         .graceful_shutdown_on(shutdown)
         .run(
-            reconcile_ingress,
+            |meta, ctx| super::isolation::isolated(reconcile_ingress(meta, ctx)),
             |_, error, _| {
                 tracing::warn!(%error, "Ingress reconcile failed; retrying");
                 Action::requeue(Duration::from_secs(5))

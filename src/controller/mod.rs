@@ -12,6 +12,7 @@ mod context;
 mod error;
 mod events;
 mod ingress;
+mod isolation;
 mod issuer;
 mod kube_solver;
 mod observe;
@@ -100,14 +101,15 @@ where
     }
 }
 
-/// Runs `reconcile`, telling the observer how long it took and how it ended.
+/// Runs `reconcile`, telling the observer how long it took and how it ended; a panic is an error of the
+/// object (see [`isolation`]).
 async fn observed(
     observer: Arc<dyn ReconcileObserver>,
     controller: ControllerKind,
     reconcile: impl Future<Output = Result<Action, ReconcileError>>,
 ) -> Result<Action, ReconcileError> {
     let started = Instant::now();
-    let result = reconcile.await;
+    let result = isolation::isolated(reconcile).await;
     observer.reconcile_finished(controller, started.elapsed(), result.as_ref().err());
     result
 }

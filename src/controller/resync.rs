@@ -33,7 +33,7 @@ pub(crate) async fn resync_loop<F, Fut>(
             () = tokio::time::sleep(wait) => {}
             () = &mut shutdown => break,
         }
-        wait = match pass().await {
+        wait = match super::isolation::isolated(pass()).await {
             Ok(()) => resync,
             Err(error) => {
                 tracing::warn!(%error, reconciler = name, "pass failed; retrying");
