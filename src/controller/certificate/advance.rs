@@ -11,15 +11,10 @@ use crate::controller::kube_solver::KubeSolver;
 use crate::decision::{SecretOwnership, order_is_for_another_issuer, same_identifiers, secret_ownership};
 use crate::desired::{authorization_events, next_key_secret_name};
 use crate::pki::{build_csr, key_matches_certificate, parse_chain, parse_private_key};
-use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::controller::Action;
 
 impl Pass<'_> {
-    pub(super) async fn continue_order(
-        &mut self,
-        progress: OrderProgress,
-        secret: Option<&Secret>,
-    ) -> Result<Action, ReconcileError> {
+    pub(super) async fn continue_order(&mut self, progress: OrderProgress) -> Result<Action, ReconcileError> {
         let spec = &self.certificate.spec;
         let wanted: Vec<String> = spec.dns_names.iter().chain(&spec.ip_addresses).cloned().collect();
         if !same_identifiers(&wanted, &progress.identifiers) {
@@ -52,7 +47,7 @@ impl Pass<'_> {
         let Some(key) =
             key_secret.as_ref().and_then(|s| s.data.as_ref()?.get(TLS_KEY)).and_then(|v| parse_private_key(&v.0).ok())
         else {
-            return self.finish_stored_order(&issuer, &account, progress, secret).await;
+            return self.finish_stored_order(&issuer, &account, progress).await;
         };
         let request = match self.csr_request(&key) {
             Ok(request) => request,
@@ -103,9 +98,10 @@ impl Pass<'_> {
         issuer: &IssuerInfo,
         account: &AcmeAccount,
         progress: OrderProgress,
-        secret: Option<&Secret>,
     ) -> Result<Action, ReconcileError> {
+        let secret = self.read_certificate_secret().await?;
         let stored_key = secret
+            .as_deref()
             .filter(|s| secret_ownership(s, &self.name()) == SecretOwnership::Ours)
             .and_then(|s| s.data.as_ref()?.get(TLS_KEY))
             .and_then(|value| parse_private_key(&value.0).ok());

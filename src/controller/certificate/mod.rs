@@ -118,15 +118,14 @@ impl<'a> Pass<'a> {
     }
 
     async fn run(mut self) -> Result<Action, ReconcileError> {
-        let secret_name = &self.certificate.spec.secret_name;
-        let secret = self
-            .ctx
-            .read_secret(&self.namespace, secret_name)
-            .await
-            .map_err(|e| ReconcileError::kube(format!("reading Secret {secret_name}"), e))?;
+        // An order in flight reads the Secret only when it needs it (rarely): until the certificate is
+        // stored, a Secret that does not exist yet would cost a read on every pass.
         let action = match self.status.order.clone() {
-            Some(order) => self.continue_order(crate::desired::order_progress(&order), secret.as_deref()).await,
-            None => self.decide(secret.as_deref()).await,
+            Some(order) => self.continue_order(crate::desired::order_progress(&order)).await,
+            None => match self.read_certificate_secret().await {
+                Ok(secret) => self.decide(secret.as_deref()).await,
+                Err(error) => Err(error),
+            },
         };
         // Write what was learned even when the step failed: the failure is in the status.
         let old = self.certificate.status.clone().unwrap_or_default();
@@ -136,6 +135,15 @@ impl<'a> Pass<'a> {
             self.ctx.remember_write(self.certificate, version);
         }
         action
+    }
+
+    /// The Certificate's Secret (`spec.secretName`), if it exists.
+    async fn read_certificate_secret(&self) -> Result<Option<Arc<Secret>>, ReconcileError> {
+        let name = &self.certificate.spec.secret_name;
+        self.ctx
+            .read_secret(&self.namespace, name)
+            .await
+            .map_err(|e| ReconcileError::kube(format!("reading Secret {name}"), e))
     }
 
     /// The status transitions of this pass.
