@@ -19,6 +19,7 @@ pub mod kube_errors;
 pub mod leader;
 pub mod metrics;
 pub mod pki;
+pub mod shutdown;
 pub mod solver;
 #[cfg(test)]
 pub(crate) mod testing;

@@ -241,18 +241,11 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         args.self_check_deadline.map(|deadline| kacme::acme::SelfCheck { deadline, ..Default::default() });
 
     // One stop signal for everything: the endpoints, the wait for the Lease, and the reconcilers.
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
+    let shutdown = kacme::shutdown::Shutdown::on(async {
         kacme::solver::termination_signal().await;
         tracing::info!("stopping (signal received)");
-        let _ = stop_tx.send(true);
     });
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        }
-    };
+    let stopped = || shutdown.stopped();
 
     let telemetry = Arc::new(Telemetry::default());
     let listener = tokio::net::TcpListener::bind(args.metrics_address)

@@ -24,21 +24,12 @@ pub async fn run_automation(
     config: AutomationConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ReconcileError> {
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        }
-    };
+    let shutdown = crate::shutdown::Shutdown::on(shutdown);
+    let stopped = || shutdown.stopped();
     let ingresses = config.ingresses.then(|| super::ingress::run_ingress_controller(client.clone(), stopped()));
     let workloads = config.workloads.then(|| super::workload::run_workload_controller(client.clone(), stopped()));
     let ca_bundle =
         config.ca_bundle.clone().map(|c| super::ca_bundle::run_ca_bundle_controller(client.clone(), c, stopped()));
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
     let optional = |f: Option<_>| async move {
         if let Some(f) = f {
             f.await;

@@ -164,10 +164,7 @@ pub async fn run_observed(
         stores,
     ));
 
-    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-    let signal = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
+    let shutdown = crate::shutdown::Shutdown::on(shutdown);
 
     let certificates =
         Controller::new(Api::<Certificate>::all(client.clone()), watcher::Config::default().any_semantic());
@@ -189,7 +186,7 @@ pub async fn run_observed(
             certificates_of(&cluster_issuer_store, IssuerKind::ClusterIssuer, None, &issuer.name_any())
         })
         .with_config(ControllerRunConfig::default().concurrency(config.concurrency))
-        .graceful_shutdown_on(signal(shutdown_rx.clone()))
+        .graceful_shutdown_on(shutdown.stopped())
         .run(
             |certificate, ctx| {
                 let observer = ctx.reconcile_observer.clone();
@@ -209,7 +206,7 @@ pub async fn run_observed(
     let caches =
         Caches { certificates: store.clone(), issuers: issuers.store(), cluster_issuers: cluster_issuers.store() };
     let issuer_controller = issuers
-        .graceful_shutdown_on(signal(shutdown_rx.clone()))
+        .graceful_shutdown_on(shutdown.stopped())
         .run(
             |issuer, ctx| {
                 let observer = ctx.reconcile_observer.clone();
@@ -220,7 +217,7 @@ pub async fn run_observed(
         )
         .for_each(|_| async {});
     let cluster_issuer_controller = cluster_issuers
-        .graceful_shutdown_on(signal(shutdown_rx.clone()))
+        .graceful_shutdown_on(shutdown.stopped())
         .run(
             |issuer, ctx| {
                 let observer = ctx.reconcile_observer.clone();
@@ -240,10 +237,6 @@ pub async fn run_observed(
         }
     });
 
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = shutdown_tx.send(true);
-    });
     tracing::info!("kacme controller started");
     tokio::join!(certificate_controller, issuer_controller, cluster_issuer_controller);
     caches_synced.abort();

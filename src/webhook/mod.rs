@@ -292,9 +292,9 @@ pub async fn run_on(
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     let mut excluded = config.policy.excluded_namespaces.clone();
     excluded.push(config.namespace.clone());
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (stop_server, server_stopped) = crate::shutdown::Shutdown::new();
     tracing::info!(address = %listener.local_addr().map_err(|source| WebhookError::Listen { address: config.listen, source })?, "serving the admission webhook");
-    let server = tokio::spawn(serve(listener, Arc::new(tls), Arc::new(excluded), stop_rx));
+    let server = tokio::spawn(serve(listener, Arc::new(tls), Arc::new(excluded), server_stopped));
 
     let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     let watch_config = watcher::Config::default().fields(&format!("metadata.name={}", config.configuration_name));
@@ -338,7 +338,7 @@ pub async fn run_on(
             () = &mut shutdown => break,
         }
     }
-    let _ = stop_tx.send(true);
+    stop_server.fire();
     let _ = server.await;
     Ok(())
 }
@@ -347,7 +347,7 @@ async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     excluded: Arc<Vec<String>>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    shutdown: crate::shutdown::Shutdown,
 ) {
     let options = ServeOptions {
         name: "webhook",
@@ -358,10 +358,7 @@ async fn serve(
         let excluded = excluded.clone();
         async move { respond(request, &excluded).await }
     };
-    let stopped = async move {
-        let _ = stop.wait_for(|stop| *stop).await;
-    };
-    crate::http_server::serve(listener, options, handler, stopped).await;
+    crate::http_server::serve(listener, options, handler, shutdown.stopped()).await;
 }
 
 fn plain(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
