@@ -289,7 +289,7 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     }
     telemetry.set_role(Role::Leading { caches_synced: false });
     tokio::select! {
-        result = run_reconcilers(client, config, observers, automation, stopped.clone()) => {
+        result = run_reconcilers(client, config, observers, automation, stopped) => {
             election.release().await;
             endpoints.abort();
             result?;
