@@ -383,6 +383,11 @@ impl FakeAcme {
         self.state().observed.requests.get(&endpoint).copied().unwrap_or_default()
     }
 
+    /// Requests to every endpoint together.
+    pub(crate) fn all_requests(&self) -> u64 {
+        Endpoint::ALL.iter().map(|endpoint| self.requests(*endpoint)).sum()
+    }
+
     /// Orders created so far.
     pub(crate) fn orders_created(&self) -> usize {
         self.state().observed.orders_created

@@ -9,7 +9,7 @@
 
 use super::certificate::{FINALIZER, reconcile_certificate};
 use super::{Context, ControllerConfig, NoReconcileObserver, Observers, ReconcileError, StoreWriters, Stores};
-use crate::acme::fake::{Endpoint, FakeAcme, FakeChallenge, Validation};
+use crate::acme::fake::{FakeAcme, FakeChallenge, Validation};
 use crate::acme::{CHALLENGE_PATH_PREFIX, CaTrust};
 use crate::api::names::{
     LABEL_CERTIFICATE, LABEL_MANAGED_BY, LABEL_SOLVER, LABEL_TOKEN_HASH, MANAGED_BY, TLS_CRT, TLS_KEY,
@@ -41,20 +41,6 @@ pub(crate) const SECRET: &str = "web-tls";
 pub(crate) const ISSUER: &str = "ca";
 /// The Secret of the Issuer's ACME account key.
 pub(crate) const ACCOUNT_KEY_SECRET: &str = "ca-account";
-
-/// Every endpoint of the fake CA, to count all ACME requests.
-const ACME_ENDPOINTS: [Endpoint; 10] = [
-    Endpoint::Directory,
-    Endpoint::Nonce,
-    Endpoint::NewAccount,
-    Endpoint::Account,
-    Endpoint::NewOrder,
-    Endpoint::Order,
-    Endpoint::Authorization,
-    Endpoint::Challenge,
-    Endpoint::Finalize,
-    Endpoint::Certificate,
-];
 
 /// The operator's Certificate reconciler against an in-memory apiserver and CA.
 pub(crate) struct IssuanceHarness {
@@ -314,7 +300,7 @@ impl IssuanceHarness {
 
     /// Every request the fake CA received so far.
     pub fn acme_requests(&self) -> u64 {
-        ACME_ENDPOINTS.iter().map(|endpoint| self.ca.requests(*endpoint)).sum()
+        self.ca.all_requests()
     }
 }
 

@@ -14,7 +14,7 @@ pub(crate) struct TestCa {
     intermediate: CertifiedIssuer<'static, KeyPair>,
 }
 
-fn ca_params(name: &str) -> CertificateParams {
+pub(crate) fn ca_params(name: &str) -> CertificateParams {
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
     params.distinguished_name.push(DnType::CommonName, name);

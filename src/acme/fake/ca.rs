@@ -2,9 +2,10 @@
 //! listener certificate for the HTTPS endpoint (as with Pebble, trusting the endpoint and trusting the
 //! issued chains are two different things, so a test that mixes them up fails).
 
+use crate::pki::testing::ca_params;
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, CertifiedIssuer, DistinguishedName, DnType,
-    IsCa, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    CertificateParams, CertificateSigningRequestParams, CertifiedIssuer, DistinguishedName, DnType, IsCa, KeyPair,
+    SanType, SerialNumber,
 };
 use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use std::collections::BTreeSet;
@@ -58,15 +59,6 @@ impl Name {
 pub(super) struct Signed {
     pub(super) chain_pem: String,
     pub(super) serial: String,
-}
-
-fn ca_params(name: &str) -> CertificateParams {
-    let mut params = CertificateParams::default();
-    params.distinguished_name = DistinguishedName::new();
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-    params
 }
 
 fn random_serial() -> SerialNumber {
