@@ -30,9 +30,15 @@ pub enum CaTrust {
     InsecureSkipVerify,
 }
 
-/// Limits of one HTTP request to the CA.
+/// Limits of one HTTP request to the CA: the answer (headers and the whole body) must arrive within
+/// [`REQUEST_TIMEOUT`] and be at most [`MAX_ANSWER_BYTES`] long, whatever the CA (an Issuer's `server` is
+/// chosen by whoever may create Issuers) sends, so that no CA can hold a worker or the memory.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// The largest answer read from a CA: far above any directory, order or certificate chain.
+pub(crate) const MAX_ANSWER_BYTES: usize = 1024 * 1024;
+/// The longest `Retry-After` a CA may ask for; longer waits are clamped to it.
+pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
 /// An instant-acme HTTP client that trusts what the issuer says and reports every request.
 pub(crate) struct MeteredHttp {
@@ -106,14 +112,18 @@ impl HttpClient for MeteredHttp {
         let observer = self.observer.clone();
         Box::pin(async move {
             let exchange = async move {
-                let response = response.await?;
+                let response = response.await.map_err(|e| instant_acme::Error::Other(Box::new(e)))?;
                 let status = response.status();
+                let (mut parts, body) = response.into_parts();
+                let body = read_bounded(body).await?;
+                clamp_retry_after(&mut parts.headers);
+                let response = http::Response::from_parts(parts, body);
                 let response = if status.is_client_error() || status.is_server_error() {
-                    with_problem_document(response).await
+                    with_problem_document(response)
                 } else {
-                    BytesResponse::from(response)
+                    BytesResponse::from(response.map(http_body_util::Full::new))
                 };
-                Ok::<_, hyper_util::client::legacy::Error>((status, response))
+                Ok::<_, instant_acme::Error>((status, response))
             };
             let result = tokio::time::timeout(REQUEST_TIMEOUT, exchange).await;
             let outcome = match &result {
@@ -123,10 +133,10 @@ impl HttpClient for MeteredHttp {
             observer.request_finished(action, outcome, started.elapsed());
             match result {
                 Ok(Ok((_, response))) => Ok(response),
-                Ok(Err(error)) => Err(instant_acme::Error::Other(Box::new(error))),
-                Err(_) => {
-                    Err(instant_acme::Error::Other(format!("no answer from the CA within {REQUEST_TIMEOUT:?}").into()))
-                }
+                Ok(Err(error)) => Err(error),
+                Err(_) => Err(instant_acme::Error::Other(
+                    format!("no complete answer from the CA within {REQUEST_TIMEOUT:?}").into(),
+                )),
             }
         })
     }
@@ -135,10 +145,8 @@ impl HttpClient for MeteredHttp {
 /// An error answer as instant-acme can read it. instant-acme reads the body of every error answer as a
 /// problem document (RFC 8555 section 6.7); an answer without one (an empty 404 for an order the CA does not
 /// know, a proxy's HTML 502 page) would become an unreadable-JSON error and its HTTP status would be lost.
-async fn with_problem_document(response: http::Response<hyper::body::Incoming>) -> BytesResponse {
-    use http_body_util::BodyExt as _;
-    let (mut parts, body) = response.into_parts();
-    let bytes = body.collect().await.map(|collected| collected.to_bytes()).unwrap_or_default();
+fn with_problem_document(response: http::Response<Bytes>) -> BytesResponse {
+    let (mut parts, bytes) = response.into_parts();
     let bytes = match problem_document_for(parts.status, &bytes) {
         Some(document) => {
             parts
@@ -150,6 +158,42 @@ async fn with_problem_document(response: http::Response<hyper::body::Incoming>) 
         None => bytes,
     };
     BytesResponse::from(http::Response::from_parts(parts, http_body_util::Full::new(bytes)))
+}
+
+/// The whole body of an answer, at most [`MAX_ANSWER_BYTES`] long.
+async fn read_bounded(body: hyper::body::Incoming) -> Result<Bytes, instant_acme::Error> {
+    use http_body_util::BodyExt as _;
+    match http_body_util::Limited::new(body, MAX_ANSWER_BYTES).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(instant_acme::Error::Other(
+            format!("the CA's answer is longer than {MAX_ANSWER_BYTES} bytes; refusing to read it").into(),
+        )),
+        Err(error) => Err(instant_acme::Error::Other(error)),
+    }
+}
+
+/// Clamps `Retry-After` to [`MAX_RETRY_AFTER`]: a CA must not park an order (or a worker) for days. A value
+/// that is neither seconds nor an HTTP date is dropped, so that the client's own schedule applies.
+fn clamp_retry_after(headers: &mut http::HeaderMap) {
+    let Some(value) = headers.get(http::header::RETRY_AFTER) else { return };
+    let wait = value.to_str().ok().and_then(|text| {
+        let text = text.trim();
+        match text.parse::<u64>() {
+            Ok(seconds) => Some(Duration::from_secs(seconds)),
+            Err(_) => httpdate::parse_http_date(text)
+                .ok()
+                .map(|at| at.duration_since(std::time::SystemTime::now()).unwrap_or_default()),
+        }
+    });
+    match wait {
+        Some(wait) if wait > MAX_RETRY_AFTER => {
+            headers.insert(http::header::RETRY_AFTER, http::HeaderValue::from(MAX_RETRY_AFTER.as_secs()));
+        }
+        Some(_) => {}
+        None => {
+            headers.remove(http::header::RETRY_AFTER);
+        }
+    }
 }
 
 /// A problem document that keeps the HTTP status (and the start of the body) of an error answer whose body
@@ -234,5 +278,35 @@ mod tests {
     fn a_problem_document_is_left_as_the_ca_sent_it() {
         let body = br#"{"type":"urn:ietf:params:acme:error:malformed","detail":"no such order","status":404}"#;
         assert_eq!(problem_document_for(http::StatusCode::NOT_FOUND, body), None);
+    }
+
+    fn retry_after(value: Option<&str>) -> Option<String> {
+        let mut headers = http::HeaderMap::new();
+        if let Some(value) = value {
+            headers.insert(http::header::RETRY_AFTER, http::HeaderValue::from_str(value).unwrap());
+        }
+        clamp_retry_after(&mut headers);
+        headers.get(http::header::RETRY_AFTER).map(|v| v.to_str().unwrap().to_string())
+    }
+
+    #[test]
+    fn retry_after_is_kept_when_sane_clamped_when_absurd_and_dropped_when_unreadable() {
+        let in_a_year = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(365 * 86400));
+        let soon = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(60));
+        // (case, header, expected header) -- instant-acme adds u64::MAX seconds to now and panics.
+        let cases = [
+            ("absent", None, None),
+            ("a few seconds", Some("5"), Some("5")),
+            ("an hour", Some("3600"), Some("3600")),
+            ("u64::MAX seconds", Some("18446744073709551615"), Some("3600")),
+            ("beyond u64", Some("99999999999999999999999"), None),
+            ("a date next year", Some(in_a_year.as_str()), Some("3600")),
+            ("a date in a minute", Some(soon.as_str()), Some(soon.as_str())),
+            ("garbage", Some("soon"), None),
+            ("negative", Some("-5"), None),
+        ];
+        for (case, header, expected) in cases {
+            assert_eq!(retry_after(header).as_deref(), expected, "{case}");
+        }
     }
 }

@@ -666,7 +666,8 @@ async fn raw_faults_answer_exactly_and_a_hanging_one_never_answers() {
     fake.fail_next(Endpoint::Directory, raw, 1);
     let answer = client.send(Method::GET, &fake.directory_url(), Vec::new()).await;
     assert_eq!(answer.status, 503);
-    assert_eq!(answer.headers.get("retry-after").map(|v| v.as_bytes()), Some(&b"31536000"[..]));
+    // A year asked for; kacme's HTTP client clamps Retry-After to an hour before anything reads it.
+    assert_eq!(answer.headers.get("retry-after").map(|v| v.as_bytes()), Some(&b"3600"[..]));
     assert!(answer.nonce().is_none(), "exactly the raw answer");
 
     fake.fail_next(Endpoint::Nonce, Fault::Hang, 1);
@@ -674,4 +675,21 @@ async fn raw_faults_answer_exactly_and_a_hanging_one_never_answers() {
     assert!(hung.is_err(), "no answer to a hanging request");
     assert!(!client.nonce().await.is_empty(), "the next request is answered");
     assert_eq!(fake.requests(Endpoint::Nonce), 2);
+}
+
+// --- A hostile CA: answers too large, absurd Retry-After ------------------------------------------------
+
+#[tokio::test]
+async fn an_answer_larger_than_the_limit_is_refused_not_read_and_the_next_request_works() {
+    let fake = FakeAcme::start().await;
+    let huge = vec![b'{'; crate::acme::http::MAX_ANSWER_BYTES + 1];
+    fake.fail_next(Endpoint::Directory, Fault::Raw { status: 200, headers: Vec::new(), body: huge }, 1);
+    let started = Instant::now();
+    let error = AcmeAccount::register(&fake.account_spec(), None, Arc::new(NoObserver))
+        .await
+        .expect_err("a directory over the limit is an error");
+    assert!(error.to_string().contains("longer than"), "{error}");
+    assert!(error.is_retryable(), "a CA having trouble: retried later, not final: {error:?}");
+    assert!(started.elapsed() < Duration::from_secs(5), "refused at once, not read to the end");
+    fake.register_account().await;
 }
