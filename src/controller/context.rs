@@ -10,6 +10,7 @@ use crate::acme::{AcmeObserver, OrderSession, SelfCheck};
 use crate::api::{Certificate, ClusterIssuer, Issuer, IssuerKind, IssuerRef};
 use crate::decision::BackoffPolicy;
 use crate::desired::SolverContext;
+use crate::pki::PrivateKey;
 use k8s_openapi::api::core::v1::Secret;
 #[cfg(test)]
 use k8s_openapi::api::core::v1::{Pod, Service};
@@ -114,6 +115,14 @@ pub(crate) struct StoreWriters {
     pub ingresses: reflector::store::Writer<Ingress>,
 }
 
+/// An order in flight as the process that created or resumed it keeps it: the instant-acme handle, the
+/// private key the certificate will be for, and the issuer the order was placed with.
+pub(super) struct KeptOrder {
+    pub session: OrderSession,
+    pub key: PrivateKey,
+    pub issuer: IssuerRef,
+}
+
 /// What kacme last did to a Secret, until the cache shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum SecretWrite {
@@ -131,7 +140,7 @@ pub struct Context {
     pub events: EventPublisher,
     pub stores: Stores,
     pub solver_context: SolverContext,
-    sessions: Mutex<HashMap<String, OrderSession>>,
+    orders: Mutex<HashMap<String, KeptOrder>>,
     /// The resourceVersion each Certificate had after kacme last wrote its status.
     written: Mutex<HashMap<String, String>>,
     /// Secrets kacme wrote or deleted whose change the cache may not show yet, by namespace/name.
@@ -152,7 +161,7 @@ impl Context {
             acme_observer: observers.acme,
             reconcile_observer: observers.reconcile,
             stores,
-            sessions: Mutex::default(),
+            orders: Mutex::default(),
             written: Mutex::default(),
             secret_writes: Mutex::default(),
             config,
@@ -245,23 +254,24 @@ impl Context {
         }
     }
 
-    /// Keeps an order's instant-acme handle between passes (its position is in status anyway).
-    pub(super) fn keep_session(&self, certificate: &Certificate, session: OrderSession) {
-        if let Ok(mut sessions) = self.sessions.lock() {
-            sessions.insert(object_key(certificate), session);
+    /// Keeps an order in flight between passes (its position is in status, its key in the next-key Secret
+    /// anyway: a restarted operator reads them back).
+    pub(super) fn keep_order(&self, certificate: &Certificate, order: KeptOrder) {
+        if let Ok(mut orders) = self.orders.lock() {
+            orders.insert(object_key(certificate), order);
         }
     }
 
-    /// The kept handle of the order at `url`, if any.
-    pub(super) fn take_session(&self, certificate: &Certificate, url: &str) -> Option<OrderSession> {
-        let mut sessions = self.sessions.lock().ok()?;
-        let session = sessions.remove(&object_key(certificate))?;
-        (session.progress().url == url).then_some(session)
+    /// The kept order at `url`, if any.
+    pub(super) fn take_order(&self, certificate: &Certificate, url: &str) -> Option<KeptOrder> {
+        let mut orders = self.orders.lock().ok()?;
+        let order = orders.remove(&object_key(certificate))?;
+        (order.session.progress().url == url).then_some(order)
     }
 
-    pub(super) fn forget_session(&self, certificate: &Certificate) {
-        if let Ok(mut sessions) = self.sessions.lock() {
-            sessions.remove(&object_key(certificate));
+    pub(super) fn forget_order(&self, certificate: &Certificate) {
+        if let Ok(mut orders) = self.orders.lock() {
+            orders.remove(&object_key(certificate));
         }
     }
 

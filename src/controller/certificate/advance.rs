@@ -7,6 +7,7 @@ use crate::api::names::TLS_KEY;
 use crate::api::{CertificateReason, IssuanceReason};
 use crate::controller::ReconcileError;
 use crate::controller::accounts::IssuerInfo;
+use crate::controller::context::KeptOrder;
 use crate::controller::kube_solver::KubeSolver;
 use crate::decision::{SecretOwnership, order_is_for_another_issuer, same_identifiers, secret_ownership};
 use crate::desired::{authorization_events, next_key_secret_name};
@@ -25,14 +26,31 @@ impl Pass<'_> {
             .await;
             return Ok(Action::requeue(NEXT_STEP));
         }
-        let key_secret_name = next_key_secret_name(&self.name());
-        let key_secret = self
-            .ctx
-            .read_secret(&self.namespace, &key_secret_name)
-            .await
-            .map_err(|e| ReconcileError::kube(format!("reading Secret {key_secret_name}"), e))?;
-        let key_secret = key_secret.filter(|s| secret_ownership(s, &self.name()) == SecretOwnership::Ours);
-        if key_secret.as_ref().is_some_and(|s| order_is_for_another_issuer(s, &spec.issuer_ref)) {
+        // The order's key and issuer: kept in memory by the process that runs the order, else read back from
+        // the next-key Secret (a restarted operator).
+        let (key, session, other_issuer) = match self.ctx.take_order(self.certificate, &progress.url) {
+            Some(kept) => {
+                let other_issuer = kept.issuer != spec.issuer_ref;
+                (Some(kept.key), Some(kept.session), other_issuer)
+            }
+            None => {
+                let key_secret_name = next_key_secret_name(&self.name());
+                let key_secret = self
+                    .ctx
+                    .read_secret(&self.namespace, &key_secret_name)
+                    .await
+                    .map_err(|e| ReconcileError::kube(format!("reading Secret {key_secret_name}"), e))?;
+                let key_secret = key_secret.filter(|s| secret_ownership(s, &self.name()) == SecretOwnership::Ours);
+                let other_issuer =
+                    key_secret.as_ref().is_some_and(|s| order_is_for_another_issuer(s, &spec.issuer_ref));
+                let key = key_secret
+                    .as_ref()
+                    .and_then(|s| s.data.as_ref()?.get(TLS_KEY))
+                    .and_then(|v| parse_private_key(&v.0).ok());
+                (key, None, other_issuer)
+            }
+        };
+        if other_issuer {
             self.abandon_order(
                 IssuanceReason::SpecChanged.as_str(),
                 "The issuer changed during issuance; starting a new order",
@@ -42,11 +60,15 @@ impl Pass<'_> {
         }
         let (issuer, account) = match self.issuer_and_account().await {
             Ok(found) => found,
-            Err(wait) => return Ok(self.wait_for_issuer(&wait)),
+            Err(wait) => {
+                if let (Some(key), Some(session)) = (key, session) {
+                    let issuer = spec.issuer_ref.clone();
+                    self.ctx.keep_order(self.certificate, KeptOrder { session, key, issuer });
+                }
+                return Ok(self.wait_for_issuer(&wait));
+            }
         };
-        let Some(key) =
-            key_secret.as_ref().and_then(|s| s.data.as_ref()?.get(TLS_KEY)).and_then(|v| parse_private_key(&v.0).ok())
-        else {
+        let Some(key) = key else {
             return self.finish_stored_order(&issuer, &account, progress).await;
         };
         let request = match self.csr_request(&key) {
@@ -57,7 +79,7 @@ impl Pass<'_> {
             Ok(csr) => csr,
             Err(error) => return self.fail(IssuanceError::BuildCsr(error)).await,
         };
-        let mut session = match self.ctx.take_session(self.certificate, &progress.url) {
+        let mut session = match session {
             Some(session) => session,
             None => match OrderSession::resume(&account, progress.clone()).await {
                 Ok(session) => session,
@@ -81,7 +103,8 @@ impl Pass<'_> {
         match advanced {
             Ok(Advance::Wait { after: wait, reason }) => {
                 self.transition().order_waiting(order, &reason);
-                self.ctx.keep_session(self.certificate, session);
+                let issuer = spec.issuer_ref.clone();
+                self.ctx.keep_order(self.certificate, KeptOrder { session, key, issuer });
                 Ok(Action::requeue(wait.max(NEXT_STEP)))
             }
             Ok(Advance::Issued(chain)) => self.store_certificate(&issuer, &chain, &key, &request).await,
@@ -109,10 +132,7 @@ impl Pass<'_> {
             && let Ok(request) = self.csr_request(&key)
             && let Ok(csr) = build_csr(&request, &key)
         {
-            let session = match self.ctx.take_session(self.certificate, &progress.url) {
-                Some(session) => Ok(session),
-                None => OrderSession::resume(account, progress.clone()).await,
-            };
+            let session = OrderSession::resume(account, progress.clone()).await;
             // Only a valid order: advancing any other would finalize it with the Secret's current key.
             if let Ok(mut session) = session
                 && session.progress().state == OrderState::Valid

@@ -48,7 +48,7 @@ impl Pass<'_> {
         account: &AcmeAccount,
         issuer: &IssuerInfo,
     ) -> Result<Action, ReconcileError> {
-        self.ctx.forget_session(self.certificate);
+        self.ctx.forget_order(self.certificate);
         if error.is_problem("accountDoesNotExist") {
             // The CA no longer knows the account (it lost its state, or the account was removed): the next
             // attempt registers again with the stored key instead of using the cached account forever.
@@ -67,7 +67,7 @@ impl Pass<'_> {
 
     /// Gives up the order in flight without counting a failure; the next pass starts a new one.
     pub(super) async fn abandon_order(&mut self, reason: &str, message: &str) {
-        self.ctx.forget_session(self.certificate);
+        self.ctx.forget_order(self.certificate);
         if let Err(failures) = cleanup_all_solver_objects(self.ctx, self.certificate).await {
             tracing::warn!(error = %failures.join("; "), "removing solver objects of an abandoned order failed");
         }
@@ -76,7 +76,7 @@ impl Pass<'_> {
 
     /// Ends this issuance attempt as failed: counts it, cleans up, and backs off.
     pub(super) async fn fail(&mut self, error: IssuanceError) -> Result<Action, ReconcileError> {
-        self.ctx.forget_session(self.certificate);
+        self.ctx.forget_order(self.certificate);
         if let Err(failures) = cleanup_all_solver_objects(self.ctx, self.certificate).await {
             tracing::warn!(error = %failures.join("; "), "removing solver objects after a failure failed; retrying later");
         }

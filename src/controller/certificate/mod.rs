@@ -85,7 +85,7 @@ pub async fn reconcile_certificate(certificate: Arc<Certificate>, ctx: Arc<Conte
 
 /// The Certificate is being deleted: remove its solver objects and the key of an order in flight.
 async fn clean_up_deleted(ctx: &Context, certificate: &Certificate) -> Result<Action, ReconcileError> {
-    ctx.forget_session(certificate);
+    ctx.forget_order(certificate);
     cleanup_all_solver_objects(ctx, certificate)
         .await
         .map_err(|failures| ReconcileError::RemoveSolverObjects(failures.join("; ")))?;

@@ -7,6 +7,7 @@ use crate::acme::OrderSession;
 use crate::api::names::{ANNOTATION_RENEW_REQUESTED_AT, TLS_KEY};
 use crate::api::{IssuanceReason, RotationPolicy};
 use crate::controller::ReconcileError;
+use crate::controller::context::KeptOrder;
 use crate::decision::{SecretOwnership, secret_ownership};
 use crate::desired::{EventNote, EventReason, build_next_key_secret, select_solver};
 use crate::pki::{KeySpec, PrivateKey, generate_private_key, parse_private_key};
@@ -63,7 +64,8 @@ impl Pass<'_> {
         tracing::info!(reason = reason.as_str(), order = %url, "created an ACME order");
         self.publish(EventNote::normal(EventReason::OrderCreated, format!("Created ACME order {url} ({message})")))
             .await;
-        self.ctx.keep_session(self.certificate, session);
+        let issuer = self.certificate.spec.issuer_ref.clone();
+        self.ctx.keep_order(self.certificate, KeptOrder { session, key, issuer });
         Ok(Action::requeue(NEXT_STEP))
     }
 

@@ -64,7 +64,7 @@ impl Pass<'_> {
             .await
             .map_err(|e| ReconcileError::kube(format!("writing Secret {name}"), e))?;
         self.delete_next_key().await?;
-        self.ctx.forget_session(self.certificate);
+        self.ctx.forget_order(self.certificate);
         self.clean_up_leftover_solver_objects().await;
         let spec = &self.certificate.spec;
         let renew_before = RenewBefore::from_spec(spec.renew_before.map(Duration::from), spec.renew_before_percentage);
