@@ -119,7 +119,7 @@ fn respond(telemetry: &Telemetry, method: &Method, path: &str) -> (StatusCode, &
 
 /// Serves the endpoints on `listener` until `shutdown` completes.
 pub async fn serve(listener: TcpListener, telemetry: Arc<Telemetry>, shutdown: impl Future<Output = ()>) {
-    let options = ServeOptions { name: "metrics endpoint", tls: None, drain: Duration::ZERO };
+    let options = ServeOptions { max_connections: 64, ..ServeOptions::plain("metrics endpoint") };
     let handler = move |request: Request<Incoming>| {
         let (status, content_type, body) = respond(&telemetry, request.method(), request.uri().path());
         let mut response = Response::new(Full::new(Bytes::from(body)));

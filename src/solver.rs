@@ -93,7 +93,7 @@ pub async fn serve(
     drain: Duration,
 ) -> std::io::Result<()> {
     let challenge = Arc::new(challenge);
-    let options = ServeOptions { name: "solver", tls: None, drain };
+    let options = ServeOptions { drain, ..ServeOptions::plain("solver") };
     let handler = move |request: Request<Incoming>| {
         let response = respond(&challenge, &request);
         async move { response }
@@ -109,7 +109,8 @@ fn respond(challenge: &Challenge, request: &Request<Incoming>) -> Response<Full<
         .and_then(|h| h.to_str().ok())
         .or_else(|| request.uri().authority().map(|a| a.as_str()));
     let answer = answer(challenge, request.method(), host, request.uri().path());
-    tracing::info!(method = %request.method(), path = request.uri().path(), host, status = answer.status.as_u16(), "request");
+    // Debug, not info: whoever reaches a solver could otherwise fill its log.
+    tracing::debug!(method = %request.method(), path = request.uri().path(), host, status = answer.status.as_u16(), "request");
     let mut response = Response::new(Full::new(Bytes::from(answer.body)));
     *response.status_mut() = answer.status;
     response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));

@@ -349,10 +349,13 @@ async fn serve(
     excluded: Arc<Vec<String>>,
     shutdown: crate::shutdown::Shutdown,
 ) {
+    // The apiserver gives a webhook 10 s by default; answer (or give up) well before.
     let options = ServeOptions {
-        name: "webhook",
         tls: Some(tokio_rustls::TlsAcceptor::from(tls)),
         drain: Duration::from_secs(5),
+        max_connections: 512,
+        request_timeout: Duration::from_secs(8),
+        ..ServeOptions::plain("webhook")
     };
     let handler = move |request: Request<Incoming>| {
         let excluded = excluded.clone();
