@@ -1,7 +1,9 @@
 //! The MutatingWebhookConfiguration through which the apiserver calls kacme for Pods.
 
+use crate::automatic::annotations::{ANNOTATION_CLUSTER_ISSUER, ANNOTATION_ISSUER, ANNOTATION_NAMES};
 use k8s_openapi::api::admissionregistration::v1::{
-    MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, ServiceReference, WebhookClientConfig,
+    MatchCondition, MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, ServiceReference,
+    WebhookClientConfig,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement, ObjectMeta};
 use std::collections::BTreeMap;
@@ -105,6 +107,14 @@ pub fn parse_label_selector(text: &str) -> Result<LabelSelector, String> {
     })
 }
 
+/// The CEL condition of the Pods the webhook is called for: those with any of kacme's workload annotations.
+pub fn annotated_pod_expression() -> String {
+    let any_of = [ANNOTATION_NAMES, ANNOTATION_ISSUER, ANNOTATION_CLUSTER_ISSUER]
+        .map(|annotation| format!("'{annotation}' in object.metadata.annotations"))
+        .join(" || ");
+    format!("has(object.metadata.annotations) && ({any_of})")
+}
+
 /// The whole configuration as kacme manages it (server-side applied).
 pub fn build_webhook_configuration(
     name: &str,
@@ -147,6 +157,12 @@ pub fn build_webhook_configuration(
             }]),
             side_effects: "None".into(),
             timeout_seconds: Some(policy.timeout_seconds),
+            // Only Pods that carry kacme's annotations reach the webhook: with failurePolicy Fail, an
+            // operator that is down or slow then never blocks any other Pod of a selected namespace.
+            match_conditions: Some(vec![MatchCondition {
+                name: "carries-kacme-annotations".into(),
+                expression: annotated_pod_expression(),
+            }]),
             ..MutatingWebhook::default()
         }]),
     }
@@ -191,6 +207,13 @@ mod tests {
         let expressions = webhook.namespace_selector.as_ref().unwrap().match_expressions.clone().unwrap();
         assert_eq!(expressions[0].values.as_deref(), Some(&["kacme".to_string(), "kube-system".to_string()][..]));
         assert_eq!(webhook.side_effects, "None");
+        let conditions = webhook.match_conditions.as_deref().unwrap_or_default();
+        assert_eq!(conditions.len(), 1, "only annotated Pods are sent to the webhook");
+        assert_eq!(
+            conditions[0].expression,
+            "has(object.metadata.annotations) && ('kacme.dev/names' in object.metadata.annotations || \
+             'kacme.dev/issuer' in object.metadata.annotations || 'kacme.dev/cluster-issuer' in object.metadata.annotations)"
+        );
         assert_eq!(current_ca_bundle(&configuration).as_deref(), Some("PEM"));
         assert_eq!(endpoint.hosts(), ["127.0.0.5"]);
         let service = WebhookEndpoint::Service { namespace: "kacme".into(), name: "kacme-webhook".into(), port: 443 };
