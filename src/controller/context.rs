@@ -138,6 +138,8 @@ pub struct Context {
     pub acme_observer: Arc<dyn AcmeObserver>,
     pub reconcile_observer: Arc<dyn ReconcileObserver>,
     pub events: EventPublisher,
+    /// Failed reconciles in a row per object, for the error policy's growing wait.
+    pub error_backoff: super::retry::ErrorBackoff,
     pub stores: Stores,
     pub solver_context: SolverContext,
     orders: Mutex<HashMap<String, KeptOrder>>,
@@ -161,6 +163,7 @@ impl Context {
             acme_observer: observers.acme,
             reconcile_observer: observers.reconcile,
             stores,
+            error_backoff: super::retry::ErrorBackoff::default(),
             orders: Mutex::default(),
             written: Mutex::default(),
             secret_writes: Mutex::default(),

@@ -18,6 +18,7 @@ mod kube_solver;
 mod observe;
 mod owned_certificates;
 mod resync;
+mod retry;
 mod sweep;
 #[cfg(test)]
 mod testing;
@@ -56,14 +57,20 @@ pub const FIELD_MANAGER: &str = "kacme";
 /// the CA bundle ConfigMaps.
 pub const AUTOMATION_FIELD_MANAGER: &str = "kacme-automation";
 
-fn error_policy<K: Resource<DynamicType = ()>>(object: Arc<K>, error: &ReconcileError, _: Arc<Context>) -> Action {
+fn error_policy<K: Resource<DynamicType = ()>>(object: Arc<K>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
+    let wait = ctx.error_backoff.failed(&backoff_key(object.as_ref()));
     // Named like the reconcilers' spans (`certificate = "apps/web"`), so that every line about an object names it.
     let object = match object.namespace() {
         Some(namespace) => format!("{namespace}/{}", object.name_any()),
         None => object.name_any(),
     };
-    tracing::warn!(kind = %K::kind(&()), %object, %error, reason = error.metric_label(), "reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(5))
+    tracing::warn!(kind = %K::kind(&()), %object, %error, reason = error.metric_label(), retry_in = ?wait, "reconcile failed; retrying");
+    Action::requeue(wait)
+}
+
+/// The key of an object in [`retry::ErrorBackoff`]: `kind/namespace/name`.
+fn backoff_key<K: Resource<DynamicType = ()>>(object: &K) -> String {
+    format!("{}/{}/{}", K::kind(&()), object.namespace().unwrap_or_default(), object.name_any())
 }
 
 /// A watch of `K` (filtered by `config`) that fills a cache as it is polled: the stream triggers a
@@ -101,15 +108,20 @@ where
     }
 }
 
-/// Runs `reconcile`, telling the observer how long it took and how it ended; a panic is an error of the
-/// object (see [`isolation`]).
-async fn observed(
-    observer: Arc<dyn ReconcileObserver>,
+/// Runs `reconcile` of `object`, telling the observer how long it took and how it ended; a panic is an
+/// error of the object (see [`isolation`]); a success resets the object's error backoff.
+async fn observed<K: Resource<DynamicType = ()>>(
+    ctx: Arc<Context>,
     controller: ControllerKind,
+    object: &K,
     reconcile: impl Future<Output = Result<Action, ReconcileError>>,
 ) -> Result<Action, ReconcileError> {
+    let observer = ctx.reconcile_observer.clone();
     let started = Instant::now();
     let result = isolation::isolated(reconcile).await;
+    if result.is_ok() {
+        ctx.error_backoff.succeeded(&backoff_key(object));
+    }
     observer.reconcile_finished(controller, started.elapsed(), result.as_ref().err());
     result
 }
@@ -188,9 +200,9 @@ pub async fn run_observed(
         .with_config(ControllerRunConfig::default().concurrency(config.concurrency))
         .graceful_shutdown_on(shutdown.stopped())
         .run(
-            |certificate, ctx| {
-                let observer = ctx.reconcile_observer.clone();
-                observed(observer, ControllerKind::Certificate, certificate::reconcile_certificate(certificate, ctx))
+            |certificate, ctx| async move {
+                let reconcile = certificate::reconcile_certificate(certificate.clone(), ctx.clone());
+                observed(ctx, ControllerKind::Certificate, certificate.as_ref(), reconcile).await
             },
             error_policy,
             ctx.clone(),
@@ -208,9 +220,9 @@ pub async fn run_observed(
     let issuer_controller = issuers
         .graceful_shutdown_on(shutdown.stopped())
         .run(
-            |issuer, ctx| {
-                let observer = ctx.reconcile_observer.clone();
-                observed(observer, ControllerKind::Issuer, issuer::reconcile_issuer(issuer, ctx))
+            |object, ctx| async move {
+                let reconcile = issuer::reconcile_issuer(object.clone(), ctx.clone());
+                observed(ctx, ControllerKind::Issuer, object.as_ref(), reconcile).await
             },
             error_policy,
             ctx.clone(),
@@ -219,9 +231,9 @@ pub async fn run_observed(
     let cluster_issuer_controller = cluster_issuers
         .graceful_shutdown_on(shutdown.stopped())
         .run(
-            |issuer, ctx| {
-                let observer = ctx.reconcile_observer.clone();
-                observed(observer, ControllerKind::ClusterIssuer, issuer::reconcile_cluster_issuer(issuer, ctx))
+            |object, ctx| async move {
+                let reconcile = issuer::reconcile_cluster_issuer(object.clone(), ctx.clone());
+                observed(ctx, ControllerKind::ClusterIssuer, object.as_ref(), reconcile).await
             },
             error_policy,
             ctx.clone(),
