@@ -105,6 +105,8 @@ pub enum IssuerReason {
     ErrRegisterAcmeAccount,
     /// `caBundle` holds no readable certificate.
     InvalidCaBundle,
+    /// `server` is not a URL the HTTP client can use.
+    InvalidServer,
     /// The account key Secret exists but has no key under the expected name.
     InvalidAccountKeySecret,
     /// The account key Secret could not be read.
@@ -126,6 +128,7 @@ impl IssuerReason {
             IssuerReason::AcmeAccountRegistered => "ACMEAccountRegistered",
             IssuerReason::ErrRegisterAcmeAccount => "ErrRegisterACMEAccount",
             IssuerReason::InvalidCaBundle => "InvalidCABundle",
+            IssuerReason::InvalidServer => "InvalidServer",
             IssuerReason::InvalidAccountKeySecret => "InvalidAccountKeySecret",
             IssuerReason::ErrReadAccountKey => "ErrReadAccountKey",
             IssuerReason::AccountKeySecretRace => "AccountKeySecretRace",

@@ -122,6 +122,9 @@ pub enum AccountError {
     /// `caBundle` holds no usable certificate.
     #[error("caBundle: {0}")]
     ParseCaBundle(crate::pki::PkiError),
+    /// `server` is not an https URL the HTTP client can use (admission checks it too, less strictly).
+    #[error("server {server:?} cannot be used: {problem}")]
+    InvalidServer { server: String, problem: String },
     /// The EAB key Secret could not be read.
     #[error("reading Secret {secret}: {source}")]
     ReadEabSecret { secret: String, source: kube::Error },
@@ -146,6 +149,7 @@ impl AccountError {
             AccountError::ReadKeySecret { .. } => IssuerReason::ErrReadAccountKey,
             AccountError::KeySecretWithoutKey { .. } => IssuerReason::InvalidAccountKeySecret,
             AccountError::ParseCaBundle(_) => IssuerReason::InvalidCaBundle,
+            AccountError::InvalidServer { .. } => IssuerReason::InvalidServer,
             AccountError::ReadEabSecret { .. } => IssuerReason::ErrReadEabSecret,
             AccountError::EabSecretWithoutKey { .. } | AccountError::DecodeEabKey(_) => IssuerReason::InvalidEabSecret,
             AccountError::Register(_) => IssuerReason::ErrRegisterAcmeAccount,
@@ -168,6 +172,7 @@ impl AccountError {
             }
             AccountError::KeySecretWithoutKey { .. }
             | AccountError::ParseCaBundle(_)
+            | AccountError::InvalidServer { .. }
             | AccountError::EabSecretWithoutKey { .. } => RECHECK_FAILED,
         }
     }
@@ -235,8 +240,23 @@ pub async fn ensure_account(ctx: &Context, issuer: &IssuerInfo) -> Result<AcmeAc
     Ok(registration.account)
 }
 
+/// Checks that `server` is an https URL with a host that the HTTP client accepts as it is (CEL's `isURL`
+/// admits URLs, for example with non-ASCII characters, that the client would refuse at every request).
+pub fn check_directory_url(server: &str) -> Result<(), AccountError> {
+    let invalid = |problem: &str| AccountError::InvalidServer { server: server.to_string(), problem: problem.into() };
+    let uri: http::Uri = server.parse().map_err(|e: http::uri::InvalidUri| invalid(&e.to_string()))?;
+    if uri.scheme_str() != Some("https") {
+        return Err(invalid("it must be an https:// URL"));
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(invalid("it has no host"));
+    }
+    Ok(())
+}
+
 async fn account_spec(ctx: &Context, issuer: &IssuerInfo) -> Result<AccountSpec, AccountError> {
     let acme = &issuer.acme;
+    check_directory_url(&acme.server)?;
     let trust = if acme.skip_tls_verify == Some(true) {
         CaTrust::InsecureSkipVerify
     } else if let Some(bundle) = &acme.ca_bundle {
@@ -264,4 +284,32 @@ async fn account_spec(ctx: &Context, issuer: &IssuerInfo) -> Result<AccountSpec,
         }
     };
     Ok(AccountSpec { directory_url: acme.server.clone(), email: acme.email.clone(), external_account, trust })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_https_urls_the_client_can_use_are_accepted_as_the_directory() {
+        // (server, accepted)
+        let cases = [
+            ("https://ca.internal/acme/acme/directory", true),
+            ("https://127.0.0.1:9000/dir", true),
+            ("https://[::1]:14000/dir", true),
+            ("http://ca.internal/directory", false),
+            ("https:///directory", false),
+            ("https://exämple.internal/directory", false),
+            ("https://ca.internal/a b", false),
+            ("ca.internal/directory", false),
+        ];
+        for (server, accepted) in cases {
+            let result = check_directory_url(server);
+            assert_eq!(result.is_ok(), accepted, "{server}: {result:?}");
+            if let Err(error) = result {
+                assert_eq!(error.reason(), IssuerReason::InvalidServer);
+                assert!(error.to_string().contains(server), "{error}");
+            }
+        }
+    }
 }

@@ -119,8 +119,15 @@ async fn observed<K: Resource<DynamicType = ()>>(
     let observer = ctx.reconcile_observer.clone();
     let started = Instant::now();
     let result = isolation::isolated(reconcile).await;
-    if result.is_ok() {
-        ctx.error_backoff.succeeded(&backoff_key(object));
+    match &result {
+        Ok(_) => ctx.error_backoff.succeeded(&backoff_key(object)),
+        // Where the object's owner looks: a panic is a bug of kacme, but it costs (and names) this object.
+        Err(error @ ReconcileError::Panicked(_)) => {
+            ctx.events
+                .publish_to(&object.object_ref(&()), "Reconcile", true, "ReconcilePanicked", error.to_string())
+                .await;
+        }
+        Err(_) => {}
     }
     observer.reconcile_finished(controller, started.elapsed(), result.as_ref().err());
     result
