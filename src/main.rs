@@ -80,6 +80,10 @@ struct ControllerArgs {
     /// Certificates reconciled at once.
     #[arg(long, env = "KACME_CONCURRENCY", default_value_t = 16)]
     concurrency: u16,
+    /// Of those, how many may work with one issuer at once (default: three quarters of --concurrency), so
+    /// that a slow CA cannot hold every worker.
+    #[arg(long, env = "KACME_ISSUER_CONCURRENCY")]
+    issuer_concurrency: Option<u16>,
     /// Wait after the first failed issuance; doubled per further failure.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     backoff_initial: Duration,
@@ -235,6 +239,7 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     };
     let mut config = kacme::controller::ControllerConfig::new(args.cluster_resource_namespace, args.solver_image);
     config.concurrency = args.concurrency.max(1);
+    config.per_issuer_concurrency = args.issuer_concurrency;
     config.backoff = kacme::decision::BackoffPolicy { initial: args.backoff_initial, max: args.backoff_max };
     config.renewal_jitter = args.renewal_jitter;
     config.self_check =

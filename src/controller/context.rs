@@ -37,6 +37,8 @@ pub struct ControllerConfig {
     pub backoff: BackoffPolicy,
     /// Reconciles of Certificates running at once.
     pub concurrency: u16,
+    /// Of those, how many may work with one issuer at once (default: three quarters).
+    pub per_issuer_concurrency: Option<u16>,
     /// Spread renewals of Certificates issued together over this long after their renewal time.
     pub renewal_jitter: Duration,
     /// Check that challenges answer before telling the CA (off by default).
@@ -55,6 +57,7 @@ impl ControllerConfig {
             solver_image: solver_image.into(),
             backoff: BackoffPolicy::default(),
             concurrency: 16,
+            per_issuer_concurrency: None,
             renewal_jitter: Duration::from_secs(60),
             self_check: None,
             max_wait_per_step: Duration::from_secs(2),
@@ -138,6 +141,8 @@ pub struct Context {
     pub acme_observer: Arc<dyn AcmeObserver>,
     pub reconcile_observer: Arc<dyn ReconcileObserver>,
     pub events: EventPublisher,
+    /// Slots per issuer, so that one slow CA cannot hold every worker.
+    pub issuer_slots: super::issuer_slots::IssuerSlots,
     /// Failed reconciles in a row per object, for the error policy's growing wait.
     pub error_backoff: super::retry::ErrorBackoff,
     pub stores: Stores,
@@ -164,6 +169,12 @@ impl Context {
             reconcile_observer: observers.reconcile,
             stores,
             error_backoff: super::retry::ErrorBackoff::default(),
+            issuer_slots: super::issuer_slots::IssuerSlots::new(
+                config
+                    .per_issuer_concurrency
+                    .map(usize::from)
+                    .unwrap_or_else(|| super::issuer_slots::default_per_issuer(config.concurrency)),
+            ),
             orders: Mutex::default(),
             written: Mutex::default(),
             secret_writes: Mutex::default(),

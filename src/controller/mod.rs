@@ -14,6 +14,7 @@ mod events;
 mod ingress;
 mod isolation;
 mod issuer;
+pub(crate) mod issuer_slots;
 mod kube_solver;
 mod observe;
 mod owned_certificates;

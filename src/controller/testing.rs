@@ -48,8 +48,8 @@ pub(crate) struct IssuanceHarness {
     pub apiserver: FakeApiserver,
     /// The CA the Issuer points at.
     pub ca: FakeAcme,
-    config: ControllerConfig,
-    ctx: Arc<Context>,
+    pub(crate) config: ControllerConfig,
+    pub(crate) ctx: Arc<Context>,
     writers: StoreWriters,
 }
 

@@ -50,6 +50,8 @@ pub const FINALIZER: &str = "kacme.dev/solver-cleanup";
 const ISSUER_WAIT: Duration = Duration::from_secs(15);
 /// How soon to look again at a Certificate whose Secret belongs to someone else.
 const FOREIGN_SECRET_WAIT: Duration = Duration::from_secs(60);
+/// How soon to look again at a Certificate whose issuer has no free slot (other Certificates use them all).
+const ISSUER_BUSY_WAIT: Duration = Duration::from_secs(1);
 /// How soon the next step of an order runs when nothing needs waiting for.
 const NEXT_STEP: Duration = Duration::from_millis(50);
 
@@ -103,6 +105,16 @@ struct Pass<'a> {
     now: Timestamp,
     /// Solver objects removed in this pass: the caches may still show them.
     solver_objects_removed: HashSet<String>,
+    /// The issuer slot this pass holds while it works with the CA.
+    issuer_slot: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+/// Why this pass cannot work with the issuer.
+enum IssuerUnusable {
+    /// The issuer is missing, not Ready, or its account is not.
+    NotReady(IssuerWait),
+    /// Every slot of the issuer is taken by other Certificates.
+    Busy,
 }
 
 impl<'a> Pass<'a> {
@@ -114,6 +126,7 @@ impl<'a> Pass<'a> {
             status: certificate.status.clone().unwrap_or_default(),
             now: Timestamp::now(),
             solver_objects_removed: HashSet::new(),
+            issuer_slot: None,
         }
     }
 
@@ -186,16 +199,23 @@ impl<'a> Pass<'a> {
     ///
     /// The cache answers when it holds the issuer Ready; anything else is read afresh, so that a cache
     /// lagging behind an issuer that just became Ready never holds the Certificate back.
-    async fn issuer_and_account(&self) -> Result<(IssuerInfo, AcmeAccount), IssuerWait> {
+    async fn issuer_and_account(&mut self) -> Result<(IssuerInfo, AcmeAccount), IssuerUnusable> {
         let reference = &self.certificate.spec.issuer_ref;
         let cached = self.ctx.cached_issuer(reference, &self.namespace).filter(|info| info.ready);
         let issuer = match cached {
             Some(info) => info,
-            None => self.read_issuer().await?,
+            None => self.read_issuer().await.map_err(IssuerUnusable::NotReady)?,
         };
-        let account = ensure_account(self.ctx, &issuer)
-            .await
-            .map_err(|error| IssuerWait { reason: CertificateReason::IssuerNotReady, message: error.to_string() })?;
+        if self.issuer_slot.is_none() {
+            let key = format!("{}/{}/{}", issuer.kind, issuer.secret_namespace, issuer.name);
+            self.issuer_slot = Some(self.ctx.issuer_slots.try_take(&key).ok_or(IssuerUnusable::Busy)?);
+        }
+        let account = ensure_account(self.ctx, &issuer).await.map_err(|error| {
+            IssuerUnusable::NotReady(IssuerWait {
+                reason: CertificateReason::IssuerNotReady,
+                message: error.to_string(),
+            })
+        })?;
         Ok((issuer, account))
     }
 
@@ -231,11 +251,16 @@ impl<'a> Pass<'a> {
         }
     }
 
-    /// The issuer cannot be used yet: say so and look again soon.
-    fn wait_for_issuer(&mut self, wait: &IssuerWait) -> Action {
-        let order_in_flight = self.status.order.is_some();
-        self.transition().waiting_for_issuer(wait, order_in_flight);
-        Action::requeue(ISSUER_WAIT)
+    /// The issuer cannot be used yet: say so and look again soon (a busy issuer changes no status).
+    fn wait_for_issuer(&mut self, unusable: &IssuerUnusable) -> Action {
+        match unusable {
+            IssuerUnusable::NotReady(wait) => {
+                let order_in_flight = self.status.order.is_some();
+                self.transition().waiting_for_issuer(wait, order_in_flight);
+                Action::requeue(ISSUER_WAIT)
+            }
+            IssuerUnusable::Busy => Action::requeue(ISSUER_BUSY_WAIT),
+        }
     }
 
     fn ip_addresses(&self) -> Result<Vec<IpAddr>, IssuanceError> {

@@ -676,3 +676,29 @@ async fn a_leftover_solver_pod_whose_deletion_was_cut_short_is_deleted_again_one
         harness.apiserver.remove::<Pod>(NAMESPACE, "web-leftover");
     }
 }
+
+#[tokio::test]
+async fn a_certificate_whose_issuer_has_no_free_slot_waits_without_a_write_or_a_request_to_the_ca() {
+    let mut harness = IssuanceHarness::ready_to_issue().await;
+    harness.sync_caches();
+    // Other Certificates of the same issuer hold every slot of it.
+    let per_issuer = crate::controller::issuer_slots::default_per_issuer(harness.config.concurrency);
+    let held: Vec<_> = (0..per_issuer).map(|_| harness.ctx.issuer_slots.try_take("Issuer/apps/ca")).collect();
+    assert!(held.iter().all(Option::is_some), "the slots can be taken");
+    let acme_before = harness.acme_requests();
+
+    let first = harness.pass().await;
+    assert_eq!(harness.condition_reason("Ready").map(|(_, reason)| reason).as_deref(), Some("DoesNotExist"));
+    harness.sync_caches();
+    harness.apiserver.clear_requests();
+    let again = harness.pass().await;
+
+    for action in [first, again] {
+        assert_eq!(action, Action::requeue(Duration::from_secs(1)), "looked at again shortly");
+    }
+    assert!(harness.apiserver.writes().is_empty(), "waiting writes nothing: {:?}", harness.apiserver.writes());
+    assert_eq!(harness.acme_requests(), acme_before, "no request to the CA");
+    drop(held);
+    harness.run_until_ready(MAX_PASSES).await;
+    assert!(harness.is_ready_and_idle(), "issued once a slot is free");
+}
