@@ -145,6 +145,8 @@ pub struct Context {
     pub issuer_slots: super::issuer_slots::IssuerSlots,
     /// Failed reconciles in a row per object, for the error policy's growing wait.
     pub error_backoff: super::retry::ErrorBackoff,
+    /// Steps the CA asked to retry at once (rejected nonces), in a row per Certificate.
+    pub immediate_retries: super::retry::ErrorBackoff,
     pub stores: Stores,
     pub solver_context: SolverContext,
     orders: Mutex<HashMap<String, KeptOrder>>,
@@ -169,6 +171,7 @@ impl Context {
             reconcile_observer: observers.reconcile,
             stores,
             error_backoff: super::retry::ErrorBackoff::default(),
+            immediate_retries: super::retry::ErrorBackoff::default(),
             issuer_slots: super::issuer_slots::IssuerSlots::new(
                 config
                     .per_issuer_concurrency

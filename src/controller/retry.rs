@@ -16,6 +16,14 @@ pub(crate) fn retry_delay(failures: u32) -> Duration {
     FIRST_RETRY.saturating_mul(1 << doublings).min(MAX_RETRY)
 }
 
+/// The wait before retrying a step the CA asked to retry at once (a rejected nonce), after `retries`
+/// such retries in a row: 10 ms, doubling to 10 s, so that a CA that rejects every nonce costs a request
+/// every 10 s, not a hot loop.
+pub(crate) fn immediate_retry_delay(retries: u32) -> Duration {
+    let doublings = retries.min(10);
+    Duration::from_millis(10).saturating_mul(1 << doublings).min(Duration::from_secs(10))
+}
+
 /// Failed reconciles in a row, per object (`kind/namespace/name`).
 #[derive(Default)]
 pub struct ErrorBackoff {
@@ -31,6 +39,15 @@ impl ErrorBackoff {
         retry_delay(*count)
     }
 
+    /// Counts one more failure of `object` and returns how many there were before it.
+    pub fn count(&self, object: &str) -> u32 {
+        let Ok(mut failures) = self.failures.lock() else { return u32::MAX };
+        let count = failures.entry(object.to_string()).or_insert(0);
+        let before = *count;
+        *count = count.saturating_add(1);
+        before
+    }
+
     /// Forgets the failures of `object` (it succeeded, or is gone).
     pub fn succeeded(&self, object: &str) {
         if let Ok(mut failures) = self.failures.lock() {
@@ -42,6 +59,14 @@ impl ErrorBackoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn immediate_retries_start_at_once_and_slow_down_to_ten_seconds() {
+        let cases = [(0, 10), (1, 20), (2, 40), (5, 320), (9, 5120), (10, 10_000), (u32::MAX, 10_000)];
+        for (retries, millis) in cases {
+            assert_eq!(immediate_retry_delay(retries), Duration::from_millis(millis), "{retries} retries");
+        }
+    }
 
     #[test]
     fn each_failure_in_a_row_doubles_the_wait_up_to_five_minutes() {

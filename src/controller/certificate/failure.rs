@@ -5,10 +5,10 @@ use crate::acme::{AcmeAccount, AcmeError, OrderProgress, Retry};
 use crate::controller::ReconcileError;
 use crate::controller::accounts::IssuerInfo;
 use crate::controller::kube_solver::cleanup_all_solver_objects;
+use crate::controller::retry::immediate_retry_delay;
 use crate::desired::{EventNote, EventReason};
 use crate::pki::PkiError;
 use kube::runtime::controller::Action;
-use std::time::Duration;
 
 /// Why an issuance attempt failed for good; the message is shown in the conditions and the Event.
 #[derive(Debug, thiserror::Error)]
@@ -54,8 +54,15 @@ impl Pass<'_> {
             // attempt registers again with the stored key instead of using the cached account forever.
             self.ctx.accounts.forget(issuer.kind, &issuer.secret_namespace, &issuer.name);
         }
+        let key = format!("{}/{}", self.namespace, self.name());
+        if error.retry != Retry::Immediately {
+            self.ctx.immediate_retries.succeeded(&key);
+        }
         match error.retry {
-            Retry::Immediately => Ok(Action::requeue(Duration::from_millis(10))),
+            Retry::Immediately => {
+                self.retried_at_once = true;
+                Ok(Action::requeue(immediate_retry_delay(self.ctx.immediate_retries.count(&key))))
+            }
             Retry::After(delay) => {
                 let order = progress.map(|progress| self.order_status(&progress, account));
                 self.transition().retrying(order, delay.as_secs(), &error.to_string());

@@ -107,6 +107,8 @@ struct Pass<'a> {
     solver_objects_removed: HashSet<String>,
     /// The issuer slot this pass holds while it works with the CA.
     issuer_slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Whether the CA asked this pass to retry its step at once (a rejected nonce).
+    retried_at_once: bool,
 }
 
 /// Why this pass cannot work with the issuer.
@@ -127,6 +129,7 @@ impl<'a> Pass<'a> {
             now: Timestamp::now(),
             solver_objects_removed: HashSet::new(),
             issuer_slot: None,
+            retried_at_once: false,
         }
     }
 
@@ -140,6 +143,9 @@ impl<'a> Pass<'a> {
                 Err(error) => Err(error),
             },
         };
+        if !self.retried_at_once {
+            self.ctx.immediate_retries.succeeded(&format!("{}/{}", self.namespace, self.name()));
+        }
         // Write what was learned even when the step failed: the failure is in the status.
         let old = self.certificate.status.clone().unwrap_or_default();
         if status_changed(&old, &self.status) {

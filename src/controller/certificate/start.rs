@@ -37,10 +37,6 @@ impl Pass<'_> {
             let error = IssuanceError::NoSolver { identifier: unsolvable.clone(), issuer: issuer.describe() };
             return self.fail(error).await;
         }
-        let key = match self.next_private_key(secret) {
-            Ok(key) => key,
-            Err(error) => return self.fail(error).await,
-        };
         let ips = match self.ip_addresses() {
             Ok(ips) => ips,
             Err(error) => return self.fail(error).await,
@@ -48,6 +44,12 @@ impl Pass<'_> {
         let session = match OrderSession::create(&account, &self.certificate.spec.dns_names, &ips).await {
             Ok(session) => session,
             Err(error) => return self.acme_failure(error, None, &account, &issuer).await,
+        };
+        // The key only once the order exists: an attempt the CA refuses or asks to retry costs no key
+        // (an RSA 4096 key takes a while to generate).
+        let key = match self.next_private_key(secret) {
+            Ok(key) => key,
+            Err(error) => return self.fail(error).await,
         };
         // Storing the key only once the order exists means that while the CA is unreachable no attempt
         // writes a key: each such write (a watched Secret) would start the next attempt at once instead of

@@ -702,3 +702,24 @@ async fn a_certificate_whose_issuer_has_no_free_slot_waits_without_a_write_or_a_
     harness.run_until_ready(MAX_PASSES).await;
     assert!(harness.is_ready_and_idle(), "issued once a slot is free");
 }
+
+#[tokio::test]
+async fn a_ca_that_rejects_every_nonce_is_retried_ever_more_slowly_and_costs_no_key() {
+    let mut harness = IssuanceHarness::ready_to_issue().await;
+    harness.ca.fail_next(
+        Endpoint::NewOrder,
+        Fault::problem(400, "badNonce", "JWS has an invalid anti-replay nonce"),
+        1000,
+    );
+
+    let mut waits = Vec::new();
+    for _ in 0..6 {
+        harness.sync_caches();
+        waits.push(harness.pass().await);
+    }
+
+    let expected: Vec<Action> = [10, 20, 40, 80, 160, 320].map(|ms| Action::requeue(Duration::from_millis(ms))).into();
+    assert_eq!(waits, expected, "no hot loop: each retry in a row waits twice as long");
+    assert_eq!(harness.ca.orders_created(), 0);
+    assert!(harness.next_key_secret().is_none(), "no key is stored (nor generated) for an order that does not exist");
+}
