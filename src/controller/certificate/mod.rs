@@ -265,7 +265,11 @@ impl<'a> Pass<'a> {
                 self.transition().waiting_for_issuer(wait, order_in_flight);
                 Action::requeue(ISSUER_WAIT)
             }
-            IssuerUnusable::Busy => Action::requeue(ISSUER_BUSY_WAIT),
+            IssuerUnusable::Busy => {
+                // Nothing happened: show nothing (a status write would only wake this Certificate again).
+                self.status = self.certificate.status.clone().unwrap_or_default();
+                Action::requeue(ISSUER_BUSY_WAIT)
+            }
         }
     }
 
