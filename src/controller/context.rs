@@ -37,7 +37,7 @@ pub struct ControllerConfig {
     pub backoff: BackoffPolicy,
     /// Reconciles of Certificates running at once.
     pub concurrency: u16,
-    /// Of those, how many may work with one issuer at once (default: three quarters).
+    /// Of those, how many may work with one issuer at once (default: all of them).
     pub per_issuer_concurrency: Option<u16>,
     /// Spread renewals of Certificates issued together over this long after their renewal time.
     pub renewal_jitter: Duration,
