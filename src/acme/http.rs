@@ -107,6 +107,9 @@ impl HttpClient for MeteredHttp {
         } else {
             CURRENT_ACTION.try_with(|action| *action).unwrap_or(AcmeAction::Directory)
         };
+        if let Err(refused) = same_host(&self.directory_url, request.uri()) {
+            return Box::pin(async move { Err(instant_acme::Error::Other(refused.into())) });
+        }
         let started = Instant::now();
         let response = self.client.request(request);
         let observer = self.observer.clone();
@@ -158,6 +161,21 @@ fn with_problem_document(response: http::Response<Bytes>) -> BytesResponse {
         None => bytes,
     };
     BytesResponse::from(http::Response::from_parts(parts, http_body_util::Full::new(bytes)))
+}
+
+/// Whether `url` is on the host of the directory: every URL an ACME server hands out (nonces, accounts,
+/// orders, authorizations, challenges, certificates) is followed only there. A CA (whoever may create an
+/// Issuer chooses it) must not make the operator send requests to other hosts of the cluster's network.
+fn same_host(directory_url: &str, url: &http::Uri) -> Result<(), String> {
+    let directory_host = directory_url.parse::<http::Uri>().ok().and_then(|d| d.host().map(str::to_ascii_lowercase));
+    let host = url.host().map(str::to_ascii_lowercase);
+    match (directory_host, host) {
+        (Some(directory), Some(host)) if directory == host => Ok(()),
+        (_, host) => Err(format!(
+            "the CA sent a URL on {} instead of the host of its directory {directory_url}; refusing to follow it",
+            host.unwrap_or_else(|| "no host".into())
+        )),
+    }
 }
 
 /// The whole body of an answer, at most [`MAX_ANSWER_BYTES`] long.
@@ -307,6 +325,24 @@ mod tests {
         ];
         for (case, header, expected) in cases {
             assert_eq!(retry_after(header).as_deref(), expected, "{case}");
+        }
+    }
+
+    #[test]
+    fn only_urls_on_the_directory_host_are_followed() {
+        let directory = "https://ca.internal:9000/acme/directory";
+        // (url, followed)
+        let cases = [
+            ("https://ca.internal:9000/acme/new-order", true),
+            ("https://CA.internal/acme/cert/1", true),
+            ("https://169.254.169.254/latest/meta-data", false),
+            ("https://kubernetes.default.svc/api", false),
+            ("https://ca.internal.evil.test/acme/order", false),
+            ("/relative/path", false),
+        ];
+        for (url, followed) in cases {
+            let result = same_host(directory, &url.parse().unwrap());
+            assert_eq!(result.is_ok(), followed, "{url}: {result:?}");
         }
     }
 }

@@ -693,3 +693,24 @@ async fn an_answer_larger_than_the_limit_is_refused_not_read_and_the_next_reques
     assert!(started.elapsed() < Duration::from_secs(5), "refused at once, not read to the end");
     fake.register_account().await;
 }
+
+#[tokio::test]
+async fn a_directory_that_points_elsewhere_is_not_followed() {
+    let fake = FakeAcme::start().await;
+    let directory = serde_json::json!({
+        "newNonce": "https://169.254.169.254/latest/meta-data",
+        "newAccount": "https://169.254.169.254/acct",
+        "newOrder": "https://169.254.169.254/order",
+    });
+    let raw = Fault::Raw {
+        status: 200,
+        headers: vec![("Content-Type".into(), "application/json".into())],
+        body: directory.to_string().into_bytes(),
+    };
+    fake.fail_next(Endpoint::Directory, raw, 1);
+    let error = AcmeAccount::register(&fake.account_spec(), None, Arc::new(NoObserver))
+        .await
+        .expect_err("a request to another host is refused");
+    assert!(error.to_string().contains("refusing to follow it"), "{error}");
+    assert!(error.to_string().contains("169.254.169.254"), "{error}");
+}
