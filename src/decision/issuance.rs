@@ -11,7 +11,7 @@ use crate::api::names::{
     ANNOTATION_CERTIFICATE_NAME, ANNOTATION_ISSUER_KIND, ANNOTATION_ISSUER_NAME, ANNOTATION_RENEW_REQUESTED_AT,
     ANNOTATION_USAGES, TLS_CRT, TLS_KEY,
 };
-use crate::api::{Certificate, ConditionType, IssuanceReason, KeyUsage};
+use crate::api::{Certificate, CertificateSpec, ConditionType, IssuanceReason, KeyUsage};
 use crate::pki::{
     CertificateInfo, KeySpec, ParsedChain, PrivateKey, effective_usages, key_matches_certificate, parse_chain,
     parse_private_key,
@@ -211,30 +211,50 @@ fn spec_changed(change: String) -> Option<Why> {
 }
 
 fn dns_names_changed(observed: &Observed<'_>, stored: &Stored<'_>) -> Option<Why> {
-    let wanted: BTreeSet<String> = observed.certificate.spec.dns_names.iter().map(|n| n.to_ascii_lowercase()).collect();
-    let have: BTreeSet<String> = stored.leaf().dns_names.iter().map(|n| n.to_ascii_lowercase()).collect();
-    if wanted == have {
-        return None;
-    }
-    spec_changed(format!("the DNS names changed: the certificate has {have:?}, the spec asks for {wanted:?}"))
+    changed(dns_names_differ(&observed.certificate.spec, stored.leaf()))
 }
 
 fn ip_addresses_changed(observed: &Observed<'_>, stored: &Stored<'_>) -> Option<Why> {
-    let wanted: BTreeSet<IpAddr> =
-        observed.certificate.spec.ip_addresses.iter().filter_map(|a| a.parse().ok()).collect();
-    let have: BTreeSet<IpAddr> = stored.leaf().ip_addresses.iter().copied().collect();
-    if wanted == have {
-        return None;
-    }
-    spec_changed(format!("the IP addresses changed: the certificate has {have:?}, the spec asks for {wanted:?}"))
+    changed(ip_addresses_differ(&observed.certificate.spec, stored.leaf()))
 }
 
 fn common_name_changed(observed: &Observed<'_>, stored: &Stored<'_>) -> Option<Why> {
-    let (wanted, have) = (&observed.certificate.spec.common_name, &stored.leaf().common_name);
-    if wanted == have {
-        return None;
-    }
-    spec_changed(format!("the common name changed: the certificate has {have:?}, the spec asks for {wanted:?}"))
+    changed(common_name_differs(&observed.certificate.spec, stored.leaf()))
+}
+
+/// What differs between a certificate and the spec: the subject ("DNS names") and what each says.
+type Difference = (&'static str, String);
+
+fn changed(difference: Option<Difference>) -> Option<Why> {
+    difference.and_then(|(subject, detail)| spec_changed(format!("the {subject} changed: {detail}")))
+}
+
+fn dns_names_differ(spec: &CertificateSpec, leaf: &CertificateInfo) -> Option<Difference> {
+    let wanted: BTreeSet<String> = spec.dns_names.iter().map(|n| n.to_ascii_lowercase()).collect();
+    let have: BTreeSet<String> = leaf.dns_names.iter().map(|n| n.to_ascii_lowercase()).collect();
+    (wanted != have).then(|| ("DNS names", format!("the certificate has {have:?}, the spec asks for {wanted:?}")))
+}
+
+fn ip_addresses_differ(spec: &CertificateSpec, leaf: &CertificateInfo) -> Option<Difference> {
+    let wanted: BTreeSet<IpAddr> = spec.ip_addresses.iter().filter_map(|a| a.parse().ok()).collect();
+    let have: BTreeSet<IpAddr> = leaf.ip_addresses.iter().copied().collect();
+    (wanted != have).then(|| ("IP addresses", format!("the certificate has {have:?}, the spec asks for {wanted:?}")))
+}
+
+fn common_name_differs(spec: &CertificateSpec, leaf: &CertificateInfo) -> Option<Difference> {
+    let (wanted, have) = (&spec.common_name, &leaf.common_name);
+    (wanted != have).then(|| ("common name", format!("the certificate has {have:?}, the spec asks for {wanted:?}")))
+}
+
+/// How a certificate the CA just issued differs from what `spec` asked for (names, addresses, common name),
+/// if it does. Stored anyway, such a certificate would be found out of date at once and ordered again and
+/// again; kacme counts it as a failed attempt instead, which backs off.
+pub fn issued_differs_from_spec(spec: &CertificateSpec, leaf: &CertificateInfo) -> Option<String> {
+    [dns_names_differ, ip_addresses_differ, common_name_differs].iter().find_map(|differs| differs(spec, leaf)).map(
+        |(subject, detail)| {
+            format!("the CA issued a certificate that does not match the request ({subject}): {detail}")
+        },
+    )
 }
 
 fn issuer_changed(observed: &Observed<'_>, stored: &Stored<'_>) -> Option<Why> {

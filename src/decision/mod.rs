@@ -10,7 +10,8 @@ pub use crate::api::IssuanceReason;
 pub use backoff::BackoffPolicy;
 pub use identifiers::{order_is_for_another_issuer, same_identifiers};
 pub use issuance::{
-    IssuanceDecision, Observed, SecretOwnership, issuance_decision, secret_ownership, usages_annotation,
+    IssuanceDecision, Observed, SecretOwnership, issuance_decision, issued_differs_from_spec, secret_ownership,
+    usages_annotation,
 };
 pub use renewal::{RenewBefore, renewal_time};
 

@@ -287,3 +287,40 @@ fn failed_issuance_backs_off_unless_the_spec_changed_or_renewal_was_requested() 
         assert_eq!(got, want, "{case}: {decision:?}");
     }
 }
+
+#[test]
+fn an_issued_certificate_that_does_not_match_the_request_is_told_apart() {
+    let ca = TestCa::new("decision");
+    let key = generate_private_key(&KeySpec::from_spec(None)).unwrap();
+    let requested = certificate();
+    let spec = &requested.spec;
+    let leaf = |dns: &[&str], ips: &[&str], cn: Option<&str>| {
+        let chain = ca.issue(&key, dns, ips, cn, issued_at(), issued_at() + 24.hours());
+        crate::pki::parse_chain(chain.as_bytes()).unwrap().leaf
+    };
+    let asked: Vec<&str> = spec.dns_names.iter().map(String::as_str).collect();
+    let with_extra: Vec<&str> = asked.iter().copied().chain(["other.example.test"]).collect();
+    let upper: Vec<String> = asked.iter().rev().map(|n| n.to_ascii_uppercase()).collect();
+    // (case, leaf, the subject named in the difference, or None when it matches)
+    let cases = [
+        ("exactly what was asked for", leaf(&asked, &[], None), None),
+        (
+            "the same names in another case",
+            leaf(&upper.iter().map(String::as_str).collect::<Vec<_>>(), &[], None),
+            None,
+        ),
+        ("a name the CA added", leaf(&with_extra, &[], None), Some("DNS names")),
+        ("an address the CA added", leaf(&asked, &["10.0.0.1"], None), Some("IP addresses")),
+        ("a common name the CA added", leaf(&asked, &[], Some("web.example.test")), Some("common name")),
+    ];
+    for (case, leaf, subject) in cases {
+        let difference = issuance::issued_differs_from_spec(spec, &leaf);
+        match subject {
+            None => assert_eq!(difference, None, "{case}"),
+            Some(subject) => {
+                let message = difference.unwrap_or_else(|| panic!("{case}: no difference found"));
+                assert!(message.contains(&format!("({subject})")), "{case}: {message}");
+            }
+        }
+    }
+}

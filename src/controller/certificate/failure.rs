@@ -31,6 +31,9 @@ pub(super) enum IssuanceError {
     /// The CA sent a certificate for a key other than the order's.
     #[error("the CA returned a certificate for another key")]
     CertificateForAnotherKey,
+    /// The CA certified other names, addresses or a common name than the order asked for.
+    #[error("{0}; it is not stored (a new order would get the same)")]
+    CertificateDiffers(String),
     /// The Secret appeared meanwhile and belongs to something else.
     #[error("{0}")]
     SecretNotOwned(String),

@@ -4,7 +4,9 @@ use super::Pass;
 use super::failure::IssuanceError;
 use crate::controller::ReconcileError;
 use crate::controller::accounts::IssuerInfo;
-use crate::decision::{RenewBefore, SecretOwnership, renewal_time, secret_ownership, usages_annotation};
+use crate::decision::{
+    RenewBefore, SecretOwnership, issued_differs_from_spec, renewal_time, secret_ownership, usages_annotation,
+};
 use crate::desired::{EventNote, EventReason, Validity, build_certificate_secret};
 use crate::pki::{CsrRequest, PrivateKey, key_matches_certificate, parse_ca_bundle, parse_chain, verify_chain};
 use jiff::Timestamp;
@@ -25,6 +27,9 @@ impl Pass<'_> {
         };
         if !key_matches_certificate(key, &chain.leaf) {
             return self.fail(IssuanceError::CertificateForAnotherKey).await;
+        }
+        if let Some(difference) = issued_differs_from_spec(&self.certificate.spec, &chain.leaf) {
+            return self.fail(IssuanceError::CertificateDiffers(difference)).await;
         }
         let ca_bundle = issuer.ca_bundle_pem();
         // The question is whether the chain leads to the bundle, so verify it at a moment it is valid: the
