@@ -44,6 +44,8 @@ pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 pub(crate) struct MeteredHttp {
     client: Client<HttpsConnector<HttpConnector>, BodyWrapper<Bytes>>,
     directory_url: String,
+    /// The directory's host: the only host whose URLs are followed.
+    directory_host: Option<String>,
     observer: Arc<dyn AcmeObserver>,
 }
 
@@ -91,7 +93,8 @@ impl MeteredHttp {
             .enable_http1()
             .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(https);
-        Ok(MeteredHttp { client, directory_url: directory_url.to_string(), observer })
+        let directory_host = host_of(&directory_url.parse().map_err(|e| format!("the directory URL: {e}"))?);
+        Ok(MeteredHttp { client, directory_url: directory_url.to_string(), directory_host, observer })
     }
 }
 
@@ -107,7 +110,7 @@ impl HttpClient for MeteredHttp {
         } else {
             CURRENT_ACTION.try_with(|action| *action).unwrap_or(AcmeAction::Directory)
         };
-        if let Err(refused) = same_host(&self.directory_url, request.uri()) {
+        if let Err(refused) = same_host(self.directory_host.as_deref(), &self.directory_url, request.uri()) {
             return Box::pin(async move { Err(instant_acme::Error::Other(refused.into())) });
         }
         let started = Instant::now();
@@ -166,9 +169,8 @@ fn with_problem_document(response: http::Response<Bytes>) -> BytesResponse {
 /// Whether `url` is on the host of the directory: every URL an ACME server hands out (nonces, accounts,
 /// orders, authorizations, challenges, certificates) is followed only there. A CA (whoever may create an
 /// Issuer chooses it) must not make the operator send requests to other hosts of the cluster's network.
-fn same_host(directory_url: &str, url: &http::Uri) -> Result<(), String> {
-    let directory_host = directory_url.parse::<http::Uri>().ok().and_then(|d| d.host().map(str::to_ascii_lowercase));
-    let host = url.host().map(str::to_ascii_lowercase);
+fn same_host(directory_host: Option<&str>, directory_url: &str, url: &http::Uri) -> Result<(), String> {
+    let host = host_of(url);
     match (directory_host, host) {
         (Some(directory), Some(host)) if directory == host => Ok(()),
         (_, host) => Err(format!(
@@ -176,6 +178,11 @@ fn same_host(directory_url: &str, url: &http::Uri) -> Result<(), String> {
             host.unwrap_or_else(|| "no host".into())
         )),
     }
+}
+
+/// The host of a URL, lowercase.
+fn host_of(url: &http::Uri) -> Option<String> {
+    url.host().map(str::to_ascii_lowercase)
 }
 
 /// The whole body of an answer, at most [`MAX_ANSWER_BYTES`] long.
@@ -341,7 +348,7 @@ mod tests {
             ("/relative/path", false),
         ];
         for (url, followed) in cases {
-            let result = same_host(directory, &url.parse().unwrap());
+            let result = same_host(host_of(&directory.parse().unwrap()).as_deref(), directory, &url.parse().unwrap());
             assert_eq!(result.is_ok(), followed, "{url}: {result:?}");
         }
     }

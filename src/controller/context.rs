@@ -5,18 +5,19 @@ use super::accounts::{AccountCache, IssuerInfo};
 use super::events::EventPublisher;
 use super::kube_solver;
 use super::observe::{Observers, ReconcileObserver};
-use super::{FIELD_MANAGER, ReconcileError, certificate};
+use super::{FIELD_MANAGER, ReconcileError};
 use crate::acme::{AcmeObserver, OrderSession, SelfCheck};
 use crate::api::{Certificate, ClusterIssuer, Issuer, IssuerKind, IssuerRef};
 use crate::decision::BackoffPolicy;
 use crate::desired::SolverContext;
+use crate::kube_errors::is_not_found;
 use crate::pki::PrivateKey;
 use k8s_openapi::api::core::v1::Secret;
 #[cfg(test)]
 use k8s_openapi::api::core::v1::{Pod, Service};
 #[cfg(test)]
 use k8s_openapi::api::networking::v1::Ingress;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 #[cfg(test)]
 use kube::runtime::reflector;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -235,7 +236,11 @@ impl Context {
     /// Deletes a Secret of kacme's if it exists, remembering that until the cache shows it.
     pub(crate) async fn delete_secret(&self, namespace: &str, name: &str) -> Result<(), ReconcileError> {
         let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
-        certificate::delete_secret_if_present(&api, name).await?;
+        match api.delete(name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(ReconcileError::kube(format!("deleting Secret {namespace}/{name}"), e)),
+        }
         self.remember_secret_write(namespace, name, Some(SecretWrite::Deleted));
         Ok(())
     }

@@ -29,13 +29,12 @@ use crate::api::{Certificate, CertificateReason, CertificateStatus, ClusterIssue
 use crate::desired::{
     EventNote, IssuerWait, StatusTransition, next_key_secret_name, order_status, requeue_at, status_changed,
 };
-use crate::kube_errors::is_not_found;
 use crate::pki::{CsrRequest, PrivateKey, effective_usages};
 use failure::IssuanceError;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams};
+use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use std::collections::HashSet;
@@ -292,14 +291,5 @@ impl<'a> Pass<'a> {
     /// Deletes the next-key Secret of this Certificate, if there is one.
     async fn delete_next_key(&self) -> Result<(), ReconcileError> {
         self.ctx.delete_secret(&self.namespace, &next_key_secret_name(&self.name())).await
-    }
-}
-
-/// Deletes a Secret; a Secret that is already gone is fine.
-pub(super) async fn delete_secret_if_present(secrets: &Api<Secret>, name: &str) -> Result<(), ReconcileError> {
-    match secrets.delete(name, &DeleteParams::default()).await {
-        Ok(_) => Ok(()),
-        Err(e) if is_not_found(&e) => Ok(()),
-        Err(e) => Err(ReconcileError::kube(format!("deleting Secret {name}"), e)),
     }
 }
