@@ -9,6 +9,7 @@ pub mod conditions;
 pub mod duration;
 mod issuer;
 pub mod names;
+pub mod validation;
 
 pub use certificate::*;
 pub use conditions::{CertificateReason, ConditionType, IssuanceReason, IssuerReason};
