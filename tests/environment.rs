@@ -155,6 +155,21 @@ async fn crds_install_explain_their_fields_and_reject_invalid_objects_at_admissi
                 &["spec.issuerRef.kind", "Unsupported value: \"Foo\"", "\"Issuer\"", "\"ClusterIssuer\""],
             ),
             (
+                "a Secret template label value the apiserver would refuse on the Secret",
+                json!({"secretTemplate": {"labels": {"team": "not a valid label value!"}}}),
+                &["spec.secretTemplate.labels.team", "should match"],
+            ),
+            (
+                "a Secret template label key the apiserver would refuse on the Secret",
+                json!({"secretTemplate": {"labels": {"bad key": "x"}}}),
+                &["label keys must be valid Kubernetes label keys"],
+            ),
+            (
+                "a Secret template annotation key the apiserver would refuse on the Secret",
+                json!({"secretTemplate": {"annotations": {"a/b/c": "x"}}}),
+                &["annotation keys must be valid Kubernetes annotation keys"],
+            ),
+            (
                 "a commonName that is not among the names",
                 json!({"commonName": "other.example.test"}),
                 &["commonName must also be listed in dnsNames or ipAddresses"],
@@ -183,6 +198,11 @@ async fn crds_install_explain_their_fields_and_reject_invalid_objects_at_admissi
                 "an http:// server",
                 json!({"acme": {"server": "http://ca.example.test/acme/acme/directory"}}),
                 &["server must be the https:// URL of the CA's ACME directory"],
+            ),
+            (
+                "a server port out of range",
+                json!({"acme": {"server": "https://127.0.0.1:99999/dir"}}),
+                &["the server's port must be a number from 1 to 65535"],
             ),
             ("no solvers", json!({"acme": {"solvers": []}}), &["spec.acme.solvers", "should have at least 1 items"]),
             ("no server", json!({"acme": {"server": null}}), &["spec.acme.server", "Required value"]),

@@ -345,7 +345,7 @@ pub struct AuthorizationStatus {
 fn dns_names_schema(_: &mut SchemaGenerator) -> Schema {
     json_schema!({
         "type": "array",
-        "maxItems": 100,
+        "maxItems": super::validation::MAX_NAMES,
         "items": {
             "type": "string",
             "minLength": 1,
@@ -369,7 +369,7 @@ fn dns_names_schema(_: &mut SchemaGenerator) -> Schema {
 fn ip_addresses_schema(_: &mut SchemaGenerator) -> Schema {
     json_schema!({
         "type": "array",
-        "maxItems": 100,
+        "maxItems": super::validation::MAX_NAMES,
         "items": {
             "type": "string",
             "minLength": 2,

@@ -259,6 +259,10 @@ fn acme_server_schema(_: &mut SchemaGenerator) -> Schema {
             {
                 "rule": "self.startsWith('https://') && isURL(self) && url(self).getHostname() != ''",
                 "message": "server must be the https:// URL of the CA's ACME directory"
+            },
+            {
+                "rule": "!isURL(self) || url(self).getPort() == '' || (size(url(self).getPort()) <= 5 && int(url(self).getPort()) >= 1 && int(url(self).getPort()) <= 65535)",
+                "message": "the server's port must be a number from 1 to 65535"
             }
         ]
     })

@@ -21,6 +21,19 @@ pub const MIN_LIFETIME_TEXT: &str = "5m";
 pub const MAX_DURATION_TEXT: &str = "876000h";
 /// The longest DNS name or object name.
 pub const MAX_NAME_LENGTH: usize = 253;
+/// Most DNS names (and, separately, most IP addresses) one certificate may carry: the CRD's `maxItems`.
+pub const MAX_NAMES: usize = 100;
+/// The longest part of a rejected value that a message quotes.
+const MAX_QUOTED: usize = 80;
+
+/// `value` quoted for a message, cut after [`MAX_QUOTED`] characters: a tenant's value of any size makes
+/// an Event or a condition of bounded size.
+pub fn quoted(value: &str) -> String {
+    match value.char_indices().nth(MAX_QUOTED) {
+        None => format!("{value:?}"),
+        Some((cut, _)) => format!("{:?}… ({} bytes)", &value[..cut], value.len()),
+    }
+}
 
 /// A value a tenant wrote that kacme does not accept, and why (without the field's name).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -38,7 +51,8 @@ fn invalid(problem: impl Into<String>) -> Invalid {
 pub fn dns_name(value: &str) -> Result<(), Invalid> {
     if value.starts_with("*.") {
         return Err(invalid(format!(
-            "{value:?} is a wildcard; wildcard names need DNS-01 validation, which kacme does not support"
+            "{} is a wildcard; wildcard names need DNS-01 validation, which kacme does not support",
+            quoted(value)
         )));
     }
     if value.len() > MAX_NAME_LENGTH {
@@ -47,13 +61,15 @@ pub fn dns_name(value: &str) -> Result<(), Invalid> {
     let label_ok = |label: &str| label.len() <= 63 && subdomain_label(label);
     if value.is_empty() || !value.split('.').all(label_ok) {
         return Err(invalid(format!(
-            "{value:?} is not a DNS name (lowercase letters, digits and hyphens in dot-separated labels of at \
-             most 63 characters, no trailing dot)"
+            "{} is not a DNS name (lowercase letters, digits and hyphens in dot-separated labels of at most 63 \
+             characters, no trailing dot)",
+            quoted(value)
         )));
     }
     if value.rsplit('.').next().is_some_and(|last| last.bytes().all(|b| b.is_ascii_digit())) {
         return Err(invalid(format!(
-            "{value:?} ends in an all-digit label, which no DNS name does: an IP address belongs in ipAddresses"
+            "{} ends in an all-digit label, which no DNS name does: an IP address belongs in ipAddresses",
+            quoted(value)
         )));
     }
     Ok(())
@@ -78,7 +94,8 @@ pub fn object_name(value: &str) -> Result<(), Invalid> {
     }
     if !value.split('.').all(subdomain_label) {
         return Err(invalid(format!(
-            "{value:?} is not a valid object name (lowercase RFC 1123 subdomain: letters, digits, '-' and '.')"
+            "{} is not a valid object name (lowercase RFC 1123 subdomain: letters, digits, '-' and '.')",
+            quoted(value)
         )));
     }
     Ok(())
@@ -95,11 +112,11 @@ fn subdomain_label(label: &str) -> bool {
 /// An IP address to certify, as `spec.ipAddresses` accepts it (the apiserver's CEL `isIP`): IPv4 in dotted
 /// decimal without leading zeros, or IPv6, without a zone and not IPv4-mapped.
 pub fn ip_address(value: &str) -> Result<IpAddr, Invalid> {
-    let ip: IpAddr = value.parse().map_err(|_| invalid(format!("{value:?} is not an IPv4 or IPv6 address")))?;
+    let ip: IpAddr = value.parse().map_err(|_| invalid(format!("{} is not an IPv4 or IPv6 address", quoted(value))))?;
     if let IpAddr::V6(v6) = ip
         && v6.to_ipv4_mapped().is_some()
     {
-        return Err(invalid(format!("{value:?} is an IPv4-mapped IPv6 address: write the IPv4 address")));
+        return Err(invalid(format!("{} is an IPv4-mapped IPv6 address: write the IPv4 address", quoted(value))));
     }
     Ok(ip)
 }
@@ -126,7 +143,7 @@ pub fn renew_before(value: &str) -> Result<GoDuration, Invalid> {
 
 fn duration(value: &str) -> Result<Duration, Invalid> {
     let duration = parse_go_duration(value)
-        .map_err(|e| invalid(format!("{value:?} is not a duration such as 24h or 90m: {e}")))?;
+        .map_err(|e| invalid(format!("{} is not a duration such as 24h or 90m: {e}", quoted(value))))?;
     debug_assert!(duration <= MAX_DURATION);
     Ok(duration)
 }
@@ -134,13 +151,13 @@ fn duration(value: &str) -> Result<Duration, Invalid> {
 /// A key algorithm, spelled as `spec.privateKey.algorithm` spells it: `ECDSA`, `RSA` or `Ed25519`.
 pub fn key_algorithm(value: &str) -> Result<KeyAlgorithm, Invalid> {
     serde_json::from_value(serde_json::Value::String(value.to_string()))
-        .map_err(|_| invalid(format!("{value:?} is not one of ECDSA, RSA, Ed25519")))
+        .map_err(|_| invalid(format!("{} is not one of ECDSA, RSA, Ed25519", quoted(value))))
 }
 
 /// A key usage, spelled as `spec.usages` spells it, for example `server auth` or `digital signature`.
 pub fn key_usage(value: &str) -> Result<KeyUsage, Invalid> {
     serde_json::from_value(serde_json::Value::String(value.to_string())).map_err(|_| {
-        invalid(format!("{value:?} is not a usage (for example: server auth, client auth, digital signature)"))
+        invalid(format!("{} is not a usage (for example: server auth, client auth, digital signature)", quoted(value)))
     })
 }
 
@@ -157,6 +174,16 @@ pub(crate) fn renew_before_rule() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn messages_quote_a_bounded_part_of_a_huge_value() {
+        let huge = "9".repeat(200 * 1024);
+        let message = lifetime(&huge).unwrap_err().0;
+        assert!(message.len() < 300, "{message}");
+        assert!(message.contains("(204800 bytes)"), "{message}");
+        assert_eq!(quoted("24h"), "\"24h\"");
+        assert_eq!(quoted(&"é".repeat(100)).chars().filter(|c| *c == 'é').count(), 80);
+    }
 
     #[test]
     fn the_rule_texts_say_the_same_as_the_constants() {

@@ -7,7 +7,7 @@
 //! are comma-separated (duplicates merged).
 
 use crate::api::duration::GoDuration;
-use crate::api::validation::{self, Invalid};
+use crate::api::validation::{self, Invalid, MAX_NAMES};
 use crate::api::{IssuerKind, IssuerRef, KeyAlgorithm, KeyUsage};
 use std::collections::BTreeMap;
 
@@ -38,9 +38,6 @@ pub const LABEL_SOURCE: &str = "kacme.dev/source";
 pub const SOURCE_INGRESS: &str = "ingress";
 /// Value of [`LABEL_SOURCE`] on Certificates created for workloads.
 pub const SOURCE_WORKLOAD: &str = "workload";
-
-/// Most names one workload certificate may carry (as `spec.dnsNames` and `spec.ipAddresses` each).
-const MAX_NAMES: usize = 100;
 
 /// An annotation kacme cannot use, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -251,6 +251,13 @@ pub fn check_directory_url(server: &str) -> Result<(), AccountError> {
     if uri.host().is_none_or(str::is_empty) {
         return Err(invalid("it has no host"));
     }
+    // `http` reads a port it cannot represent as no port at all, and the client would then dial 443.
+    let written_port = uri.authority().and_then(|a| a.as_str().rsplit_once(':')).map(|(_, port)| port);
+    if let Some(port) = written_port.filter(|p| !p.ends_with(']'))
+        && !matches!(port.parse::<u16>(), Ok(1..))
+    {
+        return Err(invalid("its port is not a number from 1 to 65535"));
+    }
     Ok(())
 }
 
@@ -302,6 +309,9 @@ mod tests {
             ("https://exämple.internal/directory", false),
             ("https://ca.internal/a b", false),
             ("ca.internal/directory", false),
+            // A port the client would wrap or ignore, dialling another port than the one written.
+            ("https://127.0.0.1:99999/dir", false),
+            ("https://127.0.0.1:0/dir", false),
         ];
         for (server, accepted) in cases {
             let result = check_directory_url(server);

@@ -102,6 +102,7 @@ async fn reconcile_ingress(
             Ok(plan) => {
                 for skipped in &plan.skipped {
                     tracing::warn!(reason = %skipped, "an Ingress TLS entry gets no Certificate");
+                    publish(&ctx, &meta, true, "TLSEntrySkipped", format!("no Certificate for {skipped}")).await;
                 }
                 plan.certificates
             }
