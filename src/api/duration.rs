@@ -141,9 +141,16 @@ impl serde::Serialize for GoDuration {
 }
 
 impl<'de> serde::Deserialize<'de> for GoDuration {
+    /// Reads a duration; one longer than [`MAX_DURATION`] reads as [`MAX_DURATION`]. The CRD refuses those at
+    /// admission, but an object stored before it did must not fail to read: the controller lists and watches
+    /// every Certificate at once, and one unreadable object would stop it for all of them.
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<GoDuration, D::Error> {
         let text = String::deserialize(deserializer)?;
-        text.parse().map_err(|e| serde::de::Error::custom(format!("{text:?} is not a duration: {e}")))
+        match parse_go_duration(&text) {
+            Ok(duration) => Ok(GoDuration(duration)),
+            Err(DurationError::OutOfRange) => Ok(GoDuration(MAX_DURATION)),
+            Err(e) => Err(serde::de::Error::custom(format!("{text:?} is not a duration: {e}"))),
+        }
     }
 }
 
@@ -160,6 +167,9 @@ mod tests {
             assert_eq!(read, again, "{text:?} was written as {written}");
         }
         assert_eq!(serde_json::to_value(GoDuration(Duration::from_secs(86400))).unwrap(), "86400s");
+        // Admitted by the CRD before it bounded durations: read, at the bound, rather than fail the whole watch.
+        let stored_before_the_bound: GoDuration = serde_json::from_value(serde_json::json!("1000000h")).unwrap();
+        assert_eq!(Duration::from(stored_before_the_bound), MAX_DURATION);
         for text in ["1e300h", "infh", "-1h", "NaNh"] {
             let error = serde_json::from_value::<GoDuration>(serde_json::json!(text)).expect_err(text);
             assert!(error.to_string().contains("is not a duration"), "{error}");
