@@ -15,3 +15,5 @@ pub mod ca_bundle;
 pub mod certificate;
 pub mod ingress;
 pub mod workload;
+#[cfg(test)]
+mod workload_properties;
