@@ -277,6 +277,9 @@ impl ServerCertVerifier for AcceptAnyCertificate {
 }
 
 #[cfg(test)]
+mod properties;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::acme::{AcmeError, Retry};

@@ -90,16 +90,12 @@ fn after_unit_context(unit: &str, after: &str) -> String {
 
 /// `whole.fraction` times `unit_nanos`, truncated to whole nanoseconds; `None` on overflow.
 fn scaled(whole: &str, fraction: &str, unit_nanos: u128) -> Option<u128> {
-    let mut value = whole.parse::<u128>().ok()?.checked_mul(unit_nanos)?;
-    let mut scale = unit_nanos;
-    for digit in fraction.bytes() {
-        scale /= 10;
-        if scale == 0 {
-            break;
-        }
-        value = value.checked_add(u128::from(digit - b'0').checked_mul(scale)?)?;
-    }
-    Some(value)
+    let whole = whole.parse::<u128>().ok()?.checked_mul(unit_nanos)?;
+    // floor(0.d1d2...dn * unit) exactly, for any n: long multiplication from the last digit, keeping only
+    // the carry into the whole part (always below `unit_nanos`, so it cannot overflow).
+    let fraction =
+        fraction.bytes().rev().fold(0u128, |carry, digit| (u128::from(digit - b'0') * unit_nanos + carry) / 10);
+    whole.checked_add(fraction)
 }
 
 /// A duration field of the API (`spec.duration`, `spec.renewBefore`): read with [`parse_go_duration`], so
@@ -189,6 +185,11 @@ mod tests {
             ("1500ms", Ok(Duration::from_millis(1500))),
             ("2µs", Ok(Duration::from_micros(2))),
             ("0.000000001s", Ok(Duration::from_nanos(1))),
+            // Found by a property test: digits beyond the unit's precision used to be dropped one by one
+            // (7.2 ns read as 6 ns, 59.9999999994 s as 59.999999994 s).
+            ("0.000000000002h", Ok(Duration::from_nanos(7))),
+            ("0.99999999999m", Ok(Duration::from_nanos(59_999_999_999))),
+            ("1.0000000000000000000000000000000000000000000000009ns", Ok(Duration::from_nanos(1))),
             ("876000h", Ok(MAX_DURATION)),
             ("876000h1ns", Err(DurationError::OutOfRange)),
             ("", Err(DurationError::Empty)),

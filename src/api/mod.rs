@@ -7,6 +7,8 @@
 mod certificate;
 pub mod conditions;
 pub mod duration;
+#[cfg(test)]
+mod duration_properties;
 mod issuer;
 pub mod names;
 pub mod validation;

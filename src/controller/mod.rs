@@ -20,6 +20,8 @@ mod observe;
 mod owned_certificates;
 mod resync;
 mod retry;
+#[cfg(test)]
+mod retry_properties;
 mod sweep;
 #[cfg(test)]
 mod testing;

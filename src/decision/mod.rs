@@ -16,4 +16,6 @@ pub use issuance::{
 pub use renewal::{RenewBefore, renewal_time};
 
 #[cfg(test)]
+mod properties;
+#[cfg(test)]
 mod tests;
