@@ -386,6 +386,9 @@ async fn annotations_accept_exactly_the_values_the_certificate_fields_admit() {
             (Field::IssuerName, label(254)),
             (Field::Duration, "1h".repeat(32)),
             (Field::Duration, "1h".repeat(33)),
+            // 63 characters, 84 bytes: the CRD's maxLength counts characters.
+            (Field::RenewBefore, "1µs".repeat(21)),
+            (Field::RenewBefore, "1µs".repeat(22)),
         ])
         .collect();
         let mut disagreements = Vec::new();

@@ -39,7 +39,8 @@ pub fn parse_go_duration(text: &str) -> Result<Duration, DurationError> {
     if text.is_empty() {
         return Err(DurationError::Empty);
     }
-    if text.len() > MAX_DURATION_LENGTH {
+    // In characters, as the CRD's maxLength counts them (`µ` is two bytes).
+    if text.chars().count() > MAX_DURATION_LENGTH {
         return Err(DurationError::TooLong);
     }
     let mut rest = text;

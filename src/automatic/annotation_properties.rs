@@ -32,14 +32,22 @@ const USAGES: [KeyUsage; 11] = [
     KeyUsage::OcspSigning,
 ];
 
-/// A lowercase RFC 1123 name such as `web-1.apps.internal`.
+/// A lowercase RFC 1123 name such as `web-1.apps.internal`, whose last label is not all digits (as no
+/// top-level domain is).
 fn dns_name() -> impl Strategy<Value = String> {
-    proptest::collection::vec("[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?", 1..5).prop_map(|labels| labels.join("."))
+    (proptest::collection::vec("[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?", 0..4), "[a-z]([a-z0-9-]{0,10}[a-z0-9])?").prop_map(
+        |(mut labels, last)| {
+            labels.push(last);
+            labels.join(".")
+        },
+    )
 }
 
-/// An IPv4 or IPv6 address in canonical form.
+/// An IPv4 or IPv6 address in canonical form, not IPv4-mapped (which `spec.ipAddresses` refuses).
 fn ip_address() -> impl Strategy<Value = String> {
-    any::<IpAddr>().prop_map(|ip| ip.to_string())
+    any::<IpAddr>()
+        .prop_filter("IPv4-mapped", |ip| !matches!(ip, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some()))
+        .prop_map(|ip| ip.to_string())
 }
 
 /// A comma-separated list as a tenant might write it: names, addresses and hostile text, with stray spaces.
