@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 /// How often account registration is retried after rejected nonces (instant-acme retries each request
 /// three times already).
-const BAD_NONCE_ATTEMPTS: u32 = 10;
+const BAD_NONCE_ATTEMPTS: u32 = 3;
 
 /// Where and how to hold an ACME account.
 #[derive(Clone, Debug)]
