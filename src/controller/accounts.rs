@@ -163,7 +163,8 @@ impl AccountError {
     pub fn retry_after(&self) -> Duration {
         match self {
             AccountError::Register(error) | AccountError::DecodeEabKey(error) => match error.retry {
-                Retry::Immediately => Duration::from_secs(1),
+                // Registration already retried its rejected nonces: the CA keeps rejecting them.
+                Retry::Immediately => crate::acme::DEFAULT_RETRY_DELAY,
                 Retry::After(delay) => delay,
                 Retry::Never => RECHECK_FAILED,
             },

@@ -148,6 +148,8 @@ pub struct Context {
     pub error_backoff: super::retry::ErrorBackoff,
     /// Steps the CA asked to retry at once (rejected nonces), in a row per Certificate.
     pub immediate_retries: super::retry::ErrorBackoff,
+    /// Objects a CA asked to retry later, held until then (see [`super::retry::RetryGate`]).
+    pub retry_gate: super::retry::RetryGate,
     pub stores: Stores,
     pub solver_context: SolverContext,
     orders: Mutex<HashMap<String, KeptOrder>>,
@@ -173,6 +175,7 @@ impl Context {
             stores,
             error_backoff: super::retry::ErrorBackoff::default(),
             immediate_retries: super::retry::ErrorBackoff::default(),
+            retry_gate: super::retry::RetryGate::default(),
             issuer_slots: super::issuer_slots::IssuerSlots::new(
                 config
                     .per_issuer_concurrency

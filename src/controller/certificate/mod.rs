@@ -73,7 +73,16 @@ pub async fn reconcile_certificate(certificate: Arc<Certificate>, ctx: Arc<Conte
     };
     finalizer(&api, FINALIZER, certificate, |event| async {
         match event {
-            FinalizerEvent::Apply(certificate) => Pass::new(&ctx, &certificate).run().await,
+            FinalizerEvent::Apply(certificate) => {
+                // The CA asked to retry later: a reconcile triggered meanwhile (by our own status write of
+                // that failure, say) waits out the rest, unless the user asked for something new.
+                let key = format!("{namespace}/{}", certificate.name_any());
+                let wishes = crate::controller::retry::wishes_of(&certificate.metadata);
+                if let Some(wait) = ctx.retry_gate.remaining(&key, &wishes, std::time::Instant::now()) {
+                    return Ok(Action::requeue(wait));
+                }
+                Pass::new(&ctx, &certificate).run().await
+            }
             FinalizerEvent::Cleanup(certificate) => {
                 ctx.forget_written(&certificate);
                 clean_up_deleted(&ctx, &certificate).await
