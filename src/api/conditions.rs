@@ -78,6 +78,8 @@ pub enum CertificateReason {
     IssuerUnavailable,
     /// The private key of the order in flight is gone; a new order starts.
     MissingPrivateKey,
+    /// The issuer's policy does not permit this namespace, a name, an address, the lifetime or a usage.
+    NotPermitted,
 }
 
 impl CertificateReason {
@@ -92,6 +94,7 @@ impl CertificateReason {
             CertificateReason::IssuerNotReady => "IssuerNotReady",
             CertificateReason::IssuerUnavailable => "IssuerUnavailable",
             CertificateReason::MissingPrivateKey => "MissingPrivateKey",
+            CertificateReason::NotPermitted => "NotPermitted",
         }
     }
 }
@@ -119,6 +122,8 @@ pub enum IssuerReason {
     ErrReadEabSecret,
     /// The EAB key Secret is missing, lacks the key, or holds no valid HMAC key.
     InvalidEabSecret,
+    /// The issuer's policy cannot be applied (a selector, template or CIDR kacme cannot read).
+    InvalidPolicy,
 }
 
 impl IssuerReason {
@@ -135,6 +140,7 @@ impl IssuerReason {
             IssuerReason::ErrStoreAccountKey => "ErrStoreAccountKey",
             IssuerReason::ErrReadEabSecret => "ErrReadEABSecret",
             IssuerReason::InvalidEabSecret => "InvalidEABSecret",
+            IssuerReason::InvalidPolicy => "InvalidPolicy",
         }
     }
 }

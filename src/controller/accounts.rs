@@ -26,6 +26,8 @@ pub struct IssuerInfo {
     /// Where the issuer's Secrets live: the Issuer's namespace, or the cluster resource namespace.
     pub secret_namespace: String,
     pub acme: AcmeIssuer,
+    /// What Certificates may ask the issuer for.
+    pub policy: Option<crate::api::IssuerPolicy>,
     /// Whether the issuer's Ready condition is True.
     pub ready: bool,
     pub generation: Option<i64>,
@@ -38,6 +40,7 @@ impl IssuerInfo {
             name: issuer.metadata.name.clone()?,
             secret_namespace: issuer.metadata.namespace.clone()?,
             acme: issuer.spec.acme.clone(),
+            policy: issuer.spec.policy.clone(),
             ready: is_ready(issuer.status.as_ref().map(|s| s.conditions.as_slice())),
             generation: issuer.metadata.generation,
         })
@@ -49,6 +52,7 @@ impl IssuerInfo {
             name: issuer.metadata.name.clone()?,
             secret_namespace: cluster_resource_namespace.to_string(),
             acme: issuer.spec.acme.clone(),
+            policy: issuer.spec.policy.clone(),
             ready: is_ready(issuer.status.as_ref().map(|s| s.conditions.as_slice())),
             generation: issuer.metadata.generation,
         })
@@ -134,6 +138,9 @@ pub enum AccountError {
     /// The EAB key is not a valid HMAC key.
     #[error(transparent)]
     DecodeEabKey(AcmeError),
+    /// The policy cannot be applied.
+    #[error(transparent)]
+    InvalidPolicy(crate::decision::policy::InvalidPolicy),
     /// The CA refused or failed the registration.
     #[error(transparent)]
     Register(AcmeError),
@@ -152,6 +159,7 @@ impl AccountError {
             AccountError::InvalidServer { .. } => IssuerReason::InvalidServer,
             AccountError::ReadEabSecret { .. } => IssuerReason::ErrReadEabSecret,
             AccountError::EabSecretWithoutKey { .. } | AccountError::DecodeEabKey(_) => IssuerReason::InvalidEabSecret,
+            AccountError::InvalidPolicy(_) => IssuerReason::InvalidPolicy,
             AccountError::Register(_) => IssuerReason::ErrRegisterAcmeAccount,
             AccountError::StoreKey { source, .. } if is_conflict(source) => IssuerReason::AccountKeySecretRace,
             AccountError::StoreKey { .. } => IssuerReason::ErrStoreAccountKey,
@@ -174,6 +182,7 @@ impl AccountError {
             AccountError::KeySecretWithoutKey { .. }
             | AccountError::ParseCaBundle(_)
             | AccountError::InvalidServer { .. }
+            | AccountError::InvalidPolicy(_)
             | AccountError::EabSecretWithoutKey { .. } => RECHECK_FAILED,
         }
     }
@@ -265,6 +274,9 @@ pub fn check_directory_url(server: &str) -> Result<(), AccountError> {
 async fn account_spec(ctx: &Context, issuer: &IssuerInfo) -> Result<AccountSpec, AccountError> {
     let acme = &issuer.acme;
     check_directory_url(&acme.server)?;
+    if let Some(policy) = &issuer.policy {
+        crate::decision::policy::validate_policy(policy).map_err(AccountError::InvalidPolicy)?;
+    }
     let trust = if acme.skip_tls_verify == Some(true) {
         CaTrust::InsecureSkipVerify
     } else if let Some(bundle) = &acme.ca_bundle {

@@ -23,7 +23,7 @@ use kube::runtime::reflector;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -188,6 +188,14 @@ impl Context {
             config,
             client,
         }
+    }
+
+    /// The labels of `namespace`, for issuer policies that select namespaces: one read of its metadata
+    /// (none for a namespace that does not exist).
+    pub async fn namespace_labels(&self, namespace: &str) -> Result<BTreeMap<String, String>, kube::Error> {
+        let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client.clone());
+        let meta = api.get_metadata_opt(namespace).await?;
+        Ok(meta.and_then(|m| m.metadata.labels).unwrap_or_default())
     }
 
     /// A Secret, from the cache when it is current: the cache holds only kacme's own Secrets, so one it does

@@ -308,7 +308,8 @@ impl IssuanceHarness {
 
 /// An Issuer `apps/<name>`, Ready, for the fake CA `ca`, with its account key in Secret `<name>-account`.
 pub(crate) fn ready_issuer_at(name: &str, ca: &FakeAcme) -> Issuer {
-    let mut issuer = Issuer::new(name, IssuerSpec { acme: acme_issuer_at(ca, &format!("{name}-account")) });
+    let mut issuer =
+        Issuer::new(name, IssuerSpec { acme: acme_issuer_at(ca, &format!("{name}-account")), policy: None });
     issuer.metadata.namespace = Some(NAMESPACE.into());
     issuer.status = Some(IssuerStatus {
         conditions: vec![Condition {

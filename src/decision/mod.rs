@@ -4,6 +4,7 @@
 mod backoff;
 mod identifiers;
 mod issuance;
+pub mod policy;
 mod renewal;
 
 pub use crate::api::IssuanceReason;

@@ -19,6 +19,8 @@ pub enum EventReason {
     Failed,
     /// The Secret belongs to something else.
     SecretNotOwned,
+    /// The issuer's policy refuses the Certificate.
+    NotPermitted,
     /// The issued chain does not lead to the issuer's caBundle.
     ChainNotTrusted,
 }
@@ -34,6 +36,7 @@ impl EventReason {
             EventReason::Issued => "Issued",
             EventReason::Failed => "Failed",
             EventReason::SecretNotOwned => "SecretNotOwned",
+            EventReason::NotPermitted => "NotPermitted",
             EventReason::ChainNotTrusted => "ChainNotTrusted",
         }
     }
