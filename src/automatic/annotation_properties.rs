@@ -220,7 +220,9 @@ proptest! {
                 prop_assert!(!annotations.contains_key(ANNOTATION_CLUSTER_ISSUER));
             }
             Ok(Some(issuance)) => {
-                prop_assert!(is_dns_name(&issuance.issuer_ref.name), "{:?}", issuance.issuer_ref.name);
+                // An object name (an RFC 1123 subdomain, whose labels may be longer than a DNS name's).
+                let name = &issuance.issuer_ref.name;
+                prop_assert!(crate::api::validation::object_name(name).is_ok(), "{:?}", name);
                 if let (Some(duration), Some(renew_before)) = (issuance.duration, issuance.renew_before) {
                     prop_assert!(renew_before < duration, "renew-before {renew_before} not shorter than {duration}");
                 }

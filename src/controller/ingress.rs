@@ -7,6 +7,7 @@
 
 use super::ReconcileError;
 use super::events::EventPublisher;
+use crate::issuer_policy::{PolicyRefusal, check_certificate_policy};
 use super::owned_certificates::{apply_certificate, delete_certificate, same_request};
 use super::sweep::{plan_sweep, run_sweep};
 use crate::api::Certificate;
@@ -114,6 +115,7 @@ async fn reconcile_ingress(
     } else {
         Vec::new()
     };
+    let desired = permitted_by_policy(&ctx, &meta, desired, &owned).await?;
     let certificates: Api<Certificate> = Api::namespaced(ctx.client.clone(), &namespace);
     let (ctx, meta, uid, namespace, owned_now) = (&ctx, &meta, &uid, &namespace, &owned);
     run_sweep(
@@ -153,6 +155,33 @@ async fn reconcile_ingress(
     )
     .await?;
     Ok(Action::await_change())
+}
+
+/// The Certificates of `desired` that their issuers' policies permit. A refused one gets an Event on the
+/// Ingress and is not created; one that exists already stays as it is (its status says `NotPermitted`).
+async fn permitted_by_policy(
+    ctx: &IngressContext,
+    meta: &PartialObjectMeta<Ingress>,
+    desired: Vec<Certificate>,
+    owned: &[Arc<Certificate>],
+) -> Result<Vec<Certificate>, ReconcileError> {
+    let mut permitted = Vec::with_capacity(desired.len());
+    for certificate in desired {
+        match check_certificate_policy(&ctx.client, &certificate).await {
+            Ok(()) => permitted.push(certificate),
+            Err(PolicyRefusal::NotPermitted(message)) => {
+                let name = certificate.name_any();
+                publish(ctx, meta, true, "NotPermitted", format!("no Certificate {name}: {message}")).await;
+                if let Some(existing) = owned.iter().find(|c| c.name_any() == name) {
+                    permitted.push(existing.as_ref().clone());
+                }
+            }
+            Err(unchecked @ PolicyRefusal::Unchecked(_)) => {
+                return Err(ReconcileError::PolicyUnchecked(unchecked.to_string()));
+            }
+        }
+    }
+    Ok(permitted)
 }
 
 async fn publish(ctx: &IngressContext, meta: &PartialObjectMeta<Ingress>, warning: bool, reason: &str, note: String) {

@@ -5,7 +5,8 @@
 //! object exists. Refusals name the value and the rule, because they are shown as they are to the tenant.
 
 use crate::api::validation::quoted;
-use crate::api::{IssuerPolicy, KeyUsage};
+use crate::api::{Certificate, IssuerPolicy, KeyUsage};
+use crate::pki::effective_usages;
 use ipnet::IpNet;
 use kube::core::{Selector, SelectorExt};
 use std::collections::{BTreeMap, BTreeSet};
@@ -70,6 +71,28 @@ pub fn validate_policy(policy: &IssuerPolicy) -> Result<(), InvalidPolicy> {
         })?;
     }
     Ok(())
+}
+
+/// Whether `certificate` is within `policy` of `issuer`: the names, addresses, lifetime and usages (the
+/// requested ones, or the defaults for its key algorithm) of its spec, from its namespace.
+pub fn check_certificate(
+    issuer: &str,
+    policy: Option<&IssuerPolicy>,
+    certificate: &Certificate,
+    namespace_labels: Option<&BTreeMap<String, String>>,
+) -> Result<(), NotPermitted> {
+    let spec = &certificate.spec;
+    let algorithm = spec.private_key.as_ref().and_then(|k| k.algorithm).unwrap_or_default();
+    let usages = effective_usages(&spec.usages, algorithm);
+    let request = PolicyRequest {
+        namespace: certificate.metadata.namespace.as_deref().unwrap_or_default(),
+        namespace_labels,
+        dns_names: &spec.dns_names,
+        ip_addresses: &spec.ip_addresses,
+        duration: spec.duration.map(Duration::from),
+        usages: &usages,
+    };
+    check_policy(issuer, policy, &request)
 }
 
 /// Whether `request` is within `policy` of `issuer` (for messages: `ClusterIssuer corp`). No policy permits

@@ -27,7 +27,7 @@ use super::{Context, apply_status};
 use crate::acme::AcmeAccount;
 use crate::api::ConditionType;
 use crate::api::{Certificate, CertificateReason, CertificateStatus, ClusterIssuer, Issuer, IssuerKind};
-use crate::decision::policy::{PolicyRequest, check_policy, needs_namespace_labels};
+use crate::decision::policy::{check_certificate, needs_namespace_labels};
 use crate::desired::find_condition;
 use crate::desired::{
     EventNote, EventReason, IssuerWait, StatusTransition, next_key_secret_name, order_status, requeue_at,
@@ -257,18 +257,7 @@ impl<'a> Pass<'a> {
         } else {
             None
         };
-        let spec = &self.certificate.spec;
-        let algorithm = spec.private_key.as_ref().and_then(|k| k.algorithm).unwrap_or_default();
-        let usages = effective_usages(&spec.usages, algorithm);
-        let request = PolicyRequest {
-            namespace: &self.namespace,
-            namespace_labels: labels.as_ref(),
-            dns_names: &spec.dns_names,
-            ip_addresses: &spec.ip_addresses,
-            duration: spec.duration.map(Duration::from),
-            usages: &usages,
-        };
-        check_policy(&issuer.describe(), issuer.policy.as_ref(), &request)
+        check_certificate(&issuer.describe(), issuer.policy.as_ref(), self.certificate, labels.as_ref())
             .map_err(|refused| IssuerUnusable::NotPermitted(refused.0))
     }
 
