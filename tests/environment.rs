@@ -204,6 +204,21 @@ async fn crds_install_explain_their_fields_and_reject_invalid_objects_at_admissi
                 json!({"acme": {"server": "https://127.0.0.1:99999/dir"}}),
                 &["the server's port must be a number from 1 to 65535"],
             ),
+            (
+                "a policy CIDR that is no CIDR",
+                json!({"policy": {"ipAddresses": ["10.0.0.0/33"]}}),
+                &["every ipAddresses entry must be a CIDR such as 10.0.0.0/8"],
+            ),
+            (
+                "a policy name template with capitals",
+                json!({"policy": {"dnsNames": ["Web.{namespace}.svc"]}}),
+                &["spec.policy.dnsNames[0]", "should match"],
+            ),
+            (
+                "a policy maxDuration under 5m",
+                json!({"policy": {"maxDuration": "1m"}}),
+                &["maxDuration must be at least 5m"],
+            ),
             ("no solvers", json!({"acme": {"solvers": []}}), &["spec.acme.solvers", "should have at least 1 items"]),
             ("no server", json!({"acme": {"server": null}}), &["spec.acme.server", "Required value"]),
         ];
@@ -219,6 +234,16 @@ async fn crds_install_explain_their_fields_and_reject_invalid_objects_at_admissi
                 }
             }
         }
+
+        // A namespaced Issuer serves only its own namespace: selecting namespaces is for ClusterIssuers.
+        let selecting =
+            merged(&valid_issuer, &json!({"policy": {"namespaceSelector": {"matchLabels": {"tenant": "a"}}}}));
+        let message = rejection(&issuer_api, &dynamic(&issuers, "selecting", selecting.clone())).await;
+        assert!(message.contains("namespaceSelector is for ClusterIssuers"), "{message}");
+        cluster_issuer_api
+            .create(&PostParams::default(), &dynamic(&cluster_issuers, "selecting", selecting))
+            .await
+            .expect("a ClusterIssuer may select namespaces");
 
         // Valid objects are stored as given.
         let stored = certificate_api

@@ -7,7 +7,6 @@
 
 use super::ReconcileError;
 use super::events::EventPublisher;
-use crate::issuer_policy::{PolicyRefusal, check_certificate_policy};
 use super::owned_certificates::{apply_certificate, delete_certificate, same_request};
 use super::sweep::{plan_sweep, run_sweep};
 use crate::api::Certificate;
@@ -15,6 +14,7 @@ use crate::api::names::LABEL_SOLVER;
 use crate::automatic::annotations::{ANNOTATION_CLUSTER_ISSUER, ANNOTATION_ISSUER, LABEL_SOURCE, SOURCE_INGRESS};
 use crate::automatic::certificate::controlled_by;
 use crate::automatic::ingress::desired_ingress_certificates;
+use crate::issuer_policy::{PolicyRefusal, check_certificate_policy};
 use futures::StreamExt;
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{Api, PartialObjectMeta};

@@ -12,10 +12,10 @@
 pub mod configuration;
 pub mod serving;
 
-use crate::issuer_policy::check_certificate_policy;
 use crate::api::names::{LABEL_MANAGED_BY, MANAGED_BY};
 use crate::automatic::workload::{PodAdmission, admit_pod};
 use crate::http_server::ServeOptions;
+use crate::issuer_policy::check_certificate_policy;
 use configuration::{
     WEBHOOK_NAME, WEBHOOK_PATH, WebhookEndpoint, WebhookPolicy, build_webhook_configuration, current_ca_bundle,
 };
@@ -394,7 +394,9 @@ async fn admit(request: &AdmissionRequest<DynamicObject>, excluded: &[String], c
 
 /// The workload Certificate a Pod being created asks for, as the workload controller will build it.
 fn workload_certificate_of(request: &AdmissionRequest<DynamicObject>) -> Option<crate::api::Certificate> {
-    use crate::automatic::workload::{build_workload_certificate, parse_workload_request, workload_label_value, workload_name};
+    use crate::automatic::workload::{
+        build_workload_certificate, parse_workload_request, workload_label_value, workload_name,
+    };
     let pod: Pod = serde_json::to_value(request.object.as_ref()?).and_then(serde_json::from_value).ok()?;
     let workload_request = parse_workload_request(pod.metadata.annotations.as_ref()?).ok()??;
     let namespace = request.namespace.clone().or_else(|| pod.metadata.namespace.clone())?;
