@@ -84,6 +84,36 @@ async fn helm_lint_passes_and_the_chart_renders_a_hardened_operator() {
             ],
             "by default: no ServiceMonitor, no PodDisruptionBudget"
         );
+        // edit and admin may manage Certificates, not Issuers (an Issuer picks the CA); view reads both.
+        let role_rules = |documents: &[Value], name: &str| -> Vec<(String, String)> {
+            let role = documents
+                .iter()
+                .find(|d| d["kind"].as_str() == Some("ClusterRole") && d["metadata"]["name"].as_str() == Some(name));
+            let mut rights = Vec::new();
+            for rule in role.map(|r| r["rules"].as_sequence().unwrap().clone()).unwrap_or_default() {
+                for resource in rule["resources"].as_sequence().unwrap() {
+                    for verb in rule["verbs"].as_sequence().unwrap() {
+                        rights.push((resource.as_str().unwrap().to_string(), verb.as_str().unwrap().to_string()));
+                    }
+                }
+            }
+            rights
+        };
+        let edit = role_rules(&documents, "kacme-edit");
+        assert!(edit.iter().any(|(r, v)| r == "certificates" && v == "create"), "{edit:?}");
+        assert!(edit.iter().all(|(r, _)| r == "certificates"), "edit gets no rights on issuers by default: {edit:?}");
+        let view = role_rules(&documents, "kacme-view");
+        assert!(view.contains(&("issuers".to_string(), "get".to_string())), "{view:?}");
+        assert!(role_rules(&documents, "kacme-edit-issuers").is_empty());
+        let with_issuers = helm.template("kacme", "kacme-system", &["--set", "rbac.aggregateIssuersToEdit=true"]).await.unwrap();
+        let edit_issuers = role_rules(&with_issuers, "kacme-edit-issuers");
+        assert!(edit_issuers.contains(&("issuers".to_string(), "create".to_string())), "{edit_issuers:?}");
+        let labels = &with_issuers
+            .iter()
+            .find(|d| d["metadata"]["name"].as_str() == Some("kacme-edit-issuers"))
+            .unwrap()["metadata"]["labels"];
+        assert_eq!(labels["rbac.authorization.k8s.io/aggregate-to-edit"].as_str(), Some("true"));
+
         let deployment = find(&documents, "Deployment")[0];
         let pod = &deployment["spec"]["template"]["spec"];
         let container = &pod["containers"][0];
@@ -175,8 +205,60 @@ async fn helm_lint_passes_and_the_chart_renders_a_hardened_operator() {
         }
         let services: Vec<&str> = find(&documents, "Service").iter().filter_map(|s| s["metadata"]["name"].as_str()).collect();
         assert!(services.contains(&"kacme-webhook"), "{services:?}");
+        assert!(args.contains(&"--webhook-manage-configuration=false"), "the chart owns the configuration: {args:?}");
         let rules = serde_yaml::to_string(&find(&documents, "ClusterRole")[0]["rules"]).unwrap();
-        assert!(rules.contains("mutatingwebhookconfigurations") && rules.contains("configmaps"), "{rules}");
+        assert!(rules.contains("configmaps"), "{rules}");
+        let webhook_rules: Vec<&Value> = find(&documents, "ClusterRole")[0]["rules"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .filter(|r| r["resources"][0].as_str() == Some("mutatingwebhookconfigurations"))
+            .collect();
+        assert_eq!(webhook_rules.len(), 1, "{rules}");
+        let names: Vec<&str> =
+            webhook_rules[0]["resourceNames"].as_sequence().unwrap().iter().filter_map(Value::as_str).collect();
+        let verbs: Vec<&str> = webhook_rules[0]["verbs"].as_sequence().unwrap().iter().filter_map(Value::as_str).collect();
+        assert_eq!(names, ["kacme"], "only the chart's own configuration");
+        assert_eq!(verbs, ["list", "watch", "patch"], "patch its caBundle, watch it by name; never create it");
+
+        // The chart's configuration is the one the operator would build (minus the caBundle, which it fills in).
+        let configurations = find(&documents, "MutatingWebhookConfiguration");
+        assert_eq!(configurations.len(), 1);
+        assert_eq!(configurations[0]["metadata"]["name"].as_str(), Some("kacme"));
+        let rendered: serde_json::Value = serde_json::to_value(&configurations[0]["webhooks"]).unwrap();
+        let policy = kacme::webhook::configuration::WebhookPolicy {
+            failure_policy: "Ignore".into(),
+            excluded_namespaces: vec!["kacme-system".into(), "kube-system".into()],
+            namespace_selector: kacme::webhook::configuration::parse_label_selector("kacme!=off").unwrap(),
+            timeout_seconds: 5,
+        };
+        let endpoint = kacme::webhook::configuration::WebhookEndpoint::Service {
+            namespace: "kacme-system".into(),
+            name: "kacme-webhook".into(),
+            port: 443,
+        };
+        let built = kacme::webhook::configuration::build_webhook_configuration("kacme", &endpoint, "", &policy);
+        let mut expected = serde_json::to_value(&built.webhooks).unwrap();
+        expected[0]["clientConfig"].as_object_mut().unwrap().remove("caBundle");
+        assert_eq!(rendered, expected, "templates/webhook.yaml and build_webhook_configuration agree");
+        // The chart parses webhook.namespaceSelector as the operator parses --webhook-namespace-selector.
+        for (selector, own_expressions) in [("", 0), ("a=b,c==d", 0), ("team, !legacy, tier!=infra", 3)] {
+            let value = format!("webhook.namespaceSelector={}", selector.replace(',', "\\,"));
+            let documents =
+                helm.template("kacme", "kacme", &["--set", "webhook.enabled=true", "--set-string", &value]).await.unwrap();
+            let configuration = find(&documents, "MutatingWebhookConfiguration")[0];
+            let rendered = serde_json::to_value(&configuration["webhooks"][0]["namespaceSelector"]).unwrap();
+            let policy = kacme::webhook::configuration::WebhookPolicy {
+                excluded_namespaces: vec!["kacme".into(), "kube-system".into()],
+                namespace_selector: kacme::webhook::configuration::parse_label_selector(selector).unwrap(),
+                ..policy.clone()
+            };
+            let built = kacme::webhook::configuration::build_webhook_configuration("kacme", &endpoint, "", &policy);
+            let built = serde_json::to_value(&built.webhooks.unwrap()[0].namespace_selector).unwrap();
+            assert_eq!(rendered, built, "namespaceSelector {selector:?}");
+            let expressions = rendered["matchExpressions"].as_array().map_or(0, Vec::len);
+            assert_eq!(expressions, own_expressions + 1, "{selector:?}: {rendered}");
+        }
         helm.run(&["lint", "--strict", &chart, "--set", "webhook.enabled=true,caBundle.namespaceSelector=x"]).await.unwrap();
     })
     .await

@@ -1,12 +1,14 @@
 //! The chart's RBAC is sufficient and minimal: `kacme controller` running with a token of the chart's
 //! ServiceAccount (TokenRequest) issues certificates end to end, every right the chart grants is used on the
 //! way (read from the apiserver's audit log), nothing it does is refused, and the ServiceAccount is denied
-//! what the operator does not need.
+//! what the operator does not need. The chart's webhook is on: the operator may patch only the caBundle of the
+//! chart's own MutatingWebhookConfiguration (and watch that one object).
 
 mod common;
 
 use common::helm::{Helm, chart_dir};
 use common::operator_env::{Ca, OperatorEnv, OperatorLaunch};
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::authorization::v1::{ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec};
 use k8s_openapi::api::core::v1::Namespace;
 use kacme_testenv::{ApiRequest, Pebble, PebbleOptions, poll_until};
@@ -152,7 +154,9 @@ async fn run() {
     // The chart's ServiceAccount and RBAC (the CRDs are in place already; no Pod runs here).
     let helm = Helm::for_cluster(env.control_plane.kubeconfig_path()).unwrap();
     let chart = chart_dir().display().to_string();
-    helm.run(&["install", "kacme", &chart, "--namespace", "kacme", "--skip-crds"]).await.expect("helm install");
+    // With the webhook: the chart installs its MutatingWebhookConfiguration, the operator fills in its caBundle.
+    let install = ["install", "kacme", &chart, "--namespace", "kacme", "--skip-crds", "--set", "webhook.enabled=true"];
+    helm.run(&install).await.expect("helm install");
     let manifest = helm.run(&["get", "manifest", "kacme", "--namespace", "kacme"]).await.unwrap();
     let granted = granted_rights(&manifest);
 
@@ -164,11 +168,22 @@ async fn run() {
         .expect("TokenRequest for the chart's ServiceAccount");
     let kubeconfig = env.control_plane.dir().join("kacme-serviceaccount.kubeconfig");
     token_kubeconfig(&env, token.trim(), &kubeconfig);
+    // The webhook as the chart runs it (only the address differs: no Pod runs here, so the apiserver could not
+    // reach the chart's Service; no Pod in this test goes through the webhook).
+    let ip = env.ca.ip();
+    let port = std::net::TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port();
+    let webhook_args = [
+        format!("--webhook-address={ip}:{port}"),
+        "--webhook-service=kacme-webhook".into(),
+        "--webhook-namespace=kacme".into(),
+        "--webhook-configuration=kacme".into(),
+        "--webhook-manage-configuration=false".into(),
+    ];
     env.start_operator_with(&OperatorLaunch {
         kubeconfig: Some(kubeconfig.clone()),
         leader_elect: true,
+        args: webhook_args.to_vec(),
         envs: vec![("POD_NAME".into(), "kacme-0".into()), ("POD_NAMESPACE".into(), "kacme".into())],
-        ..OperatorLaunch::default()
     })
     .unwrap();
 
@@ -184,6 +199,19 @@ async fn run() {
     env.wait_ready("apps", "web", Duration::from_secs(60)).await.expect("issued with the ServiceAccount's rights");
     env.wait_ready("apps", "api", Duration::from_secs(60)).await.expect("issued through the ClusterIssuer");
     env.wait_no_solver_objects("apps").await.unwrap();
+    let configurations: Api<MutatingWebhookConfiguration> = Api::all(env.client.clone());
+    poll_until(
+        "the chart's webhook configuration with kacme's caBundle",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || async {
+            let configuration = configurations.get("kacme").await?;
+            let bundle = kacme::webhook::configuration::current_ca_bundle(&configuration).unwrap_or_default();
+            Ok(if bundle.contains("BEGIN CERTIFICATE") { Ok(()) } else { Err("no caBundle yet".to_string()) })
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", env.operator_log()));
     assert!(env.secrets("kacme").get_opt("cluster-ca-account").await.unwrap().is_some(), "ClusterIssuer key");
 
     // An Ingress annotated with the issuer gets a Certificate, which goes with the annotation.
@@ -222,6 +250,8 @@ async fn run() {
         ("patch", "kacme.dev", "certificates/status", "apps"),
         ("patch", "", "secrets", "apps"),
         ("patch", "coordination.k8s.io", "kacme-controller@leases", "kacme"),
+        ("patch", "admissionregistration.k8s.io", "kacme@mutatingwebhookconfigurations", ""),
+        ("watch", "admissionregistration.k8s.io", "kacme@mutatingwebhookconfigurations", ""),
     ] {
         assert!(access_allowed(&client, verb, group, resource, namespace).await, "allowed: {verb} {resource}");
     }
@@ -250,6 +280,12 @@ async fn run() {
         ("delete", "coordination.k8s.io", "leases", "kacme"),
         ("update", "coordination.k8s.io", "kacme-controller@leases", "kacme"),
         ("patch", "coordination.k8s.io", "another-lease@leases", "kacme"),
+        ("create", "admissionregistration.k8s.io", "mutatingwebhookconfigurations", ""),
+        ("list", "admissionregistration.k8s.io", "mutatingwebhookconfigurations", ""),
+        ("patch", "admissionregistration.k8s.io", "another-webhook@mutatingwebhookconfigurations", ""),
+        ("delete", "admissionregistration.k8s.io", "kacme@mutatingwebhookconfigurations", ""),
+        ("update", "admissionregistration.k8s.io", "kacme@mutatingwebhookconfigurations", ""),
+        ("patch", "admissionregistration.k8s.io", "kacme@validatingwebhookconfigurations", ""),
     ] {
         assert!(
             !access_allowed(&client, verb, group, resource, namespace).await,

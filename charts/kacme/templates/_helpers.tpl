@@ -75,3 +75,37 @@ app.kubernetes.io/component: controller
 {{- define "kacme.leaderElectionNamespace" -}}
 {{- default .Release.Namespace .Values.leaderElection.namespace }}
 {{- end }}
+
+{{/* The webhook's namespaceSelector: webhook.namespaceSelector in kubectl's equality form (key=value,
+key!=value, key, !key; comma-separated), parsed as the operator parses --webhook-namespace-selector, plus
+the release namespace and kube-system left out. */}}
+{{- define "kacme.webhookNamespaceSelector" -}}
+{{- $labels := dict }}
+{{- $expressions := list }}
+{{- range $item := splitList "," (.Values.webhook.namespaceSelector | toString) }}
+{{- $item = trim $item }}
+{{- if $item }}
+{{- if contains "!=" $item }}
+{{- $pair := splitn "!=" 2 $item }}
+{{- $expressions = append $expressions (dict "key" (trim $pair._0) "operator" "NotIn" "values" (list (trim $pair._1))) }}
+{{- else if contains "=" $item }}
+{{- $pair := splitn "=" 2 (replace "==" "=" $item) }}
+{{- $_ := set $labels (trim $pair._0) (trim $pair._1) }}
+{{- else if hasPrefix "!" $item }}
+{{- $expressions = append $expressions (dict "key" (trimPrefix "!" $item | trim) "operator" "DoesNotExist") }}
+{{- else if regexMatch "[\\s(]" $item }}
+{{- fail (printf "webhook.namespaceSelector: %q: only key=value, key!=value, key and !key are supported" $item) }}
+{{- else }}
+{{- $expressions = append $expressions (dict "key" $item "operator" "Exists") }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- $excluded := list .Release.Namespace "kube-system" | uniq | sortAlpha }}
+{{- $expressions = append $expressions (dict "key" "kubernetes.io/metadata.name" "operator" "NotIn" "values" $excluded) }}
+{{- if $labels }}
+matchLabels:
+  {{- toYaml $labels | nindent 2 }}
+{{- end }}
+matchExpressions:
+  {{- toYaml $expressions | nindent 2 }}
+{{- end }}
