@@ -244,6 +244,19 @@ async fn crds_install_explain_their_fields_and_reject_invalid_objects_at_admissi
             .create(&PostParams::default(), &dynamic(&cluster_issuers, "selecting", selecting))
             .await
             .expect("a ClusterIssuer may select namespaces");
+        // The same for one ACME account per namespace.
+        let per_namespace = merged(&valid_issuer, &json!({"acme": {"accountPerNamespace": true}}));
+        let message = rejection(&issuer_api, &dynamic(&issuers, "per-namespace", per_namespace.clone())).await;
+        assert!(message.contains("accountPerNamespace is for ClusterIssuers"), "{message}");
+        cluster_issuer_api
+            .create(&PostParams::default(), &dynamic(&cluster_issuers, "per-namespace", per_namespace))
+            .await
+            .expect("a ClusterIssuer may have an account per namespace");
+        let not_per_namespace = merged(&valid_issuer, &json!({"acme": {"accountPerNamespace": false}}));
+        issuer_api
+            .create(&PostParams::default(), &dynamic(&issuers, "not-per-namespace", not_per_namespace))
+            .await
+            .expect("an Issuer may say false");
 
         // Valid objects are stored as given.
         let stored = certificate_api

@@ -28,6 +28,8 @@ use std::collections::BTreeMap;
 #[x_kube(
     validation = Rule::new("!has(self.policy) || !has(self.policy.namespaceSelector)")
         .message("an Issuer serves only its own namespace: namespaceSelector is for ClusterIssuers"),
+    validation = Rule::new("!has(self.acme.accountPerNamespace) || !self.acme.accountPerNamespace")
+        .message("an Issuer serves only its own namespace: accountPerNamespace is for ClusterIssuers"),
 )]
 pub struct IssuerSpec {
     /// The ACME CA and account to issue from.
@@ -129,6 +131,20 @@ pub struct AcmeIssuer {
     /// External Account Binding, for CAs that require new accounts to be bound to an existing account.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external_account_binding: Option<ExternalAccountBinding>,
+
+    /// ClusterIssuers only: one ACME account per namespace that requests certificates, instead of one
+    /// account for the whole issuer, so that no namespace benefits from authorizations that another
+    /// namespace validated (CAs may reuse an account's valid authorizations for new orders without a
+    /// challenge). The key of the account of namespace `N` is kept in the cluster resource namespace, in
+    /// the Secret `<privateKeySecretRef.name>-<N>` (shortened with a hash when longer than 253
+    /// characters), created on the first Certificate of `N` and annotated `kacme.dev/account-namespace`.
+    /// With externalAccountBinding, the account of `N` is bound with the key in the Secret
+    /// `<keySecretRef.name>-<N>` (data `keyID` and the HMAC key) when that Secret exists, otherwise with
+    /// the issuer's own key. The issuer's Ready condition reflects its own account; a namespace's account
+    /// that cannot be registered shows on its Certificates (IssuerNotReady). Refused on Issuers, whose
+    /// Certificates all come from one namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_per_namespace: Option<bool>,
 
     /// How to prove control of each name. The first solver whose selector matches a Certificate's names
     /// most specifically is used (dnsNames beats dnsZones, a longer zone beats a shorter one, a

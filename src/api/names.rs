@@ -23,6 +23,9 @@ pub const ANNOTATION_USAGES: &str = "kacme.dev/usages";
 pub const ANNOTATION_DNS_NAMES: &str = "kacme.dev/dns-names";
 /// Secret annotation: the IP addresses of the certificate, comma-separated.
 pub const ANNOTATION_IP_ADDRESSES: &str = "kacme.dev/ip-addresses";
+/// Secret annotation: the namespace whose own ACME account key this Secret holds (ClusterIssuers with
+/// `accountPerNamespace`). kacme uses such a key only for that namespace.
+pub const ANNOTATION_ACCOUNT_NAMESPACE: &str = "kacme.dev/account-namespace";
 /// Certificate annotation: set it to any new value (conventionally the current time) to renew now.
 pub const ANNOTATION_RENEW_REQUESTED_AT: &str = "kacme.dev/renew-requested-at";
 

@@ -1,15 +1,17 @@
 //! ACME accounts of Issuers and ClusterIssuers: the key in a Secret (generated when absent, never
-//! overwritten), registered at the CA once and shared by every order of the issuer.
+//! overwritten), registered at the CA once and shared by every order of the issuer — or, for a
+//! ClusterIssuer with `accountPerNamespace`, by every order of one namespace (see [`AccountLocation`]).
 
 use super::Context;
 use crate::acme::{
     AccountKey, AccountSpec, AcmeAccount, AcmeError, CaTrust, ExternalAccountBinding, Retry, decode_eab_hmac_key,
 };
-use crate::api::names::{LABEL_MANAGED_BY, MANAGED_BY, TLS_KEY};
+use crate::api::names::{ANNOTATION_ACCOUNT_NAMESPACE, LABEL_MANAGED_BY, MANAGED_BY, TLS_KEY};
 use crate::api::{AcmeIssuer, ClusterIssuer, ConditionType, Issuer, IssuerKind, IssuerReason};
 use crate::kube_errors::is_conflict;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
 use kube::api::{Api, ObjectMeta, PostParams};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -17,6 +19,17 @@ use std::time::Duration;
 
 /// Default data key of an EAB HMAC key Secret (as in cert-manager).
 pub const EAB_SECRET_KEY: &str = "secret";
+/// Data key of the key identifier in a namespace's own EAB Secret (`accountPerNamespace`).
+pub const EAB_KEY_ID_KEY: &str = "keyID";
+
+/// Which of an issuer's ACME accounts: its own, or the one of a single namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct AccountLocation {
+    /// The Secret, in the issuer's Secret namespace, holding the account key.
+    pub key_secret: String,
+    /// The namespace whose Certificates alone use this account; `None` for the issuer's own account.
+    pub namespace: Option<String>,
+}
 
 /// An issuer as the Certificate reconciler needs it, whatever its kind.
 #[derive(Clone, Debug, PartialEq)]
@@ -66,6 +79,26 @@ impl IssuerInfo {
         }
     }
 
+    /// The issuer's own account: the one its Ready condition reports.
+    pub fn own_account(&self) -> AccountLocation {
+        AccountLocation { key_secret: self.acme.private_key_secret_ref.name.clone(), namespace: None }
+    }
+
+    /// The account that Certificates of `namespace` use: that namespace's own for a ClusterIssuer with
+    /// `accountPerNamespace`, the issuer's own otherwise.
+    pub fn account_for(&self, namespace: &str) -> AccountLocation {
+        if self.kind != IssuerKind::ClusterIssuer || self.acme.account_per_namespace != Some(true) {
+            return self.own_account();
+        }
+        AccountLocation {
+            key_secret: crate::desired::namespace_account_secret_name(
+                &self.acme.private_key_secret_ref.name,
+                namespace,
+            ),
+            namespace: Some(namespace.to_string()),
+        }
+    }
+
     /// The CA bundle as given (PEM, or base64 PEM), if any.
     pub fn ca_bundle_pem(&self) -> Option<String> {
         let bundle = self.acme.ca_bundle.as_deref()?;
@@ -84,9 +117,11 @@ struct CacheKey {
     kind: IssuerKind,
     namespace: String,
     name: String,
+    account: AccountLocation,
 }
 
-/// Registered accounts, by issuer; an entry is reused while the issuer's spec and key are unchanged.
+/// Registered accounts, by issuer and account; an entry is reused while the issuer's spec and key are
+/// unchanged.
 #[derive(Default)]
 pub struct AccountCache {
     entries: Mutex<HashMap<CacheKey, (String, AcmeAccount)>>,
@@ -104,10 +139,10 @@ impl AccountCache {
         }
     }
 
-    /// Forgets an issuer's account (the issuer was deleted).
+    /// Forgets every account of an issuer (the issuer was deleted, or the CA forgot an account).
     pub fn forget(&self, kind: IssuerKind, namespace: &str, name: &str) {
         if let Ok(mut entries) = self.entries.lock() {
-            entries.remove(&CacheKey { kind, namespace: namespace.into(), name: name.into() });
+            entries.retain(|key, _| !(key.kind == kind && key.namespace == namespace && key.name == name));
         }
     }
 }
@@ -123,6 +158,13 @@ pub enum AccountError {
         "Secret {secret} exists but has no key {key:?}; kacme never overwrites it: add the account key or name another Secret"
     )]
     KeySecretWithoutKey { secret: String, key: String },
+    /// The Secret where a namespace's account key belongs holds a key that is not recorded as that
+    /// namespace's (the issuer's own key, another namespace's, or someone else's Secret).
+    #[error(
+        "Secret {secret} is not marked as the account key of namespace {namespace} (annotation {annotation}); \
+         kacme uses no other key for that namespace's account: remove or rename that Secret"
+    )]
+    KeySecretOfAnother { secret: String, namespace: String, annotation: &'static str },
     /// `caBundle` holds no usable certificate.
     #[error("caBundle: {0}")]
     ParseCaBundle(crate::pki::PkiError),
@@ -154,7 +196,9 @@ impl AccountError {
     pub fn reason(&self) -> IssuerReason {
         match self {
             AccountError::ReadKeySecret { .. } => IssuerReason::ErrReadAccountKey,
-            AccountError::KeySecretWithoutKey { .. } => IssuerReason::InvalidAccountKeySecret,
+            AccountError::KeySecretWithoutKey { .. } | AccountError::KeySecretOfAnother { .. } => {
+                IssuerReason::InvalidAccountKeySecret
+            }
             AccountError::ParseCaBundle(_) => IssuerReason::InvalidCaBundle,
             AccountError::InvalidServer { .. } => IssuerReason::InvalidServer,
             AccountError::ReadEabSecret { .. } => IssuerReason::ErrReadEabSecret,
@@ -180,6 +224,7 @@ impl AccountError {
                 Duration::from_secs(10)
             }
             AccountError::KeySecretWithoutKey { .. }
+            | AccountError::KeySecretOfAnother { .. }
             | AccountError::ParseCaBundle(_)
             | AccountError::InvalidServer { .. }
             | AccountError::InvalidPolicy(_)
@@ -191,16 +236,30 @@ impl AccountError {
 /// How soon an issuer whose account failed for a final reason is looked at again.
 const RECHECK_FAILED: Duration = Duration::from_secs(300);
 
-/// The account of an issuer: from the cache, or registered (loading or generating its key).
-pub async fn ensure_account(ctx: &Context, issuer: &IssuerInfo) -> Result<AcmeAccount, AccountError> {
+/// One account of an issuer (see [`IssuerInfo::own_account`] and [`IssuerInfo::account_for`]): from the
+/// cache, or registered (loading or generating its key).
+pub async fn ensure_account(
+    ctx: &Context,
+    issuer: &IssuerInfo,
+    location: &AccountLocation,
+) -> Result<AcmeAccount, AccountError> {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &issuer.secret_namespace);
     let key_ref = &issuer.acme.private_key_secret_ref;
     let key_name = key_ref.key.clone().unwrap_or_else(|| TLS_KEY.to_string());
-    let secret_name = format!("{}/{}", issuer.secret_namespace, key_ref.name);
+    let secret_name = format!("{}/{}", issuer.secret_namespace, location.key_secret);
     let stored = ctx
-        .read_secret(&issuer.secret_namespace, &key_ref.name)
+        .read_secret(&issuer.secret_namespace, &location.key_secret)
         .await
         .map_err(|source| AccountError::ReadKeySecret { secret: secret_name.clone(), source })?;
+    if let (Some(secret), Some(namespace)) = (&stored, &location.namespace)
+        && secret.annotations().get(ANNOTATION_ACCOUNT_NAMESPACE) != Some(namespace)
+    {
+        return Err(AccountError::KeySecretOfAnother {
+            secret: secret_name,
+            namespace: namespace.clone(),
+            annotation: ANNOTATION_ACCOUNT_NAMESPACE,
+        });
+    }
     let stored_key = match &stored {
         Some(secret) => match secret.data.as_ref().and_then(|d| d.get(&key_name)) {
             Some(value) => Some(AccountKey::from_pem(String::from_utf8_lossy(&value.0).into_owned())),
@@ -213,24 +272,32 @@ pub async fn ensure_account(ctx: &Context, issuer: &IssuerInfo) -> Result<AcmeAc
         serde_json::to_string(&issuer.acme).unwrap_or_default(),
         stored.as_ref().and_then(|s| s.metadata.resource_version.clone()).unwrap_or_default()
     );
-    let cache_key =
-        CacheKey { kind: issuer.kind, namespace: issuer.secret_namespace.clone(), name: issuer.name.clone() };
+    let cache_key = CacheKey {
+        kind: issuer.kind,
+        namespace: issuer.secret_namespace.clone(),
+        name: issuer.name.clone(),
+        account: location.clone(),
+    };
     if stored_key.is_some()
         && let Some(account) = ctx.accounts.get(&cache_key, &fingerprint)
     {
         return Ok(account);
     }
 
-    let spec = account_spec(ctx, issuer).await?;
+    let spec = account_spec(ctx, issuer, location).await?;
     let registration = AcmeAccount::register(&spec, stored_key.as_ref(), ctx.acme_observer.clone())
         .await
         .map_err(AccountError::Register)?;
     if registration.key_is_new {
         let secret = Secret {
             metadata: ObjectMeta {
-                name: Some(key_ref.name.clone()),
+                name: Some(location.key_secret.clone()),
                 namespace: Some(issuer.secret_namespace.clone()),
                 labels: Some(BTreeMap::from([(LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string())])),
+                annotations: location
+                    .namespace
+                    .as_ref()
+                    .map(|namespace| BTreeMap::from([(ANNOTATION_ACCOUNT_NAMESPACE.to_string(), namespace.clone())])),
                 ..ObjectMeta::default()
             },
             type_: Some("Opaque".into()),
@@ -271,7 +338,11 @@ pub fn check_directory_url(server: &str) -> Result<(), AccountError> {
     Ok(())
 }
 
-async fn account_spec(ctx: &Context, issuer: &IssuerInfo) -> Result<AccountSpec, AccountError> {
+async fn account_spec(
+    ctx: &Context,
+    issuer: &IssuerInfo,
+    location: &AccountLocation,
+) -> Result<AccountSpec, AccountError> {
     let acme = &issuer.acme;
     check_directory_url(&acme.server)?;
     if let Some(policy) = &issuer.policy {
@@ -286,24 +357,63 @@ async fn account_spec(ctx: &Context, issuer: &IssuerInfo) -> Result<AccountSpec,
     };
     let external_account = match &acme.external_account_binding {
         None => None,
-        Some(eab) => {
-            let name = &eab.key_secret_ref.name;
-            let secret_name = format!("{}/{name}", issuer.secret_namespace);
-            let key = eab.key_secret_ref.key.clone().unwrap_or_else(|| EAB_SECRET_KEY.to_string());
-            let secret = ctx
-                .read_secret(&issuer.secret_namespace, name)
-                .await
-                .map_err(|source| AccountError::ReadEabSecret { secret: secret_name.clone(), source })?;
-            let value = secret
-                .as_ref()
-                .and_then(|s| s.data.as_ref()?.get(&key))
-                .ok_or(AccountError::EabSecretWithoutKey { secret: secret_name, key })?;
-            let hmac_key =
-                decode_eab_hmac_key(&String::from_utf8_lossy(&value.0)).map_err(AccountError::DecodeEabKey)?;
-            Some(ExternalAccountBinding { key_id: eab.key_id.clone(), hmac_key })
-        }
+        Some(eab) => match namespace_eab(ctx, issuer, location, eab).await? {
+            Some(binding) => Some(binding),
+            None => Some(issuer_eab(ctx, issuer, eab).await?),
+        },
     };
     Ok(AccountSpec { directory_url: acme.server.clone(), email: acme.email.clone(), external_account, trust })
+}
+
+/// The issuer's own External Account Binding key.
+async fn issuer_eab(
+    ctx: &Context,
+    issuer: &IssuerInfo,
+    eab: &crate::api::ExternalAccountBinding,
+) -> Result<ExternalAccountBinding, AccountError> {
+    let name = &eab.key_secret_ref.name;
+    let secret_name = format!("{}/{name}", issuer.secret_namespace);
+    let key = eab.key_secret_ref.key.clone().unwrap_or_else(|| EAB_SECRET_KEY.to_string());
+    let secret = ctx
+        .read_secret(&issuer.secret_namespace, name)
+        .await
+        .map_err(|source| AccountError::ReadEabSecret { secret: secret_name.clone(), source })?;
+    let value = secret
+        .as_ref()
+        .and_then(|s| s.data.as_ref()?.get(&key))
+        .ok_or(AccountError::EabSecretWithoutKey { secret: secret_name, key })?;
+    let hmac_key = decode_eab_hmac_key(&String::from_utf8_lossy(&value.0)).map_err(AccountError::DecodeEabKey)?;
+    Ok(ExternalAccountBinding { key_id: eab.key_id.clone(), hmac_key })
+}
+
+/// The External Account Binding key of a namespace's own account, when the namespace has one: the Secret
+/// `<keySecretRef.name>-<namespace>` (data `keyID` and the HMAC key under keySecretRef's key) in the
+/// issuer's Secret namespace. `None` for the issuer's own account, or when that Secret does not exist.
+async fn namespace_eab(
+    ctx: &Context,
+    issuer: &IssuerInfo,
+    location: &AccountLocation,
+    eab: &crate::api::ExternalAccountBinding,
+) -> Result<Option<ExternalAccountBinding>, AccountError> {
+    let Some(namespace) = &location.namespace else { return Ok(None) };
+    let name = crate::desired::namespace_account_secret_name(&eab.key_secret_ref.name, namespace);
+    let secret_name = format!("{}/{name}", issuer.secret_namespace);
+    let secret = ctx
+        .read_secret(&issuer.secret_namespace, &name)
+        .await
+        .map_err(|source| AccountError::ReadEabSecret { secret: secret_name.clone(), source })?;
+    let Some(secret) = secret else { return Ok(None) };
+    let data = secret.data.clone().unwrap_or_default();
+    let key = eab.key_secret_ref.key.clone().unwrap_or_else(|| EAB_SECRET_KEY.to_string());
+    let text = |key: &str| data.get(key).map(|value| String::from_utf8_lossy(&value.0).trim().to_string());
+    let (Some(key_id), Some(hmac)) = (text(EAB_KEY_ID_KEY).filter(|id| !id.is_empty()), text(&key)) else {
+        return Err(AccountError::EabSecretWithoutKey {
+            secret: secret_name,
+            key: format!("{EAB_KEY_ID_KEY} and {key}"),
+        });
+    };
+    let hmac_key = decode_eab_hmac_key(&hmac).map_err(AccountError::DecodeEabKey)?;
+    Ok(Some(ExternalAccountBinding { key_id, hmac_key }))
 }
 
 #[cfg(test)]

@@ -59,7 +59,7 @@ async fn account_status(
     held: (&str, String),
 ) -> (IssuerStatus, Action) {
     let now = Timestamp::now();
-    match ensure_account(ctx, info).await {
+    match ensure_account(ctx, info, &info.own_account()).await {
         Ok(account) => {
             let message = format!("The ACME account is registered with {}", info.acme.server);
             set_condition(

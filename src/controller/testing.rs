@@ -210,6 +210,29 @@ impl IssuanceHarness {
         panic!("not Ready after {max_passes} passes; status: {:#?}", self.certificate().status)
     }
 
+    /// [`IssuanceHarness::run_until_ready`] for another Certificate than the fixture: `namespace/name`.
+    pub async fn run_until_ready_of(&mut self, namespace: &str, name: &str, max_passes: usize) -> usize {
+        for passes in 1..=max_passes {
+            self.sync_caches();
+            self.ctx.retry_gate.release_all();
+            let certificate: Certificate = self.apiserver.get(namespace, name).expect("the Certificate exists");
+            reconcile_certificate(Arc::new(certificate), self.ctx.clone())
+                .await
+                .unwrap_or_else(|e| panic!("the pass over {namespace}/{name} failed: {e}"));
+            self.mark_solver_pods_ready();
+            let certificate: Certificate = self.apiserver.get(namespace, name).expect("the Certificate exists");
+            let status = certificate.status.unwrap_or_default();
+            if status.order.is_none() && status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True") {
+                return passes;
+            }
+        }
+        let certificate: Option<Certificate> = self.apiserver.get(namespace, name);
+        panic!(
+            "{namespace}/{name} not Ready after {max_passes} passes; status: {:#?}",
+            certificate.and_then(|c| c.status)
+        )
+    }
+
     /// Syncs the caches, runs a pass and plays the kubelet, `passes` times.
     pub async fn run_passes(&mut self, passes: usize) {
         for _ in 0..passes {
@@ -325,6 +348,16 @@ pub(crate) fn ready_issuer_at(name: &str, ca: &FakeAcme) -> Issuer {
     issuer
 }
 
+/// A ClusterIssuer `<name>`, Ready, for the fake CA `ca`, with its account key in Secret `<name>-account`
+/// (in the cluster resource namespace).
+pub(crate) fn ready_cluster_issuer_at(name: &str, ca: &FakeAcme) -> ClusterIssuer {
+    let issuer = ready_issuer_at(name, ca);
+    let mut cluster_issuer =
+        ClusterIssuer::new(name, crate::api::ClusterIssuerSpec { acme: issuer.spec.acme, policy: issuer.spec.policy });
+    cluster_issuer.status = issuer.status;
+    cluster_issuer
+}
+
 /// The `acme` spec of an issuer at the fake CA `ca`, with one solver for every name: its caBundle holds the
 /// fake's TLS root (to reach the directory) and its issuing CA (so that issued chains verify to the
 /// bundle, and `ca.crt` carries it).
@@ -341,6 +374,7 @@ pub(crate) fn acme_issuer_at(ca: &FakeAcme, account_key_secret: &str) -> AcmeIss
         skip_tls_verify: None,
         private_key_secret_ref: SecretKeySelector { name: account_key_secret.into(), key: None },
         external_account_binding: None,
+        account_per_namespace: None,
         solvers: vec![AcmeSolver { selector: None, http01: Http01Solver::default() }],
     }
 }

@@ -34,7 +34,9 @@ mod status;
 
 pub use conditions::{ConditionStatus, condition_is, find_condition, remove_condition, set_condition, status_changed};
 pub use events::{EventNote, EventReason, authorization_events};
-pub use names::{certificate_label_value, next_key_secret_name, solver_name, token_hash};
+pub use names::{
+    certificate_label_value, namespace_account_secret_name, next_key_secret_name, solver_name, token_hash,
+};
 pub use order_status::{order_progress, order_status};
 pub use requeue::requeue_at;
 pub use secret::{build_certificate_secret, build_next_key_secret};

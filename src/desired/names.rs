@@ -71,6 +71,20 @@ pub fn next_key_secret_name(certificate_name: &str) -> String {
     format!("{readable}-{hash}{NEXT_KEY_SUFFIX}")
 }
 
+/// The name of the Secret that holds the ACME account key (or the EAB key) of one namespace at a
+/// ClusterIssuer with `accountPerNamespace`: `<base>-<namespace>`, or, when that would exceed 253
+/// characters, a shortened base and a hash of both. A valid Secret name when `base` is one.
+pub fn namespace_account_secret_name(base: &str, namespace: &str) -> String {
+    if base.len() + 1 + namespace.len() <= MAX_SUBDOMAIN_LENGTH {
+        return format!("{base}-{namespace}");
+    }
+    let hash = sha256_hex(&[base, namespace], SHORT_HASH_LENGTH);
+    let room = MAX_SUBDOMAIN_LENGTH - 1 - SHORT_HASH_LENGTH;
+    let readable: String = base.chars().take(room).collect();
+    let readable = readable.trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
+    if readable.is_empty() { hash } else { format!("{readable}-{hash}") }
+}
+
 /// The first `length` hex digits of the SHA-256 of `parts`, separated by NUL bytes (which no name
 /// contains, so that ("ab", "c") and ("a", "bc") hash differently).
 fn sha256_hex(parts: &[&str], length: usize) -> String {
@@ -207,5 +221,41 @@ mod tests {
         }
         let long = "a".repeat(249);
         assert_ne!(next_key_secret_name(&format!("{long}x")), next_key_secret_name(&format!("{long}y")));
+    }
+
+    #[test]
+    fn namespace_account_secret_names_are_subdomains_unique_per_base_and_namespace() {
+        let ns = "n".repeat(63);
+        // (case, base, namespace, expected name; None = shortened with a hash)
+        let cases = [
+            (
+                "base and namespace joined",
+                "cluster-ca-account".to_string(),
+                "team-a",
+                Some("cluster-ca-account-team-a".to_string()),
+            ),
+            (
+                "a 189-character base still fits",
+                "a".repeat(189),
+                ns.as_str(),
+                Some(format!("{}-{ns}", "a".repeat(189))),
+            ),
+            ("a 190-character base is shortened", "a".repeat(190), ns.as_str(), None),
+            (
+                "a base shortened at a dot never ends a label with it",
+                format!("{}.{}", "a".repeat(241), "b".repeat(11)),
+                "x",
+                None,
+            ),
+        ];
+        for (case, base, namespace, want) in cases {
+            let got = namespace_account_secret_name(&base, namespace);
+            assert!(is_dns_subdomain(&got), "{case}: {got:?} is a DNS subdomain");
+            if let Some(want) = want {
+                assert_eq!(got, want, "{case}");
+            }
+        }
+        let long = "a".repeat(250);
+        assert_ne!(namespace_account_secret_name(&long, "team-a"), namespace_account_secret_name(&long, "team-b"));
     }
 }

@@ -130,6 +130,7 @@ mod tests {
             skip_tls_verify: None,
             private_key_secret_ref: SecretKeySelector { name: "account".into(), key: None },
             external_account_binding: None,
+            account_per_namespace: None,
             solvers,
         }
     }

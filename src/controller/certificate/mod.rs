@@ -234,11 +234,15 @@ impl<'a> Pass<'a> {
             let key = format!("{}/{}/{}", issuer.kind, issuer.secret_namespace, issuer.name);
             self.issuer_slot = Some(self.ctx.issuer_slots.try_take(&key).ok_or(IssuerUnusable::Busy)?);
         }
-        let account = ensure_account(self.ctx, &issuer).await.map_err(|error| {
-            IssuerUnusable::NotReady(IssuerWait {
-                reason: CertificateReason::IssuerNotReady,
-                message: error.to_string(),
-            })
+        let location = issuer.account_for(&self.namespace);
+        let account = ensure_account(self.ctx, &issuer, &location).await.map_err(|error| {
+            let message = match &location.namespace {
+                Some(namespace) => {
+                    format!("the ACME account of namespace {namespace} at {}: {error}", issuer.describe())
+                }
+                None => error.to_string(),
+            };
+            IssuerUnusable::NotReady(IssuerWait { reason: CertificateReason::IssuerNotReady, message })
         })?;
         Ok((issuer, account))
     }

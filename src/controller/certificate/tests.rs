@@ -818,3 +818,133 @@ async fn a_policy_tightened_mid_order_ends_the_order_and_removes_its_solver_obje
     harness.sync_caches();
     assert!(harness.solver_objects().is_empty(), "{:?}", harness.solver_objects());
 }
+
+/// The Certificate fixture, in `namespace`, from the ClusterIssuer `issuer`.
+fn certificate_in(namespace: &str, issuer: &str) -> Certificate {
+    let mut certificate = crate::desired::testing::certificate();
+    certificate.metadata.namespace = Some(namespace.into());
+    certificate.metadata.uid = Some(format!("uid-of-{namespace}-web"));
+    certificate.spec.issuer_ref = crate::api::IssuerRef { name: issuer.into(), kind: IssuerKind::ClusterIssuer };
+    certificate
+}
+
+#[tokio::test]
+async fn with_an_account_per_namespace_two_namespaces_get_two_accounts_and_each_proves_its_names_itself() {
+    // (accountPerNamespace, accounts the CA registers, challenges answered) for the same name asked for by
+    // two namespaces, at a CA that reuses an account's valid authorizations.
+    let cases = [(None, 1, 1), (Some(true), 2, 2)];
+    for (per_namespace, accounts, challenges) in cases {
+        let mut harness = IssuanceHarness::start().await;
+        harness.ca.reuse_authorizations(true);
+        harness.ca.set_validation(harness.validation_through_solver_objects());
+        let mut issuer = crate::controller::testing::ready_cluster_issuer_at("shared", &harness.ca);
+        issuer.spec.acme.account_per_namespace = per_namespace;
+        harness.apiserver.put(&issuer);
+        for namespace in ["team-a", "team-b"] {
+            harness.seed_certificate(certificate_in(namespace, "shared"));
+            harness.run_until_ready_of(namespace, "web", MAX_PASSES).await;
+        }
+
+        let case = format!("accountPerNamespace {per_namespace:?}");
+        assert_eq!(harness.ca.accounts_created(), accounts, "{case}: new-account registrations at the CA");
+        assert_eq!(harness.ca.requests(Endpoint::Challenge), challenges, "{case}: challenges answered");
+        assert_eq!(harness.ca.certificates_issued().len(), 2, "{case}");
+        let keys: Vec<String> = harness
+            .apiserver
+            .list::<Secret>()
+            .into_iter()
+            .filter(|s| s.metadata.name.as_deref().is_some_and(|n| n.starts_with("shared-account")))
+            .map(|s| format!("{}/{}", s.metadata.namespace.unwrap_or_default(), s.metadata.name.unwrap_or_default()))
+            .collect();
+        let expected: &[&str] = if per_namespace == Some(true) {
+            &["kacme-system/shared-account-team-a", "kacme-system/shared-account-team-b"]
+        } else {
+            &["kacme-system/shared-account"]
+        };
+        assert_eq!(keys, expected, "{case}: the account keys, all in the cluster resource namespace");
+    }
+}
+
+#[tokio::test]
+async fn a_namespace_account_key_secret_not_marked_for_that_namespace_is_never_used() {
+    let mut harness = IssuanceHarness::start().await;
+    harness.ca.set_validation(harness.validation_through_solver_objects());
+    let mut issuer = crate::controller::testing::ready_cluster_issuer_at("shared", &harness.ca);
+    issuer.spec.acme.account_per_namespace = Some(true);
+    harness.apiserver.put(&issuer);
+    // team-a's account key, copied (or planted) where team-b's belongs.
+    harness.seed_certificate(certificate_in("team-a", "shared"));
+    harness.run_until_ready_of("team-a", "web", MAX_PASSES).await;
+    let mut planted: Secret = harness.apiserver.get("kacme-system", "shared-account-team-a").expect("team-a's key");
+    planted.metadata.name = Some("shared-account-team-b".into());
+    planted.metadata.resource_version = None;
+    planted.metadata.uid = None;
+    harness.apiserver.put(&planted);
+
+    harness.seed_certificate(certificate_in("team-b", "shared"));
+    harness.sync_caches();
+    harness.ctx.retry_gate.release_all();
+    let certificate: Certificate = harness.apiserver.get("team-b", "web").expect("the Certificate");
+    super::reconcile_certificate(Arc::new(certificate), harness.ctx.clone()).await.expect("the pass");
+
+    let certificate: Certificate = harness.apiserver.get("team-b", "web").expect("the Certificate");
+    let ready = certificate.status.unwrap_or_default().conditions.into_iter().find(|c| c.type_ == "Ready");
+    let ready = ready.expect("a Ready condition");
+    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "IssuerNotReady"));
+    assert!(
+        ready.message.contains("namespace team-b") && ready.message.contains("kacme.dev/account-namespace"),
+        "{}",
+        ready.message
+    );
+    assert_eq!(harness.ca.accounts_created(), 1, "no account for team-b with team-a's key");
+    assert_eq!(harness.ca.orders_created(), 1, "no order for team-b");
+}
+
+#[tokio::test]
+async fn a_namespace_account_binds_with_the_namespaces_own_eab_key_when_it_has_one_else_the_issuers() {
+    use base64::Engine as _;
+    let encode = |key: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key);
+    let mut harness = IssuanceHarness::start().await;
+    harness.ca.set_validation(harness.validation_through_solver_objects());
+    // The CA knows only team-b's key: the issuer's own key (used by team-a, which has none) is unknown.
+    let team_b_key = b"team-b's 32 byte secret for EAB!".to_vec();
+    harness.ca.require_external_account(Some(vec![crate::acme::ExternalAccountBinding {
+        key_id: "kid-team-b".into(),
+        hmac_key: team_b_key.clone(),
+    }]));
+    let secret = |name: &str, data: &[(&str, String)]| Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("kacme-system".into()),
+            ..Default::default()
+        },
+        data: Some(
+            data.iter().map(|(k, v)| (k.to_string(), k8s_openapi::ByteString(v.clone().into_bytes()))).collect(),
+        ),
+        ..Secret::default()
+    };
+    harness.apiserver.put(&secret("eab", &[("secret", encode(b"the issuer's 32 byte EAB secret!"))]));
+    harness.apiserver.put(&secret("eab-team-b", &[("keyID", "kid-team-b".into()), ("secret", encode(&team_b_key))]));
+    let mut issuer = crate::controller::testing::ready_cluster_issuer_at("shared", &harness.ca);
+    issuer.spec.acme.account_per_namespace = Some(true);
+    issuer.spec.acme.external_account_binding = Some(crate::api::ExternalAccountBinding {
+        key_id: "kid-shared".into(),
+        key_secret_ref: crate::api::SecretKeySelector { name: "eab".into(), key: None },
+    });
+    harness.apiserver.put(&issuer);
+
+    harness.seed_certificate(certificate_in("team-b", "shared"));
+    harness.run_until_ready_of("team-b", "web", MAX_PASSES).await;
+    assert_eq!(harness.ca.accounts_created(), 1, "team-b's account, bound with team-b's key");
+
+    harness.seed_certificate(certificate_in("team-a", "shared"));
+    harness.sync_caches();
+    let certificate: Certificate = harness.apiserver.get("team-a", "web").expect("the Certificate");
+    super::reconcile_certificate(Arc::new(certificate), harness.ctx.clone()).await.expect("the pass");
+    let certificate: Certificate = harness.apiserver.get("team-a", "web").expect("the Certificate");
+    let ready = certificate.status.unwrap_or_default().conditions.into_iter().find(|c| c.type_ == "Ready");
+    let ready = ready.expect("a Ready condition");
+    assert_eq!(ready.reason, "IssuerNotReady");
+    assert!(ready.message.contains("kid-shared"), "team-a bound with the issuer's key: {}", ready.message);
+    assert_eq!(harness.ca.accounts_created(), 1);
+}
