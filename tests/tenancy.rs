@@ -212,3 +212,56 @@ async fn a_tenant_gets_only_its_own_names_whichever_way_it_asks() {
     })
     .await
 }
+
+/// With `accountPerNamespace`, two namespaces asking for the same name at a CA that reuses every valid
+/// authorization of an account (Pebble with `PEBBLE_AUTHZREUSE=100`) each get their own account, with its key in
+/// kacme's namespace, and each answers a challenge: neither rides on the other's validation.
+#[tokio::test(flavor = "multi_thread")]
+async fn with_an_account_per_namespace_no_namespace_rides_on_another_namespaces_authorizations() {
+    within(240, async {
+        let options =
+            PebbleOptions { authz_reuse_percent: Some(100), nonce_reject_percent: 0, ..PebbleOptions::default() };
+        let env = OperatorEnv::with_pebble(options).await.expect("environment");
+        let Ca::Pebble(pebble) = &env.ca else { panic!("Pebble") };
+        let yaml = cluster_issuer_yaml(pebble.directory_url(), &pebble.ca_bundle_pem());
+        let (without_policy, _) = yaml.split_once("  policy:\n").expect("the fixture has a policy");
+        let yaml = without_policy.replace("    solvers:\n", "    accountPerNamespace: true\n    solvers:\n");
+        env.apply(&yaml).await.expect("the ClusterIssuer");
+        for namespace in ["team-a", "team-b"] {
+            env.control_plane.create_namespace(namespace).await.expect("namespace");
+            let shared = json!({"dnsNames": ["shared.example.test"]});
+            env.certificates(namespace)
+                .create(&PostParams::default(), &certificate(namespace, "shared", shared))
+                .await
+                .expect("create");
+            env.wait_ready(namespace, "shared", WAIT).await.unwrap_or_else(|e| panic!("{e:#}\n{}", env.operator_log()));
+        }
+
+        let counts = pebble.request_counts().expect("Pebble's log");
+        eprintln!("CA requests: {counts:?}");
+        assert_eq!(counts.get("POST /chalZ/").copied(), Some(2), "each namespace answered its own challenge");
+        for namespace in ["team-a", "team-b"] {
+            let events: Api<Event> = Api::namespaced(env.client.clone(), namespace);
+            let presented = events.list(&ListParams::default()).await.expect("Events").items.into_iter().any(|e| {
+                e.reason.as_deref() == Some("Presented") && e.involved_object.name.as_deref() == Some("shared")
+            });
+            assert!(presented, "{namespace} presented its own challenge (its order's authorization was pending)");
+            let key =
+                env.secrets("kacme").get(&format!("corp-account-{namespace}")).await.expect("the namespace's key");
+            assert_eq!(
+                key.metadata.annotations.unwrap_or_default().get("kacme.dev/account-namespace"),
+                Some(&namespace.to_string())
+            );
+            assert!(
+                env.secrets(namespace).list(&ListParams::default()).await.expect("list").items.iter().all(|s| !s
+                    .metadata
+                    .name
+                    .as_deref()
+                    .unwrap_or_default()
+                    .starts_with("corp-account")),
+                "no account key in the tenant's namespace"
+            );
+        }
+    })
+    .await
+}
