@@ -119,6 +119,7 @@ async fn observed<K: Resource<DynamicType = ()>>(
 ) -> Result<Action, ReconcileError> {
     let observer = ctx.reconcile_observer.clone();
     let started = Instant::now();
+    let in_flight = InFlight::start(observer.clone(), controller);
     let result = isolation::isolated(reconcile).await;
     match &result {
         Ok(_) => ctx.error_backoff.succeeded(&backoff_key(object)),
@@ -130,8 +131,37 @@ async fn observed<K: Resource<DynamicType = ()>>(
         }
         Err(_) => {}
     }
+    in_flight.finish();
     observer.reconcile_finished(controller, started.elapsed(), result.as_ref().err());
     result
+}
+
+/// A reconcile in flight, as the observer sees it: started when made; cancelled when dropped before
+/// [`InFlight::finish`] (the loop dropped the reconcile), so that liveness never counts it as running.
+struct InFlight {
+    observer: Arc<dyn ReconcileObserver>,
+    controller: ControllerKind,
+    finished: bool,
+}
+
+impl InFlight {
+    fn start(observer: Arc<dyn ReconcileObserver>, controller: ControllerKind) -> InFlight {
+        observer.reconcile_started(controller);
+        InFlight { observer, controller, finished: false }
+    }
+
+    /// The reconcile ended: the caller reports it with `reconcile_finished`.
+    fn finish(mut self) {
+        self.finished = true;
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.observer.reconcile_cancelled(self.controller);
+        }
+    }
 }
 
 /// Runs the operator until `shutdown` resolves, reporting ACME requests to `acme_observer`.
