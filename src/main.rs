@@ -97,6 +97,10 @@ struct ControllerArgs {
     /// off unless set.
     #[arg(long, value_parser = parse_duration)]
     self_check_deadline: Option<Duration>,
+    /// How long the solver objects of a challenge (Pod, Service, Ingress) may take to serve it; after this
+    /// long the attempt fails (naming the solver Pod and why it is not ready) and backs off.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    solver_deadline: Duration,
     /// /healthz fails (and the kubelet restarts the operator) when a controller loop with reconciles in
     /// flight has finished none for this long. Keep it well above the longest reconcile (ACME requests
     /// time out after 30 s; a pass makes a few). An idle operator, or a standby, is always healthy.
@@ -247,6 +251,7 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     config.per_issuer_concurrency = args.issuer_concurrency;
     config.backoff = kacme::decision::BackoffPolicy { initial: args.backoff_initial, max: args.backoff_max };
     config.renewal_jitter = args.renewal_jitter;
+    config.solver_deadline = args.solver_deadline;
     config.self_check =
         args.self_check_deadline.map(|deadline| kacme::acme::SelfCheck { deadline, ..Default::default() });
 

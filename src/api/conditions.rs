@@ -78,6 +78,9 @@ pub enum CertificateReason {
     IssuerUnavailable,
     /// The private key of the order in flight is gone; a new order starts.
     MissingPrivateKey,
+    /// A solver (Pod, Service, Ingress) did not serve its challenge by the deadline; the attempt failed and
+    /// is retried with backoff.
+    SolverNotReady,
 }
 
 impl CertificateReason {
@@ -92,6 +95,7 @@ impl CertificateReason {
             CertificateReason::IssuerNotReady => "IssuerNotReady",
             CertificateReason::IssuerUnavailable => "IssuerUnavailable",
             CertificateReason::MissingPrivateKey => "MissingPrivateKey",
+            CertificateReason::SolverNotReady => "SolverNotReady",
         }
     }
 }

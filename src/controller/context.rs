@@ -46,6 +46,9 @@ pub struct ControllerConfig {
     pub self_check: Option<SelfCheck>,
     /// How long one reconcile may wait for the CA in place before requeueing.
     pub max_wait_per_step: Duration,
+    /// How long after a challenge was first presented its solver objects may take to serve it before the
+    /// attempt fails.
+    pub solver_deadline: Duration,
     /// The name events are reported under.
     pub reporter: String,
 }
@@ -62,6 +65,7 @@ impl ControllerConfig {
             renewal_jitter: Duration::from_secs(60),
             self_check: None,
             max_wait_per_step: Duration::from_secs(2),
+            solver_deadline: crate::desired::DEFAULT_SOLVER_DEADLINE,
             reporter: "kacme".into(),
         }
     }

@@ -21,6 +21,8 @@ pub enum EventReason {
     SecretNotOwned,
     /// The issued chain does not lead to the issuer's caBundle.
     ChainNotTrusted,
+    /// A solver did not serve its challenge by the deadline: the attempt failed.
+    SolverNotReady,
 }
 
 impl EventReason {
@@ -35,6 +37,7 @@ impl EventReason {
             EventReason::Failed => "Failed",
             EventReason::SecretNotOwned => "SecretNotOwned",
             EventReason::ChainNotTrusted => "ChainNotTrusted",
+            EventReason::SolverNotReady => "SolverNotReady",
         }
     }
 }

@@ -5,7 +5,7 @@ use super::FINALIZER;
 use crate::acme::fake::{Endpoint, FakeAcme, FakeChallenge, Fault, Validation};
 use crate::api::names::{ANNOTATION_ISSUER_NAME, ANNOTATION_RENEW_REQUESTED_AT, CA_CRT};
 use crate::api::{AcmeSolver, Certificate, Http01Solver, IssuerKind, PrivateKeySpec, RotationPolicy, SolverSelector};
-use crate::controller::testing::{IssuanceHarness, NAMESPACE, SECRET, ready_issuer_at};
+use crate::controller::testing::{CERTIFICATE, IssuanceHarness, NAMESPACE, SECRET, ready_issuer_at};
 use crate::pki::{parse_ca_bundle, verify_chain};
 use crate::testing::FakeApiserver;
 use jiff::Timestamp;
@@ -721,4 +721,92 @@ async fn a_ca_that_rejects_every_nonce_is_retried_ever_more_slowly_and_costs_no_
     assert_eq!(waits, expected, "no hot loop: each retry in a row waits twice as long");
     assert_eq!(harness.ca.orders_created(), 0);
     assert!(harness.next_key_secret().is_none(), "no key is stored (nor generated) for an order that does not exist");
+}
+
+/// Moves the time every challenge of the order in flight was first presented `seconds` back (the harness
+/// cannot move the clock), as if kacme had presented them then (a status apply of its own field manager),
+/// and restarts the operator so that the order is resumed from status.
+async fn present_earlier(harness: &mut IssuanceHarness, seconds: i64) {
+    let mut status = harness.certificate().status.expect("a status");
+    let order = status.order.as_mut().expect("an order in flight");
+    for authorization in &mut order.authorizations {
+        let presented_at = authorization.presented_at.as_mut().expect("a presented challenge");
+        presented_at.0 -= jiff::SignedDuration::from_secs(seconds);
+    }
+    let api: Api<Certificate> = Api::namespaced(harness.apiserver.client(), NAMESPACE);
+    crate::controller::apply_status(&api, CERTIFICATE, "Certificate", &status)
+        .await
+        .expect("moving the presentation back");
+    harness.restart();
+}
+
+#[tokio::test]
+async fn a_solver_pod_that_never_becomes_ready_is_awaited_ever_more_slowly_then_fails_the_attempt_by_its_deadline() {
+    use k8s_openapi::api::core::v1::{ContainerState, ContainerStateWaiting, ContainerStatus, PodStatus};
+    let mut harness = IssuanceHarness::ready_to_issue().await;
+    harness.ca.set_validation(harness.validation_through_solver_objects());
+    // The order, then the solver objects; nobody plays the kubelet.
+    let mut actions = Vec::new();
+    for _ in 0..3 {
+        harness.sync_caches();
+        actions.push(harness.pass().await);
+    }
+    let pods = harness.apiserver.list::<Pod>();
+    let [pod] = pods.as_slice() else { panic!("one solver Pod: {pods:?}") };
+    let pod_name = pod.metadata.name.clone().expect("a name");
+    assert_eq!(actions.last(), Some(&Action::requeue(Duration::from_secs(1))), "a solver just presented");
+    // The kubelet cannot pull the image.
+    let mut pulling = pod.clone();
+    pulling.status = Some(PodStatus {
+        phase: Some("Pending".into()),
+        container_statuses: Some(vec![ContainerStatus {
+            name: "solver".into(),
+            state: Some(ContainerState {
+                waiting: Some(ContainerStateWaiting {
+                    reason: Some("ImagePullBackOff".into()),
+                    message: Some("Back-off pulling image \"kacme:test\"".into()),
+                }),
+                ..ContainerState::default()
+            }),
+            ..ContainerStatus::default()
+        }]),
+        ..PodStatus::default()
+    });
+    harness.apiserver.put(&pulling);
+
+    // A minute later, the next look comes 30 s later, and the wait says why.
+    present_earlier(&mut harness, 60).await;
+    harness.sync_caches();
+    assert_eq!(harness.pass().await, Action::requeue(Duration::from_secs(30)));
+    let (status, _, message) = harness.condition("Issuing").expect("Issuing");
+    assert_eq!(status, "True");
+    assert!(message.contains(&pod_name) && message.contains("ImagePullBackOff"), "{message}");
+    assert_eq!(harness.solver_objects().len(), 3, "still waiting: {:?}", harness.solver_objects());
+
+    // Past the deadline (5 minutes by default), the attempt fails.
+    present_earlier(&mut harness, 300).await;
+    harness.sync_caches();
+    let action = harness.pass().await;
+    let (status, reason, message) = harness.condition("Ready").expect("Ready");
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "SolverNotReady"));
+    let expected = "the solver for web.example.test was still not serving the challenge 36"; // 360 s, or 361 s
+    assert!(message.contains(expected) && message.contains("(the deadline is 300s)"), "{message}");
+    assert!(message.contains(&format!("solver Pod {pod_name}")), "names the Pod: {message}");
+    assert!(message.contains("ImagePullBackOff: Back-off pulling image"), "says why: {message}");
+    assert_eq!(harness.condition_reason("Issuing"), condition("False", "SolverNotReady"));
+    assert_eq!(event_count(&harness, "SolverNotReady"), 1);
+    let status = harness.certificate().status.expect("a status");
+    assert_eq!(status.failed_issuance_attempts, Some(1));
+    assert_eq!((status.order, status.next_private_key_secret_name), (None, None), "the order is abandoned");
+    assert_eq!(harness.solver_objects(), Vec::<String>::new(), "the solver objects are removed");
+    assert!(harness.next_key_secret().is_none(), "the next-key Secret is removed");
+    assert_eq!(action, Action::requeue(harness.config.backoff.initial), "the usual failure backoff");
+
+    // Backing off: the next pass asks nobody anything and writes nothing.
+    harness.sync_caches();
+    harness.apiserver.clear_requests();
+    let acme_requests = harness.acme_requests();
+    harness.pass().await;
+    assert_eq!(harness.apiserver.writes(), []);
+    assert_eq!(harness.acme_requests(), acme_requests);
 }
