@@ -143,6 +143,24 @@ impl IssuerReason {
     }
 }
 
+/// Reasons any object kacme reconciles (Certificate, Issuer, ClusterIssuer) can show in its `Ready`
+/// condition, whatever its kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReconcileReason {
+    /// The reconcile panicked (a bug of kacme): the message is the panic's; the object is retried with
+    /// backoff, and the next reconcile that gets through sets `Ready` again.
+    Panicked,
+}
+
+impl ReconcileReason {
+    /// The CamelCase condition reason.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ReconcileReason::Panicked => "ReconcilePanicked",
+        }
+    }
+}
+
 macro_rules! display_as_str {
     ($($t:ty),*) => {$(
         impl fmt::Display for $t {
@@ -152,4 +170,4 @@ macro_rules! display_as_str {
         }
     )*};
 }
-display_as_str!(ConditionType, IssuanceReason, CertificateReason, IssuerReason);
+display_as_str!(ConditionType, IssuanceReason, CertificateReason, IssuerReason, ReconcileReason);

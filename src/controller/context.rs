@@ -159,6 +159,9 @@ pub struct Context {
     written: Mutex<HashMap<String, String>>,
     /// Secrets kacme wrote or deleted whose change the cache may not show yet, by namespace/name.
     secret_writes: Mutex<HashMap<String, SecretWrite>>,
+    /// Tests only: the Certificates (namespace/name) whose reconcile panics at once.
+    #[cfg(test)]
+    pub(crate) panic_for: Mutex<std::collections::HashSet<String>>,
 }
 
 pub(super) fn object_key(certificate: &Certificate) -> String {
@@ -186,6 +189,8 @@ impl Context {
             orders: Mutex::default(),
             written: Mutex::default(),
             secret_writes: Mutex::default(),
+            #[cfg(test)]
+            panic_for: Mutex::default(),
             config,
             client,
         }
@@ -298,6 +303,15 @@ impl Context {
     pub(super) fn forget_order(&self, certificate: &Certificate) {
         if let Ok(mut orders) = self.orders.lock() {
             orders.remove(&object_key(certificate));
+        }
+    }
+
+    /// Tests only: panics when a test asked the reconcile of `certificate` to panic.
+    #[cfg(test)]
+    pub(crate) fn panic_if_asked(&self, certificate: &Certificate) {
+        let asked = self.panic_for.lock().is_ok_and(|names| names.contains(&object_key(certificate)));
+        if asked {
+            panic!("injected panic for Certificate {}", object_key(certificate));
         }
     }
 

@@ -18,6 +18,7 @@ pub(crate) mod issuer_slots;
 mod kube_solver;
 mod observe;
 mod owned_certificates;
+mod panic_status;
 mod resync;
 mod retry;
 mod sweep;
@@ -110,8 +111,9 @@ where
 }
 
 /// Runs `reconcile` of `object`, telling the observer how long it took and how it ended; a panic is an
-/// error of the object (see [`isolation`]); a success resets the object's error backoff.
-async fn observed<K: Resource<DynamicType = ()>>(
+/// error of the object (see [`isolation`]), shown in an Event and in its Ready condition
+/// ([`panic_status`]); a success resets the object's error backoff.
+async fn observed<K: panic_status::ShowsReconcilePanic>(
     ctx: Arc<Context>,
     controller: ControllerKind,
     object: &K,
@@ -125,9 +127,9 @@ async fn observed<K: Resource<DynamicType = ()>>(
         Ok(_) => ctx.error_backoff.succeeded(&backoff_key(object)),
         // Where the object's owner looks: a panic is a bug of kacme, but it costs (and names) this object.
         Err(error @ ReconcileError::Panicked(_)) => {
-            ctx.events
-                .publish_to(&object.object_ref(&()), "Reconcile", true, "ReconcilePanicked", error.to_string())
-                .await;
+            let reason = crate::api::ReconcileReason::Panicked.as_str();
+            ctx.events.publish_to(&object.object_ref(&()), "Reconcile", true, reason, error.to_string()).await;
+            panic_status::show_reconcile_panic(&ctx, object, &error.to_string()).await;
         }
         Err(_) => {}
     }

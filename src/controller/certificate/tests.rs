@@ -810,3 +810,94 @@ async fn a_solver_pod_that_never_becomes_ready_is_awaited_ever_more_slowly_then_
     assert_eq!(harness.apiserver.writes(), []);
     assert_eq!(harness.acme_requests(), acme_requests);
 }
+
+// --- A panicked reconcile ------------------------------------------------------------------------------
+
+/// One reconcile of Certificate `apps/<name>` as the controller runs it: through `observed`, which catches
+/// a panic, then the error policy on failure (whose requeue is the error backoff).
+async fn controller_pass(
+    harness: &IssuanceHarness,
+    name: &str,
+) -> (Result<Action, crate::controller::ReconcileError>, Action) {
+    use crate::controller::{ControllerKind, error_policy, observed};
+    let certificate: Certificate = harness.apiserver.get(NAMESPACE, name).expect("the Certificate exists");
+    let ctx = harness.ctx.clone();
+    let reconcile = super::reconcile_certificate(Arc::new(certificate.clone()), ctx.clone());
+    let result = observed(ctx.clone(), ControllerKind::Certificate, &certificate, reconcile).await;
+    let action = match &result {
+        Ok(action) => action.clone(),
+        Err(error) => error_policy(Arc::new(certificate), error, ctx),
+    };
+    (result, action)
+}
+
+/// (status, reason, message) of the Ready condition of Certificate `apps/<name>`.
+fn ready_of(harness: &IssuanceHarness, name: &str) -> Option<(String, String, String)> {
+    let certificate: Certificate = harness.apiserver.get(NAMESPACE, name)?;
+    let ready = certificate.status?.conditions.into_iter().find(|c| c.type_ == "Ready")?;
+    Some((ready.status, ready.reason, ready.message))
+}
+
+#[tokio::test]
+async fn a_panic_in_one_certificates_reconcile_shows_on_it_and_backs_off_while_another_is_issued() {
+    let mut harness = IssuanceHarness::ready_to_issue().await;
+    harness.ca.set_validation(harness.validation_through_solver_objects());
+    let mut api = crate::desired::testing::certificate();
+    api.metadata.name = Some("api".into());
+    api.metadata.uid = Some("0b6b2c4e-1d1f-4c55-9a7e-3c1f00000002".into());
+    api.spec.secret_name = "api-tls".into();
+    api.spec.dns_names = vec!["api.example.test".into()];
+    harness.seed_certificate(api);
+    harness.ctx.panic_for.lock().expect("the lock").insert(format!("{NAMESPACE}/{CERTIFICATE}"));
+
+    // The poisoned Certificate: an error of its own, shown in Ready and an Event, retried with backoff.
+    harness.sync_caches();
+    let (result, action) = controller_pass(&harness, CERTIFICATE).await;
+    let error = result.expect_err("the panic is an error of the Certificate");
+    assert!(matches!(error, crate::controller::ReconcileError::Panicked(_)), "{error}");
+    assert_eq!(action, Action::requeue(Duration::from_secs(5)), "the first error backoff");
+    let (status, reason, message) = ready_of(&harness, CERTIFICATE).expect("a Ready condition");
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "ReconcilePanicked"));
+    assert_eq!(message, "the reconcile panicked: injected panic for Certificate apps/web (a bug: please report it)");
+    assert_eq!(event_count(&harness, "ReconcilePanicked"), 1);
+
+    // Again: a longer backoff, the Event counted again, and no status write (it already says so).
+    harness.sync_caches();
+    harness.apiserver.clear_requests();
+    let (result, action) = controller_pass(&harness, CERTIFICATE).await;
+    assert!(result.is_err());
+    assert_eq!(action, Action::requeue(Duration::from_secs(10)), "the second error backoff");
+    assert_eq!(harness.apiserver.count("PATCH", "/certificates/web/status"), 0, "nothing new to show");
+    assert_eq!(event_count(&harness, "ReconcilePanicked"), 2);
+
+    // A status write that fails is only logged: the error stays the panic, the backoff goes on.
+    harness.apiserver.fail_next("PATCH", "/certificates/web/status", 500, 1);
+    let mut unshown = harness.certificate();
+    unshown.status = None;
+    let api_of_web: Api<Certificate> = Api::namespaced(harness.apiserver.client(), NAMESPACE);
+    api_of_web.replace_status(CERTIFICATE, &Default::default(), &unshown).await.expect("clearing the status");
+    let (result, action) = controller_pass(&harness, CERTIFICATE).await;
+    assert!(matches!(result, Err(crate::controller::ReconcileError::Panicked(_))), "{result:?}");
+    assert_eq!(action, Action::requeue(Duration::from_secs(20)), "the third error backoff");
+
+    // The other Certificate of the same controller and issuer is issued meanwhile.
+    let mut issued = false;
+    for _ in 0..MAX_PASSES {
+        harness.sync_caches();
+        let (result, _) = controller_pass(&harness, "api").await;
+        result.expect("the other Certificate's passes succeed");
+        harness.mark_solver_pods_ready();
+        if ready_of(&harness, "api").is_some_and(|(status, _, _)| status == "True") {
+            issued = true;
+            break;
+        }
+    }
+    assert!(issued, "the other Certificate is Ready: {:?}", ready_of(&harness, "api"));
+    assert!(harness.secret("api-tls").is_some());
+    assert_eq!(ready_of(&harness, CERTIFICATE).map(|(status, _, _)| status), None, "the failed write left web unshown");
+
+    // Once the bug is gone, the Certificate is issued too, and Ready says so.
+    harness.ctx.panic_for.lock().expect("the lock").clear();
+    harness.run_until_ready(MAX_PASSES).await;
+    assert_eq!(harness.condition_reason("Ready"), condition("True", "Ready"));
+}
