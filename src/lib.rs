@@ -15,6 +15,7 @@ pub mod decision;
 pub mod desired;
 pub mod endpoints;
 pub mod http_server;
+pub mod issuer_policy;
 pub mod kube_errors;
 pub mod leader;
 pub mod liveness;

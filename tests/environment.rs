@@ -155,6 +155,21 @@ async fn crds_install_explain_their_fields_and_reject_invalid_objects_at_admissi
                 &["spec.issuerRef.kind", "Unsupported value: \"Foo\"", "\"Issuer\"", "\"ClusterIssuer\""],
             ),
             (
+                "a Secret template label value the apiserver would refuse on the Secret",
+                json!({"secretTemplate": {"labels": {"team": "not a valid label value!"}}}),
+                &["spec.secretTemplate.labels.team", "should match"],
+            ),
+            (
+                "a Secret template label key the apiserver would refuse on the Secret",
+                json!({"secretTemplate": {"labels": {"bad key": "x"}}}),
+                &["label keys must be valid Kubernetes label keys"],
+            ),
+            (
+                "a Secret template annotation key the apiserver would refuse on the Secret",
+                json!({"secretTemplate": {"annotations": {"a/b/c": "x"}}}),
+                &["annotation keys must be valid Kubernetes annotation keys"],
+            ),
+            (
                 "a commonName that is not among the names",
                 json!({"commonName": "other.example.test"}),
                 &["commonName must also be listed in dnsNames or ipAddresses"],
@@ -184,6 +199,26 @@ async fn crds_install_explain_their_fields_and_reject_invalid_objects_at_admissi
                 json!({"acme": {"server": "http://ca.example.test/acme/acme/directory"}}),
                 &["server must be the https:// URL of the CA's ACME directory"],
             ),
+            (
+                "a server port out of range",
+                json!({"acme": {"server": "https://127.0.0.1:99999/dir"}}),
+                &["the server's port must be a number from 1 to 65535"],
+            ),
+            (
+                "a policy CIDR that is no CIDR",
+                json!({"policy": {"ipAddresses": ["10.0.0.0/33"]}}),
+                &["every ipAddresses entry must be a CIDR such as 10.0.0.0/8"],
+            ),
+            (
+                "a policy name template with capitals",
+                json!({"policy": {"dnsNames": ["Web.{namespace}.svc"]}}),
+                &["spec.policy.dnsNames[0]", "should match"],
+            ),
+            (
+                "a policy maxDuration under 5m",
+                json!({"policy": {"maxDuration": "1m"}}),
+                &["maxDuration must be at least 5m"],
+            ),
             ("no solvers", json!({"acme": {"solvers": []}}), &["spec.acme.solvers", "should have at least 1 items"]),
             ("no server", json!({"acme": {"server": null}}), &["spec.acme.server", "Required value"]),
         ];
@@ -200,6 +235,16 @@ async fn crds_install_explain_their_fields_and_reject_invalid_objects_at_admissi
             }
         }
 
+        // A namespaced Issuer serves only its own namespace: selecting namespaces is for ClusterIssuers.
+        let selecting =
+            merged(&valid_issuer, &json!({"policy": {"namespaceSelector": {"matchLabels": {"tenant": "a"}}}}));
+        let message = rejection(&issuer_api, &dynamic(&issuers, "selecting", selecting.clone())).await;
+        assert!(message.contains("namespaceSelector is for ClusterIssuers"), "{message}");
+        cluster_issuer_api
+            .create(&PostParams::default(), &dynamic(&cluster_issuers, "selecting", selecting))
+            .await
+            .expect("a ClusterIssuer may select namespaces");
+
         // Valid objects are stored as given.
         let stored = certificate_api
             .create(&PostParams::default(), &dynamic(&certificates, "web", valid_certificate.clone()))
@@ -214,6 +259,188 @@ async fn crds_install_explain_their_fields_and_reject_invalid_objects_at_admissi
         assert_eq!(stored.data["spec"], valid_issuer);
         let listed = control_plane.kubectl(&["get", "kcert", "-o", "name"]).await.expect("kubectl get kcert");
         assert_eq!(listed.trim(), "certificate.kacme.dev/web");
+    })
+    .await
+}
+
+/// What a tenant may write in an annotation and in the Certificate field it becomes.
+#[derive(Clone, Copy, Debug)]
+enum Field {
+    /// `kacme.dev/names`, which becomes `spec.dnsNames` or `spec.ipAddresses`.
+    Names,
+    /// `kacme.dev/duration` and `spec.duration`.
+    Duration,
+    /// `kacme.dev/renew-before` and `spec.renewBefore`.
+    RenewBefore,
+    /// `kacme.dev/private-key-algorithm` and `spec.privateKey.algorithm`.
+    Algorithm,
+    /// `kacme.dev/usages` and `spec.usages`.
+    Usage,
+    /// `kacme.dev/issuer` and `spec.issuerRef.name`.
+    IssuerName,
+}
+
+/// Whether kacme's annotation parser accepts `value` for `field`.
+fn annotation_accepts(field: Field, value: &str) -> Result<(), String> {
+    use kacme::automatic::annotations::*;
+    let with_issuer = |key: &str| {
+        let mut annotations = std::collections::BTreeMap::from([(ANNOTATION_ISSUER.to_string(), "ca".to_string())]);
+        annotations.insert(key.to_string(), value.to_string());
+        annotations
+    };
+    let result = match field {
+        Field::Names => parse_names(value).map(drop),
+        Field::Duration => parse_issuance(&with_issuer(ANNOTATION_DURATION)).map(drop),
+        Field::RenewBefore => parse_issuance(&with_issuer(ANNOTATION_RENEW_BEFORE)).map(drop),
+        Field::Algorithm => parse_issuance(&with_issuer(ANNOTATION_PRIVATE_KEY_ALGORITHM)).map(drop),
+        Field::Usage => parse_usages(&with_issuer(ANNOTATION_USAGES)).map(drop),
+        Field::IssuerName => parse_issuance(&with_issuer(ANNOTATION_ISSUER)).map(drop),
+    };
+    result.map_err(|e| e.to_string())
+}
+
+/// The Certificate specs in which `value` stands for `field` (two for names: as a DNS name and as an address).
+fn specs_with(field: Field, value: &str) -> Vec<Value> {
+    let base = json!({"secretName": "tls", "issuerRef": {"name": "ca"}, "dnsNames": ["web.apps.test"]});
+    let changes = match field {
+        Field::Names => vec![json!({"dnsNames": [value]}), json!({"dnsNames": null, "ipAddresses": [value]})],
+        Field::Duration => vec![json!({"duration": value})],
+        Field::RenewBefore => vec![json!({"renewBefore": value})],
+        Field::Algorithm => vec![json!({"privateKey": {"algorithm": value, "size": null}})],
+        Field::Usage => vec![json!({"usages": [value]})],
+        Field::IssuerName => vec![json!({"issuerRef": {"name": value}})],
+    };
+    changes.iter().map(|change| merged(&base, change)).collect()
+}
+
+/// One validator for everything a tenant writes: for each value, the annotation parser accepts it exactly when
+/// the real apiserver admits it in the Certificate field it becomes, and every admitted Certificate is one the
+/// controller can read (a value admitted but unreadable would fail the controller's whole watch).
+#[tokio::test(flavor = "multi_thread")]
+async fn annotations_accept_exactly_the_values_the_certificate_fields_admit() {
+    within(180, async {
+        let control_plane = ControlPlane::start().await.expect("starting the control plane");
+        control_plane.install_crds(crds_dir()).await.expect("installing crds/");
+        let client = control_plane.client().await.expect("client");
+        let certificates = ApiResource::erase::<Certificate>(&());
+        let api: Api<DynamicObject> = Api::namespaced_with(client, "default", &certificates);
+        let dry_run = PostParams { dry_run: true, ..PostParams::default() };
+        let label = |n: usize| "a".repeat(n);
+        let longest_name = format!("{}.{}.{}.{}", label(63), label(63), label(63), label(61));
+        let cases: Vec<(Field, String)> = [
+            (
+                Field::Names,
+                vec![
+                    "web.apps.test",
+                    "Web.apps.test",
+                    "web.apps.test.",
+                    "*.apps.test",
+                    "a_b.test",
+                    "-a.test",
+                    "a-.test",
+                    "a..b",
+                    "é.test",
+                    "123",
+                    "web.1",
+                    "1.2.3.4.example",
+                    "0x1",
+                    "10.0.0.1",
+                    "010.0.0.1",
+                    "256.0.0.1",
+                    "1.2.3",
+                    "::1",
+                    "::",
+                    "0.0.0.0",
+                    "2001:DB8::1",
+                    "2001:db8::1",
+                    "::ffff:10.0.0.1",
+                    "fe80::1%eth0",
+                    "::1.2.3.4",
+                    "1:2:3:4:5:6:7:8",
+                    "1:2:3:4:5:6:1.2.3.4",
+                    "1:2:3:4:5:6:7:8:9",
+                    "[::1]",
+                    "10.0.0.1/32",
+                ],
+            ),
+            (
+                Field::Duration,
+                vec![
+                    "5m",
+                    "300s",
+                    "4m59s",
+                    "4m59.9999999999s",
+                    "24h",
+                    "1h30m",
+                    "1.5h",
+                    "2160h",
+                    "876000h",
+                    "876000h1ns",
+                    "1000000h",
+                    "99999999999h",
+                    "1e3h",
+                    "-1h",
+                    "+1h",
+                    "0s",
+                    "h",
+                    "1d",
+                    "1µs",
+                    "1us",
+                    "1.h",
+                    ".5h",
+                    "24H",
+                ],
+            ),
+            (Field::RenewBefore, vec!["8h", "0s", "0.0s", "1ns", "00h", "876000h", "876001h", "-8h", "1 h"]),
+            (Field::Algorithm, vec!["ECDSA", "RSA", "Ed25519", "ecdsa", "rsa", "ED25519", "DSA"]),
+            (
+                Field::Usage,
+                vec!["server auth", "client auth", "timestamping", "ocsp signing", "Server Auth", "serverAuth"],
+            ),
+            (Field::IssuerName, vec!["ca", "corp-ca.v2", "CA", "ca_1", "-ca", "ca.", "a.b"]),
+        ]
+        .into_iter()
+        .flat_map(|(field, values)| values.into_iter().map(move |v| (field, v.to_string())))
+        .chain([
+            (Field::Names, label(63) + ".test"),
+            (Field::Names, label(64) + ".test"),
+            (Field::Names, longest_name.clone()),
+            (Field::Names, longest_name.clone() + "a"),
+            (Field::IssuerName, label(64)),
+            (Field::IssuerName, label(253)),
+            (Field::IssuerName, label(254)),
+            (Field::Duration, "1h".repeat(32)),
+            (Field::Duration, "1h".repeat(33)),
+            // 63 characters, 84 bytes: the CRD's maxLength counts characters.
+            (Field::RenewBefore, "1µs".repeat(21)),
+            (Field::RenewBefore, "1µs".repeat(22)),
+        ])
+        .collect();
+        let mut disagreements = Vec::new();
+        for (index, (field, value)) in cases.iter().enumerate() {
+            let mut admitted = Vec::new();
+            for spec in specs_with(*field, value) {
+                let object = dynamic(&certificates, &format!("value-{index}"), spec);
+                match api.create(&dry_run, &object).await {
+                    Ok(stored) => {
+                        let readable = serde_json::from_value::<Certificate>(serde_json::to_value(&stored).unwrap());
+                        if let Err(e) = readable {
+                            disagreements.push(format!("{field:?} {value:?}: admitted but unreadable: {e}"));
+                        }
+                        admitted.push(Ok(()));
+                    }
+                    Err(kube::Error::Api(status)) if status.code == 422 => admitted.push(Err(status.message)),
+                    Err(other) => panic!("{field:?} {value:?}: the dry run failed: {other}"),
+                }
+            }
+            let apiserver = admitted.iter().any(Result::is_ok);
+            let annotation = annotation_accepts(*field, value);
+            eprintln!("{field:?} {value:?}: apiserver {apiserver}, annotation {annotation:?}");
+            if apiserver != annotation.is_ok() {
+                disagreements.push(format!("{field:?} {value:?}: apiserver {admitted:?}, annotation {annotation:?}"));
+            }
+        }
+        assert!(disagreements.is_empty(), "annotation and CRD disagree:\n{}", disagreements.join("\n"));
     })
     .await
 }
@@ -437,11 +664,13 @@ async fn solver_pods_run_and_answer_through_their_service_and_ingress() {
         })
         .await
         .expect("the process of a deleted Pod stops");
-        assert!(
-            !std::path::Path::new(&format!("/proc/{}", solver.pid)).exists(),
-            "process {} still exists",
-            solver.pid
-        );
+        // The stand-in forgets the Pod when it has killed the process; the kernel reaps it a moment later.
+        let proc_path = format!("/proc/{}", solver.pid);
+        poll_until("the solver process to be reaped", Duration::from_secs(10), Duration::from_millis(50), || async {
+            Ok(if std::path::Path::new(&proc_path).exists() { Err(format!("{proc_path} exists")) } else { Ok(()) })
+        })
+        .await
+        .expect("the process of a deleted Pod is gone");
         assert!(
             tokio::net::TcpStream::connect(solver.addr).await.is_err(),
             "{} still accepts connections",

@@ -82,6 +82,7 @@ const NOT_SEEN_AS_REQUESTS: &[(&str, &str)] = &[
          (at start-up, or while it is missing or not Ready)",
     ),
     ("get clusterissuers", "as Issuers: read from the apiserver only while the watch cache does not hold it Ready"),
+    ("get namespaces", "a namespace's labels are read only when an issuer's policy has a namespaceSelector"),
 ];
 
 /// Whether the client's user may `verb` `resource` (`[name@]resource[/subresource]`) of `group` in `namespace`.

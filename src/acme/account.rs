@@ -1,7 +1,8 @@
 //! ACME accounts: registered or loaded from a key that can live in a Secret.
 
 use super::error::AcmeError;
-use super::http::{CaTrust, MeteredHttp};
+use super::error::{DEFAULT_RETRY_DELAY, Retry};
+use super::http::{CaTrust, MeteredHttp, check_account_url};
 use super::observe::{AcmeAction, AcmeObserver, labelled};
 use instant_acme::{Account, ExternalAccountKey, Key, NewAccount};
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -9,7 +10,7 @@ use std::sync::Arc;
 
 /// How often account registration is retried after rejected nonces (instant-acme retries each request
 /// three times already).
-const BAD_NONCE_ATTEMPTS: u32 = 10;
+const BAD_NONCE_ATTEMPTS: u32 = 3;
 
 /// Where and how to hold an ACME account.
 #[derive(Clone, Debug)]
@@ -126,7 +127,7 @@ impl AcmeAccount {
         let mut attempts = 0;
         loop {
             match Self::register_once(spec, stored_key, observer.clone()).await {
-                Err(error) if error.retry == super::error::Retry::Immediately && attempts < BAD_NONCE_ATTEMPTS => {
+                Err(error) if error.retry == Retry::Immediately && attempts < BAD_NONCE_ATTEMPTS => {
                     attempts += 1;
                 }
                 result => return result,
@@ -174,6 +175,13 @@ impl AcmeAccount {
             }
         };
         let uri = account.id().to_string();
+        // Retried like a CA in trouble: nothing usable was registered, and a later answer may be sane.
+        check_account_url(&spec.directory_url, &uri).map_err(|message| AcmeError {
+            action: AcmeAction::Account,
+            retry: Retry::After(DEFAULT_RETRY_DELAY),
+            problem: None,
+            message,
+        })?;
         Ok(Registration { account: AcmeAccount { inner: account, uri }, key, key_is_new })
     }
 

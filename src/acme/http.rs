@@ -103,9 +103,11 @@ impl HttpClient for MeteredHttp {
         &self,
         request: Request<BodyWrapper<Bytes>>,
     ) -> Pin<Box<dyn Future<Output = Result<BytesResponse, instant_acme::Error>> + Send>> {
-        let action = if request.method() == Method::HEAD {
+        let is_nonce = request.method() == Method::HEAD;
+        let is_directory = request.method() == Method::GET && request.uri() == self.directory_url.as_str();
+        let action = if is_nonce {
             AcmeAction::Nonce
-        } else if request.method() == Method::GET && request.uri() == self.directory_url.as_str() {
+        } else if is_directory {
             AcmeAction::Directory
         } else {
             CURRENT_ACTION.try_with(|action| *action).unwrap_or(AcmeAction::Directory)
@@ -116,6 +118,7 @@ impl HttpClient for MeteredHttp {
         let started = Instant::now();
         let response = self.client.request(request);
         let observer = self.observer.clone();
+        let (directory_url, directory_host) = (self.directory_url.clone(), self.directory_host.clone());
         Box::pin(async move {
             let exchange = async move {
                 let response = response.await.map_err(|e| instant_acme::Error::Other(Box::new(e)))?;
@@ -123,13 +126,23 @@ impl HttpClient for MeteredHttp {
                 let (mut parts, body) = response.into_parts();
                 let body = read_bounded(body).await?;
                 clamp_retry_after(&mut parts.headers);
-                let response = http::Response::from_parts(parts, body);
-                let response = if status.is_client_error() || status.is_server_error() {
-                    with_problem_document(response)
+                let failed = status.is_client_error() || status.is_server_error();
+                let answer = if (is_directory || is_nonce) && !status.is_success() {
+                    // instant-acme reads any directory answer as a directory and reports any failed nonce
+                    // request without its status: both would lose what the CA said.
+                    Err(error_answer(status, &body))
+                } else if is_directory {
+                    check_directory(&directory_url, directory_host.as_deref(), &body)
+                        .map(|()| {
+                            BytesResponse::from(http::Response::from_parts(parts, http_body_util::Full::new(body)))
+                        })
+                        .map_err(|message| instant_acme::Error::Other(message.into()))
+                } else if failed {
+                    Ok(with_problem_document(http::Response::from_parts(parts, body)))
                 } else {
-                    BytesResponse::from(response.map(http_body_util::Full::new))
+                    Ok(BytesResponse::from(http::Response::from_parts(parts, http_body_util::Full::new(body))))
                 };
-                Ok::<_, instant_acme::Error>((status, response))
+                Ok::<_, instant_acme::Error>((status, answer))
             };
             let result = tokio::time::timeout(REQUEST_TIMEOUT, exchange).await;
             let outcome = match &result {
@@ -138,13 +151,65 @@ impl HttpClient for MeteredHttp {
             };
             observer.request_finished(action, outcome, started.elapsed());
             match result {
-                Ok(Ok((_, response))) => Ok(response),
+                Ok(Ok((_, answer))) => answer,
                 Ok(Err(error)) => Err(error),
                 Err(_) => Err(instant_acme::Error::Other(
                     format!("no complete answer from the CA within {REQUEST_TIMEOUT:?}").into(),
                 )),
             }
         })
+    }
+}
+
+/// An error answer to a directory or nonce request, as the CA's problem (or one that keeps the HTTP status of
+/// an answer without a problem document).
+fn error_answer(status: http::StatusCode, body: &[u8]) -> instant_acme::Error {
+    let document = problem_document_for(status, body).unwrap_or_else(|| Bytes::copy_from_slice(body));
+    match serde_json::from_slice::<instant_acme::Problem>(&document) {
+        Ok(problem) => instant_acme::Error::Api(problem),
+        Err(_) => instant_acme::Error::Api(instant_acme::Problem {
+            r#type: None,
+            detail: Some(format!("HTTP {status} with an unreadable problem document")),
+            status: Some(status.as_u16()),
+            subproblems: Vec::new(),
+        }),
+    }
+}
+
+/// The URLs of a directory that a client needs (RFC 8555 section 7.1.1), and those it may use.
+const REQUIRED_DIRECTORY_URLS: [&str; 3] = ["newNonce", "newAccount", "newOrder"];
+const OPTIONAL_DIRECTORY_URLS: [&str; 4] = ["newAuthz", "revokeCert", "keyChange", "renewalInfo"];
+
+/// Checks a directory before instant-acme uses it: a JSON object whose resource URLs are `https` URLs on the
+/// directory's host. instant-acme panics on a `newNonce` that is not a URI, and a URL on another host or of
+/// another scheme would be refused (or fail) only at its first use, with a message naming no directory.
+fn check_directory(directory_url: &str, directory_host: Option<&str>, body: &[u8]) -> Result<(), String> {
+    let unusable = |why: String| format!("the CA's directory {directory_url} is unusable: {why}");
+    let directory: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(body).map_err(|e| unusable(format!("not a JSON object ({e})")))?;
+    for name in REQUIRED_DIRECTORY_URLS.iter().chain(&OPTIONAL_DIRECTORY_URLS) {
+        let text = match directory.get(*name) {
+            None if REQUIRED_DIRECTORY_URLS.contains(name) => return Err(unusable(format!("it has no {name}"))),
+            None => continue,
+            Some(value) => value.as_str().ok_or_else(|| unusable(format!("its {name} is not a string")))?,
+        };
+        let shown = shortened(text);
+        let url: http::Uri = text.parse().map_err(|_| unusable(format!("its {name} {shown:?} is not a URL")))?;
+        if url.scheme_str() != Some("https") {
+            return Err(unusable(format!("its {name} {shown:?} is not an https URL")));
+        }
+        same_host(directory_host, directory_url, &url).map_err(|_| {
+            unusable(format!("its {name} {shown:?} is not on the host of the directory; refusing to follow it"))
+        })?;
+    }
+    Ok(())
+}
+
+/// At most 100 characters of a text a CA sent, for messages.
+fn shortened(text: &str) -> String {
+    match text.char_indices().nth(100) {
+        Some((at, _)) => format!("{}...", &text[..at]),
+        None => text.to_string(),
     }
 }
 
@@ -178,6 +243,21 @@ fn same_host(directory_host: Option<&str>, directory_url: &str, url: &http::Uri)
             host.unwrap_or_else(|| "no host".into())
         )),
     }
+}
+
+/// Checks the account URL a CA handed out at registration (its `Location` header, which instant-acme takes
+/// without a look): an absolute `https` URL on the host of the directory. Anything else (a CA that answers
+/// the registration with a junk `Location`) is no account, however the CA's status code reads.
+pub(crate) fn check_account_url(directory_url: &str, account_url: &str) -> Result<(), String> {
+    let shown = shortened(account_url);
+    let url: http::Uri = account_url
+        .parse()
+        .map_err(|_| format!("the CA answered the registration with an account URL that is no URL: {shown:?}"))?;
+    if url.scheme_str() != Some("https") {
+        return Err(format!("the CA answered the registration with an account URL that is not https: {shown:?}"));
+    }
+    let directory_host = directory_url.parse::<http::Uri>().ok().as_ref().and_then(host_of);
+    same_host(directory_host.as_deref(), directory_url, &url)
 }
 
 /// The host of a URL, lowercase.
@@ -277,6 +357,9 @@ impl ServerCertVerifier for AcceptAnyCertificate {
 }
 
 #[cfg(test)]
+mod properties;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::acme::{AcmeError, Retry};
@@ -332,6 +415,81 @@ mod tests {
         ];
         for (case, header, expected) in cases {
             assert_eq!(retry_after(header).as_deref(), expected, "{case}");
+        }
+    }
+
+    #[test]
+    fn a_directory_whose_urls_are_unusable_is_refused_with_a_short_message() {
+        let directory = "https://ca.internal:9000/dir";
+        let host = Some("ca.internal");
+        let with = |url: &str| {
+            serde_json::json!({"newNonce": url, "newAccount": url, "newOrder": url, "revokeCert": url}).to_string()
+        };
+        let huge = format!("https://{}.test/nonce", "n".repeat(100_000));
+        // (case, body, accepted)
+        let cases = [
+            ("Pebble's", with("https://ca.internal:9000/nonce-plz"), true),
+            ("another port of the same host", with("https://ca.internal:14000/x"), true),
+            ("not URLs", with("not a URL at all"), false),
+            ("another host", with("http://127.0.0.2:1/"), false),
+            ("a file", with("file:///etc/passwd"), false),
+            ("a huge host", with(&huge), false),
+            ("no newNonce", serde_json::json!({"newAccount": "https://ca.internal/a"}).to_string(), false),
+            ("a number", serde_json::json!({"newNonce": 7}).to_string(), false),
+            ("not an object", "[\"https://ca.internal/dir\"]".to_string(), false),
+            ("not JSON", "<html>".to_string(), false),
+        ];
+        for (case, body, accepted) in cases {
+            let result = check_directory(directory, host, body.as_bytes());
+            assert_eq!(result.is_ok(), accepted, "{case}: {result:?}");
+            if let Err(message) = result {
+                assert!(message.len() < 400 && message.contains(directory), "{case}: {message}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_failed_directory_or_nonce_request_keeps_what_the_ca_said() {
+        let limited = br#"{"type":"urn:ietf:params:acme:error:rateLimited","detail":"later","status":503}"#;
+        let error =
+            AcmeError::classify(AcmeAction::Directory, error_answer(http::StatusCode::SERVICE_UNAVAILABLE, limited));
+        assert!(error.is_problem("rateLimited") && matches!(error.retry, Retry::After(_)), "{error}");
+        let empty = AcmeError::classify(AcmeAction::Nonce, error_answer(http::StatusCode::BAD_GATEWAY, b""));
+        assert!(error_text_has(&empty, "502 Bad Gateway") && matches!(empty.retry, Retry::After(_)), "{empty}");
+        let junk = error_answer(http::StatusCode::INTERNAL_SERVER_ERROR, br#"{"type": 12, "status": "x"}"#);
+        let junk = AcmeError::classify(AcmeAction::Directory, junk);
+        assert!(error_text_has(&junk, "500") && matches!(junk.retry, Retry::After(_)), "{junk}");
+    }
+
+    fn error_text_has(error: &AcmeError, text: &str) -> bool {
+        error.to_string().contains(text)
+    }
+
+    #[test]
+    fn an_account_url_is_an_https_url_on_the_directory_host() {
+        let directory = "https://ca.internal:9000/acme/directory";
+        let long = format!("https://ca.internal/{}", "a".repeat(1_000));
+        // Longer than any URI the HTTP client can send.
+        let huge = format!("https://ca.internal/{}", "a".repeat(100_000));
+        // (account URL, accepted)
+        let cases = [
+            ("https://ca.internal:9000/acme/account/1", true),
+            ("https://ca.internal/my-account/7", true),
+            (long.as_str(), true),
+            (huge.as_str(), false),
+            ("::not a location::", false),
+            ("", false),
+            ("/acme/account/1", false),
+            ("http://ca.internal:9000/acme/account/1", false),
+            ("https://127.0.0.2:1/account", false),
+            ("file:///etc/passwd", false),
+        ];
+        for (url, accepted) in cases {
+            let result = check_account_url(directory, url);
+            assert_eq!(result.is_ok(), accepted, "{url:.60}: {result:?}");
+            if let Err(message) = result {
+                assert!(message.len() < 300, "a short message: {message}");
+            }
         }
     }
 

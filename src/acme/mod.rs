@@ -35,7 +35,7 @@ mod selfcheck;
 
 pub use account::{AccountKey, AccountSpec, AcmeAccount, ExternalAccountBinding, Registration, decode_eab_hmac_key};
 pub use challenge::{CHALLENGE_PATH_PREFIX, Http01Challenge};
-pub use error::{AcmeError, PROBLEM_PREFIX, ProblemDetail, Retry};
+pub use error::{AcmeError, DEFAULT_RETRY_DELAY, PROBLEM_PREFIX, ProblemDetail, Retry};
 pub use http::CaTrust;
 pub use issue::{IssueOptions, Issued, issue, issue_with};
 pub use observe::{AcmeAction, AcmeObserver, AcmeOutcome, NoObserver, RequestCounter};

@@ -345,7 +345,7 @@ pub struct AuthorizationStatus {
 fn dns_names_schema(_: &mut SchemaGenerator) -> Schema {
     json_schema!({
         "type": "array",
-        "maxItems": 100,
+        "maxItems": super::validation::MAX_NAMES,
         "items": {
             "type": "string",
             "minLength": 1,
@@ -356,6 +356,10 @@ fn dns_names_schema(_: &mut SchemaGenerator) -> Schema {
             {
                 "rule": "self.all(n, !n.startsWith('*.'))",
                 "message": "wildcard names need DNS-01 validation, which kacme does not support; list each name"
+            },
+            {
+                "rule": super::validation::NUMERIC_TLD_RULE,
+                "message": "a DNS name cannot end in an all-digit label: an IP address belongs in ipAddresses"
             }
         ],
         "x-kubernetes-list-type": "set"
@@ -365,7 +369,7 @@ fn dns_names_schema(_: &mut SchemaGenerator) -> Schema {
 fn ip_addresses_schema(_: &mut SchemaGenerator) -> Schema {
     json_schema!({
         "type": "array",
-        "maxItems": 100,
+        "maxItems": super::validation::MAX_NAMES,
         "items": {
             "type": "string",
             "minLength": 2,
@@ -388,8 +392,12 @@ fn lifetime_schema(_: &mut SchemaGenerator) -> Schema {
         "pattern": GO_DURATION_PATTERN,
         "x-kubernetes-validations": [
             {
-                "rule": "duration(self) >= duration('5m')",
-                "message": "duration must be at least 5m"
+                "rule": super::validation::lifetime_rule(),
+                "message": format!(
+                    "duration must be at least {} and at most {} (100 years)",
+                    super::validation::MIN_LIFETIME_TEXT,
+                    super::validation::MAX_DURATION_TEXT
+                )
             }
         ]
     })
@@ -402,8 +410,11 @@ fn positive_duration_schema(_: &mut SchemaGenerator) -> Schema {
         "pattern": GO_DURATION_PATTERN,
         "x-kubernetes-validations": [
             {
-                "rule": "duration(self) > duration('0s')",
-                "message": "renewBefore must be a positive duration such as 8h"
+                "rule": super::validation::renew_before_rule(),
+                "message": format!(
+                    "renewBefore must be a positive duration such as 8h, at most {} (100 years)",
+                    super::validation::MAX_DURATION_TEXT
+                )
             }
         ]
     })

@@ -81,6 +81,8 @@ pub enum CertificateReason {
     /// A solver (Pod, Service, Ingress) did not serve its challenge by the deadline; the attempt failed and
     /// is retried with backoff.
     SolverNotReady,
+    /// The issuer's policy does not permit this namespace, a name, an address, the lifetime or a usage.
+    NotPermitted,
 }
 
 impl CertificateReason {
@@ -96,6 +98,7 @@ impl CertificateReason {
             CertificateReason::IssuerUnavailable => "IssuerUnavailable",
             CertificateReason::MissingPrivateKey => "MissingPrivateKey",
             CertificateReason::SolverNotReady => "SolverNotReady",
+            CertificateReason::NotPermitted => "NotPermitted",
         }
     }
 }
@@ -123,6 +126,8 @@ pub enum IssuerReason {
     ErrReadEabSecret,
     /// The EAB key Secret is missing, lacks the key, or holds no valid HMAC key.
     InvalidEabSecret,
+    /// The issuer's policy cannot be applied (a selector, template or CIDR kacme cannot read).
+    InvalidPolicy,
 }
 
 impl IssuerReason {
@@ -139,6 +144,7 @@ impl IssuerReason {
             IssuerReason::ErrStoreAccountKey => "ErrStoreAccountKey",
             IssuerReason::ErrReadEabSecret => "ErrReadEABSecret",
             IssuerReason::InvalidEabSecret => "InvalidEABSecret",
+            IssuerReason::InvalidPolicy => "InvalidPolicy",
         }
     }
 }

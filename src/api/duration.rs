@@ -39,7 +39,8 @@ pub fn parse_go_duration(text: &str) -> Result<Duration, DurationError> {
     if text.is_empty() {
         return Err(DurationError::Empty);
     }
-    if text.len() > MAX_DURATION_LENGTH {
+    // In characters, as the CRD's maxLength counts them (`µ` is two bytes).
+    if text.chars().count() > MAX_DURATION_LENGTH {
         return Err(DurationError::TooLong);
     }
     let mut rest = text;
@@ -90,16 +91,12 @@ fn after_unit_context(unit: &str, after: &str) -> String {
 
 /// `whole.fraction` times `unit_nanos`, truncated to whole nanoseconds; `None` on overflow.
 fn scaled(whole: &str, fraction: &str, unit_nanos: u128) -> Option<u128> {
-    let mut value = whole.parse::<u128>().ok()?.checked_mul(unit_nanos)?;
-    let mut scale = unit_nanos;
-    for digit in fraction.bytes() {
-        scale /= 10;
-        if scale == 0 {
-            break;
-        }
-        value = value.checked_add(u128::from(digit - b'0').checked_mul(scale)?)?;
-    }
-    Some(value)
+    let whole = whole.parse::<u128>().ok()?.checked_mul(unit_nanos)?;
+    // floor(0.d1d2...dn * unit) exactly, for any n: long multiplication from the last digit, keeping only
+    // the carry into the whole part (always below `unit_nanos`, so it cannot overflow).
+    let fraction =
+        fraction.bytes().rev().fold(0u128, |carry, digit| (u128::from(digit - b'0') * unit_nanos + carry) / 10);
+    whole.checked_add(fraction)
 }
 
 /// A duration field of the API (`spec.duration`, `spec.renewBefore`): read with [`parse_go_duration`], so
@@ -141,9 +138,16 @@ impl serde::Serialize for GoDuration {
 }
 
 impl<'de> serde::Deserialize<'de> for GoDuration {
+    /// Reads a duration; one longer than [`MAX_DURATION`] reads as [`MAX_DURATION`]. The CRD refuses those at
+    /// admission, but an object stored before it did must not fail to read: the controller lists and watches
+    /// every Certificate at once, and one unreadable object would stop it for all of them.
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<GoDuration, D::Error> {
         let text = String::deserialize(deserializer)?;
-        text.parse().map_err(|e| serde::de::Error::custom(format!("{text:?} is not a duration: {e}")))
+        match parse_go_duration(&text) {
+            Ok(duration) => Ok(GoDuration(duration)),
+            Err(DurationError::OutOfRange) => Ok(GoDuration(MAX_DURATION)),
+            Err(e) => Err(serde::de::Error::custom(format!("{text:?} is not a duration: {e}"))),
+        }
     }
 }
 
@@ -160,6 +164,9 @@ mod tests {
             assert_eq!(read, again, "{text:?} was written as {written}");
         }
         assert_eq!(serde_json::to_value(GoDuration(Duration::from_secs(86400))).unwrap(), "86400s");
+        // Admitted by the CRD before it bounded durations: read, at the bound, rather than fail the whole watch.
+        let stored_before_the_bound: GoDuration = serde_json::from_value(serde_json::json!("1000000h")).unwrap();
+        assert_eq!(Duration::from(stored_before_the_bound), MAX_DURATION);
         for text in ["1e300h", "infh", "-1h", "NaNh"] {
             let error = serde_json::from_value::<GoDuration>(serde_json::json!(text)).expect_err(text);
             assert!(error.to_string().contains("is not a duration"), "{error}");
@@ -179,6 +186,11 @@ mod tests {
             ("1500ms", Ok(Duration::from_millis(1500))),
             ("2µs", Ok(Duration::from_micros(2))),
             ("0.000000001s", Ok(Duration::from_nanos(1))),
+            // Found by a property test: digits beyond the unit's precision used to be dropped one by one
+            // (7.2 ns read as 6 ns, 59.9999999994 s as 59.999999994 s).
+            ("0.000000000002h", Ok(Duration::from_nanos(7))),
+            ("0.99999999999m", Ok(Duration::from_nanos(59_999_999_999))),
+            ("1.0000000000000000000000000000000000000000000000009ns", Ok(Duration::from_nanos(1))),
             ("876000h", Ok(MAX_DURATION)),
             ("876000h1ns", Err(DurationError::OutOfRange)),
             ("", Err(DurationError::Empty)),

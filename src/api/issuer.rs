@@ -1,15 +1,17 @@
 //! The `Issuer` and `ClusterIssuer` resources: where certificates come from.
 
-use super::{DNS_NAME_PATTERN, ObjectMetaTemplate, SecretKeySelector, dns_subdomain_schema};
+use super::duration::{GO_DURATION_PATTERN, GoDuration};
+use super::{DNS_NAME_PATTERN, KeyUsage, ObjectMetaTemplate, SecretKeySelector, dns_subdomain_schema};
 use k8s_openapi::api::core::v1::{Affinity, LocalObjectReference, ResourceRequirements, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::CustomResource;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::{CustomResource, KubeSchema};
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// A namespaced issuer: an ACME account at a CA, usable by Certificates in the same namespace.
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "kacme.dev",
     version = "v1alpha1",
@@ -23,9 +25,17 @@ use std::collections::BTreeMap;
     printcolumn = r#"{"name": "Status", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].message", "priority": 1}"#,
     printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
 )]
+#[x_kube(
+    validation = Rule::new("!has(self.policy) || !has(self.policy.namespaceSelector)")
+        .message("an Issuer serves only its own namespace: namespaceSelector is for ClusterIssuers"),
+)]
 pub struct IssuerSpec {
     /// The ACME CA and account to issue from.
     pub acme: AcmeIssuer,
+    /// What Certificates may ask this issuer for. Without a policy, a Certificate in the Issuer's namespace may
+    /// ask for any name, address, lifetime and usage (the CA decides).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<IssuerPolicy>,
 }
 
 /// A cluster-wide issuer: an ACME account at a CA, usable by Certificates in every namespace. Its Secrets
@@ -46,6 +56,46 @@ pub struct IssuerSpec {
 pub struct ClusterIssuerSpec {
     /// The ACME CA and account to issue from.
     pub acme: AcmeIssuer,
+    /// Which namespaces may use this issuer, and what their Certificates may ask for. Without a policy, every
+    /// namespace may ask for any name: any tenant can then obtain a certificate for another tenant's names
+    /// (and impersonate its services in mutual TLS) as far as the CA allows. Set a policy on every
+    /// ClusterIssuer that more than one team uses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<IssuerPolicy>,
+}
+
+/// What Certificates may ask an issuer for, checked by kacme before any ACME request and before any solver
+/// object is created, for Certificates, annotated Ingresses and annotated Pods alike. A request outside the
+/// policy is refused with reason `NotPermitted`, naming the value and the rule.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuerPolicy {
+    /// The namespaces that may use the issuer, by their labels (for example
+    /// `kubernetes.io/metadata.name`). Absent: every namespace. ClusterIssuers only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<LabelSelector>,
+    /// Templates that every DNS name must match. `{namespace}` stands for the requesting namespace, and a label
+    /// `{label}` for exactly one DNS label (never a dot); everything else matches itself. For example
+    /// `{label}.{namespace}.svc`, `{label}.{namespace}.svc.cluster.local` or `{namespace}.apps.internal`.
+    /// Absent: any name. Empty: no DNS names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "name_templates_schema")]
+    pub dns_names: Option<Vec<String>>,
+    /// CIDRs (for example `10.0.0.0/8`, `fd00::/8`) that every IP address must fall in. Absent: any address.
+    /// Empty: no IP addresses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "cidrs_schema")]
+    pub ip_addresses: Option<Vec<String>>,
+    /// The longest lifetime (`spec.duration`) a Certificate may ask for, a Go duration such as `720h`.
+    /// Absent: any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "max_duration_schema")]
+    pub max_duration: Option<GoDuration>,
+    /// The usages a certificate may carry (those a Certificate asks for, or the defaults `digital signature`
+    /// and `server auth`, plus `key encipherment` for RSA). Absent: any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    pub usages: Option<Vec<KeyUsage>>,
 }
 
 /// An ACME (RFC 8555) CA and the account kacme holds there.
@@ -250,6 +300,47 @@ pub struct AcmeIssuerStatus {
     pub last_registered_email: Option<String>,
 }
 
+/// A DNS name template: dot-separated labels, each `{label}` or letters, digits, hyphens and `{namespace}`.
+pub const NAME_TEMPLATE_PATTERN: &str =
+    r"^(\{label\}|([a-z0-9-]|\{namespace\})+)(\.(\{label\}|([a-z0-9-]|\{namespace\})+))*$";
+
+fn name_templates_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "array",
+        "maxItems": 64,
+        "items": {"type": "string", "minLength": 1, "maxLength": 253, "pattern": NAME_TEMPLATE_PATTERN},
+    })
+}
+
+fn cidrs_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "array",
+        "maxItems": 64,
+        "items": {"type": "string", "minLength": 3, "maxLength": 49},
+        "x-kubernetes-validations": [
+            {"rule": "self.all(c, isCIDR(c))", "message": "every ipAddresses entry must be a CIDR such as 10.0.0.0/8"}
+        ],
+    })
+}
+
+fn max_duration_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "string",
+        "maxLength": 64,
+        "pattern": GO_DURATION_PATTERN,
+        "x-kubernetes-validations": [
+            {
+                "rule": super::validation::lifetime_rule(),
+                "message": format!(
+                    "maxDuration must be at least {} and at most {} (100 years)",
+                    super::validation::MIN_LIFETIME_TEXT,
+                    super::validation::MAX_DURATION_TEXT
+                )
+            }
+        ]
+    })
+}
+
 fn acme_server_schema(_: &mut SchemaGenerator) -> Schema {
     json_schema!({
         "type": "string",
@@ -259,6 +350,10 @@ fn acme_server_schema(_: &mut SchemaGenerator) -> Schema {
             {
                 "rule": "self.startsWith('https://') && isURL(self) && url(self).getHostname() != ''",
                 "message": "server must be the https:// URL of the CA's ACME directory"
+            },
+            {
+                "rule": "!isURL(self) || url(self).getPort() == '' || (size(url(self).getPort()) <= 5 && int(url(self).getPort()) >= 1 && int(url(self).getPort()) <= 65535)",
+                "message": "the server's port must be a number from 1 to 65535"
             }
         ]
     })

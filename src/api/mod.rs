@@ -7,8 +7,11 @@
 mod certificate;
 pub mod conditions;
 pub mod duration;
+#[cfg(test)]
+mod duration_properties;
 mod issuer;
 pub mod names;
+pub mod validation;
 
 pub use certificate::*;
 pub use conditions::{CertificateReason, ConditionType, IssuanceReason, IssuerReason, ReconcileReason};
@@ -54,11 +57,14 @@ pub fn crds_yaml() -> Result<String, serde_yaml::Error> {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ObjectMetaTemplate {
-    /// Labels to add to the object.
+    /// Labels to add to the object (valid Kubernetes label keys and values, at most 64).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "labels_schema")]
     pub labels: BTreeMap<String, String>,
-    /// Annotations to add to the object.
+    /// Annotations to add to the object (valid Kubernetes annotation keys, at most 64, values of at most 4096
+    /// characters).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "annotations_schema")]
     pub annotations: BTreeMap<String, String>,
 }
 
@@ -90,6 +96,45 @@ pub(crate) fn dns_subdomain_schema(_: &mut SchemaGenerator) -> Schema {
         "minLength": 1,
         "maxLength": 253,
         "pattern": DNS_SUBDOMAIN_PATTERN,
+    })
+}
+
+/// A label or annotation key as Kubernetes accepts it: an optional DNS-subdomain prefix and `/`, then a name
+/// of at most 63 characters (the prefix's length is bounded by the key's `maxLength`-like CEL size check).
+const METADATA_KEY_RULE: &str = "self.all(k, size(k) <= 317 && k.matches('^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$'))";
+
+fn labels_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "object",
+        "maxProperties": 64,
+        "additionalProperties": {
+            "type": "string",
+            "maxLength": 63,
+            "pattern": "^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$",
+        },
+        "x-kubernetes-validations": [
+            {
+                "rule": METADATA_KEY_RULE,
+                "message": "label keys must be valid Kubernetes label keys: an optional DNS prefix and '/', then at most 63 letters, digits, '-', '_' or '.'"
+            }
+        ]
+    })
+}
+
+fn annotations_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "object",
+        "maxProperties": 64,
+        "additionalProperties": {
+            "type": "string",
+            "maxLength": 4096,
+        },
+        "x-kubernetes-validations": [
+            {
+                "rule": METADATA_KEY_RULE,
+                "message": "annotation keys must be valid Kubernetes annotation keys: an optional DNS prefix and '/', then at most 63 letters, digits, '-', '_' or '.'"
+            }
+        ]
     })
 }
 

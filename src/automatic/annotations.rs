@@ -1,12 +1,17 @@
 //! The annotations users put on Ingresses and pod templates, and their parsing into plain values.
 //!
 //! Parsing never panics and every error names the annotation and the problem, because the admission
-//! webhook returns these messages to `kubectl` as they are.
+//! webhook returns these messages to `kubectl` as they are. Each value is checked by the validator of
+//! the Certificate field it becomes ([`crate::api::validation`]), so an annotation accepts exactly what the
+//! field accepts; the annotations' own syntax is only that surrounding whitespace is ignored and that lists
+//! are comma-separated (duplicates merged).
 
-use crate::api::duration::{GoDuration, parse_go_duration};
+use crate::api::duration::GoDuration;
+use crate::api::validation::{self, Invalid, MAX_NAMES};
 use crate::api::{IssuerKind, IssuerRef, KeyAlgorithm, KeyUsage};
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+
+pub use crate::api::validation::is_dns_name;
 
 /// Ingress and pod template annotation: the Issuer (in the same namespace) that signs the certificates.
 pub const ANNOTATION_ISSUER: &str = "kacme.dev/issuer";
@@ -33,11 +38,6 @@ pub const LABEL_SOURCE: &str = "kacme.dev/source";
 pub const SOURCE_INGRESS: &str = "ingress";
 /// Value of [`LABEL_SOURCE`] on Certificates created for workloads.
 pub const SOURCE_WORKLOAD: &str = "workload";
-
-/// The shortest lifetime a Certificate may ask for (the CRD's bound).
-const MIN_DURATION: std::time::Duration = std::time::Duration::from_secs(300);
-/// Most names one workload certificate may carry.
-const MAX_NAMES: usize = 100;
 
 /// An annotation kacme cannot use, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -83,54 +83,31 @@ pub fn parse_issuance(annotations: &BTreeMap<String, String>) -> Result<Option<I
             IssuerRef { name: issuer_name(ANNOTATION_CLUSTER_ISSUER, name)?, kind: IssuerKind::ClusterIssuer }
         }
     };
-    let duration = parse_duration(annotations, ANNOTATION_DURATION)?;
-    if let Some(d) = duration
-        && std::time::Duration::from(d) < MIN_DURATION
-    {
-        return Err(problem(ANNOTATION_DURATION, format!("{d} is shorter than the minimum of 5m")));
-    }
-    let renew_before = parse_duration(annotations, ANNOTATION_RENEW_BEFORE)?;
+    let duration = optional(annotations, ANNOTATION_DURATION, validation::lifetime)?;
+    let renew_before = optional(annotations, ANNOTATION_RENEW_BEFORE, validation::renew_before)?;
     if let (Some(d), Some(r)) = (duration, renew_before)
-        && std::time::Duration::from(r) >= std::time::Duration::from(d)
+        && r >= d
     {
         return Err(problem(ANNOTATION_RENEW_BEFORE, format!("{r} must be shorter than {ANNOTATION_DURATION} ({d})")));
     }
-    let algorithm = match annotations.get(ANNOTATION_PRIVATE_KEY_ALGORITHM).map(|s| s.trim()) {
-        None => None,
-        Some(value) => Some(match value.to_ascii_lowercase().as_str() {
-            "ecdsa" => KeyAlgorithm::Ecdsa,
-            "rsa" => KeyAlgorithm::Rsa,
-            "ed25519" => KeyAlgorithm::Ed25519,
-            _ => {
-                return Err(problem(
-                    ANNOTATION_PRIVATE_KEY_ALGORITHM,
-                    format!("{value:?} is not one of ECDSA, RSA, Ed25519"),
-                ));
-            }
-        }),
-    };
+    let algorithm = optional(annotations, ANNOTATION_PRIVATE_KEY_ALGORITHM, validation::key_algorithm)?;
     Ok(Some(IssuanceAnnotations { issuer_ref, duration, renew_before, algorithm }))
 }
 
 fn issuer_name(annotation: &'static str, name: &str) -> Result<String, AnnotationError> {
     let name = name.trim();
-    if name.is_empty() {
-        return Err(problem(annotation, "the issuer name is empty"));
-    }
-    if !is_dns_name(name) {
-        return Err(problem(annotation, format!("{name:?} is not a valid issuer name (lowercase RFC 1123 subdomain)")));
-    }
+    validation::object_name(name).map_err(|Invalid(e)| problem(annotation, e))?;
     Ok(name.to_string())
 }
 
-fn parse_duration(
+/// The value of `annotation` checked by `validate`, when the annotation is present.
+fn optional<T>(
     annotations: &BTreeMap<String, String>,
     annotation: &'static str,
-) -> Result<Option<GoDuration>, AnnotationError> {
+    validate: impl Fn(&str) -> Result<T, Invalid>,
+) -> Result<Option<T>, AnnotationError> {
     let Some(value) = annotations.get(annotation) else { return Ok(None) };
-    parse_go_duration(value.trim())
-        .map(|duration| Some(GoDuration::from(duration)))
-        .map_err(|e| problem(annotation, format!("{value:?} is not a duration such as 24h or 90m: {e}")))
+    validate(value.trim()).map(Some).map_err(|Invalid(e)| problem(annotation, e))
 }
 
 /// The usages of `kacme.dev/usages`, sorted and deduplicated; empty when the annotation is absent.
@@ -138,14 +115,7 @@ pub fn parse_usages(annotations: &BTreeMap<String, String>) -> Result<Vec<KeyUsa
     let Some(value) = annotations.get(ANNOTATION_USAGES) else { return Ok(Vec::new()) };
     let mut usages = Vec::new();
     for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let usage: KeyUsage =
-            serde_json::from_value(serde_json::Value::String(item.to_ascii_lowercase())).map_err(|_| {
-                problem(
-                    ANNOTATION_USAGES,
-                    format!("{item:?} is not a usage (for example: server auth, client auth, digital signature)"),
-                )
-            })?;
-        usages.push(usage);
+        usages.push(validation::key_usage(item).map_err(|Invalid(e)| problem(ANNOTATION_USAGES, e))?);
     }
     usages.sort();
     usages.dedup();
@@ -165,25 +135,30 @@ pub struct Names {
 pub fn parse_names(value: &str) -> Result<Names, AnnotationError> {
     let mut names = Names::default();
     for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        if let Ok(ip) = item.parse::<IpAddr>() {
+        // An item is an address exactly when spec.ipAddresses would take it, else a name exactly when
+        // spec.dnsNames would (the two never both do); the error is the one of the field it looks meant for.
+        let as_address = validation::ip_address(item);
+        if let Ok(ip) = as_address {
             let ip = ip.to_string();
             if !names.ip_addresses.contains(&ip) {
                 names.ip_addresses.push(ip);
             }
             continue;
         }
-        let name = item.trim_end_matches('.').to_ascii_lowercase();
-        if name.starts_with("*.") {
-            return Err(problem(
-                ANNOTATION_NAMES,
-                format!("{item:?} is a wildcard; wildcards need DNS-01 validation, which kacme does not do"),
-            ));
+        if let Err(Invalid(as_name)) = validation::dns_name(item) {
+            let looks_like_an_address = item.contains(':') || item.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+            let problem_text = match as_address {
+                Err(Invalid(as_address)) if looks_like_an_address => as_address,
+                _ => as_name,
+            };
+            return Err(problem(ANNOTATION_NAMES, problem_text));
         }
-        if !is_dns_name(&name) {
-            return Err(problem(ANNOTATION_NAMES, format!("{item:?} is neither a DNS name nor an IP address")));
+        if !names.dns_names.iter().any(|n| n == item) {
+            names.dns_names.push(item.to_string());
         }
-        if !names.dns_names.contains(&name) {
-            names.dns_names.push(name);
+        // Stop at once: the duplicate checks above cost the square of the names kept.
+        if names.dns_names.len() + names.ip_addresses.len() > MAX_NAMES {
+            break;
         }
     }
     let count = names.dns_names.len() + names.ip_addresses.len();
@@ -191,7 +166,7 @@ pub fn parse_names(value: &str) -> Result<Names, AnnotationError> {
         return Err(problem(ANNOTATION_NAMES, "no names given (expected a comma-separated list of DNS names or IPs)"));
     }
     if count > MAX_NAMES {
-        return Err(problem(ANNOTATION_NAMES, format!("{count} names; at most {MAX_NAMES} are allowed")));
+        return Err(problem(ANNOTATION_NAMES, format!("more than {MAX_NAMES} names; at most {MAX_NAMES} are allowed")));
     }
     Ok(names)
 }
@@ -208,20 +183,6 @@ pub fn parse_containers(value: &str) -> Result<Vec<String>, AnnotationError> {
         return Err(problem(ANNOTATION_CONTAINERS, "no container names given"));
     }
     Ok(containers)
-}
-
-/// Whether `name` is a lowercase DNS name: dot-separated labels of 1 to 63 letters, digits and hyphens,
-/// not beginning or ending with a hyphen, 253 characters at most.
-pub fn is_dns_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        })
 }
 
 #[cfg(test)]
@@ -284,8 +245,29 @@ mod tests {
                     (ANNOTATION_ISSUER, "ca"),
                     (ANNOTATION_DURATION, "24h"),
                     (ANNOTATION_RENEW_BEFORE, "8h"),
-                    (ANNOTATION_PRIVATE_KEY_ALGORITHM, "rsa"),
+                    (ANNOTATION_PRIVATE_KEY_ALGORITHM, "RSA"),
                 ],
+                Ok(Some(IssuerKind::Issuer)),
+            ),
+            // The annotations accept exactly what the Certificate fields accept, spelled the same way.
+            (
+                "an algorithm spelled otherwise than in spec.privateKey.algorithm",
+                &[(ANNOTATION_ISSUER, "ca"), (ANNOTATION_PRIVATE_KEY_ALGORITHM, "rsa")],
+                Err(ANNOTATION_PRIVATE_KEY_ALGORITHM),
+            ),
+            (
+                "a zero renew-before",
+                &[(ANNOTATION_ISSUER, "ca"), (ANNOTATION_RENEW_BEFORE, "0s")],
+                Err(ANNOTATION_RENEW_BEFORE),
+            ),
+            (
+                "a duration over 100 years",
+                &[(ANNOTATION_ISSUER, "ca"), (ANNOTATION_DURATION, "876001h")],
+                Err(ANNOTATION_DURATION),
+            ),
+            (
+                "an issuer name with a label over 63 characters, as Kubernetes allows",
+                &[(ANNOTATION_ISSUER, "a-very-long-issuer-name-that-is-still-a-valid-kubernetes-object-name")],
                 Ok(Some(IssuerKind::Issuer)),
             ),
         ];
@@ -304,16 +286,26 @@ mod tests {
 
     #[test]
     fn names_split_into_dns_names_and_ip_addresses_without_duplicates() {
-        let names = parse_names(" Web.Apps.Internal., 10.0.0.1,web.apps.internal,::1 ,").unwrap();
+        let names =
+            parse_names(" web.apps.internal, 10.0.0.1,web.apps.internal,::1 , 2001:DB8::1,2001:db8::1").unwrap();
         assert_eq!(names.dns_names, ["web.apps.internal"]);
-        assert_eq!(names.ip_addresses, ["10.0.0.1", "::1"]);
+        assert_eq!(names.ip_addresses, ["10.0.0.1", "::1", "2001:db8::1"]);
     }
 
     #[test]
     fn names_that_cannot_be_certified_are_refused_with_the_reason() {
-        for (value, needle) in
-            [("", "no names"), ("*.apps.internal", "wildcard"), ("web_1.internal", "neither"), ("-a.b", "neither")]
-        {
+        for (value, needle) in [
+            ("", "no names"),
+            ("*.apps.internal", "wildcard"),
+            ("web_1.internal", "not a DNS name"),
+            ("-a.b", "not a DNS name"),
+            // As in spec.dnsNames: lowercase, no trailing dot.
+            ("Web.apps.internal", "not a DNS name"),
+            ("web.apps.internal.", "not a DNS name"),
+            ("010.0.0.1", "not an IPv4 or IPv6 address"),
+            ("::ffff:10.0.0.1", "IPv4-mapped"),
+            ("fe80::1%eth0", "not an IPv4 or IPv6 address"),
+        ] {
             let error = parse_names(value).unwrap_err();
             assert_eq!(error.annotation, ANNOTATION_NAMES);
             assert!(error.problem.contains(needle), "{value:?}: {error}");
@@ -322,7 +314,7 @@ mod tests {
 
     #[test]
     fn usages_are_parsed_sorted_and_unknown_ones_refused() {
-        let usages = parse_usages(&map(&[(ANNOTATION_USAGES, "client auth, Server Auth,client auth")])).unwrap();
+        let usages = parse_usages(&map(&[(ANNOTATION_USAGES, "client auth, server auth,client auth")])).unwrap();
         assert_eq!(
             usages,
             [KeyUsage::ServerAuth, KeyUsage::ClientAuth]
@@ -332,7 +324,9 @@ mod tests {
                 .into_iter()
                 .collect::<Vec<_>>()
         );
-        assert_eq!(parse_usages(&map(&[(ANNOTATION_USAGES, "flying")])).unwrap_err().annotation, ANNOTATION_USAGES);
+        for bad in ["flying", "Server Auth", "serverAuth"] {
+            assert_eq!(parse_usages(&map(&[(ANNOTATION_USAGES, bad)])).unwrap_err().annotation, ANNOTATION_USAGES);
+        }
         assert!(parse_usages(&map(&[])).unwrap().is_empty());
     }
 }

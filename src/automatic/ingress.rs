@@ -4,6 +4,7 @@ use super::annotations::{
     AnnotationError, IssuanceAnnotations, LABEL_SOURCE, SOURCE_INGRESS, is_dns_name, parse_issuance, parse_usages,
 };
 use super::certificate::{build_certificate, spec_from_annotations};
+use crate::api::validation::{self, Invalid, MAX_NAMES};
 use crate::api::{Certificate, KeyUsage};
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
@@ -47,11 +48,14 @@ pub fn desired_ingress_certificates(ingress: &Ingress) -> Result<IngressCertific
             continue;
         }
         if let Some(bad) = hosts.iter().find(|h| !is_dns_name(h)) {
-            out.skipped.push(format!(
-                "spec.tls[{index}] ({secret_name}): host {bad:?} cannot be validated over HTTP-01 (wildcards need DNS-01)"
-            ));
+            let why = match validation::dns_name(bad) {
+                Err(Invalid(problem)) => problem,
+                Ok(()) => "it is not a DNS name".to_string(),
+            };
+            out.skipped.push(format!("spec.tls[{index}] ({secret_name}): {why}"));
             continue;
         }
+
         let names = by_secret.entry(secret_name.to_string()).or_insert_with(|| {
             order.push(secret_name.to_string());
             Vec::new()
@@ -64,6 +68,11 @@ pub fn desired_ingress_certificates(ingress: &Ingress) -> Result<IngressCertific
     }
     for secret_name in order {
         let dns_names = by_secret.remove(&secret_name).unwrap_or_default();
+        if dns_names.len() > MAX_NAMES {
+            out.skipped
+                .push(format!("{secret_name}: {} hosts; a certificate may carry at most {MAX_NAMES}", dns_names.len()));
+            continue;
+        }
         out.certificates.push(build_ingress_certificate(
             &namespace,
             &secret_name,

@@ -8,8 +8,12 @@
 //! - [`workload`]: the webhook's Pod patch, the workload name, and one Certificate per workload;
 //! - [`ca_bundle`]: the CA bundle ConfigMaps of the selected namespaces.
 
+#[cfg(test)]
+mod annotation_properties;
 pub mod annotations;
 pub mod ca_bundle;
 pub mod certificate;
 pub mod ingress;
 pub mod workload;
+#[cfg(test)]
+mod workload_properties;

@@ -26,6 +26,8 @@ pub struct IssuerInfo {
     /// Where the issuer's Secrets live: the Issuer's namespace, or the cluster resource namespace.
     pub secret_namespace: String,
     pub acme: AcmeIssuer,
+    /// What Certificates may ask the issuer for.
+    pub policy: Option<crate::api::IssuerPolicy>,
     /// Whether the issuer's Ready condition is True.
     pub ready: bool,
     pub generation: Option<i64>,
@@ -38,6 +40,7 @@ impl IssuerInfo {
             name: issuer.metadata.name.clone()?,
             secret_namespace: issuer.metadata.namespace.clone()?,
             acme: issuer.spec.acme.clone(),
+            policy: issuer.spec.policy.clone(),
             ready: is_ready(issuer.status.as_ref().map(|s| s.conditions.as_slice())),
             generation: issuer.metadata.generation,
         })
@@ -49,6 +52,7 @@ impl IssuerInfo {
             name: issuer.metadata.name.clone()?,
             secret_namespace: cluster_resource_namespace.to_string(),
             acme: issuer.spec.acme.clone(),
+            policy: issuer.spec.policy.clone(),
             ready: is_ready(issuer.status.as_ref().map(|s| s.conditions.as_slice())),
             generation: issuer.metadata.generation,
         })
@@ -134,6 +138,9 @@ pub enum AccountError {
     /// The EAB key is not a valid HMAC key.
     #[error(transparent)]
     DecodeEabKey(AcmeError),
+    /// The policy cannot be applied.
+    #[error(transparent)]
+    InvalidPolicy(crate::decision::policy::InvalidPolicy),
     /// The CA refused or failed the registration.
     #[error(transparent)]
     Register(AcmeError),
@@ -152,6 +159,7 @@ impl AccountError {
             AccountError::InvalidServer { .. } => IssuerReason::InvalidServer,
             AccountError::ReadEabSecret { .. } => IssuerReason::ErrReadEabSecret,
             AccountError::EabSecretWithoutKey { .. } | AccountError::DecodeEabKey(_) => IssuerReason::InvalidEabSecret,
+            AccountError::InvalidPolicy(_) => IssuerReason::InvalidPolicy,
             AccountError::Register(_) => IssuerReason::ErrRegisterAcmeAccount,
             AccountError::StoreKey { source, .. } if is_conflict(source) => IssuerReason::AccountKeySecretRace,
             AccountError::StoreKey { .. } => IssuerReason::ErrStoreAccountKey,
@@ -163,7 +171,8 @@ impl AccountError {
     pub fn retry_after(&self) -> Duration {
         match self {
             AccountError::Register(error) | AccountError::DecodeEabKey(error) => match error.retry {
-                Retry::Immediately => Duration::from_secs(1),
+                // Registration already retried its rejected nonces: the CA keeps rejecting them.
+                Retry::Immediately => crate::acme::DEFAULT_RETRY_DELAY,
                 Retry::After(delay) => delay,
                 Retry::Never => RECHECK_FAILED,
             },
@@ -173,6 +182,7 @@ impl AccountError {
             AccountError::KeySecretWithoutKey { .. }
             | AccountError::ParseCaBundle(_)
             | AccountError::InvalidServer { .. }
+            | AccountError::InvalidPolicy(_)
             | AccountError::EabSecretWithoutKey { .. } => RECHECK_FAILED,
         }
     }
@@ -251,12 +261,22 @@ pub fn check_directory_url(server: &str) -> Result<(), AccountError> {
     if uri.host().is_none_or(str::is_empty) {
         return Err(invalid("it has no host"));
     }
+    // `http` reads a port it cannot represent as no port at all, and the client would then dial 443.
+    let written_port = uri.authority().and_then(|a| a.as_str().rsplit_once(':')).map(|(_, port)| port);
+    if let Some(port) = written_port.filter(|p| !p.ends_with(']'))
+        && !matches!(port.parse::<u16>(), Ok(1..))
+    {
+        return Err(invalid("its port is not a number from 1 to 65535"));
+    }
     Ok(())
 }
 
 async fn account_spec(ctx: &Context, issuer: &IssuerInfo) -> Result<AccountSpec, AccountError> {
     let acme = &issuer.acme;
     check_directory_url(&acme.server)?;
+    if let Some(policy) = &issuer.policy {
+        crate::decision::policy::validate_policy(policy).map_err(AccountError::InvalidPolicy)?;
+    }
     let trust = if acme.skip_tls_verify == Some(true) {
         CaTrust::InsecureSkipVerify
     } else if let Some(bundle) = &acme.ca_bundle {
@@ -302,6 +322,9 @@ mod tests {
             ("https://exämple.internal/directory", false),
             ("https://ca.internal/a b", false),
             ("ca.internal/directory", false),
+            // A port the client would wrap or ignore, dialling another port than the one written.
+            ("https://127.0.0.1:99999/dir", false),
+            ("https://127.0.0.1:0/dir", false),
         ];
         for (server, accepted) in cases {
             let result = check_directory_url(server);

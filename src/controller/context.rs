@@ -23,7 +23,7 @@ use kube::runtime::reflector;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -152,6 +152,8 @@ pub struct Context {
     pub error_backoff: super::retry::ErrorBackoff,
     /// Steps the CA asked to retry at once (rejected nonces), in a row per Certificate.
     pub immediate_retries: super::retry::ErrorBackoff,
+    /// Objects a CA asked to retry later, held until then (see [`super::retry::RetryGate`]).
+    pub retry_gate: super::retry::RetryGate,
     pub stores: Stores,
     pub solver_context: SolverContext,
     orders: Mutex<HashMap<String, KeptOrder>>,
@@ -180,6 +182,7 @@ impl Context {
             stores,
             error_backoff: super::retry::ErrorBackoff::default(),
             immediate_retries: super::retry::ErrorBackoff::default(),
+            retry_gate: super::retry::RetryGate::default(),
             issuer_slots: super::issuer_slots::IssuerSlots::new(
                 config
                     .per_issuer_concurrency
@@ -194,6 +197,14 @@ impl Context {
             config,
             client,
         }
+    }
+
+    /// The labels of `namespace`, for issuer policies that select namespaces: one read of its metadata
+    /// (none for a namespace that does not exist).
+    pub async fn namespace_labels(&self, namespace: &str) -> Result<BTreeMap<String, String>, kube::Error> {
+        let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client.clone());
+        let meta = api.get_metadata_opt(namespace).await?;
+        Ok(meta.and_then(|m| m.metadata.labels).unwrap_or_default())
     }
 
     /// A Secret, from the cache when it is current: the cache holds only kacme's own Secrets, so one it does

@@ -31,6 +31,9 @@ pub enum ReconcileError {
     /// Solver objects of a deleted Certificate could not all be removed.
     #[error("removing solver objects: {0}")]
     RemoveSolverObjects(String),
+    /// An issuer's policy could not be checked (its issuer or namespace could not be read).
+    #[error("{0}")]
+    PolicyUnchecked(String),
     /// The reconcile panicked (a bug): the panic was caught and costs this object only.
     #[error("the reconcile panicked: {0} (a bug: please report it)")]
     Panicked(String),
@@ -70,7 +73,7 @@ impl ReconcileError {
     /// The metric label of the error kind.
     pub fn metric_label(&self) -> &'static str {
         match self {
-            ReconcileError::Kube { .. } => "kube",
+            ReconcileError::Kube { .. } | ReconcileError::PolicyUnchecked(_) => "kube",
             ReconcileError::Acme(_) => "acme",
             ReconcileError::MissingField(_) | ReconcileError::Serialize { .. } => "invalid_object",
             ReconcileError::Finalizer(_) | ReconcileError::RemoveSolverObjects(_) => "finalizer",

@@ -14,6 +14,7 @@ use crate::api::names::LABEL_SOLVER;
 use crate::automatic::annotations::{ANNOTATION_CLUSTER_ISSUER, ANNOTATION_ISSUER, LABEL_SOURCE, SOURCE_INGRESS};
 use crate::automatic::certificate::controlled_by;
 use crate::automatic::ingress::desired_ingress_certificates;
+use crate::issuer_policy::{PolicyRefusal, check_certificate_policy};
 use futures::StreamExt;
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{Api, PartialObjectMeta};
@@ -102,6 +103,7 @@ async fn reconcile_ingress(
             Ok(plan) => {
                 for skipped in &plan.skipped {
                     tracing::warn!(reason = %skipped, "an Ingress TLS entry gets no Certificate");
+                    publish(&ctx, &meta, true, "TLSEntrySkipped", format!("no Certificate for {skipped}")).await;
                 }
                 plan.certificates
             }
@@ -113,6 +115,7 @@ async fn reconcile_ingress(
     } else {
         Vec::new()
     };
+    let desired = permitted_by_policy(&ctx, &meta, desired, &owned).await?;
     let certificates: Api<Certificate> = Api::namespaced(ctx.client.clone(), &namespace);
     let (ctx, meta, uid, namespace, owned_now) = (&ctx, &meta, &uid, &namespace, &owned);
     run_sweep(
@@ -152,6 +155,33 @@ async fn reconcile_ingress(
     )
     .await?;
     Ok(Action::await_change())
+}
+
+/// The Certificates of `desired` that their issuers' policies permit. A refused one gets an Event on the
+/// Ingress and is not created; one that exists already stays as it is (its status says `NotPermitted`).
+async fn permitted_by_policy(
+    ctx: &IngressContext,
+    meta: &PartialObjectMeta<Ingress>,
+    desired: Vec<Certificate>,
+    owned: &[Arc<Certificate>],
+) -> Result<Vec<Certificate>, ReconcileError> {
+    let mut permitted = Vec::with_capacity(desired.len());
+    for certificate in desired {
+        match check_certificate_policy(&ctx.client, &certificate).await {
+            Ok(()) => permitted.push(certificate),
+            Err(PolicyRefusal::NotPermitted(message)) => {
+                let name = certificate.name_any();
+                publish(ctx, meta, true, "NotPermitted", format!("no Certificate {name}: {message}")).await;
+                if let Some(existing) = owned.iter().find(|c| c.name_any() == name) {
+                    permitted.push(existing.as_ref().clone());
+                }
+            }
+            Err(unchecked @ PolicyRefusal::Unchecked(_)) => {
+                return Err(ReconcileError::PolicyUnchecked(unchecked.to_string()));
+            }
+        }
+    }
+    Ok(permitted)
 }
 
 async fn publish(ctx: &IngressContext, meta: &PartialObjectMeta<Ingress>, warning: bool, reason: &str, note: String) {

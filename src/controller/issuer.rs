@@ -20,7 +20,12 @@ const RECHECK_READY: Duration = Duration::from_secs(3600);
 pub async fn reconcile_issuer(issuer: Arc<Issuer>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
     let info = IssuerInfo::from_issuer(&issuer).ok_or(ReconcileError::MissingField("metadata.namespace"))?;
     let api: Api<Issuer> = Api::namespaced(ctx.client.clone(), &info.secret_namespace);
-    let (status, action) = account_status(&ctx, &info, issuer.status.clone().unwrap_or_default()).await;
+    let key = format!("{}/{}/{}", "Issuer", info.secret_namespace, info.name);
+    let wishes = crate::controller::retry::wishes_of(&issuer.metadata);
+    if let Some(wait) = ctx.retry_gate.remaining(&key, &wishes, std::time::Instant::now()) {
+        return Ok(Action::requeue(wait));
+    }
+    let (status, action) = account_status(&ctx, &info, issuer.status.clone().unwrap_or_default(), (&key, wishes)).await;
     if Some(&status) != issuer.status.as_ref() {
         apply_status(&api, &issuer.name_any(), "Issuer", &status).await?;
     }
@@ -33,14 +38,26 @@ pub async fn reconcile_cluster_issuer(issuer: Arc<ClusterIssuer>, ctx: Arc<Conte
     let info = IssuerInfo::from_cluster_issuer(&issuer, &ctx.config.cluster_resource_namespace)
         .ok_or(ReconcileError::MissingField("metadata.name"))?;
     let api: Api<ClusterIssuer> = Api::all(ctx.client.clone());
-    let (status, action) = account_status(&ctx, &info, issuer.status.clone().unwrap_or_default()).await;
+    let key = format!("{}/{}/{}", "ClusterIssuer", info.secret_namespace, info.name);
+    let wishes = crate::controller::retry::wishes_of(&issuer.metadata);
+    if let Some(wait) = ctx.retry_gate.remaining(&key, &wishes, std::time::Instant::now()) {
+        return Ok(Action::requeue(wait));
+    }
+    let (status, action) = account_status(&ctx, &info, issuer.status.clone().unwrap_or_default(), (&key, wishes)).await;
     if Some(&status) != issuer.status.as_ref() {
         apply_status(&api, &issuer.name_any(), "ClusterIssuer", &status).await?;
     }
     Ok(action)
 }
 
-async fn account_status(ctx: &Context, info: &IssuerInfo, mut status: IssuerStatus) -> (IssuerStatus, Action) {
+/// The issuer's status after ensuring its account; a failure holds the issuer (`held`: its gate key and
+/// wishes) in the retry gate until its retry.
+async fn account_status(
+    ctx: &Context,
+    info: &IssuerInfo,
+    mut status: IssuerStatus,
+    held: (&str, String),
+) -> (IssuerStatus, Action) {
     let now = Timestamp::now();
     match ensure_account(ctx, info).await {
         Ok(account) => {
@@ -66,6 +83,7 @@ async fn account_status(ctx: &Context, info: &IssuerInfo, mut status: IssuerStat
             let message = format!("{}: {error}", info.describe());
             set_condition(&mut status.conditions, ConditionType::Ready, false, reason, &message, info.generation, now);
             let retry = error.retry_after();
+            ctx.retry_gate.hold_until(held.0, held.1, std::time::Instant::now() + retry);
             (status, Action::requeue(retry))
         }
     }

@@ -21,6 +21,8 @@ mod owned_certificates;
 mod panic_status;
 mod resync;
 mod retry;
+#[cfg(test)]
+mod retry_properties;
 mod sweep;
 #[cfg(test)]
 mod testing;

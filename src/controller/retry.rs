@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The wait after the first failure.
 const FIRST_RETRY: Duration = Duration::from_secs(5);
@@ -56,6 +56,54 @@ impl ErrorBackoff {
     }
 }
 
+/// Objects that asked to be tried again no sooner than some instant (a CA's "retry later"). A reconcile
+/// triggered meanwhile by anything but a change of the object's wishes (its generation and annotations), such
+/// as kacme's own status write of the failure, waits out the rest instead of asking the CA again: a CA whose
+/// every error reads differently would otherwise make each status write trigger the next request, a hot loop.
+#[derive(Default)]
+pub struct RetryGate {
+    waits: Mutex<HashMap<String, (Instant, String)>>,
+}
+
+impl RetryGate {
+    /// `object` (with `wishes`, see [`wishes_of`]) is not to be tried again before `until`.
+    pub fn hold_until(&self, object: &str, wishes: String, until: Instant) {
+        if let Ok(mut waits) = self.waits.lock() {
+            waits.insert(object.to_string(), (until, wishes));
+        }
+    }
+
+    /// How long `object` still has to wait at `now`; `None` when it may run (its time has come, or its
+    /// wishes changed), and the hold is forgotten then.
+    pub fn remaining(&self, object: &str, wishes: &str, now: Instant) -> Option<Duration> {
+        let mut waits = self.waits.lock().ok()?;
+        match waits.get(object) {
+            Some((until, held)) if *until > now && held == wishes => Some(*until - now),
+            Some(_) => {
+                waits.remove(object);
+                None
+            }
+            None => None,
+        }
+    }
+}
+
+impl RetryGate {
+    /// Forgets every hold (for tests whose passes stand for requeues that came due).
+    #[cfg(test)]
+    pub fn release_all(&self) {
+        if let Ok(mut waits) = self.waits.lock() {
+            waits.clear();
+        }
+    }
+}
+
+/// What a user changes to ask for something new: the generation (the spec) and the annotations (a renewal
+/// request, for example).
+pub fn wishes_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
+    format!("{:?}|{:?}", meta.generation, meta.annotations)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -84,5 +132,19 @@ mod tests {
         assert_eq!(backoff.failed("Certificate/apps/api"), Duration::from_secs(5), "another object");
         backoff.succeeded("Certificate/apps/web");
         assert_eq!(backoff.failed("Certificate/apps/web"), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_held_object_waits_out_its_time_unless_its_wishes_change() {
+        let gate = RetryGate::default();
+        let now = Instant::now();
+        assert_eq!(gate.remaining("apps/web", "1|None", now), None, "nothing held");
+        gate.hold_until("apps/web", "1|None".into(), now + Duration::from_secs(10));
+        assert_eq!(gate.remaining("apps/web", "1|None", now + Duration::from_secs(4)), Some(Duration::from_secs(6)));
+        assert_eq!(gate.remaining("apps/api", "1|None", now), None, "another object");
+        assert_eq!(gate.remaining("apps/web", "1|None", now + Duration::from_secs(10)), None, "its time has come");
+        gate.hold_until("apps/web", "1|None".into(), now + Duration::from_secs(10));
+        assert_eq!(gate.remaining("apps/web", "2|None", now), None, "a new spec runs at once");
+        assert_eq!(gate.remaining("apps/web", "1|None", now), None, "and the hold is gone");
     }
 }

@@ -191,6 +191,8 @@ impl IssuanceHarness {
 
     /// One reconcile pass over the Certificate as the fake apiserver holds it now.
     pub async fn try_pass(&self) -> Result<Action, ReconcileError> {
+        // A pass is the requeue coming due: whatever a CA asked the Certificate to wait for has passed.
+        self.ctx.retry_gate.release_all();
         reconcile_certificate(Arc::new(self.certificate()), self.ctx.clone()).await
     }
 
@@ -306,7 +308,8 @@ impl IssuanceHarness {
 
 /// An Issuer `apps/<name>`, Ready, for the fake CA `ca`, with its account key in Secret `<name>-account`.
 pub(crate) fn ready_issuer_at(name: &str, ca: &FakeAcme) -> Issuer {
-    let mut issuer = Issuer::new(name, IssuerSpec { acme: acme_issuer_at(ca, &format!("{name}-account")) });
+    let mut issuer =
+        Issuer::new(name, IssuerSpec { acme: acme_issuer_at(ca, &format!("{name}-account")), policy: None });
     issuer.metadata.namespace = Some(NAMESPACE.into());
     issuer.status = Some(IssuerStatus {
         conditions: vec![Condition {

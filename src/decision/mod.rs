@@ -4,6 +4,7 @@
 mod backoff;
 mod identifiers;
 mod issuance;
+pub mod policy;
 mod renewal;
 
 pub use crate::api::IssuanceReason;
@@ -15,5 +16,7 @@ pub use issuance::{
 };
 pub use renewal::{RenewBefore, renewal_time};
 
+#[cfg(test)]
+mod properties;
 #[cfg(test)]
 mod tests;

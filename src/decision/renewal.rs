@@ -1,6 +1,6 @@
 //! When to renew a certificate.
 
-use jiff::{SignedDuration, Timestamp};
+use jiff::{RoundMode, SignedDuration, Timestamp, TimestampRound, Unit};
 
 /// How long before expiry to renew, as a Certificate's spec says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,9 +45,10 @@ pub fn renewal_time(not_before: Timestamp, not_after: Timestamp, renew_before: R
             _ => default,
         },
     };
-    // Whole seconds: status fields and Kubernetes times have no sub-second part.
+    // Whole seconds: status fields and Kubernetes times have no sub-second part. Rounded down, never up:
+    // `as_second` truncates toward zero, which before 1970 would move the renewal past expiry.
     let at = not_after - before;
-    Timestamp::from_second(at.as_second()).unwrap_or(at)
+    at.round(TimestampRound::new().smallest(Unit::Second).mode(RoundMode::Floor)).unwrap_or(at)
 }
 
 #[cfg(test)]
@@ -133,6 +134,14 @@ mod tests {
                 "2026-01-01T00:00:00Z",
                 RenewBefore::Default,
                 "2026-01-01T00:00:00Z",
+            ),
+            (
+                // Found by a property test: truncating toward zero renewed at 1970-01-01T00:00:00Z.
+                "a renewal time before 1970 is rounded down, never past expiry",
+                "1969-12-31T23:59:58Z",
+                "1969-12-31T23:59:59.5Z",
+                RenewBefore::Duration(Duration::from_millis(100)),
+                "1969-12-31T23:59:59Z",
             ),
             (
                 "a short-lived 5m certificate renews after 3m20s",

@@ -19,6 +19,8 @@ pub enum EventReason {
     Failed,
     /// The Secret belongs to something else.
     SecretNotOwned,
+    /// The issuer's policy refuses the Certificate.
+    NotPermitted,
     /// The issued chain does not lead to the issuer's caBundle.
     ChainNotTrusted,
     /// A solver did not serve its challenge by the deadline: the attempt failed.
@@ -36,6 +38,7 @@ impl EventReason {
             EventReason::Issued => "Issued",
             EventReason::Failed => "Failed",
             EventReason::SecretNotOwned => "SecretNotOwned",
+            EventReason::NotPermitted => "NotPermitted",
             EventReason::ChainNotTrusted => "ChainNotTrusted",
             EventReason::SolverNotReady => "SolverNotReady",
         }

@@ -24,6 +24,8 @@ mod conditions;
 mod events;
 mod names;
 mod order_status;
+#[cfg(test)]
+mod properties;
 mod requeue;
 mod secret;
 mod solver_objects;

@@ -131,6 +131,14 @@ impl<'a> StatusTransition<'a> {
         }
     }
 
+    /// The issuer's policy refuses the Certificate: no order, and `Ready=False` (whatever the Secret holds, the
+    /// Certificate asks for what it may not have).
+    pub fn not_permitted(&mut self, message: &str) {
+        self.forget_order();
+        self.set(ConditionType::Ready, false, CertificateReason::NotPermitted.as_str(), message);
+        remove_condition(&mut self.status.conditions, ConditionType::Issuing);
+    }
+
     /// A new order exists; its key is stored in `next_key_secret`.
     pub fn order_created(
         &mut self,

@@ -7,6 +7,8 @@ mod csr;
 mod keys;
 mod pem_text;
 #[cfg(test)]
+mod properties;
+#[cfg(test)]
 pub(crate) mod testing;
 
 pub use chain::{CertificateInfo, ParsedChain, key_matches_certificate, parse_ca_bundle, parse_chain, verify_chain};

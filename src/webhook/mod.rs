@@ -15,6 +15,7 @@ pub mod serving;
 use crate::api::names::{LABEL_MANAGED_BY, MANAGED_BY};
 use crate::automatic::workload::{PodAdmission, admit_pod};
 use crate::http_server::ServeOptions;
+use crate::issuer_policy::check_certificate_policy;
 use configuration::{
     WEBHOOK_NAME, WEBHOOK_PATH, WebhookEndpoint, WebhookPolicy, build_webhook_configuration, current_ca_bundle,
 };
@@ -294,7 +295,7 @@ pub async fn run_on(
     excluded.push(config.namespace.clone());
     let (stop_server, server_stopped) = crate::shutdown::Shutdown::new();
     tracing::info!(address = %listener.local_addr().map_err(|source| WebhookError::Listen { address: config.listen, source })?, "serving the admission webhook");
-    let server = tokio::spawn(serve(listener, Arc::new(tls), Arc::new(excluded), server_stopped));
+    let server = tokio::spawn(serve(listener, Arc::new(tls), Arc::new(excluded), client.clone(), server_stopped));
 
     let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     let watch_config = watcher::Config::default().fields(&format!("metadata.name={}", config.configuration_name));
@@ -347,6 +348,7 @@ async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     excluded: Arc<Vec<String>>,
+    client: Client,
     shutdown: crate::shutdown::Shutdown,
 ) {
     // The apiserver gives a webhook 10 s by default; answer (or give up) well before.
@@ -359,7 +361,8 @@ async fn serve(
     };
     let handler = move |request: Request<Incoming>| {
         let excluded = excluded.clone();
-        async move { respond(request, &excluded).await }
+        let client = client.clone();
+        async move { respond(request, &excluded, &client).await }
     };
     crate::http_server::serve(listener, options, handler, shutdown.stopped()).await;
 }
@@ -371,7 +374,37 @@ fn plain(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
     response
 }
 
-async fn respond(request: Request<Incoming>, excluded: &[String]) -> Response<Full<Bytes>> {
+/// [`admission_response`], then, for a Pod that asks for a workload certificate, the policy of its issuer:
+/// a Pod that asks for names its namespace may not have is refused here, before any Certificate exists.
+async fn admit(request: &AdmissionRequest<DynamicObject>, excluded: &[String], client: &Client) -> AdmissionResponse {
+    let response = admission_response(request, excluded);
+    if !response.allowed || response.patch.is_none() {
+        return response;
+    }
+    let Some(certificate) = workload_certificate_of(request) else { return response };
+    match check_certificate_policy(client, &certificate).await {
+        Ok(()) => response,
+        Err(refusal) => {
+            let message = format!("kacme: {refusal}");
+            tracing::info!(namespace = request.namespace.as_deref(), %message, "admission: Pod denied by issuer policy");
+            AdmissionResponse::from(request).deny(message)
+        }
+    }
+}
+
+/// The workload Certificate a Pod being created asks for, as the workload controller will build it.
+fn workload_certificate_of(request: &AdmissionRequest<DynamicObject>) -> Option<crate::api::Certificate> {
+    use crate::automatic::workload::{
+        build_workload_certificate, parse_workload_request, workload_label_value, workload_name,
+    };
+    let pod: Pod = serde_json::to_value(request.object.as_ref()?).and_then(serde_json::from_value).ok()?;
+    let workload_request = parse_workload_request(pod.metadata.annotations.as_ref()?).ok()??;
+    let namespace = request.namespace.clone().or_else(|| pod.metadata.namespace.clone())?;
+    let label = workload_label_value(&workload_name(&pod.metadata));
+    Some(build_workload_certificate(&namespace, &label, &workload_request))
+}
+
+async fn respond(request: Request<Incoming>, excluded: &[String], client: &Client) -> Response<Full<Bytes>> {
     if request.uri().path() != WEBHOOK_PATH {
         return plain(StatusCode::NOT_FOUND, "not found\n");
     }
@@ -388,7 +421,7 @@ async fn respond(request: Request<Incoming>, excluded: &[String]) -> Response<Fu
     };
     let admission: Result<AdmissionRequest<DynamicObject>, _> = review.try_into();
     let response = match admission {
-        Ok(admission) => admission_response(&admission, excluded),
+        Ok(admission) => admit(&admission, excluded, client).await,
         Err(error) => AdmissionResponse::invalid(error.to_string()),
     };
     match serde_json::to_vec(&response.into_review()) {

@@ -4,6 +4,7 @@
 //!   installation, `kubectl`.
 //! - [`Pebble`] and [`StepCa`]: real ACME CAs, each with a [`ChallTestSrv`] as DNS that resolves every name
 //!   to the environment's [`LoopbackAddress`].
+//! - [`HostileAcme`]: a misbehaving ACME server in front of a real Pebble, for hostile-CA tests.
 //! - [`SolverStandIn`]: the kubelet and ingress controller for solver Pods, serving HTTP where the CA dials.
 //!
 //! Every component is stopped when its value is dropped (also when a test panics): child processes are
@@ -28,6 +29,7 @@ mod binaries;
 mod control_plane;
 mod counts;
 mod dns;
+mod hostile;
 mod https;
 mod loopback;
 mod pebble;
@@ -42,6 +44,7 @@ pub use binaries::Binaries;
 pub use control_plane::{ControlPlane, ControlPlaneOptions, FIELD_MANAGER};
 pub use counts::{acme_request_counts, count_growth};
 pub use dns::{ChallTestSrv, resolve_a};
+pub use hostile::{HostileAcme, HostileBehaviour, HostileHandle};
 pub use https::{HttpsClient, HttpsResponse, error_chain};
 pub use loopback::LoopbackAddress;
 pub use pebble::{EabCredentials, Pebble, PebbleOptions};

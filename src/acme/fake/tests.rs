@@ -663,8 +663,10 @@ async fn raw_faults_answer_exactly_and_a_hanging_one_never_answers() {
         headers: vec![("Retry-After".into(), "31536000".into())],
         body: b"<html>down</html>".to_vec(),
     };
-    fake.fail_next(Endpoint::Directory, raw, 1);
-    let answer = client.send(Method::GET, &fake.directory_url(), Vec::new()).await;
+    // (A failed directory or nonce request is an error of kacme's HTTP client, not an answer: see
+    // `a_failed_directory_or_nonce_request_keeps_what_the_ca_said`.)
+    fake.fail_next(Endpoint::NewOrder, raw, 1);
+    let answer = client.send(Method::POST, &client.url("newOrder"), Vec::new()).await;
     assert_eq!(answer.status, 503);
     // A year asked for; kacme's HTTP client clamps Retry-After to an hour before anything reads it.
     assert_eq!(answer.headers.get("retry-after").map(|v| v.as_bytes()), Some(&b"3600"[..]));

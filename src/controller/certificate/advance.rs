@@ -65,7 +65,7 @@ impl Pass<'_> {
                     let issuer = spec.issuer_ref.clone();
                     self.ctx.keep_order(self.certificate, KeptOrder { session, key, issuer });
                 }
-                return Ok(self.wait_for_issuer(&wait));
+                return self.wait_for_issuer(&wait).await;
             }
         };
         let Some(key) = key else {

@@ -76,6 +76,8 @@ impl Pass<'_> {
                 Ok(Action::requeue(immediate_retry_delay(self.ctx.immediate_retries.count(&key))))
             }
             Retry::After(delay) => {
+                let wishes = crate::controller::retry::wishes_of(&self.certificate.metadata);
+                self.ctx.retry_gate.hold_until(&key, wishes, std::time::Instant::now() + delay);
                 let order = progress.map(|progress| self.order_status(&progress, account));
                 self.transition().retrying(order, delay.as_secs(), &error.to_string());
                 Ok(Action::requeue(delay))

@@ -25,9 +25,13 @@ use super::error::ReconcileError;
 use super::kube_solver::{cleanup_all_solver_objects, has_cached_solver_objects};
 use super::{Context, apply_status};
 use crate::acme::AcmeAccount;
+use crate::api::ConditionType;
 use crate::api::{Certificate, CertificateReason, CertificateStatus, ClusterIssuer, Issuer, IssuerKind};
+use crate::decision::policy::{check_certificate, needs_namespace_labels};
+use crate::desired::find_condition;
 use crate::desired::{
-    EventNote, IssuerWait, StatusTransition, next_key_secret_name, order_status, requeue_at, status_changed,
+    EventNote, EventReason, IssuerWait, StatusTransition, next_key_secret_name, order_status, requeue_at,
+    status_changed,
 };
 use crate::pki::{CsrRequest, PrivateKey, effective_usages};
 use failure::IssuanceError;
@@ -49,6 +53,9 @@ pub const FINALIZER: &str = "kacme.dev/solver-cleanup";
 const ISSUER_WAIT: Duration = Duration::from_secs(15);
 /// How soon to look again at a Certificate whose Secret belongs to someone else.
 const FOREIGN_SECRET_WAIT: Duration = Duration::from_secs(60);
+/// How soon to look again at a Certificate its issuer's policy refuses: a change of the issuer wakes it at
+/// once; this catches a change of its namespace's labels.
+const NOT_PERMITTED_WAIT: Duration = Duration::from_secs(300);
 /// How soon to look again at a Certificate whose issuer has no free slot (other Certificates use them all).
 const ISSUER_BUSY_WAIT: Duration = Duration::from_secs(1);
 /// How soon the next step of an order runs when nothing needs waiting for.
@@ -75,7 +82,16 @@ pub async fn reconcile_certificate(certificate: Arc<Certificate>, ctx: Arc<Conte
     };
     finalizer(&api, FINALIZER, certificate, |event| async {
         match event {
-            FinalizerEvent::Apply(certificate) => Pass::new(&ctx, &certificate).run().await,
+            FinalizerEvent::Apply(certificate) => {
+                // The CA asked to retry later: a reconcile triggered meanwhile (by our own status write of
+                // that failure, say) waits out the rest, unless the user asked for something new.
+                let key = format!("{namespace}/{}", certificate.name_any());
+                let wishes = crate::controller::retry::wishes_of(&certificate.metadata);
+                if let Some(wait) = ctx.retry_gate.remaining(&key, &wishes, std::time::Instant::now()) {
+                    return Ok(Action::requeue(wait));
+                }
+                Pass::new(&ctx, &certificate).run().await
+            }
             FinalizerEvent::Cleanup(certificate) => {
                 ctx.forget_written(&certificate);
                 clean_up_deleted(&ctx, &certificate).await
@@ -118,6 +134,8 @@ enum IssuerUnusable {
     NotReady(IssuerWait),
     /// Every slot of the issuer is taken by other Certificates.
     Busy,
+    /// The issuer's policy refuses this Certificate (the message names the value and the rule).
+    NotPermitted(String),
 }
 
 impl<'a> Pass<'a> {
@@ -213,6 +231,7 @@ impl<'a> Pass<'a> {
             Some(info) => info,
             None => self.read_issuer().await.map_err(IssuerUnusable::NotReady)?,
         };
+        self.check_policy(&issuer).await?;
         if self.issuer_slot.is_none() {
             let key = format!("{}/{}/{}", issuer.kind, issuer.secret_namespace, issuer.name);
             self.issuer_slot = Some(self.ctx.issuer_slots.try_take(&key).ok_or(IssuerUnusable::Busy)?);
@@ -224,6 +243,24 @@ impl<'a> Pass<'a> {
             })
         })?;
         Ok((issuer, account))
+    }
+
+    /// Whether the issuer's policy permits this Certificate: checked before any ACME request and before any
+    /// solver object exists.
+    async fn check_policy(&self, issuer: &IssuerInfo) -> Result<(), IssuerUnusable> {
+        let labels = if needs_namespace_labels(issuer.policy.as_ref()) {
+            let labels = self.ctx.namespace_labels(&self.namespace).await.map_err(|e| {
+                IssuerUnusable::NotReady(IssuerWait {
+                    reason: CertificateReason::IssuerUnavailable,
+                    message: format!("reading the labels of namespace {} for the issuer's policy: {e}", self.namespace),
+                })
+            })?;
+            Some(labels)
+        } else {
+            None
+        };
+        check_certificate(&issuer.describe(), issuer.policy.as_ref(), self.certificate, labels.as_ref())
+            .map_err(|refused| IssuerUnusable::NotPermitted(refused.0))
     }
 
     async fn read_issuer(&self) -> Result<IssuerInfo, IssuerWait> {
@@ -258,9 +295,31 @@ impl<'a> Pass<'a> {
         }
     }
 
-    /// The issuer cannot be used yet: say so and look again soon (a busy issuer changes no status).
-    fn wait_for_issuer(&mut self, unusable: &IssuerUnusable) -> Action {
-        match unusable {
+    /// The issuer cannot be used yet: say so and look again soon (a busy issuer changes no status). A policy
+    /// refusal ends the order in flight, if any.
+    async fn wait_for_issuer(&mut self, unusable: &IssuerUnusable) -> Result<Action, ReconcileError> {
+        Ok(match unusable {
+            IssuerUnusable::NotPermitted(message) => {
+                self.ctx.forget_order(self.certificate);
+                if self.status.order.is_some()
+                    && let Err(failures) = cleanup_all_solver_objects(self.ctx, self.certificate).await
+                {
+                    tracing::warn!(error = %failures.join("; "), "removing solver objects of a refused order failed");
+                }
+                if self.status.next_private_key_secret_name.is_some() {
+                    self.delete_next_key().await?;
+                }
+                // An Event when the refusal is news, not at every pass (a pass first shows why it would issue).
+                let shown =
+                    self.certificate.status.as_ref().and_then(|s| find_condition(&s.conditions, ConditionType::Ready));
+                let news =
+                    shown.is_none_or(|c| c.reason != CertificateReason::NotPermitted.as_str() || c.message != *message);
+                self.transition().not_permitted(message);
+                if news {
+                    self.publish(EventNote::warning(EventReason::NotPermitted, message.clone())).await;
+                }
+                Action::requeue(NOT_PERMITTED_WAIT)
+            }
             IssuerUnusable::NotReady(wait) => {
                 let order_in_flight = self.status.order.is_some();
                 self.transition().waiting_for_issuer(wait, order_in_flight);
@@ -271,7 +330,7 @@ impl<'a> Pass<'a> {
                 self.status = self.certificate.status.clone().unwrap_or_default();
                 Action::requeue(ISSUER_BUSY_WAIT)
             }
-        }
+        })
     }
 
     fn ip_addresses(&self) -> Result<Vec<IpAddr>, IssuanceError> {

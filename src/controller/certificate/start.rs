@@ -24,7 +24,7 @@ impl Pass<'_> {
     ) -> Result<Action, ReconcileError> {
         let (issuer, account) = match self.issuer_and_account().await {
             Ok(found) => found,
-            Err(wait) => return Ok(self.wait_for_issuer(&wait)),
+            Err(wait) => return self.wait_for_issuer(&wait).await,
         };
         let labels = self.certificate.labels().clone();
         let spec = &self.certificate.spec;

@@ -901,3 +901,99 @@ async fn a_panic_in_one_certificates_reconcile_shows_on_it_and_backs_off_while_a
     harness.run_until_ready(MAX_PASSES).await;
     assert_eq!(harness.condition_reason("Ready"), condition("True", "Ready"));
 }
+
+// --- Issuer policy ---------------------------------------------------------------------------------------
+
+/// A ClusterIssuer `corp`, Ready at the harness's CA, with `policy`; the Certificate `web` now uses it.
+async fn with_cluster_issuer_policy(harness: &IssuanceHarness, policy: crate::api::IssuerPolicy) {
+    let issuer = harness.ready_issuer();
+    let mut cluster_issuer = crate::api::ClusterIssuer::new(
+        "corp",
+        crate::api::ClusterIssuerSpec { acme: issuer.spec.acme.clone(), policy: Some(policy) },
+    );
+    cluster_issuer.metadata.generation = Some(1);
+    cluster_issuer.status = issuer.status.clone();
+    harness.apiserver.put(&cluster_issuer);
+    harness
+        .edit_certificate_spec(|spec| {
+            spec.issuer_ref = crate::api::IssuerRef { name: "corp".into(), kind: IssuerKind::ClusterIssuer };
+        })
+        .await;
+}
+
+fn namespace(name: &str, labels: &[(&str, &str)]) -> k8s_openapi::api::core::v1::Namespace {
+    let mut namespace = k8s_openapi::api::core::v1::Namespace::default();
+    namespace.metadata.name = Some(name.into());
+    namespace.metadata.labels = Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+    namespace
+}
+
+fn names_policy(templates: &[&str]) -> crate::api::IssuerPolicy {
+    crate::api::IssuerPolicy { dns_names: Some(owned(templates)), ..Default::default() }
+}
+
+#[tokio::test]
+async fn a_name_outside_the_issuers_policy_is_refused_before_any_acme_request_or_solver_object() {
+    let mut harness = IssuanceHarness::ready_to_issue().await;
+    with_cluster_issuer_policy(&harness, names_policy(&["{label}.{namespace}.svc"])).await;
+    harness.ca.set_validation(harness.validation_through_solver_objects());
+
+    harness.run_passes(3).await;
+
+    let (status, reason, message) = harness.condition("Ready").expect("a Ready condition");
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "NotPermitted"));
+    assert!(message.contains("\"web.example.test\"") && message.contains("{label}.{namespace}.svc"), "{message}");
+    assert!(message.contains("ClusterIssuer corp") && message.contains("namespace apps"), "{message}");
+    assert_eq!(harness.acme_requests(), 0, "the CA hears nothing of a refused request");
+    assert!(harness.solver_objects().is_empty());
+    assert_eq!(harness.certificate().status.and_then(|s| s.order), None);
+    assert_eq!(event_count(&harness, "NotPermitted"), 1, "one Event, not one per pass");
+}
+
+#[tokio::test]
+async fn a_name_the_policy_permits_in_a_selected_namespace_is_issued() {
+    let mut harness = IssuanceHarness::ready_to_issue().await;
+    let mut policy = names_policy(&["{label}.{namespace}.svc"]);
+    policy.namespace_selector = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
+        match_labels: Some(BTreeMap::from([("tenant".to_string(), "apps".to_string())])),
+        match_expressions: None,
+    });
+    with_cluster_issuer_policy(&harness, policy).await;
+    harness.edit_certificate_spec(|spec| spec.dns_names = owned(&["web.apps.svc"])).await;
+    harness.ca.set_validation(harness.validation_through_solver_objects());
+
+    // Without the label, the namespace is not selected.
+    harness.apiserver.put(&namespace(NAMESPACE, &[]));
+    harness.run_passes(2).await;
+    let (_, reason, message) = harness.condition("Ready").expect("a Ready condition");
+    assert_eq!(reason, "NotPermitted");
+    assert!(message.contains("namespace apps may not use ClusterIssuer corp"), "{message}");
+    assert_eq!(harness.acme_requests(), 0);
+
+    // Labelled, it is; the name matches its template.
+    harness.apiserver.put(&namespace(NAMESPACE, &[("tenant", "apps")]));
+    harness.run_until_ready(MAX_PASSES).await;
+    assert!(harness.is_ready_and_idle());
+}
+
+#[tokio::test]
+async fn a_policy_tightened_mid_order_ends_the_order_and_removes_its_solver_objects() {
+    let mut harness = IssuanceHarness::ready_to_issue().await;
+    with_cluster_issuer_policy(&harness, names_policy(&["{label}.example.test"])).await;
+    harness.ca.set_validation(Validation::PendingFor(1000));
+    harness.run_passes(3).await;
+    assert!(harness.certificate().status.and_then(|s| s.order).is_some(), "an order in flight");
+    assert!(!harness.solver_objects().is_empty(), "solver objects exist");
+
+    with_cluster_issuer_policy(&harness, names_policy(&["{label}.{namespace}.svc"])).await;
+    harness.sync_caches();
+    harness.pass().await;
+
+    assert_eq!(harness.condition_reason("Ready"), condition("False", "NotPermitted"));
+    let status = harness.certificate().status.unwrap_or_default();
+    assert_eq!(status.order, None);
+    assert_eq!(status.next_private_key_secret_name, None);
+    assert!(harness.next_key_secret().is_none(), "the order's key is deleted");
+    harness.sync_caches();
+    assert!(harness.solver_objects().is_empty(), "{:?}", harness.solver_objects());
+}

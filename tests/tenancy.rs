@@ -1,0 +1,214 @@
+//! Tenancy on a real control plane: two tenants share a ClusterIssuer whose policy gives each namespace only
+//! the names `{label}.{namespace}.svc`. Tenant A's attempts to obtain tenant B's names (a Certificate, an
+//! Ingress annotation, a Pod annotation through the admission webhook) and everything else outside the policy
+//! are refused where A looks, and the CA receives no order for them (counted by a pass-through proxy in front
+//! of Pebble); B's own request, and A's own, are issued; a namespace outside the selector gets nothing.
+
+mod common;
+
+use common::operator_env::{Ca, OperatorEnv, condition};
+use common::within;
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::{Event, Pod};
+use k8s_openapi::api::networking::v1::Ingress;
+use kacme::api::Certificate;
+use kacme_testenv::{HostileAcme, HostileBehaviour, PebbleOptions, poll_until};
+use kube::api::{Api, ListParams, PostParams};
+use serde_json::json;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(60);
+const POLL: Duration = Duration::from_millis(200);
+
+/// Arguments that serve the webhook on the environment's own loopback address.
+fn webhook_args(env_ip: std::net::IpAddr) -> Vec<String> {
+    let port = std::net::TcpListener::bind((env_ip, 0)).expect("a free port").local_addr().expect("an address").port();
+    vec![
+        "--webhook-address".into(),
+        format!("{env_ip}:{port}"),
+        "--webhook-url".into(),
+        format!("https://{env_ip}:{port}/mutate-pods"),
+    ]
+}
+
+fn cluster_issuer_yaml(server: &str, bundle: &str) -> String {
+    let bundle: String = bundle.lines().map(|l| format!("      {l}\n")).collect();
+    format!(
+        r#"apiVersion: kacme.dev/v1alpha1
+kind: ClusterIssuer
+metadata:
+  name: corp
+spec:
+  acme:
+    server: {server}
+    caBundle: |
+{bundle}    privateKeySecretRef:
+      name: corp-account
+    solvers:
+    - http01:
+        ingress:
+          ingressClassName: kacme-test
+  policy:
+    namespaceSelector:
+      matchExpressions:
+      - key: tenant
+        operator: Exists
+    dnsNames:
+    - "{{label}}.{{namespace}}.svc"
+    ipAddresses:
+    - 10.20.0.0/16
+    maxDuration: 720h
+    usages: [digital signature, key encipherment, server auth, client auth]
+"#
+    )
+}
+
+fn certificate(namespace: &str, name: &str, extra: serde_json::Value) -> Certificate {
+    let mut spec = json!({"secretName": format!("{name}-tls"), "issuerRef": {"name": "corp", "kind": "ClusterIssuer"}});
+    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+        spec.extend(extra.clone());
+    }
+    serde_json::from_value(json!({"apiVersion": "kacme.dev/v1alpha1", "kind": "Certificate",
+        "metadata": {"name": name, "namespace": namespace}, "spec": spec}))
+    .expect("a Certificate")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenant_gets_only_its_own_names_whichever_way_it_asks() {
+    within(300, async {
+        let mut env = OperatorEnv::with_pebble(PebbleOptions::default()).await.expect("environment");
+        env.kill_operator();
+        env.extra_args = webhook_args(env.ca.ip());
+        env.start_operator().expect("the operator with its webhook");
+        let Ca::Pebble(pebble) = &env.ca else { panic!("Pebble") };
+        let ca = HostileAcme::start(pebble, HostileBehaviour::PassThrough).await.expect("the counting proxy");
+
+        let kubectl = |args: Vec<String>| {
+            let control_plane = &env.control_plane;
+            async move { control_plane.kubectl(&args.iter().map(String::as_str).collect::<Vec<_>>()).await }
+        };
+        for (namespace, tenant) in [("team-a", Some("a")), ("team-b", Some("b")), ("team-c", None)] {
+            env.control_plane.create_namespace(namespace).await.expect("namespace");
+            let mut labels = vec!["kacme.dev/webhook=enabled".to_string()];
+            labels.extend(tenant.map(|t| format!("tenant={t}")));
+            for label in labels {
+                kubectl(vec!["label".into(), "namespace".into(), namespace.into(), label]).await.expect("label");
+            }
+        }
+        env.apply(&cluster_issuer_yaml(ca.directory_url(), &ca.ca_bundle_pem())).await.expect("the ClusterIssuer");
+        let configurations: Api<MutatingWebhookConfiguration> = Api::all(env.client.clone());
+        poll_until("the webhook configuration with a caBundle", WAIT, POLL, || async {
+            Ok(match configurations.get_opt("kacme").await? {
+                Some(c) if kacme::webhook::configuration::current_ca_bundle(&c).is_some_and(|b| !b.is_empty()) => {
+                    Ok(())
+                }
+                _ => Err("not yet".to_string()),
+            })
+        })
+        .await
+        .expect("the webhook is configured");
+
+        let post = PostParams::default();
+        let team_a = env.certificates("team-a");
+        // Tenant A asks for what it may not have, through Certificates...
+        let refused: Vec<(&str, serde_json::Value, &str)> = vec![
+            ("steal", json!({"dnsNames": ["api.team-b.svc"]}), "\"api.team-b.svc\""),
+            ("deeper", json!({"dnsNames": ["x.api.team-a.svc"]}), "\"x.api.team-a.svc\""),
+            ("suffix", json!({"dnsNames": ["api.team-a.svc.cluster.local"]}), "api.team-a.svc.cluster.local"),
+            ("address", json!({"ipAddresses": ["10.30.0.1"]}), "\"10.30.0.1\""),
+            ("lifetime", json!({"dnsNames": ["long.team-a.svc"], "duration": "1000h"}), "policy.maxDuration is 720h"),
+            ("signing", json!({"dnsNames": ["sign.team-a.svc"], "usages": ["code signing"]}), "\"code signing\""),
+        ];
+        for (name, extra, _) in &refused {
+            team_a.create(&post, &certificate("team-a", name, extra.clone())).await.expect("admitted");
+        }
+        // ...an Ingress annotation...
+        let ingress: Ingress = serde_json::from_value(json!({
+            "metadata": {"name": "steal", "namespace": "team-a", "annotations": {"kacme.dev/cluster-issuer": "corp"}},
+            "spec": {"tls": [{"secretName": "stolen-tls", "hosts": ["api.team-b.svc"]}],
+                "rules": [{"host": "api.team-b.svc", "http": {"paths": [{"path": "/", "pathType": "Prefix",
+                    "backend": {"service": {"name": "web", "port": {"number": 80}}}}]}}]},
+        }))
+        .expect("an Ingress");
+        Api::<Ingress>::namespaced(env.client.clone(), "team-a").create(&post, &ingress).await.expect("the Ingress");
+        // ...and a Pod annotation, refused at admission.
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "steal", "namespace": "team-a",
+                "annotations": {"kacme.dev/names": "api.team-b.svc", "kacme.dev/cluster-issuer": "corp"}},
+            "spec": {"containers": [{"name": "app", "image": "registry.test/app:1"}]},
+        }))
+        .expect("a Pod");
+        let denied = Api::<Pod>::namespaced(env.client.clone(), "team-a").create(&post, &pod).await;
+        let message = denied.expect_err("the webhook refuses the Pod").to_string();
+        eprintln!("Pod: {message}");
+        assert!(message.contains("api.team-b.svc") && message.contains("{label}.{namespace}.svc"), "{message}");
+        // A namespace outside the selector gets nothing, even its own names.
+        env.certificates("team-c")
+            .create(&post, &certificate("team-c", "own", json!({"dnsNames": ["own.team-c.svc"]})))
+            .await
+            .expect("admitted");
+
+        // Each tenant's own requests are issued.
+        team_a
+            .create(&post, &certificate("team-a", "own", json!({"dnsNames": ["own.team-a.svc"]})))
+            .await
+            .expect("A's own");
+        env.certificates("team-b")
+            .create(
+                &post,
+                &certificate(
+                    "team-b",
+                    "api",
+                    json!({"dnsNames": ["api.team-b.svc"], "usages": ["server auth", "client auth"]}),
+                ),
+            )
+            .await
+            .expect("B's own");
+        env.wait_ready("team-b", "api", WAIT).await.expect("B's own Certificate is Ready");
+        env.wait_ready("team-a", "own", WAIT).await.expect("A's own Certificate is Ready");
+
+        for (namespace, name, fragment) in refused
+            .iter()
+            .map(|(name, _, fragment)| ("team-a", *name, *fragment))
+            .chain([("team-c", "own", "namespace team-c may not use ClusterIssuer corp")])
+        {
+            let certificate = env
+                .wait_certificate(namespace, name, WAIT, "NotPermitted", |c| {
+                    condition(c, "Ready").is_some_and(|(s, r, _)| s == "False" && r == "NotPermitted")
+                })
+                .await
+                .expect("refused");
+            let (_, _, message) = condition(&certificate, "Ready").expect("Ready");
+            eprintln!("{namespace}/{name}: {message}");
+            assert!(message.contains(fragment), "{namespace}/{name}: {fragment:?} missing from {message}");
+            assert!(certificate.status.and_then(|s| s.order).is_none(), "{namespace}/{name}: no order");
+            let reasons = env.event_reasons(namespace, name).await.expect("Events");
+            assert!(reasons.iter().any(|r| r == "NotPermitted"), "{namespace}/{name}: {reasons:?}");
+        }
+        let events: Api<Event> = Api::namespaced(env.client.clone(), "team-a");
+        let ingress_events = poll_until("the Ingress's NotPermitted Event", WAIT, POLL, || async {
+            let list = events.list(&ListParams::default().fields("involvedObject.name=steal")).await?.items;
+            let found: Vec<String> = list
+                .into_iter()
+                .filter(|e| {
+                    e.involved_object.kind.as_deref() == Some("Ingress") && e.reason.as_deref() == Some("NotPermitted")
+                })
+                .filter_map(|e| e.message)
+                .collect();
+            Ok(if found.is_empty() { Err("none yet".to_string()) } else { Ok(found) })
+        })
+        .await
+        .expect("an Event on the Ingress");
+        eprintln!("Ingress: {ingress_events:?}");
+        assert!(ingress_events[0].contains("api.team-b.svc"), "{ingress_events:?}");
+        assert!(team_a.get_opt("stolen-tls").await.expect("get").is_none(), "no Certificate for the Ingress");
+
+        // The CA saw exactly the two permitted orders.
+        let orders = ca.handle().request_counts().get("POST /order-plz").copied().unwrap_or(0);
+        eprintln!("CA requests: {:?}", ca.handle().request_counts());
+        assert_eq!(orders, 2, "orders at the CA: only the two permitted Certificates");
+        let operator = env.operator().expect("an operator");
+        assert!(!operator.exited(), "the operator is running:\n{}", operator.log_tail(60));
+    })
+    .await
+}
