@@ -21,8 +21,6 @@ pub enum EventReason {
     SecretNotOwned,
     /// The issuer's policy refuses the Certificate.
     NotPermitted,
-    /// The issued chain does not lead to the issuer's caBundle.
-    ChainNotTrusted,
     /// A solver did not serve its challenge by the deadline: the attempt failed.
     SolverNotReady,
 }
@@ -39,7 +37,6 @@ impl EventReason {
             EventReason::Failed => "Failed",
             EventReason::SecretNotOwned => "SecretNotOwned",
             EventReason::NotPermitted => "NotPermitted",
-            EventReason::ChainNotTrusted => "ChainNotTrusted",
             EventReason::SolverNotReady => "SolverNotReady",
         }
     }

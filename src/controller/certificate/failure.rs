@@ -29,6 +29,9 @@ pub(super) enum IssuanceError {
     /// The CA sent a chain that does not parse.
     #[error("the CA returned an unreadable chain: {0}")]
     UnreadableChain(PkiError),
+    /// The issued chain does not verify to the issuer's issuing roots: it is not stored.
+    #[error("{0}")]
+    ChainNotTrusted(String),
     /// The CA sent a certificate for a key other than the order's.
     #[error("the CA returned a certificate for another key")]
     CertificateForAnotherKey,

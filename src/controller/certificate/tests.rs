@@ -2,6 +2,7 @@
 //! branch of the issuance path, crash windows included, in milliseconds.
 
 use super::FINALIZER;
+use crate::acme::CaTrust;
 use crate::acme::fake::{Endpoint, FakeAcme, FakeChallenge, Fault, Validation};
 use crate::api::names::{ANNOTATION_ISSUER_NAME, ANNOTATION_RENEW_REQUESTED_AT, CA_CRT};
 use crate::api::{AcmeSolver, Certificate, Http01Solver, IssuerKind, PrivateKeySpec, RotationPolicy, SolverSelector};
@@ -146,7 +147,7 @@ async fn a_new_certificate_becomes_ready_in_a_few_passes_once_its_solver_objects
     assert_eq!(secret.type_.as_deref(), Some("kubernetes.io/tls"));
     let ca_crt = parse_ca_bundle(&secret.data.as_ref().and_then(|d| d.get(CA_CRT)).expect("ca.crt").0)
         .expect("ca.crt holds PEM certificates");
-    assert!(ca_crt.contains(&ca[0]), "ca.crt carries the issuing CA");
+    assert_eq!(ca_crt, ca, "ca.crt carries the issuing CA, and not the caBundle's TLS root of the ACME endpoint");
     verify_chain(&chain, &ca_crt, Timestamp::now()).expect("the chain verifies to ca.crt, as a workload checks it");
     assert_eq!(harness.ca.certificates_issued(), std::slice::from_ref(&chain.leaf.serial));
     assert_eq!(harness.ca.orders_created(), 1);
@@ -996,4 +997,60 @@ async fn a_policy_tightened_mid_order_ends_the_order_and_removes_its_solver_obje
     assert!(harness.next_key_secret().is_none(), "the order's key is deleted");
     harness.sync_caches();
     assert!(harness.solver_objects().is_empty(), "{:?}", harness.solver_objects());
+}
+
+// --- Trust kept apart ------------------------------------------------------------------------------------
+
+/// Replaces the `acme` spec of the harness's Issuer.
+fn edit_issuer(harness: &IssuanceHarness, edit: impl FnOnce(&mut crate::api::AcmeIssuer)) {
+    let mut issuer = harness.ready_issuer();
+    edit(&mut issuer.spec.acme);
+    harness.apiserver.put(&issuer);
+}
+
+#[tokio::test]
+async fn a_chain_that_does_not_verify_to_the_issuers_roots_is_not_stored() {
+    let mut harness = IssuanceHarness::ready_to_issue().await;
+    harness.ca.set_validation(harness.validation_through_solver_objects());
+    // The caBundle trusts the ACME endpoint only: nothing the CA issues verifies to it.
+    let CaTrust::Bundle(tls_roots) = harness.ca.trust() else { panic!("a bundle") };
+    edit_issuer(&harness, |acme| acme.ca_bundle = Some(crate::controller::accounts::pem_bundle(&tls_roots)));
+
+    harness.run_passes(MAX_PASSES).await;
+
+    assert!(harness.secret(SECRET).is_none(), "an untrusted chain is not stored");
+    let (_, reason, message) = harness.condition("Ready").expect("Ready");
+    assert_eq!(reason, "Failed");
+    assert!(message.contains("does not verify to any certificate of the issuer's caBundle"), "{message}");
+    assert!(message.contains("issuingCABundle"), "says how to fix it: {message}");
+    assert!(harness.certificate().status.and_then(|s| s.failed_issuance_attempts).is_some());
+}
+
+#[tokio::test]
+async fn issuing_roots_configured_on_the_issuer_become_ca_crt_and_must_verify_the_chain() {
+    let mut harness = IssuanceHarness::ready_to_issue().await;
+    harness.ca.set_validation(harness.validation_through_solver_objects());
+    let issuing = harness.ca.ca_pem();
+    edit_issuer(&harness, |acme| acme.issuing_ca_bundle = Some(issuing.clone()));
+
+    harness.run_until_ready(MAX_PASSES).await;
+
+    let secret = harness.secret(SECRET).expect("the Secret");
+    let ca_crt = secret.data.as_ref().and_then(|d| d.get(CA_CRT)).expect("ca.crt");
+    assert_eq!(
+        parse_ca_bundle(&ca_crt.0).expect("PEM"),
+        parse_ca_bundle(issuing.as_bytes()).expect("PEM"),
+        "ca.crt is the configured issuing roots"
+    );
+
+    // Roots that do not sign this CA's certificates: the next issuance is not stored.
+    let CaTrust::Bundle(tls_roots) = harness.ca.trust() else { panic!("a bundle") };
+    edit_issuer(&harness, |acme| acme.issuing_ca_bundle = Some(crate::controller::accounts::pem_bundle(&tls_roots)));
+    harness.edit_certificate_spec(|spec| spec.dns_names.push("api.example.test".into())).await;
+    harness.run_passes(MAX_PASSES).await;
+    let (_, reason, message) = harness.condition("Issuing").expect("Issuing");
+    assert_eq!(reason, "Failed");
+    assert!(message.contains("does not verify to the issuer's issuingCABundle"), "{message}");
+    let kept = harness.secret(SECRET).expect("the Secret");
+    assert_eq!(kept.data, secret.data, "the Secret keeps the certificate that verified");
 }
