@@ -98,6 +98,7 @@ async fn helm_lint_passes_and_the_chart_renders_a_hardened_operator() {
             "--leader-elect=true",
             "--leader-election-namespace=kacme-system",
             "--leader-election-lease-duration=15s",
+            "--stall-threshold=10m",
         ] {
             assert!(args.contains(&arg), "{arg} in {args:?}");
         }

@@ -46,6 +46,9 @@ pub struct ControllerConfig {
     pub self_check: Option<SelfCheck>,
     /// How long one reconcile may wait for the CA in place before requeueing.
     pub max_wait_per_step: Duration,
+    /// How long after a challenge was first presented its solver objects may take to serve it before the
+    /// attempt fails.
+    pub solver_deadline: Duration,
     /// The name events are reported under.
     pub reporter: String,
 }
@@ -62,6 +65,7 @@ impl ControllerConfig {
             renewal_jitter: Duration::from_secs(60),
             self_check: None,
             max_wait_per_step: Duration::from_secs(2),
+            solver_deadline: crate::desired::DEFAULT_SOLVER_DEADLINE,
             reporter: "kacme".into(),
         }
     }
@@ -166,6 +170,9 @@ pub struct Context {
     written: Mutex<HashMap<String, String>>,
     /// Secrets kacme wrote or deleted whose change the cache may not show yet, by namespace/name.
     secret_writes: Mutex<HashMap<String, SecretWrite>>,
+    /// Tests only: the Certificates (namespace/name) whose reconcile panics at once.
+    #[cfg(test)]
+    pub(crate) panic_for: Mutex<std::collections::HashSet<String>>,
 }
 
 pub(super) fn object_key(certificate: &Certificate) -> String {
@@ -194,6 +201,8 @@ impl Context {
             orders: Mutex::default(),
             written: Mutex::default(),
             secret_writes: Mutex::default(),
+            #[cfg(test)]
+            panic_for: Mutex::default(),
             config,
             client,
         }
@@ -370,6 +379,15 @@ impl Context {
     pub(super) fn forget_order(&self, certificate: &Certificate) {
         if let Ok(mut orders) = self.orders.lock() {
             orders.remove(&object_key(certificate));
+        }
+    }
+
+    /// Tests only: panics when a test asked the reconcile of `certificate` to panic.
+    #[cfg(test)]
+    pub(crate) fn panic_if_asked(&self, certificate: &Certificate) {
+        let asked = self.panic_for.lock().is_ok_and(|names| names.contains(&object_key(certificate)));
+        if asked {
+            panic!("injected panic for Certificate {}", object_key(certificate));
         }
     }
 

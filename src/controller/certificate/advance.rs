@@ -12,7 +12,7 @@ use crate::controller::kube_solver::KubeSolver;
 use crate::decision::{
     SecretOwnership, next_key_ownership, order_is_for_another_issuer, same_identifiers, secret_ownership,
 };
-use crate::desired::{authorization_events, next_key_secret_name};
+use crate::desired::{SolverWait, authorization_events, next_key_secret_name, solver_wait};
 use crate::pki::{build_csr, key_matches_certificate, parse_chain, parse_private_key};
 use kube::runtime::controller::Action;
 
@@ -106,6 +106,17 @@ impl Pass<'_> {
         self.status.order = Some(order.clone());
         match advanced {
             Ok(Advance::Wait { after: wait, reason }) => {
+                let now = u64::try_from(self.now.as_second()).unwrap_or_default();
+                let deadline = self.ctx.config.solver_deadline;
+                let wait = match solver_wait(&after, now, deadline) {
+                    SolverWait::NotWaiting => wait,
+                    SolverWait::LookAgainAfter(delay) => delay,
+                    SolverWait::Overdue { identifier, waited, last_message } => {
+                        let detail = last_message.unwrap_or_else(|| "its solver reported nothing".into());
+                        let error = IssuanceError::SolverNotReady { identifier, waited, deadline, detail };
+                        return self.fail(error).await;
+                    }
+                };
                 self.transition().order_waiting(order, &reason);
                 let issuer = spec.issuer_ref.clone();
                 self.ctx.keep_order(self.certificate, KeptOrder { session, key, issuer });

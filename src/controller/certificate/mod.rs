@@ -66,6 +66,8 @@ const NEXT_STEP: Duration = Duration::from_millis(50);
 #[tracing::instrument(skip_all, fields(certificate = %format!("{}/{}", certificate.namespace().unwrap_or_default(), certificate.name_any())))]
 pub async fn reconcile_certificate(certificate: Arc<Certificate>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
     let namespace = certificate.namespace().ok_or(ReconcileError::MissingField("metadata.namespace"))?;
+    #[cfg(test)]
+    ctx.panic_if_asked(&certificate);
     let api: Api<Certificate> = Api::namespaced(ctx.client.clone(), &namespace);
     let certificate = if ctx.may_be_stale(&certificate) {
         match api.get_opt(&certificate.name_any()).await {
