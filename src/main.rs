@@ -123,7 +123,8 @@ struct ControllerArgs {
     /// Create Certificates for Ingresses annotated kacme.dev/issuer or kacme.dev/cluster-issuer.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     ingress_certificates: bool,
-    /// Keep one Certificate per workload whose Pods the admission webhook marked (kacme.dev/workload).
+    /// Keep one Certificate per workload whose Pods the admission webhook marked (kacme.dev/workload), in the
+    /// namespaces the webhook selects (only with --webhook-address).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     workload_certificates: bool,
     /// Serve the Pod admission webhook (HTTPS) on this address, for example 0.0.0.0:9443; off unless set.
@@ -241,7 +242,13 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     let webhook = webhook_config(&args)?;
     let automation = kacme::controller::AutomationConfig {
         ingresses: args.ingress_certificates,
-        workloads: args.workload_certificates,
+        // Only with the webhook: the workload controller acts in the namespaces it selects.
+        workloads: webhook.as_ref().filter(|_| args.workload_certificates).map(|webhook| {
+            kacme::controller::WorkloadConfig {
+                namespace_selector: args.webhook_namespace_selector.clone(),
+                excluded_namespaces: webhook.policy.excluded_namespaces.clone(),
+            }
+        }),
         ca_bundle: args.ca_bundle_namespace_selector.clone().map(|namespace_selector| {
             kacme::controller::CaBundleConfig { config_map_name: args.ca_bundle_config_map.clone(), namespace_selector }
         }),

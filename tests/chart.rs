@@ -178,6 +178,7 @@ async fn helm_lint_passes_and_the_chart_renders_a_hardened_operator() {
         assert!(services.contains(&"kacme-webhook"), "{services:?}");
         let rules = serde_yaml::to_string(&find(&documents, "ClusterRole")[0]["rules"]).unwrap();
         assert!(rules.contains("mutatingwebhookconfigurations") && rules.contains("configmaps"), "{rules}");
+        assert!(rules.contains("replicasets") && rules.contains("jobs"), "workload controllers read: {rules}");
         helm.run(&["lint", "--strict", &chart, "--set", "webhook.enabled=true,caBundle.namespaceSelector=x"]).await.unwrap();
     })
     .await

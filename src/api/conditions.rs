@@ -30,6 +30,9 @@ impl ConditionType {
 pub enum IssuanceReason {
     /// The Secret does not exist.
     DoesNotExist,
+    /// The Secret was written by kacme for an earlier Certificate of the same name, since deleted: it is
+    /// replaced with a certificate for a new key (its key is never trusted).
+    SecretOfEarlierCertificate,
     /// The Secret lacks tls.crt or tls.key.
     MissingData,
     /// tls.crt or tls.key cannot be read, or they do not belong together.
@@ -49,6 +52,7 @@ impl IssuanceReason {
     pub const fn as_str(self) -> &'static str {
         match self {
             IssuanceReason::DoesNotExist => "DoesNotExist",
+            IssuanceReason::SecretOfEarlierCertificate => "SecretOfEarlierCertificate",
             IssuanceReason::MissingData => "MissingData",
             IssuanceReason::InvalidKeyPair => "InvalidKeyPair",
             IssuanceReason::KeyMismatchesSpec => "KeyMismatchesSpec",

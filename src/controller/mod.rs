@@ -39,6 +39,7 @@ pub use context::{Context, ControllerConfig, Stores};
 pub use error::ReconcileError;
 pub use events::EventPublisher;
 pub use observe::{Caches, ControllerKind, NoReconcileObserver, Observers, ReconcileObserver};
+pub use workload::WorkloadConfig;
 
 use crate::acme::AcmeObserver;
 use crate::api::names::{ANNOTATION_CERTIFICATE_NAME, LABEL_MANAGED_BY, LABEL_SOLVER, MANAGED_BY};

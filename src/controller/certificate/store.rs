@@ -4,6 +4,7 @@ use super::Pass;
 use super::failure::IssuanceError;
 use crate::controller::ReconcileError;
 use crate::controller::accounts::{IssuerInfo, IssuingTrust, pem_bundle};
+use crate::controller::context::SecretCreation;
 use crate::decision::{
     RenewBefore, SecretOwnership, issued_differs_from_spec, renewal_time, secret_ownership, usages_annotation,
 };
@@ -68,7 +69,7 @@ impl Pass<'_> {
             .await
             .map_err(|e| ReconcileError::kube(format!("reading Secret {name}"), e))?;
         if let Some(current) = &current
-            && let SecretOwnership::Foreign(message) = secret_ownership(current, &self.name())
+            && let SecretOwnership::Foreign(message) = secret_ownership(current, self.certificate)
         {
             return self.fail(IssuanceError::SecretNotOwned(message)).await;
         }
@@ -81,10 +82,23 @@ impl Pass<'_> {
             ca_crt.as_deref(),
             &usages,
         );
-        self.ctx
-            .apply_secret(&self.namespace, &secret)
-            .await
-            .map_err(|e| ReconcileError::kube(format!("writing Secret {name}"), e))?;
+        // A new Secret is created (a POST never overwrites: one that appeared since the read is someone
+        // else's); an existing one of ours is replaced only while it is the very Secret just read.
+        let writing = |e| ReconcileError::kube(format!("writing Secret {name}"), e);
+        match &current {
+            None => {
+                if self.ctx.create_secret(&self.namespace, &secret).await.map_err(writing)?
+                    == SecretCreation::AlreadyExists
+                {
+                    let message = format!(
+                        "Secret {name:?} was created by someone else while kacme was issuing; kacme will not \
+                         overwrite it: delete it or choose another secretName"
+                    );
+                    return self.fail(IssuanceError::SecretNotOwned(message)).await;
+                }
+            }
+            Some(current) => self.ctx.replace_secret(&self.namespace, &secret, current).await.map_err(writing)?,
+        }
         self.delete_next_key().await?;
         self.ctx.forget_order(self.certificate);
         self.clean_up_leftover_solver_objects().await;

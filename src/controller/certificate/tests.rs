@@ -4,7 +4,10 @@
 use super::FINALIZER;
 use crate::acme::CaTrust;
 use crate::acme::fake::{Endpoint, FakeAcme, FakeChallenge, Fault, Validation};
-use crate::api::names::{ANNOTATION_ISSUER_NAME, ANNOTATION_RENEW_REQUESTED_AT, CA_CRT};
+use crate::api::names::{
+    ANNOTATION_CERTIFICATE_NAME, ANNOTATION_CERTIFICATE_UID, ANNOTATION_ISSUER_NAME, ANNOTATION_RENEW_REQUESTED_AT,
+    CA_CRT, LABEL_MANAGED_BY, MANAGED_BY, TLS_KEY,
+};
 use crate::api::{AcmeSolver, Certificate, Http01Solver, IssuerKind, PrivateKeySpec, RotationPolicy, SolverSelector};
 use crate::controller::testing::{CERTIFICATE, IssuanceHarness, NAMESPACE, SECRET, ready_issuer_at};
 use crate::pki::{parse_ca_bundle, verify_chain};
@@ -12,6 +15,7 @@ use crate::testing::FakeApiserver;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::api::networking::v1::Ingress;
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams};
 use kube::runtime::controller::Action;
 use std::collections::BTreeMap;
@@ -562,6 +566,12 @@ fn die_before(apiserver: &FakeApiserver, failing: &[(&str, &str)]) {
     }
 }
 
+/// Registers the Issuer's ACME account and stores its key, as the first pass would before its order.
+async fn create_account(harness: &IssuanceHarness) {
+    let issuer = crate::controller::accounts::IssuerInfo::from_issuer(&harness.ready_issuer()).expect("an ACME issuer");
+    crate::controller::accounts::ensure_account(&harness.ctx, &issuer).await.expect("the account registers");
+}
+
 #[tokio::test]
 async fn a_crash_at_any_write_of_the_issuance_path_loses_no_key_and_issues_once() {
     // (case, the pass that dies, the writes it never makes (the first one failing is where it dies), how
@@ -570,7 +580,8 @@ async fn a_crash_at_any_write_of_the_issuance_path_loses_no_key_and_issues_once(
         (
             "after the order is created, before its key is stored",
             CrashIn::OrderPass,
-            &[("PATCH", "/secrets/web-next-key"), STATUS_WRITE],
+            // The key is created with a POST to the collection; the account's key exists by then.
+            &[("POST", "/namespaces/apps/secrets"), STATUS_WRITE],
             2,
         ),
         ("after the key is stored, before status names the order", CrashIn::OrderPass, &[STATUS_WRITE], 2),
@@ -589,7 +600,10 @@ async fn a_crash_at_any_write_of_the_issuance_path_loses_no_key_and_issues_once(
             let case = format!("{case} ({})", if restart { "restarted" } else { "same process" });
             let mut harness = IssuanceHarness::ready_to_issue().await;
             match pass {
-                CrashIn::OrderPass => die_before(&harness.apiserver, failing),
+                CrashIn::OrderPass => {
+                    create_account(&harness).await;
+                    die_before(&harness.apiserver, failing)
+                }
                 CrashIn::StorePass => {
                     let apiserver = harness.apiserver.clone();
                     let failing: Vec<(String, String)> =
@@ -997,6 +1011,136 @@ async fn a_policy_tightened_mid_order_ends_the_order_and_removes_its_solver_obje
     assert!(harness.next_key_secret().is_none(), "the order's key is deleted");
     harness.sync_caches();
     assert!(harness.solver_objects().is_empty(), "{:?}", harness.solver_objects());
+}
+
+// --- Secrets kacme may touch ---------------------------------------------------------------------------
+
+/// A Secret named like the Certificate's, labelled and annotated as kacme's for Certificate `web`, but
+/// written by someone else: without the Certificate's UID.
+fn forged_secret(name: &str) -> Secret {
+    let mut secret = foreign_secret();
+    secret.metadata.name = Some(name.into());
+    secret.metadata.labels = Some(BTreeMap::from([(LABEL_MANAGED_BY.into(), MANAGED_BY.into())]));
+    secret.metadata.annotations = Some(BTreeMap::from([(ANNOTATION_CERTIFICATE_NAME.into(), "web".into())]));
+    let key = crate::pki::generate_private_key(&crate::pki::KeySpec::from_spec(None)).expect("a key");
+    secret.data = Some(BTreeMap::from([(TLS_KEY.into(), k8s_openapi::ByteString(key.pem().as_bytes().to_vec()))]));
+    secret
+}
+
+#[tokio::test]
+async fn a_secret_with_a_forged_name_annotation_is_neither_read_nor_written() {
+    let harness = IssuanceHarness::ready_to_issue().await;
+    let forged = harness.apiserver.put(&forged_secret(SECRET));
+
+    harness.pass().await;
+    harness.pass().await;
+
+    assert_eq!(harness.condition_reason("Ready"), condition("False", "SecretNotOwned"));
+    let (_, _, message) = harness.condition("Ready").expect("a Ready condition");
+    assert!(message.contains("records no Certificate UID"), "{message}");
+    assert_eq!(harness.secret(SECRET), Some(forged), "the Secret is untouched");
+    assert_eq!(harness.acme_requests(), 0, "nothing to order for a Secret kacme may not write");
+}
+
+#[tokio::test]
+async fn a_certificate_created_again_under_the_same_name_replaces_the_secret_with_a_new_key() {
+    let mut harness = IssuanceHarness::ready_to_issue().await;
+    harness.run_until_ready(MAX_PASSES).await;
+    let (first, first_key) = harness.stored_certificate();
+
+    // Deleted (the Secret stays, as in cert-manager) and created again a moment later: another UID.
+    assert!(harness.apiserver.remove::<Certificate>(NAMESPACE, "web"));
+    let mut again = crate::desired::testing::certificate();
+    again.metadata.uid = Some("0b6b2c4e-1d1f-4c55-9a7e-3c1f00000002".into());
+    let later = Timestamp::now() + jiff::SignedDuration::from_secs(2);
+    again.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(later));
+    harness.seed_certificate(again);
+    harness.run_until_ready(MAX_PASSES).await;
+
+    let (second, second_key) = harness.stored_certificate();
+    assert_ne!(first.leaf.serial, second.leaf.serial, "issued anew");
+    assert_ne!(first_key.pem(), second_key.pem(), "the earlier Certificate's key is not trusted");
+    let secret = harness.secret(SECRET).expect("the Secret");
+    assert_eq!(
+        secret.annotations().get(ANNOTATION_CERTIFICATE_UID).map(String::as_str),
+        Some("0b6b2c4e-1d1f-4c55-9a7e-3c1f00000002"),
+        "the Secret now records the new Certificate"
+    );
+    assert!(harness.event_reasons().iter().any(|r| r == "Issued"));
+}
+
+#[tokio::test]
+async fn a_certificate_created_after_a_secret_that_records_another_uid_does_not_take_it() {
+    let harness = IssuanceHarness::ready_to_issue().await;
+    let mut secret = forged_secret(SECRET);
+    secret.annotations_mut().insert(ANNOTATION_CERTIFICATE_UID.into(), "0b6b2c4e-1d1f-4c55-9a7e-3c1f00000099".into());
+    // Written after the Certificate existed: not a Secret an earlier Certificate left behind.
+    let later = Timestamp::now() + jiff::SignedDuration::from_secs(2);
+    secret.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(later));
+    let planted = harness.apiserver.put(&secret);
+
+    harness.pass().await;
+
+    assert_eq!(harness.condition_reason("Ready"), condition("False", "SecretNotOwned"));
+    assert_eq!(harness.secret(SECRET), Some(planted), "the Secret is untouched");
+    assert_eq!(harness.acme_requests(), 0);
+}
+
+#[tokio::test]
+async fn a_secret_written_before_the_upgrade_is_adopted_once_without_a_new_certificate() {
+    let mut harness = IssuanceHarness::ready_to_issue().await;
+    harness.run_until_ready(MAX_PASSES).await;
+    let (issued, _) = harness.stored_certificate();
+    // As kacme wrote it before it recorded UIDs.
+    let mut legacy = harness.secret(SECRET).expect("the Secret");
+    legacy.annotations_mut().remove(ANNOTATION_CERTIFICATE_UID);
+    legacy.metadata.managed_fields = None;
+    harness.apiserver.put(&legacy);
+    let orders = harness.ca.orders_created();
+    harness.apiserver.clear_requests();
+
+    harness.sync_caches();
+    harness.pass().await;
+    harness.sync_caches();
+    harness.pass().await;
+
+    let secret = harness.secret(SECRET).expect("the Secret");
+    let uid = harness.certificate().metadata.uid;
+    assert_eq!(secret.annotations().get(ANNOTATION_CERTIFICATE_UID), uid.as_ref(), "the UID is recorded");
+    assert_eq!(harness.apiserver.count("PATCH", "/secrets/web-tls"), 1, "recorded once");
+    assert_eq!(harness.stored_certificate().0.leaf.serial, issued.leaf.serial, "the certificate stays");
+    assert_eq!(harness.ca.orders_created(), orders, "no new order");
+    assert!(harness.is_ready_and_idle());
+}
+
+#[tokio::test]
+async fn a_next_key_secret_of_someone_else_is_neither_read_replaced_nor_deleted() {
+    let mut harness = IssuanceHarness::ready_to_issue().await;
+    harness.run_passes(1).await;
+    assert!(harness.certificate().status.and_then(|s| s.order).is_some(), "an order is in flight");
+    // A restarted operator must read the order's key back from the next-key Secret; someone has put
+    // their own key there, with kacme's name annotation and label but without the Certificate's UID.
+    harness.restart();
+    let planted = harness.apiserver.put(&forged_secret("web-next-key"));
+
+    harness.run_passes(3).await;
+
+    assert_eq!(harness.next_key_secret(), Some(planted.clone()), "neither replaced nor deleted");
+    assert!(harness.ca.certificates_issued().is_empty(), "no certificate for the planted key (or any)");
+    assert!(harness.secret(SECRET).is_none());
+    let (status, _, message) = harness.condition("Ready").expect("a Ready condition");
+    assert_eq!(status, "False");
+    assert!(message.contains("in the way of the next private key"), "{message}");
+
+    // Nor is it deleted with the Certificate.
+    Api::<Certificate>::namespaced(harness.apiserver.client(), NAMESPACE)
+        .delete("web", &DeleteParams::default())
+        .await
+        .expect("deletion starts");
+    harness.sync_caches();
+    harness.pass().await;
+    assert!(harness.apiserver.get::<Certificate>(NAMESPACE, "web").is_none(), "the finalizer went");
+    assert_eq!(harness.next_key_secret(), Some(planted), "still there");
 }
 
 // --- Trust kept apart ------------------------------------------------------------------------------------
