@@ -128,6 +128,7 @@ async fn helm_lint_passes_and_the_chart_renders_a_hardened_operator() {
             "--leader-elect=true",
             "--leader-election-namespace=kacme-system",
             "--leader-election-lease-duration=15s",
+            "--stall-threshold=10m",
         ] {
             assert!(args.contains(&arg), "{arg} in {args:?}");
         }
@@ -259,6 +260,7 @@ async fn helm_lint_passes_and_the_chart_renders_a_hardened_operator() {
             let expressions = rendered["matchExpressions"].as_array().map_or(0, Vec::len);
             assert_eq!(expressions, own_expressions + 1, "{selector:?}: {rendered}");
         }
+        assert!(rules.contains("replicasets") && rules.contains("jobs"), "workload controllers read: {rules}");
         helm.run(&["lint", "--strict", &chart, "--set", "webhook.enabled=true,caBundle.namespaceSelector=x"]).await.unwrap();
     })
     .await
