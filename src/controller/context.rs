@@ -48,6 +48,10 @@ pub struct ControllerConfig {
     pub max_wait_per_step: Duration,
     /// The name events are reported under.
     pub reporter: String,
+    /// Which labels and annotations issuers' solver templates may put on solver Pods and Ingresses.
+    pub solver_templates: crate::decision::solver_template::SolverTemplateRules,
+    /// Which ACME servers namespaced Issuers may use, and whether they may skip TLS verification.
+    pub namespaced_issuers: crate::decision::issuer_restrictions::NamespacedIssuerRules,
 }
 
 impl ControllerConfig {
@@ -63,6 +67,8 @@ impl ControllerConfig {
             self_check: None,
             max_wait_per_step: Duration::from_secs(2),
             reporter: "kacme".into(),
+            solver_templates: Default::default(),
+            namespaced_issuers: Default::default(),
         }
     }
 }

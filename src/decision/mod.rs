@@ -4,8 +4,10 @@
 mod backoff;
 mod identifiers;
 mod issuance;
+pub mod issuer_restrictions;
 pub mod policy;
 mod renewal;
+pub mod solver_template;
 
 pub use crate::api::IssuanceReason;
 pub use backoff::BackoffPolicy;
