@@ -1,9 +1,11 @@
-//! The operator's HTTP endpoints: `/metrics` (Prometheus text format), `/healthz` (the process serves
-//! requests) and `/readyz` (a standby waiting for the Lease, or a leader whose caches are synced).
+//! The operator's HTTP endpoints: `/metrics` (Prometheus text format), `/healthz` (the reconcile loops make
+//! progress: see [`crate::liveness`]; a standby, which runs none, is always live) and `/readyz` (a standby
+//! waiting for the Lease, or a leader whose caches are synced).
 
 use crate::acme::{AcmeAction, AcmeObserver, AcmeOutcome};
 use crate::controller::{Caches, ControllerKind, ReconcileError, ReconcileObserver};
 use crate::http_server::ServeOptions;
+use crate::liveness::Progress;
 use crate::metrics::Metrics;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
@@ -12,7 +14,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
 /// Where the operator stands, as `/readyz` reports it.
@@ -30,15 +32,22 @@ pub enum Role {
 #[derive(Debug)]
 pub struct Health {
     role: Mutex<Role>,
+    /// The progress of the reconcile loops (liveness).
+    pub progress: Progress,
 }
 
 impl Default for Health {
     fn default() -> Self {
-        Health { role: Mutex::new(Role::Starting) }
+        Health::new(Progress::default())
     }
 }
 
 impl Health {
+    /// A process starting up, whose loops report to `progress`.
+    pub fn new(progress: Progress) -> Health {
+        Health { role: Mutex::new(Role::Starting), progress }
+    }
+
     pub fn role(&self) -> Role {
         self.role.lock().map(|r| *r).unwrap_or(Role::Starting)
     }
@@ -66,6 +75,17 @@ impl Health {
             Role::Leading { caches_synced: true } => (true, "ok: leading\n"),
         }
     }
+
+    /// Whether the process is live at `now`, and why (the body of `/healthz`): not when a reconcile loop
+    /// has had work in flight without finishing any for longer than the stall threshold.
+    pub fn liveness(&self, now: Instant) -> (bool, String) {
+        let stalls = self.progress.stalls(now);
+        if stalls.is_empty() {
+            return (true, "ok\n".into());
+        }
+        let stalls: Vec<String> = stalls.iter().map(ToString::to_string).collect();
+        (false, format!("stalled: {}\n", stalls.join("; ")))
+    }
 }
 
 /// Metrics and health together: the observer the controller reports to, and what the endpoints serve.
@@ -76,6 +96,11 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
+    /// Telemetry whose liveness fails when a busy loop finishes no reconcile for `stall_threshold`.
+    pub fn new(stall_threshold: Duration) -> Telemetry {
+        Telemetry { metrics: Metrics::default(), health: Health::new(Progress::new(stall_threshold)) }
+    }
+
     /// Records the role in `/readyz` and in the leader gauge.
     pub fn set_role(&self, role: Role) {
         self.health.set_role(role);
@@ -90,7 +115,16 @@ impl AcmeObserver for Telemetry {
 }
 
 impl ReconcileObserver for Telemetry {
+    fn reconcile_started(&self, controller: ControllerKind) {
+        self.health.progress.started(controller, Instant::now());
+    }
+
+    fn reconcile_cancelled(&self, controller: ControllerKind) {
+        self.health.progress.cancelled(controller);
+    }
+
     fn reconcile_finished(&self, controller: ControllerKind, elapsed: Duration, error: Option<&ReconcileError>) {
+        self.health.progress.finished(controller, Instant::now());
         self.metrics.reconcile_finished(controller, elapsed, error);
     }
 
@@ -107,8 +141,20 @@ fn respond(telemetry: &Telemetry, method: &Method, path: &str) -> (StatusCode, &
         return (StatusCode::METHOD_NOT_ALLOWED, TEXT, "only GET\n".into());
     }
     match path {
-        "/metrics" => (StatusCode::OK, crate::metrics::CONTENT_TYPE, telemetry.metrics.encode()),
-        "/healthz" | "/livez" => (StatusCode::OK, TEXT, "ok\n".into()),
+        "/metrics" => {
+            let now = Instant::now();
+            telemetry
+                .metrics
+                .set_progress(&telemetry.health.progress.snapshot(now), telemetry.health.progress.threshold());
+            (StatusCode::OK, crate::metrics::CONTENT_TYPE, telemetry.metrics.encode())
+        }
+        "/healthz" | "/livez" => match telemetry.health.liveness(Instant::now()) {
+            (true, body) => (StatusCode::OK, TEXT, body),
+            (false, body) => {
+                tracing::warn!(health = %body.trim_end(), "liveness check failed: the kubelet restarts a process that keeps failing it");
+                (StatusCode::SERVICE_UNAVAILABLE, TEXT, body)
+            }
+        },
         "/readyz" => match telemetry.health.readiness() {
             (true, body) => (StatusCode::OK, TEXT, body.into()),
             (false, body) => (StatusCode::SERVICE_UNAVAILABLE, TEXT, body.into()),
@@ -157,6 +203,40 @@ mod tests {
         health.set_role(Role::Standby);
         health.caches_synced();
         assert_eq!(health.role(), Role::Standby);
+    }
+
+    #[test]
+    fn healthz_fails_while_a_loop_is_stalled_and_names_it() {
+        let telemetry = Telemetry::new(Duration::from_secs(600));
+        telemetry.set_role(Role::Leading { caches_synced: true });
+        let t0 = Instant::now();
+        assert_eq!(telemetry.health.liveness(t0), (true, "ok\n".into()), "no loop ran yet");
+        telemetry.health.progress.started(ControllerKind::Certificate, t0);
+        let later = t0 + Duration::from_secs(601);
+        let (live, body) = telemetry.health.liveness(later);
+        assert!(!live);
+        assert_eq!(
+            body,
+            "stalled: the certificate controller has 1 reconcile(s) in flight and finished none for 601s \
+             (threshold 600s)\n"
+        );
+        telemetry.health.progress.finished(ControllerKind::Certificate, later);
+        assert_eq!(telemetry.health.liveness(later), (true, "ok\n".into()), "recovered");
+    }
+
+    #[test]
+    fn healthz_answers_503_for_a_stalled_loop() {
+        let telemetry = Telemetry::new(Duration::ZERO);
+        telemetry.reconcile_started(ControllerKind::Issuer);
+        std::thread::sleep(Duration::from_millis(5));
+        let (status, _, body) = respond(&telemetry, &Method::GET, "/healthz");
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert!(body.contains("the issuer controller"), "{body}");
+        let (_, _, metrics) = respond(&telemetry, &Method::GET, "/metrics");
+        assert!(metrics.lines().any(|l| l == "kacme_controller_stalled{controller=\"issuer\"} 1"), "{metrics}");
+        assert!(metrics.lines().any(|l| l == "kacme_controller_stalled{controller=\"certificate\"} 0"), "{metrics}");
+        telemetry.reconcile_finished(ControllerKind::Issuer, Duration::from_millis(5), None);
+        assert_eq!(respond(&telemetry, &Method::GET, "/healthz").0, StatusCode::OK);
     }
 
     #[test]

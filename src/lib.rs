@@ -4,7 +4,7 @@
 //! [`decision`] (whether and when to issue), [`desired`] (the objects and status the reconcilers write) and
 //! [`automatic`] (Certificates for Ingresses and workloads); adapters in [`acme`] (the ACME engine),
 //! [`controller`] (the reconcilers), [`webhook`], [`solver`] and [`endpoints`], which serve HTTP through
-//! [`http_server`]; [`kube_errors`] classifies Kubernetes API errors in one place.
+//! [`http_server`]; [`liveness`] tells whether the reconcile loops make progress; [`kube_errors`] classifies Kubernetes API errors in one place.
 #![forbid(unsafe_code)]
 
 pub mod acme;
@@ -18,6 +18,7 @@ pub mod http_server;
 pub mod issuer_policy;
 pub mod kube_errors;
 pub mod leader;
+pub mod liveness;
 pub mod metrics;
 pub mod pki;
 pub mod shutdown;

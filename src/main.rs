@@ -97,6 +97,15 @@ struct ControllerArgs {
     /// off unless set.
     #[arg(long, value_parser = parse_duration)]
     self_check_deadline: Option<Duration>,
+    /// How long the solver objects of a challenge (Pod, Service, Ingress) may take to serve it; after this
+    /// long the attempt fails (naming the solver Pod and why it is not ready) and backs off.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    solver_deadline: Duration,
+    /// /healthz fails (and the kubelet restarts the operator) when a controller loop with reconciles in
+    /// flight has finished none for this long. Keep it well above the longest reconcile (ACME requests
+    /// time out after 30 s; a pass makes a few). An idle operator, or a standby, is always healthy.
+    #[arg(long, env = "KACME_STALL_THRESHOLD", default_value = "10m", value_parser = parse_duration)]
+    stall_threshold: Duration,
     /// Address of the HTTP endpoints: /metrics (Prometheus), /healthz and /readyz.
     #[arg(long, env = "KACME_METRICS_ADDRESS", default_value = "0.0.0.0:9402")]
     metrics_address: SocketAddr,
@@ -114,7 +123,8 @@ struct ControllerArgs {
     /// Create Certificates for Ingresses annotated kacme.dev/issuer or kacme.dev/cluster-issuer.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     ingress_certificates: bool,
-    /// Keep one Certificate per workload whose Pods the admission webhook marked (kacme.dev/workload).
+    /// Keep one Certificate per workload whose Pods the admission webhook marked (kacme.dev/workload), in the
+    /// namespaces the webhook selects (only with --webhook-address).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     workload_certificates: bool,
     /// Serve the Pod admission webhook (HTTPS) on this address, for example 0.0.0.0:9443; off unless set.
@@ -264,7 +274,13 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     let webhook = webhook_config(&args)?;
     let automation = kacme::controller::AutomationConfig {
         ingresses: args.ingress_certificates,
-        workloads: args.workload_certificates,
+        // Only with the webhook: the workload controller acts in the namespaces it selects.
+        workloads: webhook.as_ref().filter(|_| args.workload_certificates).map(|webhook| {
+            kacme::controller::WorkloadConfig {
+                namespace_selector: args.webhook_namespace_selector.clone(),
+                excluded_namespaces: webhook.policy.excluded_namespaces.clone(),
+            }
+        }),
         ca_bundle: args.ca_bundle_namespace_selector.clone().map(|namespace_selector| {
             kacme::controller::CaBundleConfig { config_map_name: args.ca_bundle_config_map.clone(), namespace_selector }
         }),
@@ -274,6 +290,7 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     config.per_issuer_concurrency = args.issuer_concurrency;
     config.backoff = kacme::decision::BackoffPolicy { initial: args.backoff_initial, max: args.backoff_max };
     config.renewal_jitter = args.renewal_jitter;
+    config.solver_deadline = args.solver_deadline;
     config.self_check =
         args.self_check_deadline.map(|deadline| kacme::acme::SelfCheck { deadline, ..Default::default() });
     config.solver_templates = solver_templates;
@@ -286,7 +303,7 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     });
     let stopped = || shutdown.stopped();
 
-    let telemetry = Arc::new(Telemetry::default());
+    let telemetry = Arc::new(Telemetry::new(args.stall_threshold));
     let listener = tokio::net::TcpListener::bind(args.metrics_address)
         .await
         .with_context(|| format!("listening on {} (--metrics-address)", args.metrics_address))?;

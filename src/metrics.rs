@@ -14,6 +14,8 @@
 //! | `kacme_reconcile_total` | counter | controller |
 //! | `kacme_reconcile_errors_total` | counter | controller, reason |
 //! | `kacme_reconcile_duration_seconds` | histogram | controller |
+//! | `kacme_controller_seconds_without_progress` | gauge (0 while idle) | controller |
+//! | `kacme_controller_stalled` | gauge (1 while `/healthz` fails for this loop) | controller |
 //! | `kacme_leader_election_is_leader` | gauge | |
 //! | `kacme_build_info` | gauge (1) | version |
 
@@ -107,6 +109,8 @@ pub struct Metrics {
     reconcile_errors: Family<ReconcileErrorLabels, Counter>,
     reconcile_duration: HistogramFamily<ControllerLabels>,
     leader: Gauge,
+    without_progress: Family<ControllerLabels, Gauge>,
+    stalled: Family<ControllerLabels, Gauge>,
     caches: Arc<RwLock<Option<Caches>>>,
 }
 
@@ -158,12 +162,28 @@ impl Metrics {
             "1 while this process holds the leader Lease (or runs without leader election), else 0",
             leader.clone(),
         );
+        let without_progress = Family::<ControllerLabels, Gauge>::default();
+        registry.register(
+            "kacme_controller_seconds_without_progress",
+            "Seconds a controller loop with reconciles in flight has finished none (0 while idle)",
+            without_progress.clone(),
+        );
+        let stalled = Family::<ControllerLabels, Gauge>::default();
+        registry.register(
+            "kacme_controller_stalled",
+            "1 while a controller loop has finished no reconcile for longer than the stall threshold (then \
+             /healthz fails and the kubelet restarts the process), else 0",
+            stalled.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         build.get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION") }).set(1);
         registry.register("kacme_build_info", "The kacme version running (always 1)", build);
         // Every controller and error reason from 0, so that rates and alerts work before the first error.
         for controller in ControllerKind::ALL {
-            let _ = reconciles.get_or_create(&ControllerLabels { controller: controller.as_str() });
+            let labels = ControllerLabels { controller: controller.as_str() };
+            let _ = reconciles.get_or_create(&labels);
+            let _ = without_progress.get_or_create(&labels);
+            let _ = stalled.get_or_create(&labels);
             for reason in ReconcileError::METRIC_LABELS {
                 let _ =
                     reconcile_errors.get_or_create(&ReconcileErrorLabels { controller: controller.as_str(), reason });
@@ -179,7 +199,21 @@ impl Metrics {
             reconcile_errors,
             reconcile_duration,
             leader,
+            without_progress,
+            stalled,
             caches,
+        }
+    }
+
+    /// Records the progress of the controller loops (from [`crate::liveness::Progress::snapshot`]): how long
+    /// each busy loop has finished no reconcile, and whether that exceeds `threshold`.
+    pub fn set_progress(&self, loops: &[(ControllerKind, usize, Option<Duration>)], threshold: Duration) {
+        for (controller, _, without_progress) in loops {
+            let labels = ControllerLabels { controller: controller.as_str() };
+            let seconds = without_progress.map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+            self.without_progress.get_or_create(&labels).set(seconds);
+            let stalled = without_progress.is_some_and(|d| d > threshold);
+            self.stalled.get_or_create(&labels).set(i64::from(stalled));
         }
     }
 

@@ -98,6 +98,7 @@ async fn helm_lint_passes_and_the_chart_renders_a_hardened_operator() {
             "--leader-elect=true",
             "--leader-election-namespace=kacme-system",
             "--leader-election-lease-duration=15s",
+            "--stall-threshold=10m",
         ] {
             assert!(args.contains(&arg), "{arg} in {args:?}");
         }
@@ -177,6 +178,7 @@ async fn helm_lint_passes_and_the_chart_renders_a_hardened_operator() {
         assert!(services.contains(&"kacme-webhook"), "{services:?}");
         let rules = serde_yaml::to_string(&find(&documents, "ClusterRole")[0]["rules"]).unwrap();
         assert!(rules.contains("mutatingwebhookconfigurations") && rules.contains("configmaps"), "{rules}");
+        assert!(rules.contains("replicasets") && rules.contains("jobs"), "workload controllers read: {rules}");
         helm.run(&["lint", "--strict", &chart, "--set", "webhook.enabled=true,caBundle.namespaceSelector=x"]).await.unwrap();
     })
     .await

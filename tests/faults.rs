@@ -350,6 +350,9 @@ async fn a_ca_outage_is_reported_and_backed_off_and_every_certificate_is_issued_
 
         // A new Pebble on the same address: it knows no account and no order.
         pebble_mut(&mut env).restart().await.expect("restarting Pebble");
+        // Pebble makes a new issuing root at each start (a real CA keeps its root), and kacme stores no chain
+        // that does not verify to the issuer's roots: the Issuer is told the new root, as after a CA re-key.
+        env.apply(&env.issuer_yaml(NAMESPACE, ISSUER)).await.expect("trusting the restarted Pebble's root");
         wait_all_ready(&env, Duration::from_secs(120)).await;
         eprintln!("all {} Ready {:.1}s after the CA came back", names.len(), stopped.elapsed().as_secs_f64() - outage.as_secs_f64());
         assert_no_solver_objects(&env).await;

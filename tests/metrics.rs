@@ -97,6 +97,12 @@ async fn run() {
         let series = format!(r#"kacme_reconcile_errors_total{{controller="certificate",reason="{reason}"}}"#);
         assert!(value(&samples, &series, &text) >= 0.0);
     }
+    for controller in ["certificate", "issuer", "clusterissuer"] {
+        let series = format!(r#"kacme_controller_stalled{{controller="{controller}"}}"#);
+        assert_eq!(value(&samples, &series, &text), 0.0, "a loop that makes progress is not stalled");
+        let series = format!(r#"kacme_controller_seconds_without_progress{{controller="{controller}"}}"#);
+        assert!(value(&samples, &series, &text) < 60.0, "{series}");
+    }
     assert_eq!(value(&samples, "kacme_leader_election_is_leader", &text), 1.0);
     let version = format!(r#"kacme_build_info{{version="{}"}}"#, env!("CARGO_PKG_VERSION"));
     assert_eq!(value(&samples, &version, &text), 1.0);

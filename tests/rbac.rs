@@ -186,6 +186,17 @@ async fn run() {
     env.wait_no_solver_objects("apps").await.unwrap();
     assert!(env.secrets("kacme").get_opt("cluster-ca-account").await.unwrap().is_some(), "ClusterIssuer key");
 
+    // A renewal replaces the Secret kacme created (a Secret is created with a POST, replaced with a patch).
+    env.control_plane
+        .kubectl(&["annotate", "certificate", "web", "-n", "apps", "kacme.dev/renew-requested-at=now"])
+        .await
+        .unwrap();
+    env.wait_certificate("apps", "web", Duration::from_secs(60), "Certificate apps/web renewed", |c| {
+        c.status.as_ref().and_then(|s| s.revision) == Some(2) && c.status.as_ref().is_some_and(|s| s.order.is_none())
+    })
+    .await
+    .expect("renewed with the ServiceAccount's rights");
+
     // An Ingress annotated with the issuer gets a Certificate, which goes with the annotation.
     env.apply(INGRESS).await.unwrap();
     env.wait_ready("apps", "shop-tls", Duration::from_secs(60)).await.expect("the annotated Ingress's Certificate");

@@ -196,6 +196,11 @@ async fn mutual_tls(
     (server_result, client_result)
 }
 
+/// The Pods of the namespace `plain`, which the webhook does not select.
+fn elsewhere_pods(env: &OperatorEnv) -> Api<Pod> {
+    Api::namespaced(env.client.clone(), "plain")
+}
+
 fn extended_key_usages(der: &[u8]) -> (bool, bool) {
     let (_, certificate) = x509_parser::parse_x509_certificate(der).unwrap();
     let usages = certificate.extended_key_usage().unwrap().map(|e| e.value.clone());
@@ -290,6 +295,52 @@ async fn workloads_get_mounted_certificates_through_the_webhook_and_complete_mut
     assert_eq!(mounts(&plain).0, None);
     assert!(plain.labels().get("kacme.dev/workload").is_none());
     assert_eq!(mounts(&plain).1, [("app".to_string(), vec![])]);
+
+    // Attacks on alpha's Certificate, none of which changes it: (1) a bare Pod named alpha (the webhook labels
+    // it `kacme.dev/workload: alpha`) asking for other names; (2) a Pod that names alpha's real ReplicaSet as
+    // its controller, asking for other names; (3) a Pod naming a ReplicaSet UID that does not exist; (4) a
+    // Pod in a namespace the webhook does not select, labelled as alpha by itself.
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(env.client.clone(), "apps");
+    let alpha_uid = deployments.get("alpha").await.unwrap().metadata.uid.unwrap();
+    let alpha_labels = |c: &kacme::api::Certificate| {
+        (c.labels().get("kacme.dev/workload-kind").cloned(), c.labels().get("kacme.dev/workload-uid").cloned())
+    };
+    assert_eq!(alpha_labels(&alpha), (Some("Deployment".into()), Some(alpha_uid.clone())), "identity recorded");
+    let evil = [("kacme.dev/names", "evil.apps.test"), ("kacme.dev/issuer", "ca")];
+    let bare = pods.create(&PostParams::default(), &pod_yaml("apps", "alpha", &evil)).await.unwrap();
+    assert_eq!(bare.labels().get("kacme.dev/workload").map(String::as_str), Some("alpha"));
+    let replica_sets: Api<k8s_openapi::api::apps::v1::ReplicaSet> = Api::namespaced(env.client.clone(), "apps");
+    let alpha_rs = replica_sets.list(&ListParams::default().labels("app=alpha")).await.unwrap().items.remove(0);
+    let claiming = |name: &str, uid: &str| {
+        let mut pod = pod_yaml("apps", name, &evil);
+        pod.metadata.owner_references = Some(vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+            api_version: "apps/v1".into(),
+            kind: "ReplicaSet".into(),
+            name: alpha_rs.name_any(),
+            uid: uid.into(),
+            controller: Some(true),
+            block_owner_deletion: None,
+        }]);
+        pod
+    };
+    let rs_uid = alpha_rs.metadata.uid.clone().unwrap();
+    let forged = pods.create(&PostParams::default(), &claiming("alpha-forged", &rs_uid)).await.unwrap();
+    assert_eq!(mounts(&forged).0.as_deref(), Some("alpha-kacme-tls"), "the webhook names it alpha");
+    pods.create(&PostParams::default(), &claiming("alpha-stale", "00000000-0000-0000-0000-000000000000"))
+        .await
+        .unwrap();
+    let mut outside = pod_yaml("plain", "alpha", &evil);
+    outside.metadata.labels = Some([("kacme.dev/workload".to_string(), "alpha".to_string())].into());
+    elsewhere_pods(&env).create(&PostParams::default(), &outside).await.unwrap();
+    // A Pod created after them that gets its Certificate shows that a pass has seen them all.
+    let gamma = [("kacme.dev/names", "gamma.apps.test"), ("kacme.dev/issuer", "ca")];
+    pods.create(&PostParams::default(), &pod_yaml("apps", "gamma", &gamma)).await.unwrap();
+    env.wait_certificate("apps", "gamma-kacme", WAIT, "gamma's Certificate", |_| true).await.unwrap();
+    let after = env.certificates("apps").get("alpha-kacme").await.unwrap();
+    assert_eq!(after.spec, alpha.spec, "alpha's Certificate is unchanged");
+    assert_eq!(alpha_labels(&after), (Some("Deployment".into()), Some(alpha_uid)), "and still alpha's");
+    let in_plain = env.certificates("plain").list(&ListParams::default()).await.unwrap().items;
+    assert!(in_plain.is_empty(), "no workload Certificate in a namespace the webhook does not select: {in_plain:?}");
 
     // No Pod of beta left: its Certificate goes; alpha's stays.
     kubectl(&["scale", "deployment", "beta", "-n", "apps", "--replicas=0"]).await.unwrap();

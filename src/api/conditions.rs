@@ -30,6 +30,9 @@ impl ConditionType {
 pub enum IssuanceReason {
     /// The Secret does not exist.
     DoesNotExist,
+    /// The Secret was written by kacme for an earlier Certificate of the same name, since deleted: it is
+    /// replaced with a certificate for a new key (its key is never trusted).
+    SecretOfEarlierCertificate,
     /// The Secret lacks tls.crt or tls.key.
     MissingData,
     /// tls.crt or tls.key cannot be read, or they do not belong together.
@@ -49,6 +52,7 @@ impl IssuanceReason {
     pub const fn as_str(self) -> &'static str {
         match self {
             IssuanceReason::DoesNotExist => "DoesNotExist",
+            IssuanceReason::SecretOfEarlierCertificate => "SecretOfEarlierCertificate",
             IssuanceReason::MissingData => "MissingData",
             IssuanceReason::InvalidKeyPair => "InvalidKeyPair",
             IssuanceReason::KeyMismatchesSpec => "KeyMismatchesSpec",
@@ -78,6 +82,9 @@ pub enum CertificateReason {
     IssuerUnavailable,
     /// The private key of the order in flight is gone; a new order starts.
     MissingPrivateKey,
+    /// A solver (Pod, Service, Ingress) did not serve its challenge by the deadline; the attempt failed and
+    /// is retried with backoff.
+    SolverNotReady,
     /// The issuer's policy does not permit this namespace, a name, an address, the lifetime or a usage.
     NotPermitted,
 }
@@ -94,6 +101,7 @@ impl CertificateReason {
             CertificateReason::IssuerNotReady => "IssuerNotReady",
             CertificateReason::IssuerUnavailable => "IssuerUnavailable",
             CertificateReason::MissingPrivateKey => "MissingPrivateKey",
+            CertificateReason::SolverNotReady => "SolverNotReady",
             CertificateReason::NotPermitted => "NotPermitted",
         }
     }
@@ -156,6 +164,24 @@ impl IssuerReason {
     }
 }
 
+/// Reasons any object kacme reconciles (Certificate, Issuer, ClusterIssuer) can show in its `Ready`
+/// condition, whatever its kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReconcileReason {
+    /// The reconcile panicked (a bug of kacme): the message is the panic's; the object is retried with
+    /// backoff, and the next reconcile that gets through sets `Ready` again.
+    Panicked,
+}
+
+impl ReconcileReason {
+    /// The CamelCase condition reason.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ReconcileReason::Panicked => "ReconcilePanicked",
+        }
+    }
+}
+
 macro_rules! display_as_str {
     ($($t:ty),*) => {$(
         impl fmt::Display for $t {
@@ -165,4 +191,4 @@ macro_rules! display_as_str {
         }
     )*};
 }
-display_as_str!(ConditionType, IssuanceReason, CertificateReason, IssuerReason);
+display_as_str!(ConditionType, IssuanceReason, CertificateReason, IssuerReason, ReconcileReason);

@@ -111,12 +111,22 @@ pub struct AcmeIssuer {
     #[schemars(length(min = 3, max = 254), regex(pattern = r"^[^@\s]+@[^@\s]+$"))]
     pub email: Option<String>,
 
-    /// PEM bundle of the CA certificates to trust for TLS to the ACME server; also copied into every
-    /// issued Secret as ca.crt. Every certificate of the bundle is trusted. A base64-encoded PEM bundle
+    /// PEM bundle of the CA certificates to trust for TLS to the ACME server. Every certificate of the bundle
+    /// is trusted. Without `issuingCABundle`, the certificates of this bundle that an issued chain verifies to
+    /// become the Secret's ca.crt. A base64-encoded PEM bundle
     /// (as cert-manager takes it) is accepted too. When absent, the system trust store is used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 1048576))]
     pub ca_bundle: Option<String>,
+
+    /// PEM of the root certificates that the CA's certificates chain to: what workloads should trust. Written
+    /// as `ca.crt` into every issued Secret and into the CA bundle ConfigMaps, and an issued chain that does
+    /// not verify to one of them is not stored. When absent, kacme takes from `caBundle` only the
+    /// certificates the issued chain verifies to (so that a caBundle that also trusts, say, the public CA of
+    /// the ACME endpoint does not make workloads trust it); without either, no `ca.crt` is written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1048576))]
+    pub issuing_ca_bundle: Option<String>,
 
     /// Skip verification of the ACME server's TLS certificate. For throwaway test CAs only.
     #[serde(default, rename = "skipTLSVerify", skip_serializing_if = "Option::is_none")]

@@ -14,7 +14,7 @@ pub mod names;
 pub mod validation;
 
 pub use certificate::*;
-pub use conditions::{CertificateReason, ConditionType, IssuanceReason, IssuerReason};
+pub use conditions::{CertificateReason, ConditionType, IssuanceReason, IssuerReason, ReconcileReason};
 pub use issuer::*;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

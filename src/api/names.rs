@@ -13,6 +13,9 @@ pub const LABEL_TOKEN_HASH: &str = "kacme.dev/token-hash";
 
 /// Secret annotation: the Certificate this Secret belongs to. Without it, kacme never touches a Secret.
 pub const ANNOTATION_CERTIFICATE_NAME: &str = "kacme.dev/certificate-name";
+/// Secret annotation: the UID of the Certificate this Secret was written for. A Secret is kacme's for a
+/// Certificate only when it records that Certificate's UID (see [`crate::decision::secret_ownership`]).
+pub const ANNOTATION_CERTIFICATE_UID: &str = "kacme.dev/certificate-uid";
 /// Secret annotation: the name of the issuer that signed the certificate.
 pub const ANNOTATION_ISSUER_NAME: &str = "kacme.dev/issuer-name";
 /// Secret annotation: the kind of the issuer that signed the certificate.

@@ -1,4 +1,6 @@
-//! The CA bundle ConfigMaps: the issuers' caBundles, published in every selected namespace.
+//! The CA bundle ConfigMaps: the issuers' issuing roots (`issuingCABundle`, else `caBundle`), published in every
+//! selected namespace. A namespaced Issuer's roots reach only its own namespace: no tenant adds a CA to another
+//! tenant's trust.
 //!
 //! One ConfigMap per selected namespace (name configurable, default `kacme-ca-bundle`):
 //! - `ca.crt`: every distinct CA certificate of every ClusterIssuer and of the namespace's own Issuers, in a
@@ -22,7 +24,7 @@ pub struct IssuerBundle {
     pub name: String,
     /// For an Issuer, its namespace.
     pub namespace: Option<String>,
-    /// The PEM of `spec.acme.caBundle`.
+    /// The PEM of the issuer's `spec.acme.issuingCABundle`, else of its `caBundle`.
     pub pem: String,
 }
 

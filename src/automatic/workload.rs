@@ -12,8 +12,16 @@ use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::ResourceExt;
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Label on a workload Certificate: the kind of the workload it is for (`Deployment`, `StatefulSet`,
+/// `DaemonSet`, `Job`, `ReplicaSet` or `Pod`).
+pub const LABEL_WORKLOAD_KIND: &str = "kacme.dev/workload-kind";
+/// Label on a workload Certificate: the UID of the workload it is for. Another workload whose Pods would map
+/// to the same Certificate name does not get it while this one has Pods.
+pub const LABEL_WORKLOAD_UID: &str = "kacme.dev/workload-uid";
 
 /// Where the workload's Secret is mounted in each selected container (tls.crt, tls.key, ca.crt).
 pub const MOUNT_PATH: &str = "/var/run/kacme";
@@ -200,52 +208,165 @@ pub fn pod_patch(pod: &Pod, request: &WorkloadRequest) -> Result<Patch, Annotati
     Ok(Patch(operations))
 }
 
-/// The metadata of a Pod as the workload controller sees it (a metadata-only watch).
+/// Kinds of controller whose pod template kacme reads to learn what a workload asks for (the Pods' own
+/// annotations are not trusted for them: a Pod can claim any controller in its ownerReferences).
+pub const TEMPLATE_OWNER_KINDS: [&str; 4] = ["ReplicaSet", "StatefulSet", "DaemonSet", "Job"];
+
+/// A workload as an object the cluster vouches for: the controller (Deployment, ReplicaSet, StatefulSet,
+/// DaemonSet, Job) or, for a Pod without one of those, the Pod itself; recorded by UID on its Certificate.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct WorkloadIdentity {
+    /// `Deployment`, `ReplicaSet`, `StatefulSet`, `DaemonSet`, `Job` or `Pod`.
+    pub kind: String,
+    /// The object's name.
+    pub name: String,
+    /// The object's UID.
+    pub uid: String,
+}
+
+impl WorkloadIdentity {
+    fn is_pod(&self) -> bool {
+        self.kind == "Pod"
+    }
+}
+
+/// The controller a Pod names in its ownerReferences, as the apiserver has it (read by the workload
+/// controller).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ControllerFacts {
+    /// The controller's kind, name and UID (the UID the Pod names, found on the object read).
+    pub identity: WorkloadIdentity,
+    /// The controller's own controller (a ReplicaSet's Deployment), as its ownerReference names it.
+    pub controller: Option<OwnerReference>,
+    /// The annotations of the controller's pod template: what the workload asks for.
+    pub template_annotations: BTreeMap<String, String>,
+}
+
+/// What the workload controller knows about a Pod's controller.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PodController {
+    /// The Pod names no controller of a kind in [`TEMPLATE_OWNER_KINDS`]: the Pod is its own workload.
+    None,
+    /// The Pod's controller, read from the apiserver with the UID the Pod names.
+    Found(ControllerFacts),
+    /// The Pod names a controller that does not exist with that UID (or could not be read): the Pod counts
+    /// for no workload.
+    Unverified,
+}
+
+/// The metadata of a Pod as the workload controller sees it (a metadata-only watch), with its controller.
 #[derive(Debug, Clone)]
 pub struct MarkedPod {
     /// The Pod's namespace.
     pub namespace: String,
-    /// The Pod's metadata: labels (with `kacme.dev/workload`), annotations, creation time.
+    /// The Pod's metadata: ownerReferences, annotations, creation time (its `kacme.dev/workload` label is an
+    /// index only, never trusted).
     pub metadata: ObjectMeta,
+    /// The Pod's controller, as read.
+    pub controller: PodController,
 }
 
-/// The Certificates the marked Pods need: one per (namespace, workload), from the annotations of the
-/// workload's newest Pod (so that a rollout with new names moves the Certificate along). Pods whose
-/// annotations no longer parse are ignored (the webhook refused such Pods at creation).
-pub fn desired_workload_certificates(pods: &[MarkedPod]) -> Vec<Certificate> {
-    let mut newest: BTreeMap<(String, String), &MarkedPod> = BTreeMap::new();
-    for pod in pods {
-        let Some(workload) = pod.metadata.labels.as_ref().and_then(|l| l.get(LABEL_WORKLOAD)) else { continue };
-        if parse_workload_request(pod.metadata.annotations.as_ref().unwrap_or(&BTreeMap::new()))
-            .ok()
-            .flatten()
-            .is_none()
-        {
-            continue;
+/// The Pod's controller ownerReference when it is of a kind in [`TEMPLATE_OWNER_KINDS`]: the object whose
+/// pod template the workload controller reads.
+pub fn template_owner(metadata: &ObjectMeta) -> Option<&OwnerReference> {
+    metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))
+        .filter(|o| TEMPLATE_OWNER_KINDS.contains(&o.kind.as_str()))
+}
+
+/// The workload of a Pod and the annotations that say what it asks for: a ReplicaSet's Deployment (from
+/// the ReplicaSet's own controller reference), the controller itself, or the Pod (a Pod without a known
+/// controller, whose annotations are its creator's); `None` for a Pod whose named controller was not found
+/// with that UID, or a Pod without a UID.
+pub fn workload_of(pod: &MarkedPod) -> Option<(WorkloadIdentity, &BTreeMap<String, String>)> {
+    static EMPTY: BTreeMap<String, String> = BTreeMap::new();
+    match &pod.controller {
+        PodController::Unverified => None,
+        PodController::None => {
+            let identity = WorkloadIdentity {
+                kind: "Pod".into(),
+                name: pod.metadata.name.clone()?,
+                uid: pod.metadata.uid.clone().filter(|u| !u.is_empty())?,
+            };
+            Some((identity, pod.metadata.annotations.as_ref().unwrap_or(&EMPTY)))
         }
-        let key = (pod.namespace.clone(), workload.clone());
-        let replace = newest.get(&key).is_none_or(|current| {
-            let created = |p: &MarkedPod| (p.metadata.creation_timestamp.clone().map(|t| t.0), p.metadata.name.clone());
-            created(pod) > created(current)
-        });
-        if replace {
-            newest.insert(key, pod);
+        PodController::Found(facts) => {
+            let identity = match &facts.controller {
+                Some(owner) if facts.identity.kind == "ReplicaSet" && owner.kind == "Deployment" => {
+                    WorkloadIdentity { kind: owner.kind.clone(), name: owner.name.clone(), uid: owner.uid.clone() }
+                }
+                _ => facts.identity.clone(),
+            };
+            Some((identity, &facts.template_annotations))
+        }
+    }
+}
+
+/// The Certificates the marked Pods in `selected` namespaces need: one per (namespace, workload name as
+/// the webhook names it, see [`workload_name`]), for the workload of the newest Pod, from the annotations
+/// of that Pod's controller's template (of the Pod itself when it has none). Pods outside `selected`, Pods
+/// whose controller is not found with the UID they name, and annotations that do not parse count for
+/// nothing; the Pod's `kacme.dev/workload` label is ignored.
+///
+/// When workloads of different identity would share a Certificate (a bare Pod named like a Deployment,
+/// say), the one `existing` records keeps it; without such a record, a controller wins over a bare Pod,
+/// then the lowest UID. A Pod can thus neither attach itself to, nor take over, another workload's
+/// Certificate.
+pub fn desired_workload_certificates(
+    pods: &[MarkedPod],
+    selected: &BTreeSet<String>,
+    existing: &[Certificate],
+) -> Vec<Certificate> {
+    // (namespace, Certificate name) -> workload -> (newest Pod's creation, its request)
+    type Claims = BTreeMap<WorkloadIdentity, (Option<jiff::Timestamp>, Option<String>, WorkloadRequest)>;
+    let mut claims: BTreeMap<(String, String), Claims> = BTreeMap::new();
+    for pod in pods.iter().filter(|p| selected.contains(&p.namespace)) {
+        let Some((identity, annotations)) = workload_of(pod) else { continue };
+        let Ok(Some(request)) = parse_workload_request(annotations) else { continue };
+        let label = workload_label_value(&workload_name(&pod.metadata));
+        let created = (pod.metadata.creation_timestamp.clone().map(|t| t.0), pod.metadata.name.clone());
+        let workloads = claims.entry((pod.namespace.clone(), label)).or_default();
+        let newer = workloads.get(&identity).is_none_or(|(at, name, _)| created > (*at, name.clone()));
+        if newer {
+            workloads.insert(identity, (created.0, created.1, request));
         }
     }
     let mut certificates = Vec::new();
-    for ((namespace, workload), pod) in newest {
-        let annotations = pod.metadata.annotations.clone().unwrap_or_default();
-        let Ok(Some(request)) = parse_workload_request(&annotations) else { continue };
-        certificates.push(build_workload_certificate(&namespace, &workload, &request));
+    for ((namespace, label), workloads) in claims {
+        let recorded = existing
+            .iter()
+            .find(|c| {
+                c.metadata.namespace.as_deref() == Some(namespace.as_str())
+                    && c.metadata.name.as_deref() == Some(workload_certificate_name(&label).as_str())
+            })
+            .and_then(|c| c.labels().get(LABEL_WORKLOAD_UID).cloned());
+        let chosen = workloads
+            .iter()
+            .find(|(identity, _)| recorded.as_deref() == Some(identity.uid.as_str()))
+            .or_else(|| workloads.iter().min_by_key(|(identity, _)| (identity.is_pod(), identity.uid.clone())));
+        if let Some((identity, (_, _, request))) = chosen {
+            certificates.push(build_workload_certificate(&namespace, &label, identity, request));
+        }
     }
     certificates
 }
 
-/// The Certificate of one workload: server auth and client auth, the names and issuer of its annotations.
-pub fn build_workload_certificate(namespace: &str, workload_label: &str, request: &WorkloadRequest) -> Certificate {
+/// The Certificate of one workload: server auth and client auth, the names and issuer of its annotations,
+/// labelled with the workload's kind and UID ([`LABEL_WORKLOAD_KIND`], [`LABEL_WORKLOAD_UID`]).
+pub fn build_workload_certificate(
+    namespace: &str,
+    workload_label: &str,
+    identity: &WorkloadIdentity,
+    request: &WorkloadRequest,
+) -> Certificate {
     let labels = BTreeMap::from([
         (LABEL_SOURCE.to_string(), SOURCE_WORKLOAD.to_string()),
         (LABEL_WORKLOAD.to_string(), workload_label.to_string()),
+        (LABEL_WORKLOAD_KIND.to_string(), identity.kind.clone()),
+        (LABEL_WORKLOAD_UID.to_string(), identity.uid.clone()),
     ]);
     let spec = spec_from_annotations(
         &workload_secret_name(workload_label),
@@ -412,48 +533,107 @@ mod tests {
         }
     }
 
-    fn marked(namespace: &str, workload: &str, names: &str, created: i64, name: &str) -> MarkedPod {
+    const UID_WEB: &str = "uid-deployment-web";
+
+    /// A Pod `name` in `namespace`, created at `created`, controlled by `controller` (or bare), with its own
+    /// annotations asking for `names` and the label `kacme.dev/workload: web` (which decides nothing).
+    fn marked(namespace: &str, name: &str, names: &str, created: i64, controller: PodController) -> MarkedPod {
+        let owner = match &controller {
+            PodController::Found(facts) => Some(owner(&facts.identity.kind, &facts.identity.name)),
+            PodController::Unverified => Some(owner("ReplicaSet", "web-5d8f7b")),
+            PodController::None => None,
+        };
         MarkedPod {
             namespace: namespace.into(),
             metadata: ObjectMeta {
                 name: Some(name.into()),
-                labels: Some(BTreeMap::from([(LABEL_WORKLOAD.to_string(), workload.to_string())])),
-                annotations: Some(BTreeMap::from([
-                    (ANNOTATION_NAMES.to_string(), names.to_string()),
-                    (ANNOTATION_ISSUER.to_string(), "ca".to_string()),
+                uid: Some(format!("uid-pod-{name}")),
+                labels: Some(BTreeMap::from([
+                    (LABEL_WORKLOAD.to_string(), "web".to_string()),
+                    ("pod-template-hash".to_string(), "5d8f7b".to_string()),
                 ])),
+                annotations: Some(request_annotations(names)),
+                owner_references: owner.map(|o| vec![o]),
                 creation_timestamp: Some(Time(jiff::Timestamp::from_second(created).unwrap())),
                 ..ObjectMeta::default()
             },
+            controller,
         }
     }
 
-    #[test]
-    fn one_certificate_per_workload_from_its_newest_pod() {
-        let pods = [
-            marked("apps", "web", "old.test", 100, "web-a"),
-            marked("apps", "web", "new.test, 10.0.0.1", 200, "web-b"),
-            marked("apps", "api", "api.test", 100, "api-a"),
-            marked("other", "web", "web.other.test", 100, "web-c"),
-        ];
-        let certificates = desired_workload_certificates(&pods);
-        let summary: Vec<(String, String, Vec<String>, Vec<String>)> = certificates
+    fn request_annotations(names: &str) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            (ANNOTATION_NAMES.to_string(), names.to_string()),
+            (ANNOTATION_ISSUER.to_string(), "ca".to_string()),
+        ])
+    }
+
+    /// A ReplicaSet `name` of Deployment `deployment` (UID [`UID_WEB`] for `web`) whose template asks for
+    /// `names`.
+    fn replica_set(name: &str, deployment: &str, names: &str) -> PodController {
+        let mut deployment_owner = owner("Deployment", deployment);
+        deployment_owner.uid =
+            if deployment == "web" { UID_WEB.into() } else { format!("uid-deployment-{deployment}") };
+        PodController::Found(ControllerFacts {
+            identity: WorkloadIdentity { kind: "ReplicaSet".into(), name: name.into(), uid: format!("uid-rs-{name}") },
+            controller: Some(deployment_owner),
+            template_annotations: request_annotations(names),
+        })
+    }
+
+    fn stateful_set(name: &str, names: &str) -> PodController {
+        PodController::Found(ControllerFacts {
+            identity: WorkloadIdentity {
+                kind: "StatefulSet".into(),
+                name: name.into(),
+                uid: format!("uid-sts-{name}"),
+            },
+            controller: None,
+            template_annotations: request_annotations(names),
+        })
+    }
+
+    fn selected(namespaces: &[&str]) -> BTreeSet<String> {
+        namespaces.iter().map(|n| n.to_string()).collect()
+    }
+
+    /// (namespace, name, DNS names, workload kind, workload UID) of each desired Certificate.
+    fn summary(certificates: &[Certificate]) -> Vec<(String, String, Vec<String>, String, String)> {
+        certificates
             .iter()
             .map(|c| {
                 (
                     c.metadata.namespace.clone().unwrap(),
                     c.metadata.name.clone().unwrap(),
                     c.spec.dns_names.clone(),
-                    c.spec.ip_addresses.clone(),
+                    c.labels()[LABEL_WORKLOAD_KIND].clone(),
+                    c.labels()[LABEL_WORKLOAD_UID].clone(),
                 )
             })
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn one_certificate_per_workload_from_its_newest_pods_controller_template() {
+        let pods = [
+            marked("apps", "web-5d8f7b-a", "ignored.test", 100, replica_set("web-5d8f7b", "web", "old.test")),
+            marked("apps", "web-7c9d-b", "ignored.test", 200, replica_set("web-7c9d", "web", "new.test, 10.0.0.1")),
+            marked("apps", "db-0", "ignored.test", 100, stateful_set("db", "db.test")),
+            marked("other", "web-5d8f7b-c", "ignored.test", 100, replica_set("web-5d8f7b", "web", "web.other.test")),
+        ];
+        let certificates = desired_workload_certificates(&pods, &selected(&["apps", "other"]), &[]);
         assert_eq!(
-            summary,
+            summary(&certificates),
             [
-                ("apps".into(), "api-kacme".into(), vec!["api.test".to_string()], vec![]),
-                ("apps".into(), "web-kacme".into(), vec!["new.test".to_string()], vec!["10.0.0.1".to_string()]),
-                ("other".into(), "web-kacme".into(), vec!["web.other.test".to_string()], vec![]),
+                ("apps".into(), "db-kacme".into(), vec!["db.test".into()], "StatefulSet".into(), "uid-sts-db".into()),
+                ("apps".into(), "web-kacme".into(), vec!["new.test".into()], "Deployment".into(), UID_WEB.into()),
+                (
+                    "other".into(),
+                    "web-kacme".into(),
+                    vec!["web.other.test".into()],
+                    "Deployment".into(),
+                    UID_WEB.into()
+                ),
             ]
         );
         for certificate in &certificates {
@@ -464,7 +644,115 @@ mod tests {
     }
 
     #[test]
+    fn a_pod_can_neither_attach_itself_to_nor_take_over_another_workloads_certificate() {
+        let deployment = marked("apps", "web-5d8f7b-a", "x", 100, replica_set("web-5d8f7b", "web", "web.apps.test"));
+        let web_certificate = |recorded: Option<&str>| {
+            let mut certificate = build_workload_certificate(
+                "apps",
+                "web",
+                &WorkloadIdentity { kind: "Deployment".into(), name: "web".into(), uid: UID_WEB.into() },
+                &parse_workload_request(&request_annotations("web.apps.test")).unwrap().unwrap(),
+            );
+            match recorded {
+                Some(uid) => certificate.labels_mut().insert(LABEL_WORKLOAD_UID.into(), uid.into()),
+                None => certificate.labels_mut().remove(LABEL_WORKLOAD_UID),
+            };
+            certificate
+        };
+        let web_only = vec![(
+            "apps".to_string(),
+            "web-kacme".to_string(),
+            vec!["web.apps.test".to_string()],
+            "Deployment".to_string(),
+            UID_WEB.to_string(),
+        )];
+        // (case, Pods, existing Certificates, expected)
+        let cases = [
+            (
+                "a bare Pod named like the workload, newer, and labelled as it",
+                vec![deployment.clone(), marked("apps", "web", "evil.apps.test", 500, PodController::None)],
+                vec![web_certificate(Some(UID_WEB))],
+                web_only.clone(),
+            ),
+            (
+                "the same before the workload's Certificate records its UID (a controller wins over a Pod)",
+                vec![deployment.clone(), marked("apps", "web", "evil.apps.test", 500, PodController::None)],
+                vec![web_certificate(None)],
+                web_only.clone(),
+            ),
+            (
+                "a Pod that names the workload's ReplicaSet, which has no such UID",
+                vec![
+                    deployment.clone(),
+                    marked("apps", "web-5d8f7b-z", "evil.apps.test", 500, PodController::Unverified),
+                ],
+                vec![web_certificate(Some(UID_WEB))],
+                web_only.clone(),
+            ),
+            (
+                "a Pod that names the workload's real ReplicaSet gets the template's request, not its own",
+                vec![
+                    deployment.clone(),
+                    marked(
+                        "apps",
+                        "web-5d8f7b-z",
+                        "evil.apps.test",
+                        500,
+                        replica_set("web-5d8f7b", "web", "web.apps.test"),
+                    ),
+                ],
+                vec![web_certificate(Some(UID_WEB))],
+                web_only.clone(),
+            ),
+            (
+                "a Pod in a namespace the webhook does not select",
+                vec![deployment.clone(), marked("elsewhere", "web", "evil.apps.test", 500, PodController::None)],
+                vec![web_certificate(Some(UID_WEB))],
+                web_only.clone(),
+            ),
+            (
+                "another Deployment whose Pods map to the same name",
+                vec![
+                    deployment.clone(),
+                    marked(
+                        "apps",
+                        "web-99-a",
+                        "evil.apps.test",
+                        500,
+                        replica_set("web-99", "web-other", "evil.apps.test"),
+                    ),
+                ],
+                vec![web_certificate(Some(UID_WEB))],
+                web_only.clone(),
+            ),
+        ];
+        for (case, pods, existing, want) in cases {
+            let certificates = desired_workload_certificates(&pods, &selected(&["apps"]), &existing);
+            assert_eq!(summary(&certificates), want, "{case}");
+        }
+    }
+
+    #[test]
+    fn pods_outside_the_selected_namespaces_or_with_an_unverified_controller_need_no_certificate() {
+        let pods = [
+            marked("elsewhere", "debug", "debug.test", 100, PodController::None),
+            marked("apps", "web-5d8f7b-a", "web.test", 100, PodController::Unverified),
+        ];
+        assert!(desired_workload_certificates(&pods, &selected(&["apps"]), &[]).is_empty());
+    }
+
+    #[test]
+    fn a_bare_pod_is_its_own_workload_and_asks_with_its_own_annotations() {
+        let pods = [marked("apps", "debug", "debug.test", 100, PodController::None)];
+        let certificates = desired_workload_certificates(&pods, &selected(&["apps"]), &[]);
+        assert_eq!(
+            summary(&certificates),
+            [("apps".into(), "debug-kacme".into(), vec!["debug.test".into()], "Pod".into(), "uid-pod-debug".into())]
+        );
+    }
+
+    #[test]
     fn no_marked_pods_means_no_certificates() {
-        assert!(desired_workload_certificates(&[]).is_empty());
+        assert!(desired_workload_certificates(&[], &selected(&["apps"]), &[]).is_empty());
     }
 }

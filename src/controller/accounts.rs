@@ -66,13 +66,32 @@ impl IssuerInfo {
         }
     }
 
-    /// The CA bundle as given (PEM, or base64 PEM), if any.
-    pub fn ca_bundle_pem(&self) -> Option<String> {
-        let bundle = self.acme.ca_bundle.as_deref()?;
-        let ders = crate::pki::parse_ca_bundle(bundle.as_bytes()).ok()?;
-        let config = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
-        Some(ders.into_iter().map(|der| pem::encode_config(&pem::Pem::new("CERTIFICATE", der), config)).collect())
+    /// What an issued chain must verify to, and where `ca.crt` comes from.
+    pub fn issuing_trust(&self) -> IssuingTrust {
+        let read = |bundle: &str| crate::pki::parse_ca_bundle(bundle.as_bytes()).map_err(|e| e.to_string());
+        match (&self.acme.issuing_ca_bundle, &self.acme.ca_bundle) {
+            (Some(roots), _) => IssuingTrust::Configured(read(roots)),
+            (None, Some(bundle)) => IssuingTrust::FromCaBundle(read(bundle)),
+            (None, None) => IssuingTrust::Unknown,
+        }
     }
+}
+
+/// What issued chains of an issuer must verify to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IssuingTrust {
+    /// `issuingCABundle`: the chain must verify to one of these, and all of them are `ca.crt`.
+    Configured(Result<Vec<Vec<u8>>, String>),
+    /// `caBundle` only: the chain must verify to one of its certificates, and those it verifies to are `ca.crt`.
+    FromCaBundle(Result<Vec<Vec<u8>>, String>),
+    /// Neither (the system trust store is used for TLS): nothing to verify to, no `ca.crt`.
+    Unknown,
+}
+
+/// DER certificates as a PEM bundle.
+pub fn pem_bundle(ders: &[Vec<u8>]) -> String {
+    let config = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+    ders.iter().map(|der| pem::encode_config(&pem::Pem::new("CERTIFICATE", der.clone()), config)).collect()
 }
 
 fn is_ready(conditions: Option<&[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]>) -> bool {
@@ -358,6 +377,7 @@ mod tests {
                 server: server.into(),
                 email: None,
                 ca_bundle: None,
+                issuing_ca_bundle: None,
                 skip_tls_verify,
                 private_key_secret_ref: SecretKeySelector { name: "key".into(), key: None },
                 external_account_binding: None,

@@ -12,8 +12,9 @@ use std::future::Future;
 pub struct AutomationConfig {
     /// Certificates for Ingresses annotated `kacme.dev/issuer` / `kacme.dev/cluster-issuer`.
     pub ingresses: bool,
-    /// One Certificate per workload whose Pods the admission webhook marked `kacme.dev/workload`.
-    pub workloads: bool,
+    /// One Certificate per workload whose Pods the admission webhook marked `kacme.dev/workload`, in the
+    /// namespaces the webhook selects; off unless set.
+    pub workloads: Option<super::workload::WorkloadConfig>,
     /// The CA bundle ConfigMaps, when set.
     pub ca_bundle: Option<super::ca_bundle::CaBundleConfig>,
 }
@@ -27,7 +28,8 @@ pub async fn run_automation(
     let shutdown = crate::shutdown::Shutdown::on(shutdown);
     let stopped = || shutdown.stopped();
     let ingresses = config.ingresses.then(|| super::ingress::run_ingress_controller(client.clone(), stopped()));
-    let workloads = config.workloads.then(|| super::workload::run_workload_controller(client.clone(), stopped()));
+    let workloads =
+        config.workloads.clone().map(|c| super::workload::run_workload_controller(client.clone(), c, stopped()));
     let ca_bundle =
         config.ca_bundle.clone().map(|c| super::ca_bundle::run_ca_bundle_controller(client.clone(), c, stopped()));
     let optional = |f: Option<_>| async move {

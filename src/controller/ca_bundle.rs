@@ -97,7 +97,7 @@ async fn reconcile_ca_bundles(client: &Client, config: &CaBundleConfig, stores: 
         .collect();
     let mut bundles: Vec<IssuerBundle> = Vec::new();
     for issuer in stores.cluster_issuers.state() {
-        if let Some(pem) = issuer.spec.acme.ca_bundle.clone() {
+        if let Some(pem) = issuer.spec.acme.issuing_ca_bundle.clone().or_else(|| issuer.spec.acme.ca_bundle.clone()) {
             bundles.push(IssuerBundle {
                 kind: IssuerKind::ClusterIssuer,
                 name: issuer.name_any(),
@@ -107,7 +107,7 @@ async fn reconcile_ca_bundles(client: &Client, config: &CaBundleConfig, stores: 
         }
     }
     for issuer in stores.issuers.state() {
-        if let Some(pem) = issuer.spec.acme.ca_bundle.clone() {
+        if let Some(pem) = issuer.spec.acme.issuing_ca_bundle.clone().or_else(|| issuer.spec.acme.ca_bundle.clone()) {
             bundles.push(IssuerBundle {
                 kind: IssuerKind::Issuer,
                 name: issuer.name_any(),

@@ -10,14 +10,14 @@ use crate::acme::{AcmeObserver, OrderSession, SelfCheck};
 use crate::api::{Certificate, ClusterIssuer, Issuer, IssuerKind, IssuerRef};
 use crate::decision::BackoffPolicy;
 use crate::desired::SolverContext;
-use crate::kube_errors::is_not_found;
+use crate::kube_errors::{is_conflict, is_not_found, status_code};
 use crate::pki::PrivateKey;
 use k8s_openapi::api::core::v1::Secret;
 #[cfg(test)]
 use k8s_openapi::api::core::v1::{Pod, Service};
 #[cfg(test)]
 use k8s_openapi::api::networking::v1::Ingress;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 #[cfg(test)]
 use kube::runtime::reflector;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -46,6 +46,9 @@ pub struct ControllerConfig {
     pub self_check: Option<SelfCheck>,
     /// How long one reconcile may wait for the CA in place before requeueing.
     pub max_wait_per_step: Duration,
+    /// How long after a challenge was first presented its solver objects may take to serve it before the
+    /// attempt fails.
+    pub solver_deadline: Duration,
     /// The name events are reported under.
     pub reporter: String,
     /// Which labels and annotations issuers' solver templates may put on solver Pods and Ingresses.
@@ -66,6 +69,7 @@ impl ControllerConfig {
             renewal_jitter: Duration::from_secs(60),
             self_check: None,
             max_wait_per_step: Duration::from_secs(2),
+            solver_deadline: crate::desired::DEFAULT_SOLVER_DEADLINE,
             reporter: "kacme".into(),
             solver_templates: Default::default(),
             namespaced_issuers: Default::default(),
@@ -133,6 +137,15 @@ pub(super) struct KeptOrder {
     pub issuer: IssuerRef,
 }
 
+/// What a create of a Secret found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SecretCreation {
+    /// The Secret is new.
+    Created,
+    /// A Secret of that name exists already; nothing was written.
+    AlreadyExists,
+}
+
 /// What kacme last did to a Secret, until the cache shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum SecretWrite {
@@ -163,6 +176,9 @@ pub struct Context {
     written: Mutex<HashMap<String, String>>,
     /// Secrets kacme wrote or deleted whose change the cache may not show yet, by namespace/name.
     secret_writes: Mutex<HashMap<String, SecretWrite>>,
+    /// Tests only: the Certificates (namespace/name) whose reconcile panics at once.
+    #[cfg(test)]
+    pub(crate) panic_for: Mutex<std::collections::HashSet<String>>,
 }
 
 pub(super) fn object_key(certificate: &Certificate) -> String {
@@ -191,6 +207,8 @@ impl Context {
             orders: Mutex::default(),
             written: Mutex::default(),
             secret_writes: Mutex::default(),
+            #[cfg(test)]
+            panic_for: Mutex::default(),
             config,
             client,
         }
@@ -241,24 +259,80 @@ impl Context {
         Ok(api.get_opt(name).await?.map(Arc::new))
     }
 
-    /// Server-side applies a Secret of kacme's, remembering its version until the cache shows it.
-    pub(crate) async fn apply_secret(&self, namespace: &str, secret: &Secret) -> Result<(), kube::Error> {
-        let name = secret.name_any();
+    /// Creates a Secret of kacme's with a POST, which never overwrites: [`SecretCreation::AlreadyExists`]
+    /// when a Secret of that name exists (someone else's, until its ownership says otherwise). Remembers
+    /// the new version until the cache shows it.
+    pub(crate) async fn create_secret(&self, namespace: &str, secret: &Secret) -> Result<SecretCreation, kube::Error> {
         let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
-        let written = api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(secret)).await?;
+        match api.create(&PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }, secret).await
+        {
+            Ok(created) => {
+                self.remember_created_secret(namespace, &created);
+                Ok(SecretCreation::Created)
+            }
+            Err(e) if is_already_exists(&e) => Ok(SecretCreation::AlreadyExists),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Server-side applies `secret` over `current`, a Secret kacme has found to be its own: only while it is
+    /// still that very Secret (the apply names `current`'s resourceVersion, so a Secret replaced, deleted or
+    /// changed meanwhile answers 409 and nothing is written). Remembers the new version until the cache
+    /// shows it.
+    pub(crate) async fn replace_secret(
+        &self,
+        namespace: &str,
+        secret: &Secret,
+        current: &Secret,
+    ) -> Result<(), kube::Error> {
+        let name = secret.name_any();
+        let mut secret = secret.clone();
+        secret.metadata.resource_version = current.resource_version();
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+        let written = api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&secret)).await?;
         self.remember_secret_write(namespace, &name, written.resource_version().map(SecretWrite::Written));
         Ok(())
     }
 
-    /// Deletes a Secret of kacme's if it exists, remembering that until the cache shows it.
-    pub(crate) async fn delete_secret(&self, namespace: &str, name: &str) -> Result<(), ReconcileError> {
+    /// Records `uid` as the Certificate UID of `current` (a Secret kacme wrote before it recorded UIDs), with
+    /// a merge patch of that one annotation that names `current`'s resourceVersion (409 if it changed).
+    pub(crate) async fn record_certificate_uid(
+        &self,
+        namespace: &str,
+        current: &Secret,
+        uid: &str,
+    ) -> Result<(), kube::Error> {
+        let name = current.name_any();
+        let patch = serde_json::json!({
+            "metadata": {
+                "resourceVersion": current.resource_version(),
+                "annotations": { crate::api::names::ANNOTATION_CERTIFICATE_UID: uid },
+            }
+        });
         let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
-        match api.delete(name, &DeleteParams::default()).await {
+        let written = api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        self.remember_secret_write(namespace, &name, written.resource_version().map(SecretWrite::Written));
+        Ok(())
+    }
+
+    /// Deletes `secret`, a Secret kacme has found to be its own, if it still exists: only that very object
+    /// (the delete names its UID, so a Secret of the same name created since by someone else stays).
+    /// Remembers the deletion until the cache shows it.
+    pub(crate) async fn delete_secret(&self, namespace: &str, secret: &Secret) -> Result<(), ReconcileError> {
+        let name = secret.name_any();
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+        let params = DeleteParams {
+            preconditions: secret.uid().map(|uid| Preconditions { uid: Some(uid), resource_version: None }),
+            ..DeleteParams::default()
+        };
+        match api.delete(&name, &params).await {
             Ok(_) => {}
             Err(e) if is_not_found(&e) => {}
+            // Another object of that name now: not ours to delete, and not this one's to report.
+            Err(e) if is_conflict(&e) => return Ok(()),
             Err(e) => return Err(ReconcileError::kube(format!("deleting Secret {namespace}/{name}"), e)),
         }
-        self.remember_secret_write(namespace, name, Some(SecretWrite::Deleted));
+        self.remember_secret_write(namespace, &name, Some(SecretWrite::Deleted));
         Ok(())
     }
 
@@ -314,6 +388,15 @@ impl Context {
         }
     }
 
+    /// Tests only: panics when a test asked the reconcile of `certificate` to panic.
+    #[cfg(test)]
+    pub(crate) fn panic_if_asked(&self, certificate: &Certificate) {
+        let asked = self.panic_for.lock().is_ok_and(|names| names.contains(&object_key(certificate)));
+        if asked {
+            panic!("injected panic for Certificate {}", object_key(certificate));
+        }
+    }
+
     /// Remembers the resourceVersion a status write produced.
     pub(super) fn remember_write(&self, certificate: &Certificate, resource_version: Option<String>) {
         if let (Ok(mut written), Some(version)) = (self.written.lock(), resource_version) {
@@ -333,6 +416,11 @@ impl Context {
             written.remove(&object_key(certificate));
         }
     }
+}
+
+/// Whether a create found an object of that name (409 AlreadyExists, not another conflict).
+fn is_already_exists(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status_code(error) == Some(409) && status.reason == "AlreadyExists")
 }
 
 /// Writes `status` with server-side apply under [`FIELD_MANAGER`] (fields kacme no longer sets go);

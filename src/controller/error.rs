@@ -25,6 +25,9 @@ pub enum ReconcileError {
         #[source]
         source: serde_json::Error,
     },
+    /// A Secret that a create found in the way was gone when kacme read it: the next pass tries again.
+    #[error("Secret {0} was in the way of a create and then gone; trying again")]
+    SecretVanished(String),
     /// Adding or removing the finalizer failed.
     #[error("the finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<ReconcileError>>),
@@ -73,7 +76,9 @@ impl ReconcileError {
     /// The metric label of the error kind.
     pub fn metric_label(&self) -> &'static str {
         match self {
-            ReconcileError::Kube { .. } | ReconcileError::PolicyUnchecked(_) => "kube",
+            ReconcileError::Kube { .. } | ReconcileError::PolicyUnchecked(_) | ReconcileError::SecretVanished(_) => {
+                "kube"
+            }
             ReconcileError::Acme(_) => "acme",
             ReconcileError::MissingField(_) | ReconcileError::Serialize { .. } => "invalid_object",
             ReconcileError::Finalizer(_) | ReconcileError::RemoveSolverObjects(_) => "finalizer",

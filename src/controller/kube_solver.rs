@@ -129,11 +129,7 @@ impl ChallengeSolver for KubeSolver<'_> {
         let ready = status
             .and_then(|s| s.conditions.as_ref())
             .is_some_and(|c| c.iter().any(|c| c.type_ == POD_READY && c.status == "True"));
-        if ready {
-            Ok(Presentation::Ready)
-        } else {
-            Ok(Presentation::NotReady(format!("waiting for solver Pod {name} to be ready")))
-        }
+        if ready { Ok(Presentation::Ready) } else { Ok(Presentation::NotReady(unready_pod_message(&pod))) }
     }
 
     async fn cleanup(&self, challenge: &Http01Challenge) -> Result<(), SolverError> {
@@ -144,6 +140,60 @@ impl ChallengeSolver for KubeSolver<'_> {
                 .filter_map(Result::err)
                 .collect();
         if errors.is_empty() { Ok(()) } else { Err(SolverError(errors.join("; "))) }
+    }
+}
+
+/// The longest piece of a Pod's status quoted in a message (the kubelet's messages can be long).
+const MAX_QUOTED: usize = 300;
+
+/// What is awaited of a solver Pod that is not ready, with what its status tells of why: its phase, why it
+/// cannot be scheduled, why its container waits or ended (for example `ImagePullBackOff` and the kubelet's
+/// message). Shown while waiting, and in the failure when the solver deadline passes.
+fn unready_pod_message(pod: &Pod) -> String {
+    let name = pod.name_any();
+    let Some(status) = pod.status.as_ref() else {
+        return format!("waiting for solver Pod {name} to be ready (no status yet)");
+    };
+    let quote = |text: &str| -> String {
+        let text = text.trim();
+        match text.char_indices().nth(MAX_QUOTED) {
+            Some((cut, _)) => format!("{}...", &text[..cut]),
+            None => text.to_string(),
+        }
+    };
+    let mut why = Vec::new();
+    if let Some(phase) = status.phase.as_deref() {
+        why.push(phase.to_string());
+    }
+    for condition in status.conditions.iter().flatten() {
+        if condition.type_ == "PodScheduled" && condition.status == "False" {
+            let reason = condition.reason.as_deref().unwrap_or("not scheduled");
+            match condition.message.as_deref() {
+                Some(message) => why.push(format!("{reason}: {}", quote(message))),
+                None => why.push(reason.to_string()),
+            }
+        }
+    }
+    for container in status.container_statuses.iter().flatten() {
+        let state = container.state.as_ref();
+        if let Some(waiting) = state.and_then(|s| s.waiting.as_ref()) {
+            let reason = waiting.reason.as_deref().unwrap_or("waiting");
+            match waiting.message.as_deref() {
+                Some(message) => why.push(format!("container {}: {reason}: {}", container.name, quote(message))),
+                None => why.push(format!("container {}: {reason}", container.name)),
+            }
+        } else if let Some(terminated) = state.and_then(|s| s.terminated.as_ref()) {
+            let reason = terminated.reason.as_deref().unwrap_or("terminated");
+            why.push(format!("container {}: {reason} (exit code {})", container.name, terminated.exit_code));
+        }
+        if container.restart_count > 0 {
+            why.push(format!("container {} restarted {} times", container.name, container.restart_count));
+        }
+    }
+    if why.is_empty() {
+        format!("waiting for solver Pod {name} to be ready")
+    } else {
+        format!("waiting for solver Pod {name} to be ready: {}", why.join("; "))
     }
 }
 
@@ -199,4 +249,103 @@ pub async fn cleanup_all_solver_objects(ctx: &Context, certificate: &Certificate
         errors.push(format!("deleting solver Pods: {e}"));
     }
     if errors.is_empty() { Ok(()) } else { Err(errors) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{
+        ContainerState, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus, PodCondition, PodStatus,
+    };
+
+    fn pod(status: Option<PodStatus>) -> Pod {
+        let mut pod = Pod { status, ..Pod::default() };
+        pod.metadata.name = Some("web-1a2b3c".into());
+        pod
+    }
+
+    fn container(state: ContainerState, restart_count: i32) -> ContainerStatus {
+        ContainerStatus { name: "solver".into(), state: Some(state), restart_count, ..ContainerStatus::default() }
+    }
+
+    #[test]
+    fn an_unready_solver_pod_says_why_as_far_as_its_status_tells() {
+        let waiting = |reason: &str, message: Option<&str>| ContainerState {
+            waiting: Some(ContainerStateWaiting { reason: Some(reason.into()), message: message.map(Into::into) }),
+            ..ContainerState::default()
+        };
+        let unschedulable = PodCondition {
+            type_: "PodScheduled".into(),
+            status: "False".into(),
+            reason: Some("Unschedulable".into()),
+            message: Some("0/3 nodes are available: 3 Insufficient cpu.".into()),
+            ..PodCondition::default()
+        };
+        let crashed = ContainerState {
+            terminated: Some(ContainerStateTerminated {
+                exit_code: 2,
+                reason: Some("Error".into()),
+                ..ContainerStateTerminated::default()
+            }),
+            ..ContainerState::default()
+        };
+        // (case, status, message)
+        let cases = [
+            ("no status yet", None, "waiting for solver Pod web-1a2b3c to be ready (no status yet)"),
+            ("an empty status", Some(PodStatus::default()), "waiting for solver Pod web-1a2b3c to be ready"),
+            (
+                "an image that cannot be pulled",
+                Some(PodStatus {
+                    phase: Some("Pending".into()),
+                    container_statuses: Some(vec![container(
+                        waiting("ImagePullBackOff", Some("Back-off pulling image \"kacme:nope\"")),
+                        0,
+                    )]),
+                    ..PodStatus::default()
+                }),
+                "waiting for solver Pod web-1a2b3c to be ready: Pending; container solver: ImagePullBackOff: \
+                 Back-off pulling image \"kacme:nope\"",
+            ),
+            (
+                "a Pod that cannot be scheduled",
+                Some(PodStatus {
+                    phase: Some("Pending".into()),
+                    conditions: Some(vec![unschedulable]),
+                    ..PodStatus::default()
+                }),
+                "waiting for solver Pod web-1a2b3c to be ready: Pending; Unschedulable: 0/3 nodes are available: \
+                 3 Insufficient cpu.",
+            ),
+            (
+                "a container that keeps crashing",
+                Some(PodStatus {
+                    phase: Some("Running".into()),
+                    container_statuses: Some(vec![container(crashed, 4)]),
+                    ..PodStatus::default()
+                }),
+                "waiting for solver Pod web-1a2b3c to be ready: Running; container solver: Error (exit code 2); \
+                 container solver restarted 4 times",
+            ),
+        ];
+        for (case, status, message) in cases {
+            assert_eq!(unready_pod_message(&pod(status)), message, "{case}");
+        }
+    }
+
+    #[test]
+    fn a_long_kubelet_message_is_cut() {
+        let long = "x".repeat(5000);
+        let status = PodStatus {
+            container_statuses: Some(vec![container(
+                ContainerState {
+                    waiting: Some(ContainerStateWaiting { reason: Some("ErrImagePull".into()), message: Some(long) }),
+                    ..ContainerState::default()
+                },
+                0,
+            )]),
+            ..PodStatus::default()
+        };
+        let message = unready_pod_message(&pod(Some(status)));
+        assert!(message.len() < 400 && message.ends_with("..."), "{message}");
+    }
 }

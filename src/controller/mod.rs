@@ -18,6 +18,7 @@ pub(crate) mod issuer_slots;
 mod kube_solver;
 mod observe;
 mod owned_certificates;
+mod panic_status;
 mod resync;
 mod retry;
 #[cfg(test)]
@@ -38,6 +39,7 @@ pub use context::{Context, ControllerConfig, Stores};
 pub use error::ReconcileError;
 pub use events::EventPublisher;
 pub use observe::{Caches, ControllerKind, NoReconcileObserver, Observers, ReconcileObserver};
+pub use workload::WorkloadConfig;
 
 use crate::acme::AcmeObserver;
 use crate::api::names::{ANNOTATION_CERTIFICATE_NAME, LABEL_MANAGED_BY, LABEL_SOLVER, MANAGED_BY};
@@ -112,8 +114,9 @@ where
 }
 
 /// Runs `reconcile` of `object`, telling the observer how long it took and how it ended; a panic is an
-/// error of the object (see [`isolation`]); a success resets the object's error backoff.
-async fn observed<K: Resource<DynamicType = ()>>(
+/// error of the object (see [`isolation`]), shown in an Event and in its Ready condition
+/// ([`panic_status`]); a success resets the object's error backoff.
+async fn observed<K: panic_status::ShowsReconcilePanic>(
     ctx: Arc<Context>,
     controller: ControllerKind,
     object: &K,
@@ -121,19 +124,49 @@ async fn observed<K: Resource<DynamicType = ()>>(
 ) -> Result<Action, ReconcileError> {
     let observer = ctx.reconcile_observer.clone();
     let started = Instant::now();
+    let in_flight = InFlight::start(observer.clone(), controller);
     let result = isolation::isolated(reconcile).await;
     match &result {
         Ok(_) => ctx.error_backoff.succeeded(&backoff_key(object)),
         // Where the object's owner looks: a panic is a bug of kacme, but it costs (and names) this object.
         Err(error @ ReconcileError::Panicked(_)) => {
-            ctx.events
-                .publish_to(&object.object_ref(&()), "Reconcile", true, "ReconcilePanicked", error.to_string())
-                .await;
+            let reason = crate::api::ReconcileReason::Panicked.as_str();
+            ctx.events.publish_to(&object.object_ref(&()), "Reconcile", true, reason, error.to_string()).await;
+            panic_status::show_reconcile_panic(&ctx, object, &error.to_string()).await;
         }
         Err(_) => {}
     }
+    in_flight.finish();
     observer.reconcile_finished(controller, started.elapsed(), result.as_ref().err());
     result
+}
+
+/// A reconcile in flight, as the observer sees it: started when made; cancelled when dropped before
+/// [`InFlight::finish`] (the loop dropped the reconcile), so that liveness never counts it as running.
+struct InFlight {
+    observer: Arc<dyn ReconcileObserver>,
+    controller: ControllerKind,
+    finished: bool,
+}
+
+impl InFlight {
+    fn start(observer: Arc<dyn ReconcileObserver>, controller: ControllerKind) -> InFlight {
+        observer.reconcile_started(controller);
+        InFlight { observer, controller, finished: false }
+    }
+
+    /// The reconcile ended: the caller reports it with `reconcile_finished`.
+    fn finish(mut self) {
+        self.finished = true;
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.observer.reconcile_cancelled(self.controller);
+        }
+    }
 }
 
 /// Runs the operator until `shutdown` resolves, reporting ACME requests to `acme_observer`.

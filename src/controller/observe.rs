@@ -38,9 +38,16 @@ pub struct Caches {
     pub cluster_issuers: Store<ClusterIssuer>,
 }
 
-/// Receives one call per reconcile, and one when the caches are complete. Implementations must be cheap:
-/// they run on the reconcile path.
+/// Receives calls as each reconcile starts and ends, and one when the caches are complete. Implementations
+/// must be cheap: they run on the reconcile path.
 pub trait ReconcileObserver: Send + Sync + 'static {
+    /// A reconcile of `controller` started; [`ReconcileObserver::reconcile_finished`] or
+    /// [`ReconcileObserver::reconcile_cancelled`] follows.
+    fn reconcile_started(&self, _controller: ControllerKind) {}
+
+    /// A reconcile of `controller` was dropped before it finished (the loop is shutting down).
+    fn reconcile_cancelled(&self, _controller: ControllerKind) {}
+
     /// A reconcile of `controller` finished after `elapsed`, with `error` if it failed.
     fn reconcile_finished(&self, controller: ControllerKind, elapsed: Duration, error: Option<&ReconcileError>);
 

@@ -335,6 +335,7 @@ pub(crate) fn acme_issuer_at(ca: &FakeAcme, account_key_secret: &str) -> AcmeIss
         tls_roots.into_iter().map(|der| pem::encode_config(&pem::Pem::new("CERTIFICATE", der), config)).collect();
     bundle.push_str(&ca.ca_pem());
     AcmeIssuer {
+        issuing_ca_bundle: None,
         server: ca.directory_url(),
         email: None,
         ca_bundle: Some(bundle),

@@ -1,15 +1,16 @@
 //! Whether a Certificate needs a new certificate, and why.
 //!
-//! Like cert-manager's policy chain: first the Secret is read (DoesNotExist, MissingData, InvalidKeyPair;
-//! a Secret that exists but is not ours stops everything), then the named checks of [`POLICY_CHAIN`] run
+//! Like cert-manager's policy chain: first the Secret is read (DoesNotExist, SecretOfEarlierCertificate,
+//! MissingData, InvalidKeyPair; a Secret that exists but is not ours stops everything, see
+//! [`super::ownership`]), then the named checks of [`POLICY_CHAIN`] run
 //! in order on the certificate and key it holds, and the first that finds a reason to issue gives it:
 //! KeyMismatchesSpec, SpecChanged (DNS names, IP addresses, common name, issuer, usages),
 //! ManuallyTriggered, Expiring.
 
+use super::ownership::{SecretOwnership, secret_ownership};
 use super::{BackoffPolicy, RenewBefore, renewal_time};
 use crate::api::names::{
-    ANNOTATION_CERTIFICATE_NAME, ANNOTATION_ISSUER_KIND, ANNOTATION_ISSUER_NAME, ANNOTATION_RENEW_REQUESTED_AT,
-    ANNOTATION_USAGES, TLS_CRT, TLS_KEY,
+    ANNOTATION_ISSUER_KIND, ANNOTATION_ISSUER_NAME, ANNOTATION_RENEW_REQUESTED_AT, ANNOTATION_USAGES, TLS_CRT, TLS_KEY,
 };
 use crate::api::{Certificate, CertificateSpec, ConditionType, IssuanceReason, KeyUsage};
 use crate::pki::{
@@ -42,35 +43,6 @@ pub enum IssuanceDecision {
     BackOff { reason: IssuanceReason, message: String, retry_at: Timestamp },
     /// The Secret holds a valid certificate matching the spec; look again at `renewal_time`.
     UpToDate { not_before: Timestamp, not_after: Timestamp, renewal_time: Timestamp },
-}
-
-/// Whether a Secret is one kacme made for a given Certificate.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SecretOwnership {
-    /// It carries kacme's `kacme.dev/certificate-name` annotation naming this Certificate.
-    Ours,
-    /// It belongs to something else; the message says why kacme thinks so.
-    Foreign(String),
-}
-
-/// Whether the Secret was created by kacme for the Certificate named `certificate_name`.
-pub fn secret_ownership(secret: &Secret, certificate_name: &str) -> SecretOwnership {
-    let secret_name = secret.metadata.name.as_deref().unwrap_or_default();
-    match annotation(secret, ANNOTATION_CERTIFICATE_NAME) {
-        Some(owner) if owner == certificate_name => SecretOwnership::Ours,
-        Some(owner) => SecretOwnership::Foreign(format!(
-            "Secret {secret_name:?} belongs to Certificate {owner:?} (annotation {ANNOTATION_CERTIFICATE_NAME}); \
-             kacme will not overwrite it: choose another secretName"
-        )),
-        None => SecretOwnership::Foreign(format!(
-            "Secret {secret_name:?} exists and was not created by kacme (no {ANNOTATION_CERTIFICATE_NAME} \
-             annotation); kacme will not overwrite it: delete it or choose another secretName"
-        )),
-    }
-}
-
-fn annotation<'a>(secret: &'a Secret, key: &str) -> Option<&'a str> {
-    secret.metadata.annotations.as_ref()?.get(key).map(String::as_str)
 }
 
 /// Decides whether to issue, and why; or when to look again.
@@ -167,10 +139,12 @@ fn read_secret<'a>(observed: &Observed<'a>) -> Result<Result<Stored<'a>, Why>, I
             format!("Issuing certificate as Secret {:?} does not exist", certificate.spec.secret_name),
         )));
     };
-    if let SecretOwnership::Foreign(message) =
-        secret_ownership(secret, certificate.metadata.name.as_deref().unwrap_or_default())
-    {
-        return Err(IssuanceDecision::SecretNotOwned { message });
+    match secret_ownership(secret, certificate) {
+        SecretOwnership::Foreign(message) => return Err(IssuanceDecision::SecretNotOwned { message }),
+        SecretOwnership::OfEarlierCertificate(message) => {
+            return Ok(Err((IssuanceReason::SecretOfEarlierCertificate, message)));
+        }
+        SecretOwnership::Ours | SecretOwnership::WrittenBeforeUpgrade => {}
     }
     let (Some(crt), Some(key)) = (secret_data(secret, TLS_CRT), secret_data(secret, TLS_KEY)) else {
         let missing = match (secret_data(secret, TLS_CRT), secret_data(secret, TLS_KEY)) {
@@ -315,4 +289,8 @@ pub fn usages_annotation(usages: &BTreeSet<KeyUsage>) -> String {
 
 fn secret_data<'a>(secret: &'a Secret, key: &str) -> Option<&'a [u8]> {
     secret.data.as_ref()?.get(key).map(|v| v.0.as_slice()).filter(|v| !v.is_empty())
+}
+
+fn annotation<'a>(secret: &'a Secret, key: &str) -> Option<&'a str> {
+    secret.metadata.annotations.as_ref()?.get(key).map(String::as_str)
 }

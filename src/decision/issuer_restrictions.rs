@@ -137,6 +137,7 @@ mod tests {
             server: server.into(),
             email: None,
             ca_bundle: None,
+            issuing_ca_bundle: None,
             skip_tls_verify,
             private_key_secret_ref: SecretKeySelector { name: "key".into(), key: None },
             external_account_binding: None,

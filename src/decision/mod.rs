@@ -5,6 +5,7 @@ mod backoff;
 mod identifiers;
 mod issuance;
 pub mod issuer_restrictions;
+mod ownership;
 pub mod policy;
 mod renewal;
 pub mod solver_template;
@@ -12,10 +13,8 @@ pub mod solver_template;
 pub use crate::api::IssuanceReason;
 pub use backoff::BackoffPolicy;
 pub use identifiers::{order_is_for_another_issuer, same_identifiers};
-pub use issuance::{
-    IssuanceDecision, Observed, SecretOwnership, issuance_decision, issued_differs_from_spec, secret_ownership,
-    usages_annotation,
-};
+pub use issuance::{IssuanceDecision, Observed, issuance_decision, issued_differs_from_spec, usages_annotation};
+pub use ownership::{SecretOwnership, next_key_ownership, secret_ownership};
 pub use renewal::{RenewBefore, renewal_time};
 
 #[cfg(test)]

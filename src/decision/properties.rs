@@ -2,7 +2,7 @@
 //! sign, any renewal policy a tenant may write, any count of failures, any bytes in a Secret.
 
 use super::*;
-use crate::api::names::{ANNOTATION_CERTIFICATE_NAME, TLS_CRT, TLS_KEY};
+use crate::api::names::{ANNOTATION_CERTIFICATE_NAME, ANNOTATION_CERTIFICATE_UID, TLS_CRT, TLS_KEY};
 use crate::desired::testing::certificate;
 use crate::testing::properties::config;
 use jiff::Timestamp;
@@ -207,7 +207,10 @@ proptest! {
         let mut secret = Secret::default();
         secret.metadata.name = Some(certificate.spec.secret_name.clone());
         secret.metadata.annotations =
-            Some(BTreeMap::from([(ANNOTATION_CERTIFICATE_NAME.to_string(), "web".to_string())]));
+            Some(BTreeMap::from([
+                (ANNOTATION_CERTIFICATE_NAME.to_string(), "web".to_string()),
+                (ANNOTATION_CERTIFICATE_UID.to_string(), certificate.metadata.uid.clone().unwrap_or_default()),
+            ]));
         secret.data = Some(BTreeMap::from([
             (TLS_CRT.to_string(), ByteString(crt)),
             (TLS_KEY.to_string(), ByteString(key)),

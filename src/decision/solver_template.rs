@@ -194,6 +194,7 @@ mod tests {
             server: "https://ca.example.test/directory".into(),
             email: None,
             ca_bundle: None,
+            issuing_ca_bundle: None,
             skip_tls_verify: None,
             private_key_secret_ref: SecretKeySelector { name: "key".into(), key: None },
             external_account_binding: None,

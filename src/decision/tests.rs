@@ -26,6 +26,7 @@ fn secret_for(ca: &TestCa, certificate: &Certificate) -> Secret {
     let chain = ca.issue(&key, &dns, &ips, spec.common_name.as_deref(), issued_at(), issued_at() + 24.hours());
     let annotations = BTreeMap::from([
         (ANNOTATION_CERTIFICATE_NAME.to_string(), "web".to_string()),
+        (ANNOTATION_CERTIFICATE_UID.to_string(), certificate.metadata.uid.clone().unwrap_or_default()),
         (ANNOTATION_ISSUER_NAME.to_string(), spec.issuer_ref.name.clone()),
         (ANNOTATION_ISSUER_KIND.to_string(), spec.issuer_ref.kind.to_string()),
         (

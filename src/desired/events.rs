@@ -21,8 +21,8 @@ pub enum EventReason {
     SecretNotOwned,
     /// The issuer's policy refuses the Certificate.
     NotPermitted,
-    /// The issued chain does not lead to the issuer's caBundle.
-    ChainNotTrusted,
+    /// A solver did not serve its challenge by the deadline: the attempt failed.
+    SolverNotReady,
 }
 
 impl EventReason {
@@ -37,7 +37,7 @@ impl EventReason {
             EventReason::Failed => "Failed",
             EventReason::SecretNotOwned => "SecretNotOwned",
             EventReason::NotPermitted => "NotPermitted",
-            EventReason::ChainNotTrusted => "ChainNotTrusted",
+            EventReason::SolverNotReady => "SolverNotReady",
         }
     }
 }

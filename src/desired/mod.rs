@@ -30,6 +30,7 @@ mod requeue;
 mod secret;
 mod solver_objects;
 mod solver_selection;
+mod solver_wait;
 mod status;
 
 pub use conditions::{ConditionStatus, condition_is, find_condition, remove_condition, set_condition, status_changed};
@@ -43,6 +44,7 @@ pub use solver_objects::{
     build_solver_pod, build_solver_service, default_solver_resources, solver_selector_labels,
 };
 pub use solver_selection::select_solver;
+pub use solver_wait::{DEFAULT_SOLVER_DEADLINE, SolverWait, solver_wait};
 pub use status::{IssuerWait, StatusTransition, UP_TO_DATE_MESSAGE, Validity};
 
 #[cfg(test)]

@@ -4,9 +4,9 @@
 use super::names::{certificate_label_value, next_key_secret_name};
 use super::solver_objects::{certificate_name, controller_owner_reference};
 use crate::api::names::{
-    ANNOTATION_CERTIFICATE_NAME, ANNOTATION_DNS_NAMES, ANNOTATION_IP_ADDRESSES, ANNOTATION_ISSUER_KIND,
-    ANNOTATION_ISSUER_NAME, ANNOTATION_USAGES, CA_CRT, LABEL_CERTIFICATE, LABEL_MANAGED_BY, MANAGED_BY, TLS_CRT,
-    TLS_KEY,
+    ANNOTATION_CERTIFICATE_NAME, ANNOTATION_CERTIFICATE_UID, ANNOTATION_DNS_NAMES, ANNOTATION_IP_ADDRESSES,
+    ANNOTATION_ISSUER_KIND, ANNOTATION_ISSUER_NAME, ANNOTATION_USAGES, CA_CRT, LABEL_CERTIFICATE, LABEL_MANAGED_BY,
+    MANAGED_BY, TLS_CRT, TLS_KEY,
 };
 use crate::api::{Certificate, IssuerRef};
 use k8s_openapi::ByteString;
@@ -24,7 +24,7 @@ const OPAQUE_SECRET_TYPE: &str = "Opaque";
 /// ca.crt.
 ///
 /// Labels are the secretTemplate's plus `app.kubernetes.io/managed-by: kacme`; annotations are the
-/// secretTemplate's plus kacme's own (certificate name, `issuer`'s name and kind, `usages` as
+/// secretTemplate's plus kacme's own (certificate name and UID, `issuer`'s name and kind, `usages` as
 /// [`crate::decision::usages_annotation`] wrote it, DNS names and IP addresses comma-separated, empty when
 /// none). kacme's win on conflict: the issuance decision reads them back. The Secret has no owner
 /// reference: as in cert-manager, deleting a Certificate keeps its Secret.
@@ -65,6 +65,7 @@ fn kacme_secret_annotations(certificate: &Certificate, issuer: &IssuerRef, usage
     let spec = &certificate.spec;
     BTreeMap::from([
         (ANNOTATION_CERTIFICATE_NAME.to_string(), certificate_name(certificate)),
+        (ANNOTATION_CERTIFICATE_UID.to_string(), certificate_uid(certificate)),
         (ANNOTATION_ISSUER_NAME.to_string(), issuer.name.clone()),
         (ANNOTATION_ISSUER_KIND.to_string(), issuer.kind.to_string()),
         (ANNOTATION_USAGES.to_string(), usages.to_string()),
@@ -75,8 +76,8 @@ fn kacme_secret_annotations(certificate: &Certificate, issuer: &IssuerRef, usage
 
 /// The Secret ([`next_key_secret_name`], type `Opaque`) that holds `key_pem`, the private key of the
 /// Certificate's issuance in progress, as tls.key until the certificate is stored. It is owned by the
-/// Certificate (it is kacme's, and temporary), labelled with the Certificate, and annotated with the
-/// issuer the order is placed with (the spec's), so that a pass can tell the order from another issuer's.
+/// Certificate (it is kacme's, and temporary), labelled with the Certificate, annotated with the
+/// Certificate's name and UID (see [`crate::decision::next_key_ownership`]) and with the issuer the order is placed with (the spec's), so that a pass can tell the order from another issuer's.
 pub fn build_next_key_secret(certificate: &Certificate, key_pem: &str) -> Secret {
     let name = certificate_name(certificate);
     Secret {
@@ -89,6 +90,7 @@ pub fn build_next_key_secret(certificate: &Certificate, key_pem: &str) -> Secret
             ])),
             annotations: Some(BTreeMap::from([
                 (ANNOTATION_CERTIFICATE_NAME.to_string(), name),
+                (ANNOTATION_CERTIFICATE_UID.to_string(), certificate_uid(certificate)),
                 (ANNOTATION_ISSUER_NAME.to_string(), certificate.spec.issuer_ref.name.clone()),
                 (ANNOTATION_ISSUER_KIND.to_string(), certificate.spec.issuer_ref.kind.to_string()),
             ])),
@@ -99,6 +101,12 @@ pub fn build_next_key_secret(certificate: &Certificate, key_pem: &str) -> Secret
         data: Some(BTreeMap::from([(TLS_KEY.to_string(), bytes(key_pem))])),
         ..Default::default()
     }
+}
+
+/// The Certificate's UID, which its Secrets record (see [`crate::decision::secret_ownership`]); empty for a
+/// Certificate without one, which owns no Secret.
+fn certificate_uid(certificate: &Certificate) -> String {
+    certificate.metadata.uid.clone().unwrap_or_default()
 }
 
 fn bytes(text: &str) -> ByteString {
@@ -121,6 +129,8 @@ mod tests {
     const CHAIN: &str = "-----BEGIN CERTIFICATE-----\nleaf\n-----END CERTIFICATE-----\n";
     const KEY: &str = "-----BEGIN PRIVATE KEY-----\nkey\n-----END PRIVATE KEY-----\n";
     const CA: &str = "-----BEGIN CERTIFICATE-----\nroot\n-----END CERTIFICATE-----\n";
+    /// The fixture Certificate's UID.
+    const UID: &str = "0b6b2c4e-1d1f-4c55-9a7e-3c1f00000001";
 
     fn issuer() -> IssuerRef {
         IssuerRef { name: "ca".into(), kind: IssuerKind::Issuer }
@@ -174,6 +184,7 @@ mod tests {
             ("kacme's managed-by label wins", &labels, LABEL_MANAGED_BY, "kacme"),
             ("the template's annotation is kept", &annotations, "reflector/enabled", "true"),
             ("kacme's certificate name wins", &annotations, ANNOTATION_CERTIFICATE_NAME, "web"),
+            ("the Certificate's UID is recorded", &annotations, ANNOTATION_CERTIFICATE_UID, UID),
             ("the issuer name is recorded", &annotations, ANNOTATION_ISSUER_NAME, "corp-ca"),
             ("the issuer kind is recorded", &annotations, ANNOTATION_ISSUER_KIND, "ClusterIssuer"),
             ("the usages are recorded as given", &annotations, ANNOTATION_USAGES, "client auth,server auth"),
@@ -205,7 +216,7 @@ mod tests {
         let issuer = &certificate.spec.issuer_ref;
         let secret = build_certificate_secret(&certificate, issuer, &chain, key.pem(), Some(&ca.root_pem()), &usages);
 
-        assert_eq!(secret_ownership(&secret, "web"), SecretOwnership::Ours);
+        assert_eq!(secret_ownership(&secret, &certificate), SecretOwnership::Ours);
         let observed = Observed { certificate: &certificate, secret: Some(&secret), now: issued + 1.hour() };
         let decision = issuance_decision(&observed, &BackoffPolicy::default());
         assert!(matches!(decision, IssuanceDecision::UpToDate { .. }), "got {decision:?}");
@@ -233,6 +244,7 @@ mod tests {
                 secret.metadata.annotations
                     == Some(map(&[
                         (ANNOTATION_CERTIFICATE_NAME, "web"),
+                        (ANNOTATION_CERTIFICATE_UID, UID),
                         (ANNOTATION_ISSUER_NAME, "ca"),
                         (ANNOTATION_ISSUER_KIND, "Issuer"),
                     ])),

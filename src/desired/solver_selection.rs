@@ -127,6 +127,7 @@ mod tests {
             server: "https://ca.example.test/directory".into(),
             email: None,
             ca_bundle: None,
+            issuing_ca_bundle: None,
             skip_tls_verify: None,
             private_key_secret_ref: SecretKeySelector { name: "account".into(), key: None },
             external_account_binding: None,

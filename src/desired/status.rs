@@ -17,6 +17,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 /// The message of `Ready=True`.
 pub const UP_TO_DATE_MESSAGE: &str = "The certificate is up to date and has not expired";
 
+/// The reasons [`StatusTransition::failed_because`] shows: Ready keeps them until an issuance succeeds.
+const FAILURE_REASONS: [CertificateReason; 2] = [CertificateReason::Failed, CertificateReason::SolverNotReady];
+
 /// Why an issuer cannot be used yet: a condition reason and a message for the user.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IssuerWait {
@@ -110,7 +113,7 @@ impl<'a> StatusTransition<'a> {
         let still_valid = matches!(reason, IssuanceReason::Expiring | IssuanceReason::ManuallyTriggered)
             && self.status.not_after.as_ref().is_some_and(|t| t.0 > self.now);
         let failed = self.status.failed_issuance_attempts.unwrap_or(0) > 0
-            && self.is(ConditionType::Ready, ConditionStatus::False, CertificateReason::Failed.as_str());
+            && FAILURE_REASONS.iter().any(|r| self.is(ConditionType::Ready, ConditionStatus::False, r.as_str()));
         if !still_valid && !failed {
             self.set(ConditionType::Ready, false, reason.as_str(), message);
         }
@@ -183,12 +186,17 @@ impl<'a> StatusTransition<'a> {
     /// The issuance attempt failed for good: counts it, forgets the order, and returns the number of
     /// failed attempts (for the backoff) and the message shown.
     pub fn failed(&mut self, error: &str) -> (u32, String) {
+        self.failed_because(CertificateReason::Failed, error)
+    }
+
+    /// [`StatusTransition::failed`], with a more precise reason than `Failed` in the conditions.
+    pub fn failed_because(&mut self, reason: CertificateReason, error: &str) -> (u32, String) {
         let attempts = self.status.failed_issuance_attempts.unwrap_or(0).saturating_add(1);
         self.status.failed_issuance_attempts = Some(attempts);
         self.status.last_failure_time = Some(Time(self.now));
         self.forget_order();
         let message = format!("The issuance failed: {error}");
-        let reason = CertificateReason::Failed.as_str();
+        let reason = reason.as_str();
         self.set(ConditionType::Issuing, false, reason, &message);
         self.not_ready_unless_ready(reason, &message);
         (u32::try_from(attempts).unwrap_or(u32::MAX), message)
@@ -237,6 +245,12 @@ mod tests {
     fn failed_status() -> CertificateStatus {
         let mut status = CertificateStatus::default();
         StatusTransition::new(&mut status, Some(1), t0()).failed("the CA said no");
+        status
+    }
+
+    fn solver_not_ready_status() -> CertificateStatus {
+        let mut status = CertificateStatus::default();
+        StatusTransition::new(&mut status, Some(1), t0()).failed_because(CertificateReason::SolverNotReady, "no Pod");
         status
     }
 
@@ -295,6 +309,13 @@ mod tests {
             ),
             ("a changed spec", ready_status(), IssuanceReason::SpecChanged, t0(), ("False", "SpecChanged")),
             ("after a failure", failed_status(), IssuanceReason::DoesNotExist, t0(), ("False", "Failed")),
+            (
+                "after a solver that never became ready",
+                solver_not_ready_status(),
+                IssuanceReason::DoesNotExist,
+                t0(),
+                ("False", "SolverNotReady"),
+            ),
         ];
         for (case, mut status, reason, now, (want_status, want_reason)) in cases {
             StatusTransition::new(&mut status, Some(1), now).needs_issuance(reason, "message");

@@ -153,6 +153,12 @@ pub fn verify_chain(chain: &ParsedChain, ca_bundle: &[Vec<u8>], at: Timestamp) -
     .map_err(|e| PkiError::VerifyChain(e.to_string()))
 }
 
+/// The certificates of `ca_bundle` that the chain verifies to at `at`, each tried as the only trust anchor:
+/// the roots (or intermediates) a client needs to trust this chain, and nothing else of the bundle.
+pub fn verifying_anchors(chain: &ParsedChain, ca_bundle: &[Vec<u8>], at: Timestamp) -> Vec<Vec<u8>> {
+    ca_bundle.iter().filter(|der| verify_chain(chain, std::slice::from_ref(*der), at).is_ok()).cloned().collect()
+}
+
 /// Accepts whatever extended key usages the leaf has: chain verification here is about the issuer.
 struct AnyExtendedKeyUsage;
 

@@ -11,7 +11,10 @@ mod properties;
 #[cfg(test)]
 pub(crate) mod testing;
 
-pub use chain::{CertificateInfo, ParsedChain, key_matches_certificate, parse_ca_bundle, parse_chain, verify_chain};
+pub use chain::{
+    CertificateInfo, ParsedChain, key_matches_certificate, parse_ca_bundle, parse_chain, verify_chain,
+    verifying_anchors,
+};
 pub use csr::{CsrRequest, build_csr, effective_usages};
 pub use keys::{KeySpec, PrivateKey, generate_private_key, parse_private_key};
 

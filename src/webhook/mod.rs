@@ -395,13 +395,20 @@ async fn admit(request: &AdmissionRequest<DynamicObject>, excluded: &[String], c
 /// The workload Certificate a Pod being created asks for, as the workload controller will build it.
 fn workload_certificate_of(request: &AdmissionRequest<DynamicObject>) -> Option<crate::api::Certificate> {
     use crate::automatic::workload::{
-        build_workload_certificate, parse_workload_request, workload_label_value, workload_name,
+        WorkloadIdentity, build_workload_certificate, parse_workload_request, workload_label_value, workload_name,
     };
     let pod: Pod = serde_json::to_value(request.object.as_ref()?).and_then(serde_json::from_value).ok()?;
     let workload_request = parse_workload_request(pod.metadata.annotations.as_ref()?).ok()??;
     let namespace = request.namespace.clone().or_else(|| pod.metadata.namespace.clone())?;
     let label = workload_label_value(&workload_name(&pod.metadata));
-    Some(build_workload_certificate(&namespace, &label, &workload_request))
+    // The identity is the controller's as the Pod names it (the policy check does not look at it).
+    let owner = pod.metadata.owner_references.iter().flatten().find(|o| o.controller == Some(true));
+    let identity = WorkloadIdentity {
+        kind: owner.map_or_else(|| "Pod".into(), |o| o.kind.clone()),
+        name: owner.map_or_else(|| label.clone(), |o| o.name.clone()),
+        uid: owner.map(|o| o.uid.clone()).unwrap_or_default(),
+    };
+    Some(build_workload_certificate(&namespace, &label, &identity, &workload_request))
 }
 
 async fn respond(request: Request<Incoming>, excluded: &[String], client: &Client) -> Response<Full<Bytes>> {

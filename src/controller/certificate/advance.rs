@@ -9,8 +9,10 @@ use crate::controller::ReconcileError;
 use crate::controller::accounts::IssuerInfo;
 use crate::controller::context::KeptOrder;
 use crate::controller::kube_solver::KubeSolver;
-use crate::decision::{SecretOwnership, order_is_for_another_issuer, same_identifiers, secret_ownership};
-use crate::desired::{authorization_events, next_key_secret_name};
+use crate::decision::{
+    SecretOwnership, next_key_ownership, order_is_for_another_issuer, same_identifiers, secret_ownership,
+};
+use crate::desired::{SolverWait, authorization_events, next_key_secret_name, solver_wait};
 use crate::pki::{build_csr, key_matches_certificate, parse_chain, parse_private_key};
 use kube::runtime::controller::Action;
 
@@ -40,7 +42,9 @@ impl Pass<'_> {
                     .read_secret(&self.namespace, &key_secret_name)
                     .await
                     .map_err(|e| ReconcileError::kube(format!("reading Secret {key_secret_name}"), e))?;
-                let key_secret = key_secret.filter(|s| secret_ownership(s, &self.name()) == SecretOwnership::Ours);
+                // A next-key Secret that does not record this Certificate's UID is never read.
+                let key_secret =
+                    key_secret.filter(|s| next_key_ownership(s, self.certificate) == SecretOwnership::Ours);
                 let other_issuer =
                     key_secret.as_ref().is_some_and(|s| order_is_for_another_issuer(s, &spec.issuer_ref));
                 let key = key_secret
@@ -102,6 +106,17 @@ impl Pass<'_> {
         self.status.order = Some(order.clone());
         match advanced {
             Ok(Advance::Wait { after: wait, reason }) => {
+                let now = u64::try_from(self.now.as_second()).unwrap_or_default();
+                let deadline = self.ctx.config.solver_deadline;
+                let wait = match solver_wait(&after, now, deadline) {
+                    SolverWait::NotWaiting => wait,
+                    SolverWait::LookAgainAfter(delay) => delay,
+                    SolverWait::Overdue { identifier, waited, last_message } => {
+                        let detail = last_message.unwrap_or_else(|| "its solver reported nothing".into());
+                        let error = IssuanceError::SolverNotReady { identifier, waited, deadline, detail };
+                        return self.fail(error).await;
+                    }
+                };
                 self.transition().order_waiting(order, &reason);
                 let issuer = spec.issuer_ref.clone();
                 self.ctx.keep_order(self.certificate, KeptOrder { session, key, issuer });
@@ -125,7 +140,7 @@ impl Pass<'_> {
         let secret = self.read_certificate_secret().await?;
         let stored_key = secret
             .as_deref()
-            .filter(|s| secret_ownership(s, &self.name()) == SecretOwnership::Ours)
+            .filter(|s| secret_ownership(s, self.certificate).may_read())
             .and_then(|s| s.data.as_ref()?.get(TLS_KEY))
             .and_then(|value| parse_private_key(&value.0).ok());
         if let Some(key) = stored_key

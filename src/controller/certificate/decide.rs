@@ -2,7 +2,7 @@
 
 use super::{FOREIGN_SECRET_WAIT, Pass};
 use crate::controller::ReconcileError;
-use crate::decision::{IssuanceDecision, Observed, issuance_decision};
+use crate::decision::{IssuanceDecision, Observed, SecretOwnership, issuance_decision, secret_ownership};
 use crate::desired::{EventNote, EventReason, Validity};
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::controller::Action;
@@ -10,6 +10,11 @@ use std::time::Duration;
 
 impl Pass<'_> {
     pub(super) async fn decide(&mut self, secret: Option<&Secret>) -> Result<Action, ReconcileError> {
+        if let Some(secret) = secret
+            && secret_ownership(secret, self.certificate) == SecretOwnership::WrittenBeforeUpgrade
+        {
+            self.record_uid(secret).await?;
+        }
         let observed = Observed { certificate: self.certificate, secret, now: self.now };
         match issuance_decision(&observed, &self.ctx.config.backoff) {
             IssuanceDecision::SecretNotOwned { message } => {
@@ -33,5 +38,17 @@ impl Pass<'_> {
                 self.start_order(reason, &message, secret).await
             }
         }
+    }
+
+    /// Adopts a Secret kacme wrote for this Certificate before it recorded UIDs: records the UID, once.
+    async fn record_uid(&self, secret: &Secret) -> Result<(), ReconcileError> {
+        let uid = self.certificate.metadata.uid.as_deref().unwrap_or_default();
+        let name = &self.certificate.spec.secret_name;
+        self.ctx
+            .record_certificate_uid(&self.namespace, secret, uid)
+            .await
+            .map_err(|e| ReconcileError::kube(format!("recording the Certificate's UID on Secret {name}"), e))?;
+        tracing::info!(secret = %name, "adopted a Secret written before kacme recorded Certificate UIDs");
+        Ok(())
     }
 }

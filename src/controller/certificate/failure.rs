@@ -2,6 +2,7 @@
 
 use super::{NEXT_STEP, Pass};
 use crate::acme::{AcmeAccount, AcmeError, OrderProgress, Retry};
+use crate::api::CertificateReason;
 use crate::controller::ReconcileError;
 use crate::controller::accounts::IssuerInfo;
 use crate::controller::kube_solver::cleanup_all_solver_objects;
@@ -28,6 +29,9 @@ pub(super) enum IssuanceError {
     /// The CA sent a chain that does not parse.
     #[error("the CA returned an unreadable chain: {0}")]
     UnreadableChain(PkiError),
+    /// The issued chain does not verify to the issuer's issuing roots: it is not stored.
+    #[error("{0}")]
+    ChainNotTrusted(String),
     /// The CA sent a certificate for a key other than the order's.
     #[error("the CA returned a certificate for another key")]
     CertificateForAnotherKey,
@@ -37,6 +41,14 @@ pub(super) enum IssuanceError {
     /// The Secret appeared meanwhile and belongs to something else.
     #[error("{0}")]
     SecretNotOwned(String),
+    /// A solver did not serve its challenge by the deadline.
+    #[error(
+        "the solver for {identifier} was still not serving the challenge {}s after it was presented (the deadline \
+         is {}s): {detail}",
+        waited.as_secs(),
+        deadline.as_secs()
+    )]
+    SolverNotReady { identifier: String, waited: std::time::Duration, deadline: std::time::Duration, detail: String },
     /// The CA refused the order (or the engine gave up on it).
     #[error(transparent)]
     Acme(#[from] AcmeError),
@@ -96,9 +108,13 @@ impl Pass<'_> {
         if let IssuanceError::SecretNotOwned(message) = &error {
             self.transition().secret_taken_over(message);
         }
-        let (attempts, message) = self.transition().failed(&error.to_string());
+        let (reason, event_reason) = match &error {
+            IssuanceError::SolverNotReady { .. } => (CertificateReason::SolverNotReady, EventReason::SolverNotReady),
+            _ => (CertificateReason::Failed, EventReason::Failed),
+        };
+        let (attempts, message) = self.transition().failed_because(reason, &error.to_string());
         tracing::warn!(attempts, %error, "issuance failed");
-        self.publish(EventNote::warning(EventReason::Failed, message)).await;
+        self.publish(EventNote::warning(event_reason, message)).await;
         let retry_at = self.ctx.config.backoff.retry_at(self.now, attempts);
         Ok(Action::requeue(retry_at.duration_since(self.now).unsigned_abs().max(NEXT_STEP)))
     }

@@ -28,6 +28,7 @@ use crate::acme::AcmeAccount;
 use crate::api::ConditionType;
 use crate::api::{Certificate, CertificateReason, CertificateStatus, ClusterIssuer, Issuer, IssuerKind};
 use crate::decision::policy::{check_certificate, needs_namespace_labels};
+use crate::decision::{SecretOwnership, next_key_ownership};
 use crate::desired::find_condition;
 use crate::desired::{
     EventNote, EventReason, IssuerWait, StatusTransition, next_key_secret_name, order_status, requeue_at,
@@ -65,6 +66,8 @@ const NEXT_STEP: Duration = Duration::from_millis(50);
 #[tracing::instrument(skip_all, fields(certificate = %format!("{}/{}", certificate.namespace().unwrap_or_default(), certificate.name_any())))]
 pub async fn reconcile_certificate(certificate: Arc<Certificate>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
     let namespace = certificate.namespace().ok_or(ReconcileError::MissingField("metadata.namespace"))?;
+    #[cfg(test)]
+    ctx.panic_if_asked(&certificate);
     let api: Api<Certificate> = Api::namespaced(ctx.client.clone(), &namespace);
     let certificate = if ctx.may_be_stale(&certificate) {
         match api.get_opt(&certificate.name_any()).await {
@@ -106,9 +109,27 @@ async fn clean_up_deleted(ctx: &Context, certificate: &Certificate) -> Result<Ac
     cleanup_all_solver_objects(ctx, certificate)
         .await
         .map_err(|failures| ReconcileError::RemoveSolverObjects(failures.join("; ")))?;
-    let namespace = certificate.namespace().unwrap_or_default();
-    ctx.delete_secret(&namespace, &next_key_secret_name(&certificate.name_any())).await?;
+    delete_next_key_secret(ctx, certificate).await?;
     Ok(Action::await_change())
+}
+
+/// Deletes the next-key Secret of `certificate` if it exists and records the Certificate's UID (see
+/// [`next_key_ownership`]); one that does not is someone else's and stays.
+async fn delete_next_key_secret(ctx: &Context, certificate: &Certificate) -> Result<(), ReconcileError> {
+    let namespace = certificate.namespace().unwrap_or_default();
+    let name = next_key_secret_name(&certificate.name_any());
+    let secret = ctx
+        .read_secret(&namespace, &name)
+        .await
+        .map_err(|e| ReconcileError::kube(format!("reading Secret {name}"), e))?;
+    match secret.as_deref().map(|s| (s, next_key_ownership(s, certificate))) {
+        None => Ok(()),
+        Some((secret, SecretOwnership::Ours)) => ctx.delete_secret(&namespace, secret).await,
+        Some((_, ownership)) => {
+            tracing::warn!(secret = %name, ?ownership, "leaving alone a next-key Secret that is not this Certificate's");
+            Ok(())
+        }
+    }
 }
 
 /// One reconcile pass of one Certificate: the status it builds is written once, at the end.
@@ -353,6 +374,6 @@ impl<'a> Pass<'a> {
 
     /// Deletes the next-key Secret of this Certificate, if there is one.
     async fn delete_next_key(&self) -> Result<(), ReconcileError> {
-        self.ctx.delete_secret(&self.namespace, &next_key_secret_name(&self.name())).await
+        delete_next_key_secret(self.ctx, self.certificate).await
     }
 }

@@ -8,7 +8,8 @@ use crate::api::names::{ANNOTATION_RENEW_REQUESTED_AT, TLS_KEY};
 use crate::api::{IssuanceReason, RotationPolicy};
 use crate::controller::ReconcileError;
 use crate::controller::context::KeptOrder;
-use crate::decision::{SecretOwnership, secret_ownership};
+use crate::controller::context::SecretCreation;
+use crate::decision::{SecretOwnership, next_key_ownership, secret_ownership};
 use crate::desired::{EventNote, EventReason, build_next_key_secret, select_solver};
 use crate::pki::{KeySpec, PrivateKey, generate_private_key, parse_private_key};
 use k8s_openapi::api::core::v1::Secret;
@@ -56,9 +57,9 @@ impl Pass<'_> {
         // after the retry delay.
         let key_secret = build_next_key_secret(self.certificate, key.pem());
         let key_secret_name = key_secret.name_any();
-        self.ctx.apply_secret(&self.namespace, &key_secret).await.map_err(|e| {
-            ReconcileError::kube(format!("storing the next private key in Secret {key_secret_name}"), e)
-        })?;
+        if let Err(message) = self.store_next_key(&key_secret).await? {
+            return self.fail(IssuanceError::SecretNotOwned(message)).await;
+        }
         let order = self.order_status(session.progress(), &account);
         let renewal_request = self.certificate.annotations().get(ANNOTATION_RENEW_REQUESTED_AT).cloned();
         self.transition().order_created(reason, message, order, key_secret_name, renewal_request);
@@ -71,6 +72,34 @@ impl Pass<'_> {
         Ok(Action::requeue(NEXT_STEP))
     }
 
+    /// Stores the next-key Secret: created (a POST never overwrites); one that exists already is replaced
+    /// only when it records this Certificate's UID (a leftover of an earlier attempt), else it is someone
+    /// else's and stays as it is (the message says so).
+    async fn store_next_key(&self, key_secret: &Secret) -> Result<Result<(), String>, ReconcileError> {
+        let name = key_secret.name_any();
+        let storing = |e| ReconcileError::kube(format!("storing the next private key in Secret {name}"), e);
+        if self.ctx.create_secret(&self.namespace, key_secret).await.map_err(storing)? == SecretCreation::Created {
+            return Ok(Ok(()));
+        }
+        let current = self
+            .ctx
+            .read_secret_afresh(&self.namespace, &name)
+            .await
+            .map_err(|e| ReconcileError::kube(format!("reading Secret {name}"), e))?;
+        let Some(current) = current else {
+            // Deleted since: the next pass creates it.
+            return Err(ReconcileError::SecretVanished(name));
+        };
+        match next_key_ownership(&current, self.certificate) {
+            SecretOwnership::Ours => {
+                self.ctx.replace_secret(&self.namespace, key_secret, &current).await.map_err(storing)?;
+                Ok(Ok(()))
+            }
+            SecretOwnership::Foreign(message) | SecretOwnership::OfEarlierCertificate(message) => Ok(Err(message)),
+            SecretOwnership::WrittenBeforeUpgrade => Ok(Err(format!("Secret {name} is not this Certificate's"))),
+        }
+    }
+
     /// The key of the next certificate: the current one when the spec says never to rotate and it still
     /// fits, else a new one.
     fn next_private_key(&self, secret: Option<&Secret>) -> Result<PrivateKey, IssuanceError> {
@@ -78,7 +107,7 @@ impl Pass<'_> {
         let wanted = KeySpec::from_spec(spec.private_key.as_ref());
         let never_rotate = spec.private_key.as_ref().and_then(|k| k.rotation_policy) == Some(RotationPolicy::Never);
         if never_rotate
-            && let Some(secret) = secret.filter(|s| secret_ownership(s, &self.name()) == SecretOwnership::Ours)
+            && let Some(secret) = secret.filter(|s| secret_ownership(s, self.certificate).may_read())
             && let Some(value) = secret.data.as_ref().and_then(|d| d.get(TLS_KEY))
             && let Ok(current) = parse_private_key(&value.0)
             && current.spec() == wanted

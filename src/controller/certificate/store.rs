@@ -3,12 +3,13 @@
 use super::Pass;
 use super::failure::IssuanceError;
 use crate::controller::ReconcileError;
-use crate::controller::accounts::IssuerInfo;
+use crate::controller::accounts::{IssuerInfo, IssuingTrust, pem_bundle};
+use crate::controller::context::SecretCreation;
 use crate::decision::{
     RenewBefore, SecretOwnership, issued_differs_from_spec, renewal_time, secret_ownership, usages_annotation,
 };
 use crate::desired::{EventNote, EventReason, Validity, build_certificate_secret};
-use crate::pki::{CsrRequest, PrivateKey, key_matches_certificate, parse_ca_bundle, parse_chain, verify_chain};
+use crate::pki::{CsrRequest, PrivateKey, key_matches_certificate, parse_chain, verify_chain, verifying_anchors};
 use jiff::Timestamp;
 use kube::runtime::controller::Action;
 use std::time::Duration;
@@ -31,17 +32,34 @@ impl Pass<'_> {
         if let Some(difference) = issued_differs_from_spec(&self.certificate.spec, &chain.leaf) {
             return self.fail(IssuanceError::CertificateDiffers(difference)).await;
         }
-        let ca_bundle = issuer.ca_bundle_pem();
-        // The question is whether the chain leads to the bundle, so verify it at a moment it is valid: the
-        // pass started before the CA signed, and a CA that does not backdate signs from "now".
+        // The question is whether the chain leads to the issuing roots, so verify it at a moment it is valid:
+        // the pass started before the CA signed, and a CA that does not backdate signs from "now".
         let verify_at = Timestamp::now().max(chain.leaf.not_before);
-        if let Some(bundle) = &ca_bundle
-            && let Ok(ders) = parse_ca_bundle(bundle.as_bytes())
-            && let Err(e) = verify_chain(&chain, &ders, verify_at)
-        {
-            let message = format!("The issued chain does not verify to the issuer's caBundle: {e}");
-            self.publish(EventNote::warning(EventReason::ChainNotTrusted, message)).await;
-        }
+        let ca_crt = match issuer.issuing_trust() {
+            IssuingTrust::Unknown => None,
+            IssuingTrust::Configured(roots) => {
+                let roots = roots.unwrap_or_default();
+                if verifying_anchors(&chain, &roots, verify_at).is_empty() {
+                    let why = verify_chain(&chain, &roots, verify_at).err().map(|e| e.to_string()).unwrap_or_default();
+                    let message = format!("the issued chain does not verify to the issuer's issuingCABundle: {why}");
+                    return self.fail(IssuanceError::ChainNotTrusted(message)).await;
+                }
+                Some(pem_bundle(&roots))
+            }
+            IssuingTrust::FromCaBundle(bundle) => {
+                let bundle = bundle.unwrap_or_default();
+                let anchors = verifying_anchors(&chain, &bundle, verify_at);
+                if anchors.is_empty() {
+                    let why = verify_chain(&chain, &bundle, verify_at).err().map(|e| e.to_string()).unwrap_or_default();
+                    let message = format!(
+                        "the issued chain does not verify to any certificate of the issuer's caBundle ({why}); \
+                         put the CA's root into caBundle or issuingCABundle"
+                    );
+                    return self.fail(IssuanceError::ChainNotTrusted(message)).await;
+                }
+                Some(pem_bundle(&anchors))
+            }
+        };
         // Look once more, at the apiserver, right before writing: never take over a Secret that appeared
         // meanwhile (the cache sees only kacme's own Secrets).
         let name = self.certificate.spec.secret_name.clone();
@@ -51,7 +69,7 @@ impl Pass<'_> {
             .await
             .map_err(|e| ReconcileError::kube(format!("reading Secret {name}"), e))?;
         if let Some(current) = &current
-            && let SecretOwnership::Foreign(message) = secret_ownership(current, &self.name())
+            && let SecretOwnership::Foreign(message) = secret_ownership(current, self.certificate)
         {
             return self.fail(IssuanceError::SecretNotOwned(message)).await;
         }
@@ -61,13 +79,26 @@ impl Pass<'_> {
             &self.certificate.spec.issuer_ref,
             chain_pem,
             key.pem(),
-            ca_bundle.as_deref(),
+            ca_crt.as_deref(),
             &usages,
         );
-        self.ctx
-            .apply_secret(&self.namespace, &secret)
-            .await
-            .map_err(|e| ReconcileError::kube(format!("writing Secret {name}"), e))?;
+        // A new Secret is created (a POST never overwrites: one that appeared since the read is someone
+        // else's); an existing one of ours is replaced only while it is the very Secret just read.
+        let writing = |e| ReconcileError::kube(format!("writing Secret {name}"), e);
+        match &current {
+            None => {
+                if self.ctx.create_secret(&self.namespace, &secret).await.map_err(writing)?
+                    == SecretCreation::AlreadyExists
+                {
+                    let message = format!(
+                        "Secret {name:?} was created by someone else while kacme was issuing; kacme will not \
+                         overwrite it: delete it or choose another secretName"
+                    );
+                    return self.fail(IssuanceError::SecretNotOwned(message)).await;
+                }
+            }
+            Some(current) => self.ctx.replace_secret(&self.namespace, &secret, current).await.map_err(writing)?,
+        }
         self.delete_next_key().await?;
         self.ctx.forget_order(self.certificate);
         self.clean_up_leftover_solver_objects().await;

@@ -2,15 +2,20 @@
 //! branch of the issuance path, crash windows included, in milliseconds.
 
 use super::FINALIZER;
+use crate::acme::CaTrust;
 use crate::acme::fake::{Endpoint, FakeAcme, FakeChallenge, Fault, Validation};
-use crate::api::names::{ANNOTATION_ISSUER_NAME, ANNOTATION_RENEW_REQUESTED_AT, CA_CRT};
+use crate::api::names::{
+    ANNOTATION_CERTIFICATE_NAME, ANNOTATION_CERTIFICATE_UID, ANNOTATION_ISSUER_NAME, ANNOTATION_RENEW_REQUESTED_AT,
+    CA_CRT, LABEL_MANAGED_BY, MANAGED_BY, TLS_KEY,
+};
 use crate::api::{AcmeSolver, Certificate, Http01Solver, IssuerKind, PrivateKeySpec, RotationPolicy, SolverSelector};
-use crate::controller::testing::{IssuanceHarness, NAMESPACE, SECRET, ready_issuer_at};
+use crate::controller::testing::{CERTIFICATE, IssuanceHarness, NAMESPACE, SECRET, ready_issuer_at};
 use crate::pki::{parse_ca_bundle, verify_chain};
 use crate::testing::FakeApiserver;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::api::networking::v1::Ingress;
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams};
 use kube::runtime::controller::Action;
 use std::collections::BTreeMap;
@@ -146,7 +151,7 @@ async fn a_new_certificate_becomes_ready_in_a_few_passes_once_its_solver_objects
     assert_eq!(secret.type_.as_deref(), Some("kubernetes.io/tls"));
     let ca_crt = parse_ca_bundle(&secret.data.as_ref().and_then(|d| d.get(CA_CRT)).expect("ca.crt").0)
         .expect("ca.crt holds PEM certificates");
-    assert!(ca_crt.contains(&ca[0]), "ca.crt carries the issuing CA");
+    assert_eq!(ca_crt, ca, "ca.crt carries the issuing CA, and not the caBundle's TLS root of the ACME endpoint");
     verify_chain(&chain, &ca_crt, Timestamp::now()).expect("the chain verifies to ca.crt, as a workload checks it");
     assert_eq!(harness.ca.certificates_issued(), std::slice::from_ref(&chain.leaf.serial));
     assert_eq!(harness.ca.orders_created(), 1);
@@ -561,6 +566,12 @@ fn die_before(apiserver: &FakeApiserver, failing: &[(&str, &str)]) {
     }
 }
 
+/// Registers the Issuer's ACME account and stores its key, as the first pass would before its order.
+async fn create_account(harness: &IssuanceHarness) {
+    let issuer = crate::controller::accounts::IssuerInfo::from_issuer(&harness.ready_issuer()).expect("an ACME issuer");
+    crate::controller::accounts::ensure_account(&harness.ctx, &issuer).await.expect("the account registers");
+}
+
 #[tokio::test]
 async fn a_crash_at_any_write_of_the_issuance_path_loses_no_key_and_issues_once() {
     // (case, the pass that dies, the writes it never makes (the first one failing is where it dies), how
@@ -569,7 +580,8 @@ async fn a_crash_at_any_write_of_the_issuance_path_loses_no_key_and_issues_once(
         (
             "after the order is created, before its key is stored",
             CrashIn::OrderPass,
-            &[("PATCH", "/secrets/web-next-key"), STATUS_WRITE],
+            // The key is created with a POST to the collection; the account's key exists by then.
+            &[("POST", "/namespaces/apps/secrets"), STATUS_WRITE],
             2,
         ),
         ("after the key is stored, before status names the order", CrashIn::OrderPass, &[STATUS_WRITE], 2),
@@ -588,7 +600,10 @@ async fn a_crash_at_any_write_of_the_issuance_path_loses_no_key_and_issues_once(
             let case = format!("{case} ({})", if restart { "restarted" } else { "same process" });
             let mut harness = IssuanceHarness::ready_to_issue().await;
             match pass {
-                CrashIn::OrderPass => die_before(&harness.apiserver, failing),
+                CrashIn::OrderPass => {
+                    create_account(&harness).await;
+                    die_before(&harness.apiserver, failing)
+                }
                 CrashIn::StorePass => {
                     let apiserver = harness.apiserver.clone();
                     let failing: Vec<(String, String)> =
@@ -723,6 +738,185 @@ async fn a_ca_that_rejects_every_nonce_is_retried_ever_more_slowly_and_costs_no_
     assert!(harness.next_key_secret().is_none(), "no key is stored (nor generated) for an order that does not exist");
 }
 
+/// Moves the time every challenge of the order in flight was first presented `seconds` back (the harness
+/// cannot move the clock), as if kacme had presented them then (a status apply of its own field manager),
+/// and restarts the operator so that the order is resumed from status.
+async fn present_earlier(harness: &mut IssuanceHarness, seconds: i64) {
+    let mut status = harness.certificate().status.expect("a status");
+    let order = status.order.as_mut().expect("an order in flight");
+    for authorization in &mut order.authorizations {
+        let presented_at = authorization.presented_at.as_mut().expect("a presented challenge");
+        presented_at.0 -= jiff::SignedDuration::from_secs(seconds);
+    }
+    let api: Api<Certificate> = Api::namespaced(harness.apiserver.client(), NAMESPACE);
+    crate::controller::apply_status(&api, CERTIFICATE, "Certificate", &status)
+        .await
+        .expect("moving the presentation back");
+    harness.restart();
+}
+
+#[tokio::test]
+async fn a_solver_pod_that_never_becomes_ready_is_awaited_ever_more_slowly_then_fails_the_attempt_by_its_deadline() {
+    use k8s_openapi::api::core::v1::{ContainerState, ContainerStateWaiting, ContainerStatus, PodStatus};
+    let mut harness = IssuanceHarness::ready_to_issue().await;
+    harness.ca.set_validation(harness.validation_through_solver_objects());
+    // The order, then the solver objects; nobody plays the kubelet.
+    let mut actions = Vec::new();
+    for _ in 0..3 {
+        harness.sync_caches();
+        actions.push(harness.pass().await);
+    }
+    let pods = harness.apiserver.list::<Pod>();
+    let [pod] = pods.as_slice() else { panic!("one solver Pod: {pods:?}") };
+    let pod_name = pod.metadata.name.clone().expect("a name");
+    assert_eq!(actions.last(), Some(&Action::requeue(Duration::from_secs(1))), "a solver just presented");
+    // The kubelet cannot pull the image.
+    let mut pulling = pod.clone();
+    pulling.status = Some(PodStatus {
+        phase: Some("Pending".into()),
+        container_statuses: Some(vec![ContainerStatus {
+            name: "solver".into(),
+            state: Some(ContainerState {
+                waiting: Some(ContainerStateWaiting {
+                    reason: Some("ImagePullBackOff".into()),
+                    message: Some("Back-off pulling image \"kacme:test\"".into()),
+                }),
+                ..ContainerState::default()
+            }),
+            ..ContainerStatus::default()
+        }]),
+        ..PodStatus::default()
+    });
+    harness.apiserver.put(&pulling);
+
+    // A minute later, the next look comes 30 s later, and the wait says why.
+    present_earlier(&mut harness, 60).await;
+    harness.sync_caches();
+    assert_eq!(harness.pass().await, Action::requeue(Duration::from_secs(30)));
+    let (status, _, message) = harness.condition("Issuing").expect("Issuing");
+    assert_eq!(status, "True");
+    assert!(message.contains(&pod_name) && message.contains("ImagePullBackOff"), "{message}");
+    assert_eq!(harness.solver_objects().len(), 3, "still waiting: {:?}", harness.solver_objects());
+
+    // Past the deadline (5 minutes by default), the attempt fails.
+    present_earlier(&mut harness, 300).await;
+    harness.sync_caches();
+    let action = harness.pass().await;
+    let (status, reason, message) = harness.condition("Ready").expect("Ready");
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "SolverNotReady"));
+    let expected = "the solver for web.example.test was still not serving the challenge 36"; // 360 s, or 361 s
+    assert!(message.contains(expected) && message.contains("(the deadline is 300s)"), "{message}");
+    assert!(message.contains(&format!("solver Pod {pod_name}")), "names the Pod: {message}");
+    assert!(message.contains("ImagePullBackOff: Back-off pulling image"), "says why: {message}");
+    assert_eq!(harness.condition_reason("Issuing"), condition("False", "SolverNotReady"));
+    assert_eq!(event_count(&harness, "SolverNotReady"), 1);
+    let status = harness.certificate().status.expect("a status");
+    assert_eq!(status.failed_issuance_attempts, Some(1));
+    assert_eq!((status.order, status.next_private_key_secret_name), (None, None), "the order is abandoned");
+    assert_eq!(harness.solver_objects(), Vec::<String>::new(), "the solver objects are removed");
+    assert!(harness.next_key_secret().is_none(), "the next-key Secret is removed");
+    assert_eq!(action, Action::requeue(harness.config.backoff.initial), "the usual failure backoff");
+
+    // Backing off: the next pass asks nobody anything and writes nothing.
+    harness.sync_caches();
+    harness.apiserver.clear_requests();
+    let acme_requests = harness.acme_requests();
+    harness.pass().await;
+    assert_eq!(harness.apiserver.writes(), []);
+    assert_eq!(harness.acme_requests(), acme_requests);
+}
+
+// --- A panicked reconcile ------------------------------------------------------------------------------
+
+/// One reconcile of Certificate `apps/<name>` as the controller runs it: through `observed`, which catches
+/// a panic, then the error policy on failure (whose requeue is the error backoff).
+async fn controller_pass(
+    harness: &IssuanceHarness,
+    name: &str,
+) -> (Result<Action, crate::controller::ReconcileError>, Action) {
+    use crate::controller::{ControllerKind, error_policy, observed};
+    let certificate: Certificate = harness.apiserver.get(NAMESPACE, name).expect("the Certificate exists");
+    let ctx = harness.ctx.clone();
+    let reconcile = super::reconcile_certificate(Arc::new(certificate.clone()), ctx.clone());
+    let result = observed(ctx.clone(), ControllerKind::Certificate, &certificate, reconcile).await;
+    let action = match &result {
+        Ok(action) => action.clone(),
+        Err(error) => error_policy(Arc::new(certificate), error, ctx),
+    };
+    (result, action)
+}
+
+/// (status, reason, message) of the Ready condition of Certificate `apps/<name>`.
+fn ready_of(harness: &IssuanceHarness, name: &str) -> Option<(String, String, String)> {
+    let certificate: Certificate = harness.apiserver.get(NAMESPACE, name)?;
+    let ready = certificate.status?.conditions.into_iter().find(|c| c.type_ == "Ready")?;
+    Some((ready.status, ready.reason, ready.message))
+}
+
+#[tokio::test]
+async fn a_panic_in_one_certificates_reconcile_shows_on_it_and_backs_off_while_another_is_issued() {
+    let mut harness = IssuanceHarness::ready_to_issue().await;
+    harness.ca.set_validation(harness.validation_through_solver_objects());
+    let mut api = crate::desired::testing::certificate();
+    api.metadata.name = Some("api".into());
+    api.metadata.uid = Some("0b6b2c4e-1d1f-4c55-9a7e-3c1f00000002".into());
+    api.spec.secret_name = "api-tls".into();
+    api.spec.dns_names = vec!["api.example.test".into()];
+    harness.seed_certificate(api);
+    harness.ctx.panic_for.lock().expect("the lock").insert(format!("{NAMESPACE}/{CERTIFICATE}"));
+
+    // The poisoned Certificate: an error of its own, shown in Ready and an Event, retried with backoff.
+    harness.sync_caches();
+    let (result, action) = controller_pass(&harness, CERTIFICATE).await;
+    let error = result.expect_err("the panic is an error of the Certificate");
+    assert!(matches!(error, crate::controller::ReconcileError::Panicked(_)), "{error}");
+    assert_eq!(action, Action::requeue(Duration::from_secs(5)), "the first error backoff");
+    let (status, reason, message) = ready_of(&harness, CERTIFICATE).expect("a Ready condition");
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "ReconcilePanicked"));
+    assert_eq!(message, "the reconcile panicked: injected panic for Certificate apps/web (a bug: please report it)");
+    assert_eq!(event_count(&harness, "ReconcilePanicked"), 1);
+
+    // Again: a longer backoff, the Event counted again, and no status write (it already says so).
+    harness.sync_caches();
+    harness.apiserver.clear_requests();
+    let (result, action) = controller_pass(&harness, CERTIFICATE).await;
+    assert!(result.is_err());
+    assert_eq!(action, Action::requeue(Duration::from_secs(10)), "the second error backoff");
+    assert_eq!(harness.apiserver.count("PATCH", "/certificates/web/status"), 0, "nothing new to show");
+    assert_eq!(event_count(&harness, "ReconcilePanicked"), 2);
+
+    // A status write that fails is only logged: the error stays the panic, the backoff goes on.
+    harness.apiserver.fail_next("PATCH", "/certificates/web/status", 500, 1);
+    let mut unshown = harness.certificate();
+    unshown.status = None;
+    let api_of_web: Api<Certificate> = Api::namespaced(harness.apiserver.client(), NAMESPACE);
+    api_of_web.replace_status(CERTIFICATE, &Default::default(), &unshown).await.expect("clearing the status");
+    let (result, action) = controller_pass(&harness, CERTIFICATE).await;
+    assert!(matches!(result, Err(crate::controller::ReconcileError::Panicked(_))), "{result:?}");
+    assert_eq!(action, Action::requeue(Duration::from_secs(20)), "the third error backoff");
+
+    // The other Certificate of the same controller and issuer is issued meanwhile.
+    let mut issued = false;
+    for _ in 0..MAX_PASSES {
+        harness.sync_caches();
+        let (result, _) = controller_pass(&harness, "api").await;
+        result.expect("the other Certificate's passes succeed");
+        harness.mark_solver_pods_ready();
+        if ready_of(&harness, "api").is_some_and(|(status, _, _)| status == "True") {
+            issued = true;
+            break;
+        }
+    }
+    assert!(issued, "the other Certificate is Ready: {:?}", ready_of(&harness, "api"));
+    assert!(harness.secret("api-tls").is_some());
+    assert_eq!(ready_of(&harness, CERTIFICATE).map(|(status, _, _)| status), None, "the failed write left web unshown");
+
+    // Once the bug is gone, the Certificate is issued too, and Ready says so.
+    harness.ctx.panic_for.lock().expect("the lock").clear();
+    harness.run_until_ready(MAX_PASSES).await;
+    assert_eq!(harness.condition_reason("Ready"), condition("True", "Ready"));
+}
+
 // --- Issuer policy ---------------------------------------------------------------------------------------
 
 /// A ClusterIssuer `corp`, Ready at the harness's CA, with `policy`; the Certificate `web` now uses it.
@@ -817,6 +1011,192 @@ async fn a_policy_tightened_mid_order_ends_the_order_and_removes_its_solver_obje
     assert!(harness.next_key_secret().is_none(), "the order's key is deleted");
     harness.sync_caches();
     assert!(harness.solver_objects().is_empty(), "{:?}", harness.solver_objects());
+}
+
+// --- Secrets kacme may touch ---------------------------------------------------------------------------
+
+/// A Secret named like the Certificate's, labelled and annotated as kacme's for Certificate `web`, but
+/// written by someone else: without the Certificate's UID.
+fn forged_secret(name: &str) -> Secret {
+    let mut secret = foreign_secret();
+    secret.metadata.name = Some(name.into());
+    secret.metadata.labels = Some(BTreeMap::from([(LABEL_MANAGED_BY.into(), MANAGED_BY.into())]));
+    secret.metadata.annotations = Some(BTreeMap::from([(ANNOTATION_CERTIFICATE_NAME.into(), "web".into())]));
+    let key = crate::pki::generate_private_key(&crate::pki::KeySpec::from_spec(None)).expect("a key");
+    secret.data = Some(BTreeMap::from([(TLS_KEY.into(), k8s_openapi::ByteString(key.pem().as_bytes().to_vec()))]));
+    secret
+}
+
+#[tokio::test]
+async fn a_secret_with_a_forged_name_annotation_is_neither_read_nor_written() {
+    let harness = IssuanceHarness::ready_to_issue().await;
+    let forged = harness.apiserver.put(&forged_secret(SECRET));
+
+    harness.pass().await;
+    harness.pass().await;
+
+    assert_eq!(harness.condition_reason("Ready"), condition("False", "SecretNotOwned"));
+    let (_, _, message) = harness.condition("Ready").expect("a Ready condition");
+    assert!(message.contains("records no Certificate UID"), "{message}");
+    assert_eq!(harness.secret(SECRET), Some(forged), "the Secret is untouched");
+    assert_eq!(harness.acme_requests(), 0, "nothing to order for a Secret kacme may not write");
+}
+
+#[tokio::test]
+async fn a_certificate_created_again_under_the_same_name_replaces_the_secret_with_a_new_key() {
+    let mut harness = IssuanceHarness::ready_to_issue().await;
+    harness.run_until_ready(MAX_PASSES).await;
+    let (first, first_key) = harness.stored_certificate();
+
+    // Deleted (the Secret stays, as in cert-manager) and created again a moment later: another UID.
+    assert!(harness.apiserver.remove::<Certificate>(NAMESPACE, "web"));
+    let mut again = crate::desired::testing::certificate();
+    again.metadata.uid = Some("0b6b2c4e-1d1f-4c55-9a7e-3c1f00000002".into());
+    let later = Timestamp::now() + jiff::SignedDuration::from_secs(2);
+    again.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(later));
+    harness.seed_certificate(again);
+    harness.run_until_ready(MAX_PASSES).await;
+
+    let (second, second_key) = harness.stored_certificate();
+    assert_ne!(first.leaf.serial, second.leaf.serial, "issued anew");
+    assert_ne!(first_key.pem(), second_key.pem(), "the earlier Certificate's key is not trusted");
+    let secret = harness.secret(SECRET).expect("the Secret");
+    assert_eq!(
+        secret.annotations().get(ANNOTATION_CERTIFICATE_UID).map(String::as_str),
+        Some("0b6b2c4e-1d1f-4c55-9a7e-3c1f00000002"),
+        "the Secret now records the new Certificate"
+    );
+    assert!(harness.event_reasons().iter().any(|r| r == "Issued"));
+}
+
+#[tokio::test]
+async fn a_certificate_created_after_a_secret_that_records_another_uid_does_not_take_it() {
+    let harness = IssuanceHarness::ready_to_issue().await;
+    let mut secret = forged_secret(SECRET);
+    secret.annotations_mut().insert(ANNOTATION_CERTIFICATE_UID.into(), "0b6b2c4e-1d1f-4c55-9a7e-3c1f00000099".into());
+    // Written after the Certificate existed: not a Secret an earlier Certificate left behind.
+    let later = Timestamp::now() + jiff::SignedDuration::from_secs(2);
+    secret.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(later));
+    let planted = harness.apiserver.put(&secret);
+
+    harness.pass().await;
+
+    assert_eq!(harness.condition_reason("Ready"), condition("False", "SecretNotOwned"));
+    assert_eq!(harness.secret(SECRET), Some(planted), "the Secret is untouched");
+    assert_eq!(harness.acme_requests(), 0);
+}
+
+#[tokio::test]
+async fn a_secret_written_before_the_upgrade_is_adopted_once_without_a_new_certificate() {
+    let mut harness = IssuanceHarness::ready_to_issue().await;
+    harness.run_until_ready(MAX_PASSES).await;
+    let (issued, _) = harness.stored_certificate();
+    // As kacme wrote it before it recorded UIDs.
+    let mut legacy = harness.secret(SECRET).expect("the Secret");
+    legacy.annotations_mut().remove(ANNOTATION_CERTIFICATE_UID);
+    legacy.metadata.managed_fields = None;
+    harness.apiserver.put(&legacy);
+    let orders = harness.ca.orders_created();
+    harness.apiserver.clear_requests();
+
+    harness.sync_caches();
+    harness.pass().await;
+    harness.sync_caches();
+    harness.pass().await;
+
+    let secret = harness.secret(SECRET).expect("the Secret");
+    let uid = harness.certificate().metadata.uid;
+    assert_eq!(secret.annotations().get(ANNOTATION_CERTIFICATE_UID), uid.as_ref(), "the UID is recorded");
+    assert_eq!(harness.apiserver.count("PATCH", "/secrets/web-tls"), 1, "recorded once");
+    assert_eq!(harness.stored_certificate().0.leaf.serial, issued.leaf.serial, "the certificate stays");
+    assert_eq!(harness.ca.orders_created(), orders, "no new order");
+    assert!(harness.is_ready_and_idle());
+}
+
+#[tokio::test]
+async fn a_next_key_secret_of_someone_else_is_neither_read_replaced_nor_deleted() {
+    let mut harness = IssuanceHarness::ready_to_issue().await;
+    harness.run_passes(1).await;
+    assert!(harness.certificate().status.and_then(|s| s.order).is_some(), "an order is in flight");
+    // A restarted operator must read the order's key back from the next-key Secret; someone has put
+    // their own key there, with kacme's name annotation and label but without the Certificate's UID.
+    harness.restart();
+    let planted = harness.apiserver.put(&forged_secret("web-next-key"));
+
+    harness.run_passes(3).await;
+
+    assert_eq!(harness.next_key_secret(), Some(planted.clone()), "neither replaced nor deleted");
+    assert!(harness.ca.certificates_issued().is_empty(), "no certificate for the planted key (or any)");
+    assert!(harness.secret(SECRET).is_none());
+    let (status, _, message) = harness.condition("Ready").expect("a Ready condition");
+    assert_eq!(status, "False");
+    assert!(message.contains("in the way of the next private key"), "{message}");
+
+    // Nor is it deleted with the Certificate.
+    Api::<Certificate>::namespaced(harness.apiserver.client(), NAMESPACE)
+        .delete("web", &DeleteParams::default())
+        .await
+        .expect("deletion starts");
+    harness.sync_caches();
+    harness.pass().await;
+    assert!(harness.apiserver.get::<Certificate>(NAMESPACE, "web").is_none(), "the finalizer went");
+    assert_eq!(harness.next_key_secret(), Some(planted), "still there");
+}
+
+// --- Trust kept apart ------------------------------------------------------------------------------------
+
+/// Replaces the `acme` spec of the harness's Issuer.
+fn edit_issuer(harness: &IssuanceHarness, edit: impl FnOnce(&mut crate::api::AcmeIssuer)) {
+    let mut issuer = harness.ready_issuer();
+    edit(&mut issuer.spec.acme);
+    harness.apiserver.put(&issuer);
+}
+
+#[tokio::test]
+async fn a_chain_that_does_not_verify_to_the_issuers_roots_is_not_stored() {
+    let mut harness = IssuanceHarness::ready_to_issue().await;
+    harness.ca.set_validation(harness.validation_through_solver_objects());
+    // The caBundle trusts the ACME endpoint only: nothing the CA issues verifies to it.
+    let CaTrust::Bundle(tls_roots) = harness.ca.trust() else { panic!("a bundle") };
+    edit_issuer(&harness, |acme| acme.ca_bundle = Some(crate::controller::accounts::pem_bundle(&tls_roots)));
+
+    harness.run_passes(MAX_PASSES).await;
+
+    assert!(harness.secret(SECRET).is_none(), "an untrusted chain is not stored");
+    let (_, reason, message) = harness.condition("Ready").expect("Ready");
+    assert_eq!(reason, "Failed");
+    assert!(message.contains("does not verify to any certificate of the issuer's caBundle"), "{message}");
+    assert!(message.contains("issuingCABundle"), "says how to fix it: {message}");
+    assert!(harness.certificate().status.and_then(|s| s.failed_issuance_attempts).is_some());
+}
+
+#[tokio::test]
+async fn issuing_roots_configured_on_the_issuer_become_ca_crt_and_must_verify_the_chain() {
+    let mut harness = IssuanceHarness::ready_to_issue().await;
+    harness.ca.set_validation(harness.validation_through_solver_objects());
+    let issuing = harness.ca.ca_pem();
+    edit_issuer(&harness, |acme| acme.issuing_ca_bundle = Some(issuing.clone()));
+
+    harness.run_until_ready(MAX_PASSES).await;
+
+    let secret = harness.secret(SECRET).expect("the Secret");
+    let ca_crt = secret.data.as_ref().and_then(|d| d.get(CA_CRT)).expect("ca.crt");
+    assert_eq!(
+        parse_ca_bundle(&ca_crt.0).expect("PEM"),
+        parse_ca_bundle(issuing.as_bytes()).expect("PEM"),
+        "ca.crt is the configured issuing roots"
+    );
+
+    // Roots that do not sign this CA's certificates: the next issuance is not stored.
+    let CaTrust::Bundle(tls_roots) = harness.ca.trust() else { panic!("a bundle") };
+    edit_issuer(&harness, |acme| acme.issuing_ca_bundle = Some(crate::controller::accounts::pem_bundle(&tls_roots)));
+    harness.edit_certificate_spec(|spec| spec.dns_names.push("api.example.test".into())).await;
+    harness.run_passes(MAX_PASSES).await;
+    let (_, reason, message) = harness.condition("Issuing").expect("Issuing");
+    assert_eq!(reason, "Failed");
+    assert!(message.contains("does not verify to the issuer's issuingCABundle"), "{message}");
+    let kept = harness.secret(SECRET).expect("the Secret");
+    assert_eq!(kept.data, secret.data, "the Secret keeps the certificate that verified");
 }
 
 // --- The operator's rules for issuers (issue 13, parts 4 and 7) ---------------------------------------------

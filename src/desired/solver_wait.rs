@@ -1,0 +1,185 @@
+//! Waiting for solvers: how soon to look again at an order whose solver objects are not serving yet, and
+//! when to give up on them.
+//!
+//! A solver Pod that never becomes ready (an image that cannot be pulled, a Pod that cannot be scheduled,
+//! a quota that refuses it) must not hold the order for ever: after [`DEFAULT_SOLVER_DEADLINE`] since the
+//! challenge was first presented, the attempt fails and backs off like any failure. Until then the
+//! Certificate is looked at again after delays that grow with the wait (half the time waited so far, from
+//! 1 s to 30 s): a Pod that starts at once is seen at once (its watch event wakes the Certificate too), and
+//! one that takes minutes costs a pass every 30 s, not every second.
+
+use crate::acme::{AuthorizationStep, OrderProgress};
+use std::time::Duration;
+
+/// How long after a challenge was first presented its solver may take to serve it (the default of
+/// `kacme controller --solver-deadline`).
+pub const DEFAULT_SOLVER_DEADLINE: Duration = Duration::from_secs(300);
+/// The first look again at a solver that is not ready.
+const FIRST_LOOK: Duration = Duration::from_secs(1);
+/// The longest wait between two looks.
+const LONGEST_LOOK: Duration = Duration::from_secs(30);
+
+/// What to do about the solvers of an order that waits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SolverWait {
+    /// No authorization waits for its solver (the order waits for the CA).
+    NotWaiting,
+    /// Solvers are being set up: look again after this long.
+    LookAgainAfter(Duration),
+    /// A solver did not serve its challenge by the deadline: the attempt fails.
+    Overdue {
+        /// The identifier whose solver is not ready.
+        identifier: String,
+        /// How long since its challenge was first presented.
+        waited: Duration,
+        /// What the solver last reported (for example why its Pod is not ready), if anything.
+        last_message: Option<String>,
+    },
+}
+
+/// The solver wait of `progress` at `now` (seconds since the epoch, as `presentedAt` is kept), with
+/// `deadline` per challenge. The authorization that waited longest decides whether the deadline passed;
+/// the one that waited least how soon to look again (never later than the next deadline).
+pub fn solver_wait(progress: &OrderProgress, now: u64, deadline: Duration) -> SolverWait {
+    let waiting = progress
+        .authorizations
+        .iter()
+        .filter(|a| a.step == AuthorizationStep::Presented)
+        .filter_map(|a| Some((a, Duration::from_secs(now.saturating_sub(a.presented_at?)))));
+    let mut look_again: Option<Duration> = None;
+    let mut overdue: Option<(&crate::acme::AuthorizationProgress, Duration)> = None;
+    for (authorization, waited) in waiting {
+        if waited >= deadline {
+            if overdue.is_none_or(|(_, longest)| waited > longest) {
+                overdue = Some((authorization, waited));
+            }
+            continue;
+        }
+        let delay = (waited / 2).clamp(FIRST_LOOK, LONGEST_LOOK).min((deadline - waited).max(FIRST_LOOK));
+        look_again = Some(look_again.map_or(delay, |d| d.min(delay)));
+    }
+    match (overdue, look_again) {
+        (Some((authorization, waited)), _) => SolverWait::Overdue {
+            identifier: authorization.identifier.clone(),
+            waited,
+            last_message: authorization.message.clone(),
+        },
+        (None, Some(delay)) => SolverWait::LookAgainAfter(delay),
+        (None, None) => SolverWait::NotWaiting,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::acme::{AuthorizationProgress, OrderState};
+
+    const NOW: u64 = 1_800_000_000;
+    const DEADLINE: Duration = Duration::from_secs(300);
+
+    fn authorization(identifier: &str, step: AuthorizationStep, waited: Option<u64>) -> AuthorizationProgress {
+        AuthorizationProgress {
+            identifier: identifier.into(),
+            url: format!("https://ca.test/authz/{identifier}"),
+            challenge_url: Some(format!("https://ca.test/chall/{identifier}")),
+            token: Some("token".into()),
+            step,
+            presented_at: waited.map(|w| NOW - w),
+            message: Some(format!("waiting for solver Pod of {identifier} to be ready")),
+        }
+    }
+
+    fn order(authorizations: Vec<AuthorizationProgress>) -> OrderProgress {
+        OrderProgress {
+            url: "https://ca.test/order/1".into(),
+            state: OrderState::Pending,
+            identifiers: authorizations.iter().map(|a| a.identifier.clone()).collect(),
+            authorizations,
+        }
+    }
+
+    #[test]
+    fn the_looks_at_a_solver_that_is_not_ready_grow_with_the_wait_and_stop_at_the_deadline() {
+        use AuthorizationStep::Presented;
+        // (case, seconds waited, expected)
+        let cases = [
+            ("just presented", 0, SolverWait::LookAgainAfter(Duration::from_secs(1))),
+            ("after a second", 1, SolverWait::LookAgainAfter(Duration::from_secs(1))),
+            ("after 4 s", 4, SolverWait::LookAgainAfter(Duration::from_secs(2))),
+            ("after 10 s", 10, SolverWait::LookAgainAfter(Duration::from_secs(5))),
+            ("after 40 s", 40, SolverWait::LookAgainAfter(Duration::from_secs(20))),
+            ("after two minutes, at most 30 s", 120, SolverWait::LookAgainAfter(Duration::from_secs(30))),
+            ("never past the deadline", 290, SolverWait::LookAgainAfter(Duration::from_secs(10))),
+            ("a second before it", 299, SolverWait::LookAgainAfter(Duration::from_secs(1))),
+        ];
+        for (case, waited, expected) in cases {
+            let progress = order(vec![authorization("web.example.test", Presented, Some(waited))]);
+            assert_eq!(solver_wait(&progress, NOW, DEADLINE), expected, "{case}");
+        }
+    }
+
+    #[test]
+    fn a_solver_not_ready_at_the_deadline_is_overdue_with_what_it_last_said() {
+        let progress = order(vec![authorization("web.example.test", AuthorizationStep::Presented, Some(300))]);
+        assert_eq!(
+            solver_wait(&progress, NOW, DEADLINE),
+            SolverWait::Overdue {
+                identifier: "web.example.test".into(),
+                waited: Duration::from_secs(300),
+                last_message: Some("waiting for solver Pod of web.example.test to be ready".into()),
+            }
+        );
+    }
+
+    #[test]
+    fn only_authorizations_waiting_for_their_solver_count() {
+        use AuthorizationStep::{Gone, Invalid, Pending, Presented, Submitted, Valid};
+        // (case, authorizations, expected)
+        let cases = [
+            ("nothing presented yet", vec![authorization("a.test", Pending, None)], SolverWait::NotWaiting),
+            (
+                "submitted, valid, invalid and gone ones wait for the CA, not for a solver",
+                vec![
+                    authorization("a.test", Submitted, Some(3600)),
+                    authorization("b.test", Valid, Some(3600)),
+                    authorization("c.test", Invalid, Some(3600)),
+                    authorization("d.test", Gone, Some(3600)),
+                ],
+                SolverWait::NotWaiting,
+            ),
+            (
+                "a presented one without a time (an old status) never expires",
+                vec![authorization("a.test", Presented, None)],
+                SolverWait::NotWaiting,
+            ),
+            (
+                "the one that waited least decides when to look again",
+                vec![authorization("a.test", Presented, Some(200)), authorization("b.test", Presented, Some(4))],
+                SolverWait::LookAgainAfter(Duration::from_secs(2)),
+            ),
+            (
+                "the one that waited longest decides that the attempt fails",
+                vec![
+                    authorization("a.test", Presented, Some(4)),
+                    authorization("b.test", Presented, Some(301)),
+                    authorization("c.test", Presented, Some(900)),
+                ],
+                SolverWait::Overdue {
+                    identifier: "c.test".into(),
+                    waited: Duration::from_secs(900),
+                    last_message: Some("waiting for solver Pod of c.test to be ready".into()),
+                },
+            ),
+        ];
+        for (case, authorizations, expected) in cases {
+            assert_eq!(solver_wait(&order(authorizations), NOW, DEADLINE), expected, "{case}");
+        }
+    }
+
+    #[test]
+    fn a_clock_behind_the_presentation_time_waits_instead_of_failing() {
+        let mut entry = authorization("web.example.test", AuthorizationStep::Presented, Some(0));
+        entry.presented_at = Some(NOW + 60);
+        assert_eq!(solver_wait(&order(vec![entry]), NOW, DEADLINE), SolverWait::LookAgainAfter(FIRST_LOOK));
+    }
+}
