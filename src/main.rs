@@ -169,6 +169,26 @@ struct ControllerArgs {
     /// Name of the CA bundle ConfigMaps.
     #[arg(long, default_value = "kacme-ca-bundle")]
     ca_bundle_config_map: String,
+    /// Label and annotation keys that issuers' solver pod and ingress templates may set on the solver
+    /// objects kacme creates with its own rights (comma-separated; `*` stands for any characters but `/`,
+    /// so `*` allows unprefixed keys and `*/*` every key). An issuer using another key gets Ready=False,
+    /// SolverTemplateNotAllowed.
+    #[arg(long, env = "KACME_SOLVER_TEMPLATE_ALLOWED_KEYS", default_value = kacme::decision::solver_template::DEFAULT_ALLOWED_KEYS)]
+    solver_template_allowed_keys: String,
+    /// Words that refuse a solver template key even when an allowed pattern matches it (comma-separated,
+    /// compared without case): ingress controllers' snippets, configuration and authentication hooks.
+    /// An empty string refuses no word.
+    #[arg(long, env = "KACME_SOLVER_TEMPLATE_REFUSED_WORDS", default_value = kacme::decision::solver_template::DEFAULT_REFUSED_WORDS)]
+    solver_template_refused_words: String,
+    /// ACME servers that namespaced Issuers may use (comma-separated): `https://` URL prefixes of the
+    /// directory URL, hosts, or `*.zone` for a zone's hosts. Empty (the default): any server.
+    /// ClusterIssuers are not restricted. A refused Issuer gets Ready=False, ServerNotAllowed.
+    #[arg(long, env = "KACME_ISSUER_ALLOWED_SERVERS", default_value = "")]
+    issuer_allowed_servers: String,
+    /// Let namespaced Issuers set skipTLSVerify (ClusterIssuers always may). Off: such an Issuer gets
+    /// Ready=False, SkipTLSVerifyNotAllowed.
+    #[arg(long, env = "KACME_ISSUER_ALLOW_SKIP_TLS_VERIFY", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    issuer_allow_skip_tls_verify: bool,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -234,6 +254,18 @@ fn write_crds(dir: &std::path::Path) -> anyhow::Result<()> {
 async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     use kacme::endpoints::{Role, Telemetry};
     use std::sync::Arc;
+    // The operator's rules for issuers, read before anything connects: a typo stops the start.
+    let solver_templates = kacme::decision::solver_template::SolverTemplateRules {
+        allowed_keys: kacme::decision::solver_template::parse_key_patterns(&args.solver_template_allowed_keys)
+            .map_err(|e| anyhow::anyhow!("--solver-template-allowed-keys: {e}"))?,
+        refused_words: kacme::decision::solver_template::parse_key_patterns(&args.solver_template_refused_words)
+            .map_err(|e| anyhow::anyhow!("--solver-template-refused-words: {e}"))?,
+    };
+    let namespaced_issuers = kacme::decision::issuer_restrictions::NamespacedIssuerRules {
+        allowed_servers: kacme::decision::issuer_restrictions::parse_allowed_servers(&args.issuer_allowed_servers)
+            .map_err(|e| anyhow::anyhow!("--issuer-allowed-servers: {e}"))?,
+        allow_skip_tls_verify: args.issuer_allow_skip_tls_verify,
+    };
     let kube_config =
         kube::Config::infer().await.context("connecting to the Kubernetes API (KUBECONFIG or in-cluster)")?;
     let client = kube::Client::try_from(kube_config.clone()).context("building the Kubernetes client")?;
@@ -261,6 +293,8 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     config.solver_deadline = args.solver_deadline;
     config.self_check =
         args.self_check_deadline.map(|deadline| kacme::acme::SelfCheck { deadline, ..Default::default() });
+    config.solver_templates = solver_templates;
+    config.namespaced_issuers = namespaced_issuers;
 
     // One stop signal for everything: the endpoints, the wait for the Lease, and the reconcilers.
     let shutdown = kacme::shutdown::Shutdown::on(async {

@@ -265,3 +265,132 @@ async fn with_an_account_per_namespace_no_namespace_rides_on_another_namespaces_
     })
     .await
 }
+
+/// A namespaced Issuer for `server` with `acme_extra` YAML lines under `acme:` and an ingress solver with
+/// `ingress_extra` lines under `ingress:`.
+fn issuer_yaml(name: &str, server: &str, bundle: &str, acme_extra: &str, ingress_extra: &str) -> String {
+    let bundle: String = bundle.lines().map(|l| format!("      {l}\n")).collect();
+    format!(
+        "apiVersion: kacme.dev/v1alpha1\nkind: Issuer\nmetadata:\n  name: {name}\n  namespace: team-a\nspec:\n  acme:\n    \
+         server: {server}\n    caBundle: |\n{bundle}    privateKeySecretRef:\n      name: {name}-account\n{acme_extra}    \
+         solvers:\n    - http01:\n        ingress:\n          ingressClassName: kacme-test\n{ingress_extra}"
+    )
+}
+
+/// `https://host:port/` of a directory URL: the URL prefix that allows one server.
+fn server_prefix(directory_url: &str) -> String {
+    let rest = directory_url.strip_prefix("https://").expect("an https URL");
+    format!("https://{}/", rest.split('/').next().expect("a host"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_issuer_cannot_make_the_operator_its_deputy() {
+    within(240, async {
+        let mut env = OperatorEnv::with_pebble(PebbleOptions::default()).await.expect("environment");
+        let Ca::Pebble(pebble) = &env.ca else { panic!("Pebble") };
+        // One counting proxy per Issuer, so that each Issuer's requests are seen apart.
+        let mut proxies = Vec::new();
+        for _ in 0..4 {
+            proxies.push(HostileAcme::start(pebble, HostileBehaviour::PassThrough).await.expect("a counting proxy"));
+        }
+        let [fine, snippet, insecure, elsewhere] = &proxies[..] else { panic!("four proxies") };
+        let allowed: Vec<String> = [fine, snippet, insecure].iter().map(|p| server_prefix(p.directory_url())).collect();
+        env.kill_operator();
+        env.extra_args = vec![format!("--issuer-allowed-servers={}", allowed.join(","))];
+        env.start_operator().expect("the operator with its issuer rules");
+        env.control_plane.create_namespace("team-a").await.expect("namespace");
+
+        let annotation = |key: &str| format!("          ingressTemplate:\n            metadata:\n              annotations:\n                {key}: \"x\"\n");
+        let routing = format!(
+            "{}          podTemplate:\n            metadata:\n              labels:\n                team: a\n",
+            annotation("nginx.ingress.kubernetes.io/whitelist-source-range")
+        );
+        // (issuer, server, acme lines, ingress lines, expected (status, reason), words of the message)
+        let cases: Vec<(&str, &HostileAcme, String, String, (&str, &str), &str)> = vec![
+            ("fine", fine, String::new(), routing, ("True", "ACMEAccountRegistered"), ""),
+            (
+                "snippet",
+                snippet,
+                String::new(),
+                annotation("nginx.ingress.kubernetes.io/server-snippet"),
+                ("False", "SolverTemplateNotAllowed"),
+                "nginx.ingress.kubernetes.io/server-snippet",
+            ),
+            (
+                "insecure",
+                insecure,
+                "    skipTLSVerify: true\n".into(),
+                String::new(),
+                ("False", "SkipTLSVerifyNotAllowed"),
+                "skip TLS verification",
+            ),
+            ("elsewhere", elsewhere, String::new(), String::new(), ("False", "ServerNotAllowed"), "--issuer-allowed-servers"),
+        ];
+        for (name, proxy, acme_extra, ingress_extra, _, _) in &cases {
+            let yaml = issuer_yaml(name, proxy.directory_url(), &proxy.ca_bundle_pem(), acme_extra, ingress_extra);
+            env.apply(&yaml).await.expect("an Issuer");
+        }
+        let issuers: Api<kacme::api::Issuer> = Api::namespaced(env.client.clone(), "team-a");
+        for (name, proxy, _, _, (status, reason), words) in &cases {
+            let ready = poll_until(&format!("Issuer {name} {status} {reason}"), WAIT, POLL, || async {
+                let issuer = issuers.get(name).await?;
+                let ready = issuer.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready")).cloned();
+                Ok(match ready {
+                    Some(c) if c.status == *status && c.reason == *reason => Ok(c),
+                    other => Err(format!("{other:?}")),
+                })
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}\noperator log:\n{}", env.operator_log()));
+            eprintln!("Issuer {name}: Ready={} {}: {}", ready.status, ready.reason, ready.message);
+            assert!(ready.message.contains(words), "Issuer {name}: the message names {words:?}: {}", ready.message);
+            if *status == "False" {
+                assert_eq!(proxy.handle().requests(), 0, "Issuer {name}: no request reached its server");
+            }
+        }
+
+        // A Certificate of the refused Issuer waits, with no solver object; one of the allowed Issuer is issued
+        // through its templates.
+        let team_a = env.certificates("team-a");
+        let post = PostParams::default();
+        for (name, issuer) in [("through-snippet", "snippet"), ("through-fine", "fine")] {
+            let certificate: Certificate = serde_json::from_value(json!({
+                "apiVersion": "kacme.dev/v1alpha1", "kind": "Certificate",
+                "metadata": {"name": name, "namespace": "team-a"},
+                "spec": {"secretName": format!("{name}-tls"), "issuerRef": {"name": issuer},
+                    "dnsNames": [format!("{name}.team-a.svc")]},
+            }))
+            .expect("a Certificate");
+            team_a.create(&post, &certificate).await.expect("a Certificate");
+        }
+        env.wait_ready("team-a", "through-fine", WAIT).await.expect("the allowed Issuer's Certificate is issued");
+        let waiting = poll_until("the refused Issuer's Certificate waiting", WAIT, POLL, || async {
+            let certificate = team_a.get("through-snippet").await?;
+            Ok(match condition(&certificate, "Ready") {
+                Some((status, reason, message))
+                    if status == "False"
+                        && reason == "IssuerNotReady"
+                        && message.contains("nginx.ingress.kubernetes.io/server-snippet") =>
+                {
+                    Ok(message)
+                }
+                other => Err(format!("{other:?}")),
+            })
+        })
+        .await
+        .expect("the refused Issuer's Certificate names the refused key");
+        eprintln!("Certificate through-snippet: {waiting}");
+        let ingresses = Api::<Ingress>::namespaced(env.client.clone(), "team-a").list(&ListParams::default()).await;
+        let solver_for_snippet = ingresses
+            .expect("Ingresses")
+            .items
+            .iter()
+            .any(|i| i.metadata.annotations.as_ref().is_some_and(|a| a.contains_key("nginx.ingress.kubernetes.io/server-snippet")));
+        assert!(!solver_for_snippet, "no Ingress carries the snippet");
+        assert_eq!(snippet.handle().requests(), 0, "the refused Issuer's server never heard from kacme");
+        assert_eq!(elsewhere.handle().requests(), 0, "nor did the server outside the allow-list");
+        let operator = env.operator().expect("an operator");
+        assert!(!operator.exited(), "the operator is running:\n{}", operator.log_tail(60));
+    })
+    .await
+}

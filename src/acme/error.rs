@@ -23,18 +23,23 @@ impl ProblemDetail {
         self.kind.strip_prefix(PROBLEM_PREFIX).unwrap_or(&self.kind)
     }
 
+    /// The problem as kacme shows it in conditions and Events: the CA's words kept, but bounded by
+    /// [`ca_text`] (the detail to [`MAX_DETAIL_CHARS`], each of the first [`MAX_SUBPROBLEMS`] subproblems
+    /// to [`MAX_SUBPROBLEM_CHARS`], the type to [`MAX_KIND_CHARS`]), without control characters.
     pub(crate) fn from_problem(problem: &instant_acme::Problem) -> ProblemDetail {
-        let mut detail = problem.detail.clone().unwrap_or_default();
-        for sub in &problem.subproblems {
+        let mut detail = ca_text(problem.detail.as_deref().unwrap_or_default(), MAX_DETAIL_CHARS);
+        for sub in problem.subproblems.iter().take(MAX_SUBPROBLEMS) {
             let identifier = sub.identifier.as_ref().map(|i| format!("{i:?}")).unwrap_or_default();
-            detail.push_str(&format!(
-                "; {identifier} {}: {}",
-                sub.r#type.as_deref().map(|t| t.strip_prefix(PROBLEM_PREFIX).unwrap_or(t)).unwrap_or("problem"),
-                sub.detail.as_deref().unwrap_or_default()
-            ));
+            let kind = sub.r#type.as_deref().map(|t| t.strip_prefix(PROBLEM_PREFIX).unwrap_or(t)).unwrap_or("problem");
+            let text = format!("{identifier} {kind}: {}", sub.detail.as_deref().unwrap_or_default());
+            detail.push_str("; ");
+            detail.push_str(&ca_text(&text, MAX_SUBPROBLEM_CHARS));
+        }
+        if problem.subproblems.len() > MAX_SUBPROBLEMS {
+            detail.push_str(&format!("; and {} more subproblems", problem.subproblems.len() - MAX_SUBPROBLEMS));
         }
         ProblemDetail {
-            kind: problem.r#type.clone().unwrap_or_else(|| "about:blank".into()),
+            kind: ca_text(problem.r#type.as_deref().unwrap_or("about:blank"), MAX_KIND_CHARS),
             detail,
             status: problem.status,
         }
@@ -49,6 +54,42 @@ impl std::fmt::Display for ProblemDetail {
             _ => write!(f, "{}: {}", self.short_kind(), self.detail),
         }
     }
+}
+
+/// The most characters of a CA's problem detail that kacme shows.
+pub const MAX_DETAIL_CHARS: usize = 512;
+/// The most subproblems of one problem that kacme shows.
+pub const MAX_SUBPROBLEMS: usize = 5;
+/// The most characters of one subproblem that kacme shows.
+pub const MAX_SUBPROBLEM_CHARS: usize = 200;
+/// The most characters of a problem type that kacme shows.
+pub const MAX_KIND_CHARS: usize = 100;
+/// The most characters of an error that did not come with a problem document (a transport error, an
+/// unreadable answer) that kacme shows.
+pub const MAX_ERROR_CHARS: usize = 512;
+
+/// Text a CA (or the network) sent, made fit for a condition, an Event or a log line: control characters
+/// (newlines, escape sequences, NUL, bidirectional overrides...) become spaces, runs of whitespace become
+/// one space, and the result is cut to `max_chars` characters with `…` marking the cut. What a CA says
+/// reaches users, but never verbatim: it cannot forge lines in `kubectl describe`, colour a terminal or
+/// fill a status with megabytes.
+pub fn ca_text(text: &str, max_chars: usize) -> String {
+    let cleaned: String = text.chars().map(|c| if is_unsafe_char(c) { ' ' } else { c }).collect();
+    let collapsed = cleaned.split_whitespace().collect::<Vec<_>>().join(" ");
+    if collapsed.chars().count() <= max_chars {
+        return collapsed;
+    }
+    let mut shown: String = collapsed.chars().take(max_chars.saturating_sub(1)).collect();
+    shown.truncate(shown.trim_end().len());
+    shown.push('…');
+    shown
+}
+
+/// Control characters, and the invisible format characters that reorder or hide text (Unicode
+/// bidirectional controls, zero-width characters, the byte order mark).
+fn is_unsafe_char(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
 }
 
 /// What the caller should do about an error.
@@ -113,7 +154,7 @@ impl AcmeError {
                 action,
                 retry: Retry::After(DEFAULT_RETRY_DELAY),
                 problem: None,
-                message: error_chain(&other),
+                message: ca_text(&error_chain(&other), MAX_ERROR_CHARS),
             },
         }
     }
@@ -185,6 +226,49 @@ mod tests {
             assert!(error.is_problem(kind), "{kind}");
             assert!(error.to_string().contains(&format!("the CA says {kind}")), "{kind}: the CA's words are kept");
         }
+    }
+
+    #[test]
+    fn text_from_a_ca_is_bounded_and_stripped_of_control_characters() {
+        let long = "x".repeat(1000);
+        // (case, text, max, shown)
+        let cases: Vec<(&str, &str, usize, String)> = vec![
+            ("plain words are kept", "no such order", 100, "no such order".into()),
+            ("newlines become one space", "line one\r\n\nline two", 100, "line one line two".into()),
+            ("escape sequences are gone", "red \u{1b}[31malert\u{1b}[0m", 100, "red [31malert [0m".into()),
+            ("NUL and bell are gone", "a\0b\u{7}c", 100, "a b c".into()),
+            ("bidirectional overrides are gone", "abc\u{202e}fed", 100, "abc fed".into()),
+            ("zero-width characters are gone", "we\u{200b}b", 100, "we b".into()),
+            ("leading and trailing whitespace goes", "  \t hello \n ", 100, "hello".into()),
+            ("a long text is cut with a mark", long.as_str(), 10, format!("{}…", "x".repeat(9))),
+            ("a text of exactly the bound is whole", "0123456789", 10, "0123456789".into()),
+            ("non-ASCII letters count as one", "ééééé", 3, "éé…".into()),
+            ("nothing but control characters is empty", "\n\r\t", 10, String::new()),
+        ];
+        for (case, text, max, shown) in cases {
+            let got = ca_text(text, max);
+            assert_eq!(got, shown, "{case}");
+            assert!(got.chars().count() <= max, "{case}: {got}");
+        }
+    }
+
+    #[test]
+    fn a_problem_is_shown_bounded_with_the_cas_detail_kept() {
+        let sub = serde_json::json!({"type": format!("{PROBLEM_PREFIX}rejectedIdentifier"), "detail": "no\nway"});
+        let problem: instant_acme::Problem = serde_json::from_value(serde_json::json!({
+            "type": format!("{PROBLEM_PREFIX}rejectedIdentifier\n"),
+            "detail": format!("name not allowed by policy\n\u{1b}[2J{}", "y".repeat(5000)),
+            "status": 400,
+            "subproblems": vec![sub; 40],
+        }))
+        .unwrap();
+        let shown = ProblemDetail::from_problem(&problem);
+        let text = shown.to_string();
+        assert!(text.starts_with("rejectedIdentifier: name not allowed by policy [2J"), "{text}");
+        assert!(text.len() < 2048, "{} bytes", text.len());
+        assert!(!text.chars().any(char::is_control), "{text:?}");
+        assert!(text.contains("no way"), "a subproblem's words are kept: {text}");
+        assert!(text.ends_with("and 35 more subproblems"), "{text}");
     }
 
     #[test]

@@ -307,14 +307,26 @@ fn problem_document_for(status: http::StatusCode, body: &[u8]) -> Option<Bytes> 
     if serde_json::from_slice::<serde_json::Value>(body).is_ok_and(|value| value.is_object()) {
         return None;
     }
-    let excerpt: String = String::from_utf8_lossy(body).chars().take(200).collect();
-    let excerpt = excerpt.split_whitespace().collect::<Vec<_>>().join(" ");
-    let detail = match excerpt.is_empty() {
-        true => format!("HTTP {status} with no problem document"),
-        false => format!("HTTP {status}: {excerpt}"),
+    let text = String::from_utf8_lossy(&body[..body.len().min(4096)]).into_owned();
+    let excerpt = super::error::ca_text(&text, MAX_EXCERPT_CHARS);
+    let detail = if excerpt.is_empty() {
+        format!("HTTP {status} with no problem document")
+    } else if looks_like_markup(&excerpt) {
+        // A proxy's or a login page's HTML says nothing a user can act on, and is nothing to show verbatim.
+        format!("HTTP {status} with an HTML page instead of a problem document")
+    } else {
+        format!("HTTP {status}: {excerpt}")
     };
     let document = serde_json::json!({"type": "about:blank", "detail": detail, "status": status.as_u16()});
     Some(Bytes::from(document.to_string()))
+}
+
+/// The most characters of a non-problem error body that kacme quotes.
+const MAX_EXCERPT_CHARS: usize = 200;
+
+/// Whether a body is HTML or XML rather than text: it starts with a tag or a doctype.
+fn looks_like_markup(text: &str) -> bool {
+    text.trim_start().starts_with('<')
 }
 
 /// Accepts any server certificate, but still checks handshake signatures. Only for `skipTLSVerify`.
@@ -378,8 +390,35 @@ mod tests {
         assert!(gone.to_string().contains("HTTP 404 Not Found with no problem document"), "{gone}");
         let proxy = classified(502, "<html>\n  <h1>Bad   Gateway</h1></html>");
         assert!(matches!(proxy.retry, Retry::After(_)), "a failing proxy is retried: {proxy}");
-        assert!(proxy.to_string().contains("HTTP 502 Bad Gateway: <html> <h1>Bad Gateway</h1></html>"), "{proxy}");
         assert!(matches!(classified(429, "slow down").retry, Retry::After(_)));
+        // (case, status, body, shown)
+        let long = "z".repeat(5000);
+        let cases = [
+            (
+                "HTML is named, not quoted",
+                502,
+                "<html>\n  <h1>Bad   Gateway</h1></html>",
+                "HTTP 502 Bad Gateway with an HTML page instead of a problem document".to_string(),
+            ),
+            (
+                "a doctype is HTML",
+                503,
+                "  <!DOCTYPE html><p>down",
+                "HTTP 503 Service Unavailable with an HTML page instead of a problem document".to_string(),
+            ),
+            ("plain text is quoted", 429, "slow\r\ndown", "HTTP 429 Too Many Requests: slow down".to_string()),
+            (
+                "control characters go",
+                500,
+                "boom\u{1b}[2J\0!",
+                "HTTP 500 Internal Server Error: boom [2J !".to_string(),
+            ),
+            ("long text is cut", 500, long.as_str(), format!("HTTP 500 Internal Server Error: {}…", "z".repeat(199))),
+        ];
+        for (case, status, body, shown) in cases {
+            let error = classified(status, body);
+            assert_eq!(error.problem.as_ref().map(|p| p.detail.clone()), Some(shown), "{case}");
+        }
     }
 
     #[test]

@@ -360,6 +360,11 @@ impl OrderSession {
             let mut handle = handle.map_err(|e| AcmeError::classify(AcmeAction::Authorization, e))?;
             let url = handle.url().to_string();
             let identifier = handle.identifier().to_string();
+            // The identifier becomes the host of a solver route: only what kacme ordered.
+            if !handle.wildcard {
+                super::challenge::check_identifier(&identifier, &self.progress.identifiers)
+                    .map_err(|problem| AcmeError::fatal(AcmeAction::Authorization, problem))?;
+            }
             let index = match self.progress.authorizations.iter().position(|a| a.url == url) {
                 Some(index) => index,
                 None => {
@@ -414,6 +419,9 @@ impl OrderSession {
                     format!("the CA offers no HTTP-01 challenge for {identifier} (it offers {})", offered.join(", ")),
                 ));
             };
+            // The token becomes the path of a solver route and an argument of the solver Pod.
+            super::challenge::check_token(&challenge.token)
+                .map_err(|problem| AcmeError::fatal(AcmeAction::Authorization, format!("{identifier}: {problem}")))?;
             entry.challenge_url = Some(challenge.url.clone());
             entry.token = Some(challenge.token.clone());
             let http01 = challenge_of(entry, account);

@@ -132,6 +132,14 @@ pub enum IssuerReason {
     InvalidEabSecret,
     /// The issuer's policy cannot be applied (a selector, template or CIDR kacme cannot read).
     InvalidPolicy,
+    /// A namespaced Issuer names an ACME server the operator does not allow (`--issuer-allowed-servers`).
+    ServerNotAllowed,
+    /// A namespaced Issuer skips TLS verification, which the operator does not allow
+    /// (`--issuer-allow-skip-tls-verify`).
+    SkipTlsVerifyNotAllowed,
+    /// A solver's pod or ingress template sets a label or annotation the operator does not allow on the
+    /// objects it creates (`--solver-template-allowed-keys`, `--solver-template-refused-words`).
+    SolverTemplateNotAllowed,
 }
 
 impl IssuerReason {
@@ -149,6 +157,9 @@ impl IssuerReason {
             IssuerReason::ErrReadEabSecret => "ErrReadEABSecret",
             IssuerReason::InvalidEabSecret => "InvalidEABSecret",
             IssuerReason::InvalidPolicy => "InvalidPolicy",
+            IssuerReason::ServerNotAllowed => "ServerNotAllowed",
+            IssuerReason::SkipTlsVerifyNotAllowed => "SkipTLSVerifyNotAllowed",
+            IssuerReason::SolverTemplateNotAllowed => "SolverTemplateNotAllowed",
         }
     }
 }

@@ -202,6 +202,12 @@ pub enum AccountError {
     /// The policy cannot be applied.
     #[error(transparent)]
     InvalidPolicy(crate::decision::policy::InvalidPolicy),
+    /// The operator does not let a namespaced Issuer use this server, or skip TLS verification.
+    #[error("{0}")]
+    RefuseNamespacedIssuer(crate::decision::issuer_restrictions::IssuerRefusal),
+    /// A solver template sets a label or annotation the operator does not allow on solver objects.
+    #[error("{0}")]
+    RefuseSolverTemplate(crate::decision::solver_template::SolverTemplateRefusal),
     /// The CA refused or failed the registration.
     #[error(transparent)]
     Register(AcmeError),
@@ -223,6 +229,8 @@ impl AccountError {
             AccountError::ReadEabSecret { .. } => IssuerReason::ErrReadEabSecret,
             AccountError::EabSecretWithoutKey { .. } | AccountError::DecodeEabKey(_) => IssuerReason::InvalidEabSecret,
             AccountError::InvalidPolicy(_) => IssuerReason::InvalidPolicy,
+            AccountError::RefuseNamespacedIssuer(refusal) => refusal.reason(),
+            AccountError::RefuseSolverTemplate(_) => IssuerReason::SolverTemplateNotAllowed,
             AccountError::Register(_) => IssuerReason::ErrRegisterAcmeAccount,
             AccountError::StoreKey { source, .. } if is_conflict(source) => IssuerReason::AccountKeySecretRace,
             AccountError::StoreKey { .. } => IssuerReason::ErrStoreAccountKey,
@@ -247,6 +255,8 @@ impl AccountError {
             | AccountError::ParseCaBundle(_)
             | AccountError::InvalidServer { .. }
             | AccountError::InvalidPolicy(_)
+            | AccountError::RefuseNamespacedIssuer(_)
+            | AccountError::RefuseSolverTemplate(_)
             | AccountError::EabSecretWithoutKey { .. } => RECHECK_FAILED,
         }
     }
@@ -255,13 +265,28 @@ impl AccountError {
 /// How soon an issuer whose account failed for a final reason is looked at again.
 const RECHECK_FAILED: Duration = Duration::from_secs(300);
 
+/// Whether the operator lets `issuer` be used at all: a namespaced Issuer's server and TLS verification
+/// (`--issuer-allowed-servers`, `--issuer-allow-skip-tls-verify`), and every issuer's solver templates
+/// (`--solver-template-allowed-keys`). Checked before any Secret is read and any request is sent, on every
+/// use of the account (so also for a Certificate whose issuer's status is not yet up to date).
+pub fn check_operator_rules(issuer: &IssuerInfo, config: &super::ControllerConfig) -> Result<(), AccountError> {
+    if issuer.kind == IssuerKind::Issuer {
+        crate::decision::issuer_restrictions::check_namespaced_issuer(&issuer.acme, &config.namespaced_issuers)
+            .map_err(AccountError::RefuseNamespacedIssuer)?;
+    }
+    crate::decision::solver_template::check_solver_templates(&issuer.acme, &config.solver_templates)
+        .map_err(AccountError::RefuseSolverTemplate)
+}
+
 /// One account of an issuer (see [`IssuerInfo::own_account`] and [`IssuerInfo::account_for`]): from the
-/// cache, or registered (loading or generating its key).
+/// cache, or registered (loading or generating its key). Refused before anything else when the operator's
+/// rules do not allow the issuer ([`check_operator_rules`]).
 pub async fn ensure_account(
     ctx: &Context,
     issuer: &IssuerInfo,
     location: &AccountLocation,
 ) -> Result<AcmeAccount, AccountError> {
+    check_operator_rules(issuer, &ctx.config)?;
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &issuer.secret_namespace);
     let key_ref = &issuer.acme.private_key_secret_ref;
     let key_name = key_ref.key.clone().unwrap_or_else(|| TLS_KEY.to_string());
@@ -438,6 +463,79 @@ async fn namespace_eab(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::{
+        AcmeSolver, Http01Ingress, Http01Solver, ObjectMetaTemplate, SecretKeySelector, SolverPodTemplate,
+    };
+
+    fn issuer(
+        kind: IssuerKind,
+        server: &str,
+        skip_tls_verify: Option<bool>,
+        pod_annotation: Option<&str>,
+    ) -> IssuerInfo {
+        let metadata = pod_annotation.map(|key| ObjectMetaTemplate {
+            annotations: BTreeMap::from([(key.to_string(), "x".to_string())]),
+            ..Default::default()
+        });
+        let ingress =
+            Http01Ingress { pod_template: Some(SolverPodTemplate { metadata, spec: None }), ..Default::default() };
+        IssuerInfo {
+            kind,
+            name: "ca".into(),
+            secret_namespace: "apps".into(),
+            acme: AcmeIssuer {
+                account_per_namespace: None,
+                server: server.into(),
+                email: None,
+                ca_bundle: None,
+                issuing_ca_bundle: None,
+                skip_tls_verify,
+                private_key_secret_ref: SecretKeySelector { name: "key".into(), key: None },
+                external_account_binding: None,
+                solvers: vec![AcmeSolver { selector: None, http01: Http01Solver { ingress: Some(ingress) } }],
+            },
+            policy: None,
+            ready: false,
+            generation: Some(1),
+        }
+    }
+
+    #[test]
+    fn the_operators_rules_give_each_refused_issuer_its_own_reason() {
+        let mut config = super::super::ControllerConfig::new("kacme", "kacme:test");
+        config.namespaced_issuers.allowed_servers = vec!["ca.internal".into()];
+        let (issuer_kind, cluster) = (IssuerKind::Issuer, IssuerKind::ClusterIssuer);
+        let allowed = "https://ca.internal/dir";
+        let other = "https://other.internal/dir";
+        // (case, issuer, reason of the refusal or None)
+        let cases = [
+            ("an Issuer on an allowed server", issuer(issuer_kind, allowed, None, None), None),
+            ("an Issuer elsewhere", issuer(issuer_kind, other, None, None), Some(IssuerReason::ServerNotAllowed)),
+            (
+                "an Issuer skipping TLS verification",
+                issuer(issuer_kind, allowed, Some(true), None),
+                Some(IssuerReason::SkipTlsVerifyNotAllowed),
+            ),
+            ("a ClusterIssuer elsewhere, skipping verification", issuer(cluster, other, Some(true), None), None),
+            (
+                "an Issuer with a snippet in its pod template",
+                issuer(issuer_kind, allowed, None, Some("server-snippet")),
+                Some(IssuerReason::SolverTemplateNotAllowed),
+            ),
+            (
+                "a ClusterIssuer with an auth annotation in its pod template",
+                issuer(cluster, other, None, Some("example.com/auth-url")),
+                Some(IssuerReason::SolverTemplateNotAllowed),
+            ),
+        ];
+        for (case, info, reason) in cases {
+            let result = check_operator_rules(&info, &config);
+            assert_eq!(result.as_ref().err().map(AccountError::reason), reason, "{case}: {result:?}");
+            if let Err(error) = result {
+                assert_eq!(error.retry_after(), RECHECK_FAILED, "{case}: only a person can fix it");
+            }
+        }
+    }
 
     #[test]
     fn only_https_urls_the_client_can_use_are_accepted_as_the_directory() {

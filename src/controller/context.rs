@@ -51,6 +51,10 @@ pub struct ControllerConfig {
     pub solver_deadline: Duration,
     /// The name events are reported under.
     pub reporter: String,
+    /// Which labels and annotations issuers' solver templates may put on solver Pods and Ingresses.
+    pub solver_templates: crate::decision::solver_template::SolverTemplateRules,
+    /// Which ACME servers namespaced Issuers may use, and whether they may skip TLS verification.
+    pub namespaced_issuers: crate::decision::issuer_restrictions::NamespacedIssuerRules,
 }
 
 impl ControllerConfig {
@@ -67,6 +71,8 @@ impl ControllerConfig {
             max_wait_per_step: Duration::from_secs(2),
             solver_deadline: crate::desired::DEFAULT_SOLVER_DEADLINE,
             reporter: "kacme".into(),
+            solver_templates: Default::default(),
+            namespaced_issuers: Default::default(),
         }
     }
 }

@@ -99,6 +99,11 @@ impl<'a> KubeSolver<'a> {
 
 impl ChallengeSolver for KubeSolver<'_> {
     async fn present(&self, challenge: &Http01Challenge) -> Result<Presentation, SolverError> {
+        // The order checked what the CA sent and the account the issuer's templates; checked once more
+        // here, where they become a route and objects made with kacme's rights.
+        crate::acme::check_challenge(challenge).map_err(SolverError)?;
+        crate::decision::solver_template::check_solver_templates(self.acme, &self.ctx.config.solver_templates)
+            .map_err(|refusal| SolverError(refusal.to_string()))?;
         let labels = self.certificate.labels();
         let solver = select_solver(self.acme, labels, &challenge.identifier)
             .ok_or_else(|| SolverError(format!("no solver of the issuer matches {}", challenge.identifier)))?;

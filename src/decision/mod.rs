@@ -4,9 +4,11 @@
 mod backoff;
 mod identifiers;
 mod issuance;
+pub mod issuer_restrictions;
 mod ownership;
 pub mod policy;
 mod renewal;
+pub mod solver_template;
 
 pub use crate::api::IssuanceReason;
 pub use backoff::BackoffPolicy;

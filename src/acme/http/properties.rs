@@ -71,7 +71,23 @@ proptest! {
                 let detail = problem.detail.unwrap_or_default();
                 prop_assert!(detail.starts_with(&format!("HTTP {status}")), "{detail}");
                 prop_assert!(detail.chars().count() <= 260, "{} characters", detail.chars().count());
+                prop_assert!(!detail.chars().any(char::is_control), "control characters reach status: {detail:?}");
             }
         }
+    }
+
+    #[test]
+    fn any_problem_a_ca_sends_is_shown_bounded_and_without_control_characters(
+        kind in hostile_text(),
+        detail in hostile_text(),
+        subproblems in proptest::collection::vec(hostile_text(), 0..12),
+    ) {
+        let subproblems: Vec<serde_json::Value> =
+            subproblems.into_iter().map(|d| serde_json::json!({"type": d.clone(), "detail": d})).collect();
+        let document = serde_json::json!({"type": kind, "detail": detail, "status": 400, "subproblems": subproblems});
+        let Ok(problem) = serde_json::from_value::<instant_acme::Problem>(document) else { return Ok(()) };
+        let shown = crate::acme::ProblemDetail::from_problem(&problem).to_string();
+        prop_assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        prop_assert!(shown.len() <= 8 * 1024, "{} bytes", shown.len());
     }
 }

@@ -310,11 +310,15 @@ impl<'a> Pass<'a> {
                 CertificateReason::IssuerNotFound,
                 format!("{} {:?} does not exist", reference.kind, reference.name),
             ),
-            Ok(Some(info)) if !info.ready => wait(
-                CertificateReason::IssuerNotReady,
-                format!("{} is not Ready yet (see its status)", info.describe()),
-            ),
-            Ok(Some(info)) => Ok(info),
+            Ok(Some(info)) => match super::accounts::check_operator_rules(&info, &self.ctx.config) {
+                // Said here in full, so that `kubectl describe` of the Certificate names the refused key or server.
+                Err(refused) => wait(CertificateReason::IssuerNotReady, format!("{}: {refused}", info.describe())),
+                Ok(()) if !info.ready => wait(
+                    CertificateReason::IssuerNotReady,
+                    format!("{} is not Ready yet (see its status)", info.describe()),
+                ),
+                Ok(()) => Ok(info),
+            },
         }
     }
 

@@ -1330,3 +1330,118 @@ async fn issuing_roots_configured_on_the_issuer_become_ca_crt_and_must_verify_th
     let kept = harness.secret(SECRET).expect("the Secret");
     assert_eq!(kept.data, secret.data, "the Secret keeps the certificate that verified");
 }
+
+// --- The operator's rules for issuers (issue 13, parts 4 and 7) ---------------------------------------------
+
+#[tokio::test]
+async fn an_issuer_the_operators_rules_refuse_gets_no_request_to_its_ca_and_no_solver_object() {
+    use crate::api::{Http01Ingress, ObjectMetaTemplate, SolverIngressTemplate};
+    let snippet = |issuer: &mut crate::api::Issuer| {
+        issuer.spec.acme.solvers[0].http01.ingress = Some(Http01Ingress {
+            ingress_template: Some(SolverIngressTemplate {
+                metadata: Some(ObjectMetaTemplate {
+                    annotations: BTreeMap::from([(
+                        "nginx.ingress.kubernetes.io/configuration-snippet".to_owned(),
+                        "proxy_pass http://kube-apiserver;".to_owned(),
+                    )]),
+                    ..Default::default()
+                }),
+            }),
+            ..Default::default()
+        });
+    };
+    let skip_tls = |issuer: &mut crate::api::Issuer| issuer.spec.acme.skip_tls_verify = Some(true);
+    let elsewhere = |_: &mut crate::api::Issuer| {};
+    // (case, edit of the Issuer, servers the operator allows, words the message holds)
+    type Edit = fn(&mut crate::api::Issuer);
+    let cases: [(&str, Edit, Vec<String>, &[&str]); 3] = [
+        (
+            "a snippet annotation in the ingress template",
+            snippet,
+            vec![],
+            &["ingressTemplate", "nginx.ingress.kubernetes.io/configuration-snippet", "snippet"],
+        ),
+        ("skipTLSVerify on a namespaced Issuer", skip_tls, vec![], &["skip TLS verification"]),
+        ("a server the operator does not allow", elsewhere, vec!["ca.allowed.test".to_owned()], &["ca.allowed.test"]),
+    ];
+    for (case, edit, allowed_servers, words) in cases {
+        let mut harness = IssuanceHarness::start().await;
+        harness.config.namespaced_issuers.allowed_servers = allowed_servers;
+        harness.restart();
+        let mut issuer = harness.ready_issuer();
+        edit(&mut issuer);
+        harness.apiserver.put(&issuer);
+        harness.seed_certificate(crate::desired::testing::certificate());
+        harness.sync_caches();
+
+        harness.pass().await;
+        harness.pass().await;
+
+        let (status, reason, message) = harness.condition("Ready").expect("a Ready condition");
+        assert_eq!((status.as_str(), reason.as_str()), ("False", "IssuerNotReady"), "{case}: {message}");
+        for word in words {
+            assert!(message.contains(word), "{case}: the message names {word:?}: {message}");
+        }
+        assert_eq!(harness.acme_requests(), 0, "{case}: nothing reaches the CA");
+        assert!(harness.solver_objects().is_empty(), "{case}: no solver object");
+    }
+}
+
+#[tokio::test]
+async fn a_cluster_issuer_may_skip_tls_verification_and_use_any_server() {
+    let mut harness = IssuanceHarness::start().await;
+    harness.config.namespaced_issuers.allowed_servers = vec!["ca.allowed.test".to_owned()];
+    harness.restart();
+    let issuer = harness.ready_issuer();
+    let info = crate::controller::accounts::IssuerInfo {
+        kind: IssuerKind::ClusterIssuer,
+        name: "corp".into(),
+        secret_namespace: "kacme-system".into(),
+        acme: crate::api::AcmeIssuer { skip_tls_verify: Some(true), ..issuer.spec.acme.clone() },
+        policy: None,
+        ready: true,
+        generation: Some(1),
+    };
+    let namespaced = crate::controller::accounts::IssuerInfo { kind: IssuerKind::Issuer, ..info.clone() };
+    let check = crate::controller::accounts::check_operator_rules;
+    assert!(check(&info, &harness.config).is_ok());
+    let refused = check(&namespaced, &harness.config).expect_err("a namespaced Issuer is refused");
+    assert_eq!(refused.reason(), crate::api::IssuerReason::SkipTlsVerifyNotAllowed);
+}
+
+#[tokio::test]
+async fn a_ca_that_sends_a_hostile_token_or_identifier_gets_no_solver_route() {
+    let authorization = |identifier: &str, token: &str, base: &str| {
+        serde_json::json!({
+            "status": "pending",
+            "identifier": {"type": "dns", "value": identifier},
+            "challenges": [{"type": "http-01", "url": format!("{base}/challenge/999"), "status": "pending", "token": token}],
+        })
+    };
+    let good_token = "Xq3wTj9vS0l4mZ_kPcR8yA2dN7fUeB1hGiK5oLpQ6rs";
+    // (case, identifier, token, words the failure holds)
+    let cases = [
+        ("a token with a path", "web.example.test", "../../../../../../../../../../healthz", "base64url"),
+        ("a token with a query", "web.example.test", "abcdefghijklmnopqrstuvwxyz?a=../b", "base64url"),
+        ("a short token", "web.example.test", "abc", "3 characters"),
+        ("a name that was not ordered", "api.other-team.svc", good_token, "did not order"),
+    ];
+    for (case, identifier, token, words) in cases {
+        let mut harness = IssuanceHarness::ready_to_issue().await;
+        let base = harness.ca.directory_url().trim_end_matches("/directory").to_string();
+        let body = authorization(identifier, token, &base).to_string().into_bytes();
+        let headers = vec![("Content-Type".to_string(), "application/json".to_string())];
+        harness.ca.fail_next(Endpoint::Authorization, Fault::Raw { status: 200, headers, body }, 100);
+
+        for _ in 0..4 {
+            harness.sync_caches();
+            let _ = harness.try_pass().await;
+        }
+
+        let (status, _, message) = harness.condition("Issuing").expect("an Issuing condition");
+        assert_eq!(status, "False", "{case}: {message}");
+        assert!(message.contains(words), "{case}: the failure says {words:?}: {message}");
+        assert!(harness.apiserver.list::<Ingress>().is_empty(), "{case}: no solver Ingress");
+        assert!(harness.apiserver.list::<Pod>().is_empty(), "{case}: no solver Pod");
+    }
+}
