@@ -386,21 +386,7 @@ fn ip_addresses_schema(_: &mut SchemaGenerator) -> Schema {
 }
 
 fn lifetime_schema(_: &mut SchemaGenerator) -> Schema {
-    json_schema!({
-        "type": "string",
-        "maxLength": 64,
-        "pattern": GO_DURATION_PATTERN,
-        "x-kubernetes-validations": [
-            {
-                "rule": super::validation::lifetime_rule(),
-                "message": format!(
-                    "duration must be at least {} and at most {} (100 years)",
-                    super::validation::MIN_LIFETIME_TEXT,
-                    super::validation::MAX_DURATION_TEXT
-                )
-            }
-        ]
-    })
+    super::validation::lifetime_schema("duration")
 }
 
 fn positive_duration_schema(_: &mut SchemaGenerator) -> Schema {

@@ -1,6 +1,6 @@
 //! The `Issuer` and `ClusterIssuer` resources: where certificates come from.
 
-use super::duration::{GO_DURATION_PATTERN, GoDuration};
+use super::duration::GoDuration;
 use super::{DNS_NAME_PATTERN, KeyUsage, ObjectMetaTemplate, SecretKeySelector, dns_subdomain_schema};
 use k8s_openapi::api::core::v1::{Affinity, LocalObjectReference, ResourceRequirements, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -350,21 +350,7 @@ fn cidrs_schema(_: &mut SchemaGenerator) -> Schema {
 }
 
 fn max_duration_schema(_: &mut SchemaGenerator) -> Schema {
-    json_schema!({
-        "type": "string",
-        "maxLength": 64,
-        "pattern": GO_DURATION_PATTERN,
-        "x-kubernetes-validations": [
-            {
-                "rule": super::validation::lifetime_rule(),
-                "message": format!(
-                    "maxDuration must be at least {} and at most {} (100 years)",
-                    super::validation::MIN_LIFETIME_TEXT,
-                    super::validation::MAX_DURATION_TEXT
-                )
-            }
-        ]
-    })
+    super::validation::lifetime_schema("maxDuration")
 }
 
 fn acme_server_schema(_: &mut SchemaGenerator) -> Schema {

@@ -161,6 +161,24 @@ pub fn key_usage(value: &str) -> Result<KeyUsage, Invalid> {
     })
 }
 
+/// The schema of a lifetime field (`spec.duration`, `spec.policy.maxDuration`), `field` naming it in the message:
+/// the grammar of [`GO_DURATION_PATTERN`] and the bounds of [`lifetime`].
+pub(crate) fn lifetime_schema(field: &str) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "maxLength": super::duration::MAX_DURATION_LENGTH,
+        "pattern": super::duration::GO_DURATION_PATTERN,
+        "x-kubernetes-validations": [
+            {
+                "rule": lifetime_rule(),
+                "message": format!(
+                    "{field} must be at least {MIN_LIFETIME_TEXT} and at most {MAX_DURATION_TEXT} (100 years)"
+                )
+            }
+        ]
+    })
+}
+
 /// The CEL rule of a lifetime field, from the same constants as [`lifetime`].
 pub(crate) fn lifetime_rule() -> String {
     format!("duration(self) >= duration('{MIN_LIFETIME_TEXT}') && duration(self) <= duration('{MAX_DURATION_TEXT}')")
