@@ -31,16 +31,7 @@ pub(crate) async fn run_ca_bundle_controller(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let (triggers_tx, triggers) = tokio::sync::mpsc::channel(1);
-    let (namespaces, namespace_writer) = reflector::store::<PartialObjectMeta<Namespace>>();
-    let namespace_stream = reflector::reflector(
-        namespace_writer,
-        watcher(
-            Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
-            watcher::Config::default().labels(&config.namespace_selector),
-        )
-        .modify(|ns| ns.managed_fields_mut().clear()),
-    )
-    .default_backoff();
+    let (namespaces, namespace_stream) = super::resync::selected_namespaces(&client, &config.namespace_selector);
     let (issuers, issuer_writer) = reflector::store::<Issuer>();
     let issuer_stream =
         reflector::reflector(issuer_writer, watcher(Api::<Issuer>::all(client.clone()), watcher::Config::default()))

@@ -43,6 +43,37 @@ pub(crate) async fn resync_loop<F, Fut>(
     }
 }
 
+/// A cache of the namespaces that `selector` (kubectl syntax) picks, metadata only, and the watch that fills it
+/// (run it, for example with [`trigger_on`]).
+pub(crate) fn selected_namespaces(
+    client: &kube::Client,
+    selector: &str,
+) -> (
+    kube::runtime::reflector::Store<kube::api::PartialObjectMeta<k8s_openapi::api::core::v1::Namespace>>,
+    impl futures::Stream<
+        Item = Result<
+            kube::runtime::watcher::Event<kube::api::PartialObjectMeta<k8s_openapi::api::core::v1::Namespace>>,
+            kube::runtime::watcher::Error,
+        >,
+    > + Send
+    + 'static,
+) {
+    use kube::ResourceExt as _;
+    use kube::runtime::WatchStreamExt as _;
+    type Meta = kube::api::PartialObjectMeta<k8s_openapi::api::core::v1::Namespace>;
+    let (store, writer) = kube::runtime::reflector::store::<Meta>();
+    let stream = kube::runtime::reflector::reflector(
+        writer,
+        kube::runtime::watcher(
+            kube::api::Api::<Meta>::all(client.clone()),
+            kube::runtime::watcher::Config::default().labels(selector),
+        )
+        .modify(|ns| ns.managed_fields_mut().clear()),
+    )
+    .default_backoff();
+    (store, stream)
+}
+
 /// Forwards every event of a watch stream as a trigger, and waits until the first list is in.
 pub(crate) fn trigger_on<S, T>(stream: S, triggers: tokio::sync::mpsc::Sender<()>) -> impl Future<Output = ()> + Send
 where

@@ -68,16 +68,7 @@ pub(crate) async fn run_workload_controller(
         ),
     )
     .default_backoff();
-    let (namespaces, namespace_writer) = reflector::store::<PartialObjectMeta<Namespace>>();
-    let namespace_stream = reflector::reflector(
-        namespace_writer,
-        watcher(
-            Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
-            watcher::Config::default().labels(&config.namespace_selector),
-        )
-        .modify(|ns| ns.managed_fields_mut().clear()),
-    )
-    .default_backoff();
+    let (namespaces, namespace_stream) = super::resync::selected_namespaces(&client, &config.namespace_selector);
     let watches = tokio::spawn(async move {
         tokio::join!(
             trigger_on(pod_stream, triggers_tx.clone()),
