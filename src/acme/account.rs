@@ -2,7 +2,8 @@
 
 use super::error::AcmeError;
 use super::error::{DEFAULT_RETRY_DELAY, Retry};
-use super::http::{CaTrust, MeteredHttp, check_account_url};
+use super::http::{CaTrust, MeteredHttp, SharedHttp, check_account_url};
+use super::lifetime::LifetimeOrders;
 use super::observe::{AcmeAction, AcmeObserver, labelled};
 use instant_acme::{Account, ExternalAccountKey, Key, NewAccount};
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -98,6 +99,8 @@ impl AccountKey {
 pub struct AcmeAccount {
     pub(crate) inner: Account,
     uri: String,
+    /// New orders that ask for a lifetime, which instant-acme cannot place.
+    pub(crate) lifetime_orders: Arc<LifetimeOrders>,
 }
 
 impl std::fmt::Debug for AcmeAccount {
@@ -142,11 +145,12 @@ impl AcmeAccount {
     ) -> Result<Registration, AcmeError> {
         let http = MeteredHttp::new(&spec.trust, &spec.directory_url, observer)
             .map_err(|message| AcmeError::fatal(AcmeAction::Directory, message))?;
-        let builder = Account::builder_with_http(Box::new(http));
+        let http = SharedHttp(Arc::new(http));
+        let builder = Account::builder_with_http(Box::new(http.clone()));
         let contact = spec.email.as_ref().map(|e| format!("mailto:{e}"));
         let contacts: Vec<&str> = contact.iter().map(String::as_str).collect();
         let classify = |e| AcmeError::classify(AcmeAction::Account, e);
-        let (account, key, key_is_new) = match stored_key {
+        let (account, key, key_is_new, pkcs8) = match stored_key {
             None => {
                 let eab =
                     spec.external_account.as_ref().map(|e| ExternalAccountKey::new(e.key_id.clone(), &e.hmac_key));
@@ -158,20 +162,22 @@ impl AcmeAccount {
                 )
                 .await
                 .map_err(classify)?;
-                (account, AccountKey::from_pkcs8(credentials.private_key()), true)
+                let pkcs8 = credentials.private_key().secret_pkcs8_der().to_vec();
+                (account, AccountKey::from_pkcs8(credentials.private_key()), true, pkcs8)
             }
             Some(stored) => {
                 let der = stored.pkcs8()?;
                 let key = Key::from_pkcs8_der(der.clone_key()).map_err(|_| {
                     AcmeError::fatal(AcmeAction::Account, "the stored account key is not an ECDSA P-256 key")
                 })?;
+                let pkcs8 = der.secret_pkcs8_der().to_vec();
                 let (account, _) = labelled(
                     AcmeAction::Account,
                     builder.create_from_key((key, PrivateKeyDer::Pkcs8(der)), spec.directory_url.clone()),
                 )
                 .await
                 .map_err(classify)?;
-                (account, stored.clone(), false)
+                (account, stored.clone(), false, pkcs8)
             }
         };
         let uri = account.id().to_string();
@@ -182,7 +188,8 @@ impl AcmeAccount {
             problem: None,
             message,
         })?;
-        Ok(Registration { account: AcmeAccount { inner: account, uri }, key, key_is_new })
+        let lifetime_orders = Arc::new(LifetimeOrders::new(&pkcs8, http, &spec.directory_url)?);
+        Ok(Registration { account: AcmeAccount { inner: account, uri, lifetime_orders }, key, key_is_new })
     }
 
     /// The account URI at the CA.

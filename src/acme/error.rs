@@ -164,6 +164,26 @@ impl AcmeError {
         self.problem.as_ref().is_some_and(|p| p.short_kind() == short_kind)
     }
 
+    /// Whether this error, the answer to a new order that asked for a lifetime (`notAfter`), is the CA
+    /// refusing that lifetime: a final 4xx problem that is not about the names, the account or the
+    /// rate (step-ca answers 403 to a lifetime above its provisioner's maximum).
+    pub fn refuses_lifetime(&self) -> bool {
+        const NOT_ABOUT_THE_LIFETIME: [&str; 8] = [
+            "rejectedIdentifier",
+            "unsupportedIdentifier",
+            "caa",
+            "dns",
+            "accountDoesNotExist",
+            "externalAccountRequired",
+            "rateLimited",
+            "badNonce",
+        ];
+        self.retry == Retry::Never
+            && self.problem.as_ref().is_some_and(|p| {
+                p.status.is_some_and(|s| (400..500).contains(&s)) && !NOT_ABOUT_THE_LIFETIME.contains(&p.short_kind())
+            })
+    }
+
     /// Whether retrying could help.
     pub fn is_retryable(&self) -> bool {
         self.retry != Retry::Never
@@ -226,6 +246,25 @@ mod tests {
             assert!(error.is_problem(kind), "{kind}");
             assert!(error.to_string().contains(&format!("the CA says {kind}")), "{kind}: the CA's words are kept");
         }
+    }
+
+    #[test]
+    fn only_a_final_refusal_that_is_not_about_names_or_the_account_refuses_the_lifetime() {
+        let cases = [
+            ("unauthorized", 403, true),
+            ("malformed", 400, true),
+            ("rejectedIdentifier", 400, false),
+            ("caa", 403, false),
+            ("accountDoesNotExist", 400, false),
+            ("badNonce", 400, false),
+            ("rateLimited", 429, false),
+            ("serverInternal", 500, false),
+        ];
+        for (kind, status, refuses) in cases {
+            let error = AcmeError::classify(AcmeAction::Order, instant_acme::Error::Api(problem(kind, status)));
+            assert_eq!(error.refuses_lifetime(), refuses, "{kind}");
+        }
+        assert!(!AcmeError::fatal(AcmeAction::Order, "no names").refuses_lifetime(), "not from the CA");
     }
 
     #[test]

@@ -378,6 +378,12 @@ impl FakeAcme {
         self.state().settings.certificate_validity = validity;
     }
 
+    /// The longest lifetime an order may ask for with `notAfter`; longer asks are refused with a 403, as
+    /// step-ca refuses a lifetime above its provisioner's maximum (none by default).
+    pub(crate) fn set_max_lifetime(&self, max: Duration) {
+        self.state().settings.max_lifetime = Some(max);
+    }
+
     /// Requests received so far for `endpoint`, faulty answers included.
     pub(crate) fn requests(&self, endpoint: Endpoint) -> u64 {
         self.state().observed.requests.get(&endpoint).copied().unwrap_or_default()
@@ -501,6 +507,7 @@ struct Settings {
     profiles: BTreeMap<String, String>,
     renewal_info_url: Option<String>,
     certificate_validity: Duration,
+    max_lifetime: Option<Duration>,
     signing_polls: u32,
 }
 
@@ -662,6 +669,7 @@ impl State {
                 profiles: BTreeMap::new(),
                 renewal_info_url: None,
                 certificate_validity: Duration::from_secs(24 * 3600),
+                max_lifetime: None,
                 signing_polls: 0,
             },
             observed: Observed::default(),
@@ -1068,6 +1076,21 @@ impl Shared {
         {
             return Err(Problem::new(400, "invalidProfile", format!("no profile {profile:?} here")));
         }
+        let not_after = payload.get("notAfter").map(requested_not_after).transpose()?;
+        if let (Some(not_after), Some(max)) = (not_after, state.settings.max_lifetime) {
+            let asked = not_after - time::OffsetDateTime::now_utc();
+            if asked > max {
+                return Err(Problem::new(
+                    403,
+                    "unauthorized",
+                    format!(
+                        "requested duration of {}s is more than the authorized maximum certificate duration of {}s",
+                        asked.whole_seconds(),
+                        max.as_secs()
+                    ),
+                ));
+            }
+        }
         let mut authorizations = Vec::new();
         for name in &names {
             let reusable = state
@@ -1218,10 +1241,11 @@ impl Shared {
                 .map_err(|_| Problem::new(400, "badCSR", "the csr is not base64url"))?
         };
         let names: BTreeSet<Name> = order.identifiers.iter().cloned().collect();
-        let signed = self
-            .ca
-            .sign(&csr, &names, state.settings.certificate_validity)
-            .map_err(|e| Problem::new(400, "badCSR", e))?;
+        // The lifetime the order asked for (checked when it was created), else the default.
+        let not_after = order.not_after.as_ref().map(requested_not_after).transpose()?;
+        let not_after =
+            not_after.unwrap_or_else(|| time::OffsetDateTime::now_utc() + state.settings.certificate_validity);
+        let signed = self.ca.sign(&csr, &names, not_after).map_err(|e| Problem::new(400, "badCSR", e))?;
         let certificate = state.id();
         state.certificates.insert(certificate, Certificate { account, chain_pem: signed.chain_pem });
         state.observed.certificates.push(signed.serial);
@@ -1238,4 +1262,17 @@ impl Shared {
 enum Step {
     Reply(Reply),
     Validate(PendingValidation),
+}
+
+/// An order's `notAfter`: an RFC 3339 timestamp in the future.
+fn requested_not_after(value: &Value) -> Result<time::OffsetDateTime, Problem> {
+    let text = value.as_str().ok_or_else(|| Problem::malformed("notAfter is not a string"))?;
+    let at: jiff::Timestamp =
+        text.parse().map_err(|e| Problem::malformed(format!("notAfter {text:?} is not an RFC 3339 time: {e}")))?;
+    let at = time::OffsetDateTime::from_unix_timestamp(at.as_second())
+        .map_err(|_| Problem::malformed(format!("notAfter {text:?} is out of range")))?;
+    if at <= time::OffsetDateTime::now_utc() {
+        return Err(Problem::malformed(format!("notAfter {text:?} is in the past")));
+    }
+    Ok(at)
 }

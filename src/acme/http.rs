@@ -161,6 +161,19 @@ impl HttpClient for MeteredHttp {
     }
 }
 
+/// A [`MeteredHttp`] shared between instant-acme and kacme's own signed requests.
+#[derive(Clone)]
+pub(crate) struct SharedHttp(pub(crate) Arc<MeteredHttp>);
+
+impl HttpClient for SharedHttp {
+    fn request(
+        &self,
+        request: Request<BodyWrapper<Bytes>>,
+    ) -> Pin<Box<dyn Future<Output = Result<BytesResponse, instant_acme::Error>> + Send>> {
+        self.0.request(request)
+    }
+}
+
 /// An error answer to a directory or nonce request, as the CA's problem (or one that keeps the HTTP status of
 /// an answer without a problem document).
 fn error_answer(status: http::StatusCode, body: &[u8]) -> instant_acme::Error {

@@ -43,7 +43,8 @@ pub async fn issue<S: ChallengeSolver>(
 ) -> Result<Issued, AcmeError> {
     let started = Instant::now();
     let session =
-        retrying(options, started, || OrderSession::create(account, &request.dns_names, &request.ip_addresses)).await?;
+        retrying(options, started, || OrderSession::create(account, &request.dns_names, &request.ip_addresses, None))
+            .await?;
     issue_with(session, account, request, key, solver, options).await
 }
 

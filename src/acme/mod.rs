@@ -29,6 +29,7 @@ mod error;
 pub(crate) mod fake;
 mod http;
 mod issue;
+mod lifetime;
 mod observe;
 mod order;
 mod selfcheck;
@@ -38,6 +39,7 @@ pub use challenge::{CHALLENGE_PATH_PREFIX, Http01Challenge, check_challenge, che
 pub use error::{AcmeError, DEFAULT_RETRY_DELAY, PROBLEM_PREFIX, ProblemDetail, Retry};
 pub use http::CaTrust;
 pub use issue::{IssueOptions, Issued, issue, issue_with};
+pub use lifetime::rfc3339;
 pub use observe::{AcmeAction, AcmeObserver, AcmeOutcome, NoObserver, RequestCounter};
 pub use order::{
     Advance, AdvanceOptions, AuthorizationProgress, AuthorizationStep, ChallengeSolver, OrderProgress, OrderSession,

@@ -197,11 +197,14 @@ fn now_seconds() -> u64 {
 }
 
 impl OrderSession {
-    /// Places a new order for exactly these identifiers and reads its authorizations.
+    /// Places a new order for exactly these identifiers and reads its authorizations. With `not_after`,
+    /// the order asks the CA for a certificate ending then (RFC 8555 `notAfter`; no `notBefore`, so that
+    /// the CA may backdate it).
     pub async fn create(
         account: &AcmeAccount,
         dns_names: &[String],
         ip_addresses: &[IpAddr],
+        not_after: Option<SystemTime>,
     ) -> Result<OrderSession, AcmeError> {
         if dns_names.is_empty() && ip_addresses.is_empty() {
             return Err(AcmeError::fatal(AcmeAction::Order, "an order needs at least one DNS name or IP address"));
@@ -213,9 +216,17 @@ impl OrderSession {
             ));
         }
         let identifiers = order_identifiers(dns_names, ip_addresses);
-        let order = labelled(AcmeAction::Order, account.inner.new_order(&NewOrder::new(&identifiers)))
-            .await
-            .map_err(|e| AcmeError::classify(AcmeAction::Order, e))?;
+        let order = match not_after {
+            None => labelled(AcmeAction::Order, account.inner.new_order(&NewOrder::new(&identifiers)))
+                .await
+                .map_err(|e| AcmeError::classify(AcmeAction::Order, e))?,
+            Some(not_after) => {
+                let url = account.lifetime_orders.new_order(account.uri(), &identifiers, not_after).await?;
+                labelled(AcmeAction::Order, account.inner.order(url))
+                    .await
+                    .map_err(|e| AcmeError::classify(AcmeAction::Order, e))?
+            }
+        };
         let mut session = OrderSession {
             progress: OrderProgress {
                 url: order.url().to_string(),

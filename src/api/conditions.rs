@@ -87,6 +87,9 @@ pub enum CertificateReason {
     SolverNotReady,
     /// The issuer's policy does not permit this namespace, a name, an address, the lifetime or a usage.
     NotPermitted,
+    /// The CA refused the lifetime asked for (`spec.duration` sent as the order's `notAfter`); the message
+    /// has the CA's words. Ask for a shorter duration, or turn `sendLifetime` off on the issuer.
+    DurationNotAllowed,
 }
 
 impl CertificateReason {
@@ -103,6 +106,7 @@ impl CertificateReason {
             CertificateReason::MissingPrivateKey => "MissingPrivateKey",
             CertificateReason::SolverNotReady => "SolverNotReady",
             CertificateReason::NotPermitted => "NotPermitted",
+            CertificateReason::DurationNotAllowed => "DurationNotAllowed",
         }
     }
 }

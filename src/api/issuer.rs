@@ -156,6 +156,13 @@ pub struct AcmeIssuer {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account_per_namespace: Option<bool>,
 
+    /// Send a Certificate's `duration` to the CA as the order's `notAfter` (RFC 8555 section 7.4), so
+    /// that the certificate ends when asked (the CA may still shorten it or refuse it: a refusal shows as
+    /// reason `DurationNotAllowed`). Default true; set false for CAs that refuse any `notAfter` (the CA's
+    /// default lifetime then applies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_lifetime: Option<bool>,
+
     /// How to prove control of each name. The first solver whose selector matches a Certificate's names
     /// most specifically is used (dnsNames beats dnsZones, a longer zone beats a shorter one, a
     /// solver without selector matches everything).

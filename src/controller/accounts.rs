@@ -485,6 +485,7 @@ mod tests {
             secret_namespace: "apps".into(),
             acme: AcmeIssuer {
                 account_per_namespace: None,
+                send_lifetime: None,
                 server: server.into(),
                 email: None,
                 ca_bundle: None,

@@ -376,6 +376,7 @@ pub(crate) fn acme_issuer_at(ca: &FakeAcme, account_key_secret: &str) -> AcmeIss
         private_key_secret_ref: SecretKeySelector { name: account_key_secret.into(), key: None },
         external_account_binding: None,
         account_per_namespace: None,
+        send_lifetime: None,
         solvers: vec![AcmeSolver { selector: None, http01: Http01Solver::default() }],
     }
 }

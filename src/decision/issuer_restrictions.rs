@@ -135,6 +135,7 @@ mod tests {
     fn acme(server: &str, skip_tls_verify: Option<bool>) -> AcmeIssuer {
         AcmeIssuer {
             account_per_namespace: None,
+            send_lifetime: None,
             server: server.into(),
             email: None,
             ca_bundle: None,

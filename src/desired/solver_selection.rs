@@ -132,6 +132,7 @@ mod tests {
             private_key_secret_ref: SecretKeySelector { name: "account".into(), key: None },
             external_account_binding: None,
             account_per_namespace: None,
+            send_lifetime: None,
             solvers,
         }
     }

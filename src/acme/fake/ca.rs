@@ -10,7 +10,6 @@ use rcgen::{
 use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use std::collections::BTreeSet;
 use std::net::IpAddr;
-use std::time::Duration;
 
 /// The issuing CA and the HTTPS listener's certificate.
 pub(super) struct FakeCa {
@@ -114,7 +113,13 @@ impl FakeCa {
     }
 
     /// Signs a leaf for the CSR if its names are exactly `names`; else the `badCSR` detail.
-    pub(super) fn sign(&self, csr_der: &[u8], names: &BTreeSet<Name>, validity: Duration) -> Result<Signed, String> {
+    /// The leaf ends at `not_after` and begins a minute ago.
+    pub(super) fn sign(
+        &self,
+        csr_der: &[u8],
+        names: &BTreeSet<Name>,
+        not_after: time::OffsetDateTime,
+    ) -> Result<Signed, String> {
         let csr = CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
             .map_err(|e| format!("the CSR cannot be read: {e}"))?;
         let mut requested = BTreeSet::new();
@@ -148,7 +153,7 @@ impl FakeCa {
         params.serial_number = Some(random_serial());
         let now = time::OffsetDateTime::now_utc();
         params.not_before = now - time::Duration::minutes(1);
-        params.not_after = now + validity;
+        params.not_after = not_after;
         let leaf = CertificateSigningRequestParams { params, public_key: csr.public_key }
             .signed_by(&self.issuer)
             .map_err(|e| format!("signing failed: {e}"))?;

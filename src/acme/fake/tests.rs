@@ -57,7 +57,7 @@ fn check_issued(fake: &FakeAcme, chain_pem: &str, request: &CsrRequest, key: &Pr
 }
 
 async fn create_order(account: &AcmeAccount, request: &CsrRequest) -> OrderSession {
-    OrderSession::create(account, &request.dns_names, &request.ip_addresses).await.expect("a new order")
+    OrderSession::create(account, &request.dns_names, &request.ip_addresses, None).await.expect("a new order")
 }
 
 #[tokio::test]
@@ -346,7 +346,7 @@ async fn a_forgotten_account_says_so_and_its_key_registers_again() {
     let (account, stored_key) = fake.register_account().await;
     fake.forget_accounts();
 
-    let error = OrderSession::create(&account, &["who.example.test".into()], &[]).await.expect_err("no account");
+    let error = OrderSession::create(&account, &["who.example.test".into()], &[], None).await.expect_err("no account");
     assert!(error.is_problem("accountDoesNotExist"), "{error}");
 
     let again = AcmeAccount::register(&fake.account_spec(), Some(&stored_key), Arc::new(NoObserver))

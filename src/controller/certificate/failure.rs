@@ -49,6 +49,9 @@ pub(super) enum IssuanceError {
         deadline.as_secs()
     )]
     SolverNotReady { identifier: String, waited: std::time::Duration, deadline: std::time::Duration, detail: String },
+    /// The CA refused the lifetime asked for.
+    #[error("the CA refused the requested lifetime of {duration} (notAfter {not_after}): {error}")]
+    DurationNotAllowed { duration: String, not_after: String, error: Box<AcmeError> },
     /// The CA refused the order (or the engine gave up on it).
     #[error(transparent)]
     Acme(#[from] AcmeError),
@@ -110,6 +113,7 @@ impl Pass<'_> {
         }
         let (reason, event_reason) = match &error {
             IssuanceError::SolverNotReady { .. } => (CertificateReason::SolverNotReady, EventReason::SolverNotReady),
+            IssuanceError::DurationNotAllowed { .. } => (CertificateReason::DurationNotAllowed, EventReason::Failed),
             _ => (CertificateReason::Failed, EventReason::Failed),
         };
         let (attempts, message) = self.transition().failed_because(reason, &error.to_string());

@@ -42,8 +42,17 @@ impl Pass<'_> {
             Ok(ips) => ips,
             Err(error) => return self.fail(error).await,
         };
-        let session = match OrderSession::create(&account, &self.certificate.spec.dns_names, &ips).await {
+        let not_after = lifetime_to_send(spec.duration, issuer.acme.send_lifetime, self.now);
+        let session = match OrderSession::create(&account, &spec.dns_names, &ips, not_after).await {
             Ok(session) => session,
+            Err(error) if not_after.is_some() && error.refuses_lifetime() => {
+                let error = IssuanceError::DurationNotAllowed {
+                    duration: spec.duration.map(|d| d.to_string()).unwrap_or_default(),
+                    not_after: not_after.map(crate::acme::rfc3339).unwrap_or_default(),
+                    error: Box::new(error),
+                };
+                return self.fail(error).await;
+            }
             Err(error) => return self.acme_failure(error, None, &account, &issuer).await,
         };
         // The key only once the order exists: an attempt the CA refuses or asks to retry costs no key
@@ -115,5 +124,39 @@ impl Pass<'_> {
             return Ok(current);
         }
         generate_private_key(&wanted).map_err(IssuanceError::GenerateKey)
+    }
+}
+
+/// When the certificate should end, to send to the CA as the order's `notAfter`: `duration` from now,
+/// unless the spec asks for no duration or the issuer turned sending it off.
+fn lifetime_to_send(
+    duration: Option<crate::api::duration::GoDuration>,
+    send_lifetime: Option<bool>,
+    now: jiff::Timestamp,
+) -> Option<std::time::SystemTime> {
+    let duration = std::time::Duration::from(duration?);
+    (send_lifetime != Some(false)).then(|| std::time::SystemTime::from(now) + duration)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn the_lifetime_is_sent_only_when_asked_for_and_not_turned_off() {
+        let now = jiff::Timestamp::from_second(1_800_000_000).unwrap();
+        let two_hours = Some(crate::api::duration::GoDuration::from(Duration::from_secs(7200)));
+        let ends = SystemTime::from(now) + Duration::from_secs(7200);
+        // (case, duration, sendLifetime, sent)
+        let cases = [
+            ("a duration is sent by default", two_hours, None, Some(ends)),
+            ("a duration is sent when sending is on", two_hours, Some(true), Some(ends)),
+            ("nothing is sent when sending is off", two_hours, Some(false), None),
+            ("nothing is sent without a duration", None, None, None),
+        ];
+        for (case, duration, send, sent) in cases {
+            assert_eq!(lifetime_to_send(duration, send, now), sent, "{case}");
+        }
     }
 }

@@ -1445,3 +1445,77 @@ async fn a_ca_that_sends_a_hostile_token_or_identifier_gets_no_solver_route() {
         assert!(harness.apiserver.list::<Pod>().is_empty(), "{case}: no solver Pod");
     }
 }
+
+// --- The lifetime asked for ----------------------------------------------------------------------------
+
+/// The harness with its Certificate asking for `duration`.
+async fn asking_for_a_lifetime(duration: Duration) -> IssuanceHarness {
+    let harness = IssuanceHarness::start().await;
+    harness.apiserver.put(&harness.ready_issuer());
+    let mut certificate = crate::desired::testing::certificate();
+    certificate.spec.duration = Some(duration.into());
+    harness.seed_certificate(certificate);
+    harness
+}
+
+/// How far `at` is from `expected`, in seconds.
+fn seconds_apart(at: Timestamp, expected: Timestamp) -> i64 {
+    (at.as_second() - expected.as_second()).abs()
+}
+
+#[tokio::test]
+async fn a_certificates_duration_is_sent_as_not_after_and_the_stored_certificate_ends_then() {
+    let mut harness = asking_for_a_lifetime(Duration::from_secs(2 * 3600)).await;
+    let asked_at = Timestamp::now();
+
+    harness.run_until_ready(MAX_PASSES).await;
+
+    let (stored, _) = harness.stored_certificate();
+    let expected = asked_at + jiff::SignedDuration::from_hours(2);
+    assert!(seconds_apart(stored.leaf.not_after, expected) <= 5, "ends {} not {expected}", stored.leaf.not_after);
+    let payloads = harness.ca.new_order_payloads();
+    assert_eq!(payloads.len(), 1);
+    let not_after: Timestamp = payloads[0]["notAfter"].as_str().expect("notAfter").parse().expect("RFC 3339");
+    assert_eq!(not_after.as_second(), stored.leaf.not_after.as_second(), "the certificate ends at the notAfter sent");
+    assert!(payloads[0].get("notBefore").is_none(), "notBefore is left to the CA");
+}
+
+#[tokio::test]
+async fn without_a_duration_no_lifetime_is_sent_and_the_cas_default_applies() {
+    let mut harness = IssuanceHarness::ready_to_issue().await;
+    let asked_at = Timestamp::now();
+
+    harness.run_until_ready(MAX_PASSES).await;
+
+    assert!(harness.ca.new_order_payloads()[0].get("notAfter").is_none());
+    let (stored, _) = harness.stored_certificate();
+    assert!(seconds_apart(stored.leaf.not_after, asked_at + jiff::SignedDuration::from_hours(24)) <= 5);
+}
+
+#[tokio::test]
+async fn an_issuer_that_turns_sending_the_lifetime_off_sends_none() {
+    let mut harness = asking_for_a_lifetime(Duration::from_secs(2 * 3600)).await;
+    edit_issuer(&harness, |acme| acme.send_lifetime = Some(false));
+    let asked_at = Timestamp::now();
+
+    harness.run_until_ready(MAX_PASSES).await;
+
+    assert!(harness.ca.new_order_payloads()[0].get("notAfter").is_none());
+    let (stored, _) = harness.stored_certificate();
+    assert!(seconds_apart(stored.leaf.not_after, asked_at + jiff::SignedDuration::from_hours(24)) <= 5);
+}
+
+#[tokio::test]
+async fn a_lifetime_the_ca_refuses_shows_as_duration_not_allowed_with_the_cas_words() {
+    let mut harness = asking_for_a_lifetime(Duration::from_secs(48 * 3600)).await;
+    harness.ca.set_max_lifetime(Duration::from_secs(24 * 3600));
+
+    harness.run_passes(2).await;
+
+    let (status, reason, message) = harness.condition("Issuing").expect("an Issuing condition");
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "DurationNotAllowed"), "{message}");
+    assert!(message.contains("more than the authorized maximum certificate duration"), "{message}");
+    assert!(message.contains("172800s"), "the lifetime asked for is named: {message}");
+    assert_eq!(harness.ca.orders_created(), 0);
+    assert!(harness.event_reasons().iter().any(|r| r == "Failed"));
+}
