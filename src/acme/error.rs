@@ -184,6 +184,22 @@ impl AcmeError {
             })
     }
 
+    /// Whether this error, the answer to finalizing an order that asked for a lifetime, is probably the
+    /// CA refusing that lifetime at signing time: a 4xx problem that names the duration or `notAfter`,
+    /// or a `serverInternal` 500 (step-ca 0.30 answers so when the lifetime is above its provisioner's
+    /// maximum, with the reason only in its own log).
+    pub fn finalize_refuses_lifetime(&self) -> bool {
+        let Some(problem) = &self.problem else { return false };
+        let detail = problem.detail.to_ascii_lowercase();
+        let names_the_lifetime = ["duration", "notafter", "validity"].iter().any(|word| detail.contains(word));
+        match problem.status {
+            Some(status) if (400..500).contains(&status) => names_the_lifetime && self.retry == Retry::Never,
+            // step-ca's problem document carries no status.
+            Some(500) | None => problem.short_kind() == "serverInternal",
+            _ => false,
+        }
+    }
+
     /// Whether retrying could help.
     pub fn is_retryable(&self) -> bool {
         self.retry != Retry::Never
@@ -265,6 +281,39 @@ mod tests {
             assert_eq!(error.refuses_lifetime(), refuses, "{kind}");
         }
         assert!(!AcmeError::fatal(AcmeAction::Order, "no names").refuses_lifetime(), "not from the CA");
+    }
+
+    #[test]
+    fn a_finalize_failure_refuses_the_lifetime_when_it_names_it_or_the_ca_failed_to_sign() {
+        let with_detail = |kind: &str, status: u16, detail: &str| {
+            let problem: instant_acme::Problem = serde_json::from_value(serde_json::json!({
+                "type": format!("{PROBLEM_PREFIX}{kind}"), "detail": detail, "status": status
+            }))
+            .unwrap();
+            AcmeError::classify(AcmeAction::Finalize, instant_acme::Error::Api(problem))
+        };
+        let cases = [
+            ("a 403 naming the duration", with_detail("unauthorized", 403, "requested duration of 48h is more"), true),
+            ("a 400 naming notAfter", with_detail("malformed", 400, "NotAfter is too late"), true),
+            ("step-ca's 500", with_detail("serverInternal", 500, "The server experienced an internal error"), true),
+            ("a bad CSR", with_detail("badCSR", 400, "the CSR's names differ"), false),
+            ("a 503", with_detail("serverInternal", 503, "maintenance"), false),
+            (
+                "step-ca's 500 without a status in the document",
+                {
+                    let problem: instant_acme::Problem = serde_json::from_value(serde_json::json!({
+                    "type": format!("{PROBLEM_PREFIX}serverInternal"), "detail": "The server experienced an internal error"
+                }))
+                .unwrap();
+                    AcmeError::classify(AcmeAction::Finalize, instant_acme::Error::Api(problem))
+                },
+                true,
+            ),
+            ("no problem document", AcmeError::fatal(AcmeAction::Finalize, "duration"), false),
+        ];
+        for (case, error, refuses) in cases {
+            assert_eq!(error.finalize_refuses_lifetime(), refuses, "{case}");
+        }
     }
 
     #[test]

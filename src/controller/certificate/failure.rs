@@ -1,7 +1,7 @@
 //! When a step goes wrong: retry the same order, abandon it, or fail the attempt and back off.
 
 use super::{NEXT_STEP, Pass};
-use crate::acme::{AcmeAccount, AcmeError, OrderProgress, Retry};
+use crate::acme::{AcmeAccount, AcmeAction, AcmeError, OrderProgress, Retry};
 use crate::api::CertificateReason;
 use crate::controller::ReconcileError;
 use crate::controller::accounts::IssuerInfo;
@@ -50,8 +50,8 @@ pub(super) enum IssuanceError {
     )]
     SolverNotReady { identifier: String, waited: std::time::Duration, deadline: std::time::Duration, detail: String },
     /// The CA refused the lifetime asked for.
-    #[error("the CA refused the requested lifetime of {duration} (notAfter {not_after}): {error}")]
-    DurationNotAllowed { duration: String, not_after: String, error: Box<AcmeError> },
+    #[error("the CA refused the requested lifetime of {duration} ({detail}): {error}")]
+    DurationNotAllowed { duration: String, detail: String, error: Box<AcmeError> },
     /// The CA refused the order (or the engine gave up on it).
     #[error(transparent)]
     Acme(#[from] AcmeError),
@@ -66,6 +66,20 @@ impl Pass<'_> {
         account: &AcmeAccount,
         issuer: &IssuerInfo,
     ) -> Result<Action, ReconcileError> {
+        if error.action == AcmeAction::Finalize
+            && let Some(duration) = self.lifetime_sent(issuer)
+            && error.finalize_refuses_lifetime()
+        {
+            let detail = if error.is_problem("serverInternal") {
+                "sent as the order's notAfter; the CA failed to sign it, as step-ca does (the reason only in its \
+                 log) for a lifetime above its provisioner's maximum: ask for a shorter duration, or set \
+                 sendLifetime: false on the issuer"
+            } else {
+                "sent as the order's notAfter"
+            };
+            let detail = detail.to_string();
+            return self.fail(IssuanceError::DurationNotAllowed { duration, detail, error: Box::new(error) }).await;
+        }
         self.ctx.forget_order(self.certificate);
         if error.is_problem("accountDoesNotExist") {
             // The CA no longer knows the account (it lost its state, or the account was removed): the next
@@ -90,6 +104,12 @@ impl Pass<'_> {
             }
             Retry::Never => self.fail(error.into()).await,
         }
+    }
+
+    /// The Certificate's duration, when its orders ask the CA for it (see `start::lifetime_to_send`).
+    pub(super) fn lifetime_sent(&self, issuer: &IssuerInfo) -> Option<String> {
+        let duration = self.certificate.spec.duration?;
+        (issuer.acme.send_lifetime != Some(false)).then(|| duration.to_string())
     }
 
     /// Gives up the order in flight without counting a failure; the next pass starts a new one.

@@ -48,7 +48,7 @@ impl Pass<'_> {
             Err(error) if not_after.is_some() && error.refuses_lifetime() => {
                 let error = IssuanceError::DurationNotAllowed {
                     duration: spec.duration.map(|d| d.to_string()).unwrap_or_default(),
-                    not_after: not_after.map(crate::acme::rfc3339).unwrap_or_default(),
+                    detail: format!("notAfter {}", not_after.map(crate::acme::rfc3339).unwrap_or_default()),
                     error: Box::new(error),
                 };
                 return self.fail(error).await;

@@ -1519,3 +1519,25 @@ async fn a_lifetime_the_ca_refuses_shows_as_duration_not_allowed_with_the_cas_wo
     assert_eq!(harness.ca.orders_created(), 0);
     assert!(harness.event_reasons().iter().any(|r| r == "Failed"));
 }
+
+#[tokio::test]
+async fn a_server_error_on_finalizing_an_order_with_a_lifetime_shows_as_duration_not_allowed() {
+    // step-ca 0.30 accepts any notAfter on newOrder and answers finalize with a bare 500 when the lifetime
+    // is above its provisioner's maximum; retrying the same order would fail the same way forever.
+    let mut harness = asking_for_a_lifetime(Duration::from_secs(48 * 3600)).await;
+    harness.ca.fail_next(Endpoint::Finalize, Fault::problem(500, "serverInternal", "internal error"), 1);
+
+    let mut passes = 0;
+    while harness.condition("Issuing").is_none_or(|(status, _, _)| status != "False") {
+        assert!(passes < MAX_PASSES, "no failure after {passes} passes: {:#?}", harness.certificate().status);
+        harness.run_passes(1).await;
+        passes += 1;
+    }
+
+    let (_, reason, message) = harness.condition("Issuing").expect("Issuing");
+    assert_eq!(reason, "DurationNotAllowed", "{message}");
+    assert!(message.contains("172800s") && message.contains("sendLifetime: false"), "{message}");
+    assert!(message.contains("internal error"), "the CA's words are kept: {message}");
+    assert_eq!(harness.certificate().status.and_then(|s| s.order), None, "the order is given up");
+    assert_eq!(harness.ca.requests(Endpoint::Finalize), 1);
+}
