@@ -328,3 +328,18 @@ async fn step_ca_issues_the_lifetime_asked_for_and_refuses_one_above_its_maximum
     assert!(message.contains("requested lifetime of 172800s"), "{message}");
     assert_eq!(env.certificates("apps").get("two-days").await.unwrap().status.unwrap().order, None);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pebble_issues_the_lifetime_asked_for() {
+    let env = OperatorEnv::with_pebble(PebbleOptions::default()).await.unwrap();
+    env.apply(&env.issuer_yaml("apps", "ca")).await.unwrap();
+    let asked_at = jiff::Timestamp::now();
+    env.apply(&certificate_yaml("two-hours", "ca", &["two-hours.example.test"], "  duration: 2h\n")).await.unwrap();
+
+    env.wait_ready("apps", "two-hours", Duration::from_secs(60)).await.unwrap();
+    check_secret(&env, "two-hours", &["two-hours.example.test"]).await;
+    let secret = env.secrets("apps").get("two-hours-tls").await.unwrap();
+    let leaf = parse_chain(&secret.data.unwrap()[TLS_CRT].0).unwrap().leaf;
+    let ends_in = leaf.not_after.as_second() - asked_at.as_second();
+    assert!((2 * 3600 - 120..=2 * 3600 + 120).contains(&ends_in), "ends {ends_in}s after the ask, not 2h");
+}

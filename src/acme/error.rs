@@ -165,23 +165,14 @@ impl AcmeError {
     }
 
     /// Whether this error, the answer to a new order that asked for a lifetime (`notAfter`), is the CA
-    /// refusing that lifetime: a final 4xx problem that is not about the names, the account or the
-    /// rate (step-ca answers 403 to a lifetime above its provisioner's maximum).
+    /// refusing that lifetime: a final 4xx problem whose detail names it (duration, notAfter, validity,
+    /// lifetime). Other refusals (a name, the account, a malformed request) stay ordinary failures.
     pub fn refuses_lifetime(&self) -> bool {
-        const NOT_ABOUT_THE_LIFETIME: [&str; 8] = [
-            "rejectedIdentifier",
-            "unsupportedIdentifier",
-            "caa",
-            "dns",
-            "accountDoesNotExist",
-            "externalAccountRequired",
-            "rateLimited",
-            "badNonce",
-        ];
         self.retry == Retry::Never
-            && self.problem.as_ref().is_some_and(|p| {
-                p.status.is_some_and(|s| (400..500).contains(&s)) && !NOT_ABOUT_THE_LIFETIME.contains(&p.short_kind())
-            })
+            && self
+                .problem
+                .as_ref()
+                .is_some_and(|p| p.status.is_none_or(|s| (400..500).contains(&s)) && names_the_lifetime(&p.detail))
     }
 
     /// Whether this error, the answer to finalizing an order that asked for a lifetime, is probably the
@@ -190,10 +181,10 @@ impl AcmeError {
     /// maximum, with the reason only in its own log).
     pub fn finalize_refuses_lifetime(&self) -> bool {
         let Some(problem) = &self.problem else { return false };
-        let detail = problem.detail.to_ascii_lowercase();
-        let names_the_lifetime = ["duration", "notafter", "validity"].iter().any(|word| detail.contains(word));
         match problem.status {
-            Some(status) if (400..500).contains(&status) => names_the_lifetime && self.retry == Retry::Never,
+            Some(status) if (400..500).contains(&status) => {
+                names_the_lifetime(&problem.detail) && self.retry == Retry::Never
+            }
             // step-ca's problem document carries no status.
             Some(500) | None => problem.short_kind() == "serverInternal",
             _ => false,
@@ -204,6 +195,12 @@ impl AcmeError {
     pub fn is_retryable(&self) -> bool {
         self.retry != Retry::Never
     }
+}
+
+/// Whether a CA's detail text is about the certificate's lifetime.
+fn names_the_lifetime(detail: &str) -> bool {
+    let detail = detail.to_ascii_lowercase();
+    ["duration", "notafter", "validity", "lifetime"].iter().any(|word| detail.contains(word))
 }
 
 fn retry_for_problem(problem: &ProblemDetail) -> Retry {
@@ -265,22 +262,26 @@ mod tests {
     }
 
     #[test]
-    fn only_a_final_refusal_that_is_not_about_names_or_the_account_refuses_the_lifetime() {
+    fn only_a_final_refusal_that_names_the_lifetime_refuses_it() {
+        let refusal = |kind: &str, status: u16, detail: &str| {
+            let problem: instant_acme::Problem = serde_json::from_value(serde_json::json!({
+                "type": format!("{PROBLEM_PREFIX}{kind}"), "detail": detail, "status": status
+            }))
+            .unwrap();
+            AcmeError::classify(AcmeAction::Order, instant_acme::Error::Api(problem))
+        };
         let cases = [
-            ("unauthorized", 403, true),
-            ("malformed", 400, true),
-            ("rejectedIdentifier", 400, false),
-            ("caa", 403, false),
-            ("accountDoesNotExist", 400, false),
-            ("badNonce", 400, false),
-            ("rateLimited", 429, false),
-            ("serverInternal", 500, false),
+            (refusal("unauthorized", 403, "requested duration of 48h is more than the maximum"), true),
+            (refusal("malformed", 400, "notAfter is not supported"), true),
+            (refusal("malformed", 400, "All requests MUST include a User-Agent header"), false),
+            (refusal("rejectedIdentifier", 400, "name not allowed"), false),
+            (refusal("rateLimited", 429, "too many certificates with this validity"), false),
+            (refusal("serverInternal", 500, "duration store down"), false),
         ];
-        for (kind, status, refuses) in cases {
-            let error = AcmeError::classify(AcmeAction::Order, instant_acme::Error::Api(problem(kind, status)));
-            assert_eq!(error.refuses_lifetime(), refuses, "{kind}");
+        for (error, refuses) in cases {
+            assert_eq!(error.refuses_lifetime(), refuses, "{error}");
         }
-        assert!(!AcmeError::fatal(AcmeAction::Order, "no names").refuses_lifetime(), "not from the CA");
+        assert!(!AcmeError::fatal(AcmeAction::Order, "duration").refuses_lifetime(), "not from the CA");
     }
 
     #[test]

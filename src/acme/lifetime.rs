@@ -16,6 +16,9 @@ use instant_acme::{BodyWrapper, BytesResponse, HttpClient, Identifier};
 use serde_json::{Value, json};
 use std::time::SystemTime;
 
+/// RFC 8555 section 6.1: every request carries a User-Agent (Pebble refuses requests without one).
+const USER_AGENT: &str = concat!("kacme/", env!("CARGO_PKG_VERSION"));
+
 /// How often a newOrder rejected for its nonce is sent again with the nonce the CA offered.
 const BAD_NONCE_ATTEMPTS: u32 = 3;
 
@@ -68,6 +71,7 @@ impl LifetimeOrders {
                 .method(Method::POST)
                 .uri(&new_order)
                 .header(http::header::CONTENT_TYPE, "application/jose+json")
+                .header(http::header::USER_AGENT, USER_AGENT)
                 .body(BodyWrapper::from(body))
                 .map_err(|e| AcmeError::fatal(AcmeAction::Order, format!("building the newOrder request: {e}")))?;
             let (parts, body) = self.exchange(request).await?;
@@ -100,6 +104,7 @@ impl LifetimeOrders {
         let request = Request::builder()
             .method(Method::GET)
             .uri(&self.directory_url)
+            .header(http::header::USER_AGENT, USER_AGENT)
             .body(BodyWrapper::default())
             .map_err(|e| AcmeError::fatal(AcmeAction::Directory, format!("building the directory request: {e}")))?;
         let (_, body) = self.exchange(request).await?;
@@ -111,6 +116,7 @@ impl LifetimeOrders {
         let request = Request::builder()
             .method(Method::HEAD)
             .uri(new_nonce)
+            .header(http::header::USER_AGENT, USER_AGENT)
             .body(BodyWrapper::default())
             .map_err(|e| AcmeError::fatal(AcmeAction::Nonce, format!("building the newNonce request: {e}")))?;
         let (parts, _) = self.exchange(request).await?;
