@@ -27,6 +27,8 @@ pub(crate) struct LifetimeOrders {
     key: EcdsaKeyPair,
     http: SharedHttp,
     directory_url: String,
+    /// The directory's `newNonce` and `newOrder` URLs, read once per account.
+    endpoints: std::sync::OnceLock<(String, String)>,
 }
 
 impl LifetimeOrders {
@@ -34,7 +36,12 @@ impl LifetimeOrders {
     pub(crate) fn new(pkcs8: &[u8], http: SharedHttp, directory_url: &str) -> Result<LifetimeOrders, AcmeError> {
         let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8)
             .map_err(|_| AcmeError::fatal(AcmeAction::Account, "the account key is not an ECDSA P-256 key"))?;
-        Ok(LifetimeOrders { key, http, directory_url: directory_url.to_string() })
+        Ok(LifetimeOrders {
+            key,
+            http,
+            directory_url: directory_url.to_string(),
+            endpoints: std::sync::OnceLock::new(),
+        })
     }
 
     /// Places a new order for `identifiers` ending at `not_after` and returns its URL.
@@ -53,15 +60,7 @@ impl LifetimeOrders {
         identifiers: &[Identifier],
         not_after: SystemTime,
     ) -> Result<String, AcmeError> {
-        let directory = self.directory().await?;
-        let url_of = |name: &str| {
-            directory
-                .get(name)
-                .and_then(Value::as_str)
-                .map(str::to_string)
-                .ok_or_else(|| AcmeError::fatal(AcmeAction::Directory, format!("the CA's directory has no {name}")))
-        };
-        let (new_nonce, new_order) = (url_of("newNonce")?, url_of("newOrder")?);
+        let (new_nonce, new_order) = self.endpoints().await?;
         let payload = new_order_payload(identifiers, not_after)?;
         let mut nonce = self.nonce(&new_nonce).await?;
         let mut attempts = 0;
@@ -98,6 +97,23 @@ impl LifetimeOrders {
                 _ => return Err(error),
             }
         }
+    }
+
+    /// The directory's `newNonce` and `newOrder` URLs: read at the first order, then kept.
+    async fn endpoints(&self) -> Result<(String, String), AcmeError> {
+        if let Some(endpoints) = self.endpoints.get() {
+            return Ok(endpoints.clone());
+        }
+        let directory = self.directory().await?;
+        let url_of = |name: &str| {
+            directory
+                .get(name)
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .ok_or_else(|| AcmeError::fatal(AcmeAction::Directory, format!("the CA's directory has no {name}")))
+        };
+        let endpoints = (url_of("newNonce")?, url_of("newOrder")?);
+        Ok(self.endpoints.get_or_init(|| endpoints).clone())
     }
 
     async fn directory(&self) -> Result<serde_json::Map<String, Value>, AcmeError> {

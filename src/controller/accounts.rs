@@ -121,6 +121,41 @@ pub enum IssuingTrust {
     Unknown,
 }
 
+impl IssuingTrust {
+    /// The `ca.crt` of a Secret holding `chain` (none when nothing is known to verify to), or why the chain may
+    /// not be stored: it does not verify, at `at`, to the issuing roots.
+    pub fn ca_crt_for(&self, chain: &crate::pki::ParsedChain, at: jiff::Timestamp) -> Result<Option<String>, String> {
+        use crate::pki::{verify_chain, verifying_anchors};
+        let why =
+            |anchors: &[Vec<u8>]| verify_chain(chain, anchors, at).err().map(|e| e.to_string()).unwrap_or_default();
+        match self {
+            IssuingTrust::Unknown => Ok(None),
+            IssuingTrust::Configured(roots) => {
+                let roots = roots.clone().unwrap_or_default();
+                if verifying_anchors(chain, &roots, at).is_empty() {
+                    return Err(format!(
+                        "the issued chain does not verify to the issuer's issuingCABundle: {}",
+                        why(&roots)
+                    ));
+                }
+                Ok(Some(pem_bundle(&roots)))
+            }
+            IssuingTrust::FromCaBundle(bundle) => {
+                let bundle = bundle.clone().unwrap_or_default();
+                let anchors = verifying_anchors(chain, &bundle, at);
+                if anchors.is_empty() {
+                    return Err(format!(
+                        "the issued chain does not verify to any certificate of the issuer's caBundle ({}); put the \
+                         CA's root into caBundle or issuingCABundle",
+                        why(&bundle)
+                    ));
+                }
+                Ok(Some(pem_bundle(&anchors)))
+            }
+        }
+    }
+}
+
 /// DER certificates as a PEM bundle.
 pub fn pem_bundle(ders: &[Vec<u8>]) -> String {
     let config = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);

@@ -230,19 +230,7 @@ impl HostileAcme {
 }
 
 fn upstream_client(roots_pem: &str) -> Result<Client<HttpsConnector<HttpConnector>, Full<Bytes>>> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(roots_pem.as_bytes()) {
-        roots.add(cert.context("parsing Pebble's listener root")?).context("trusting Pebble's listener root")?;
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .context("configuring TLS versions")?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector =
-        hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config).https_only().enable_http1().build();
-    Ok(Client::builder(TokioExecutor::new()).build(connector))
+    Ok(Client::builder(TokioExecutor::new()).build(crate::https::connector_trusting(roots_pem)?))
 }
 
 /// Accepts connections until aborted; the connection tasks live in a set that aborts them when dropped.

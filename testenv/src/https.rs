@@ -13,6 +13,27 @@ use rustls_pki_types::pem::PemObject as _;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// An HTTPS connector (rustls with aws-lc-rs, HTTP/1.1) that trusts every certificate of `roots_pem` (one or
+/// more PEM certificates) and nothing else.
+pub(crate) fn connector_trusting(roots_pem: &str) -> Result<HttpsConnector<HttpConnector>> {
+    let mut roots = rustls::RootCertStore::empty();
+    let mut count = 0;
+    for cert in CertificateDer::pem_slice_iter(roots_pem.as_bytes()) {
+        roots.add(cert.context("parsing a PEM root certificate")?).context("adding a root certificate")?;
+        count += 1;
+    }
+    if count == 0 {
+        bail!("no PEM certificate among the roots to trust");
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("configuring TLS versions")?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config).https_only().enable_http1().build())
+}
+
 /// An HTTPS client (rustls with aws-lc-rs, HTTP/1.1) whose trust store holds only the given PEM roots.
 #[derive(Clone)]
 pub struct HttpsClient {
@@ -32,24 +53,8 @@ pub struct HttpsResponse {
 impl HttpsClient {
     /// A client that trusts every certificate of `roots_pem` (one or more PEM certificates) and nothing else.
     pub fn trusting(roots_pem: &str) -> Result<Self> {
-        let mut roots = rustls::RootCertStore::empty();
-        let mut count = 0;
-        for cert in CertificateDer::pem_slice_iter(roots_pem.as_bytes()) {
-            roots.add(cert.context("parsing a PEM root certificate")?).context("adding a root certificate")?;
-            count += 1;
-        }
-        if count == 0 {
-            bail!("no PEM certificate among the roots to trust");
-        }
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .context("configuring TLS versions")?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let connector =
-            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config).https_only().enable_http1().build();
-        let client = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(0).build(connector);
+        let client =
+            Client::builder(TokioExecutor::new()).pool_max_idle_per_host(0).build(connector_trusting(roots_pem)?);
         Ok(HttpsClient { client, timeout: Duration::from_secs(10) })
     }
 

@@ -3,13 +3,13 @@
 use super::Pass;
 use super::failure::IssuanceError;
 use crate::controller::ReconcileError;
-use crate::controller::accounts::{IssuerInfo, IssuingTrust, pem_bundle};
+use crate::controller::accounts::IssuerInfo;
 use crate::controller::context::SecretCreation;
 use crate::decision::{
     RenewBefore, SecretOwnership, issued_differs_from_spec, renewal_time, secret_ownership, usages_annotation,
 };
 use crate::desired::{EventNote, EventReason, Validity, build_certificate_secret};
-use crate::pki::{CsrRequest, PrivateKey, key_matches_certificate, parse_chain, verify_chain, verifying_anchors};
+use crate::pki::{CsrRequest, PrivateKey, key_matches_certificate, parse_chain};
 use jiff::Timestamp;
 use kube::runtime::controller::Action;
 use std::time::Duration;
@@ -35,30 +35,9 @@ impl Pass<'_> {
         // The question is whether the chain leads to the issuing roots, so verify it at a moment it is valid:
         // the pass started before the CA signed, and a CA that does not backdate signs from "now".
         let verify_at = Timestamp::now().max(chain.leaf.not_before);
-        let ca_crt = match issuer.issuing_trust() {
-            IssuingTrust::Unknown => None,
-            IssuingTrust::Configured(roots) => {
-                let roots = roots.unwrap_or_default();
-                if verifying_anchors(&chain, &roots, verify_at).is_empty() {
-                    let why = verify_chain(&chain, &roots, verify_at).err().map(|e| e.to_string()).unwrap_or_default();
-                    let message = format!("the issued chain does not verify to the issuer's issuingCABundle: {why}");
-                    return self.fail(IssuanceError::ChainNotTrusted(message)).await;
-                }
-                Some(pem_bundle(&roots))
-            }
-            IssuingTrust::FromCaBundle(bundle) => {
-                let bundle = bundle.unwrap_or_default();
-                let anchors = verifying_anchors(&chain, &bundle, verify_at);
-                if anchors.is_empty() {
-                    let why = verify_chain(&chain, &bundle, verify_at).err().map(|e| e.to_string()).unwrap_or_default();
-                    let message = format!(
-                        "the issued chain does not verify to any certificate of the issuer's caBundle ({why}); \
-                         put the CA's root into caBundle or issuingCABundle"
-                    );
-                    return self.fail(IssuanceError::ChainNotTrusted(message)).await;
-                }
-                Some(pem_bundle(&anchors))
-            }
+        let ca_crt = match issuer.issuing_trust().ca_crt_for(&chain, verify_at) {
+            Ok(ca_crt) => ca_crt,
+            Err(message) => return self.fail(IssuanceError::ChainNotTrusted(message)).await,
         };
         // Look once more, at the apiserver, right before writing: never take over a Secret that appeared
         // meanwhile (the cache sees only kacme's own Secrets).
