@@ -101,6 +101,11 @@ struct ControllerArgs {
     /// long the attempt fails (naming the solver Pod and why it is not ready) and backs off.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     solver_deadline: Duration,
+    /// At CAs that offer ACME Renewal Information (RFC 9773), ask for each certificate's renewal window
+    /// when the CA's Retry-After says, but at least this often (and at most once a minute). A CA that moves
+    /// a window (after an incident, say) is noticed within this long.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    renewal_info_max_interval: Duration,
     /// /healthz fails (and the kubelet restarts the operator) when a controller loop with reconciles in
     /// flight has finished none for this long. Keep it well above the longest reconcile (ACME requests
     /// time out after 30 s; a pass makes a few). An idle operator, or a standby, is always healthy.
@@ -291,6 +296,7 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     config.backoff = kacme::decision::BackoffPolicy { initial: args.backoff_initial, max: args.backoff_max };
     config.renewal_jitter = args.renewal_jitter;
     config.solver_deadline = args.solver_deadline;
+    config.renewal_info_max_interval = args.renewal_info_max_interval.max(Duration::from_secs(1));
     config.self_check =
         args.self_check_deadline.map(|deadline| kacme::acme::SelfCheck { deadline, ..Default::default() });
     config.solver_templates = solver_templates;

@@ -32,6 +32,7 @@ mod issue;
 mod lifetime;
 mod observe;
 mod order;
+mod renewal_info;
 mod selfcheck;
 
 pub use account::{AccountKey, AccountSpec, AcmeAccount, ExternalAccountBinding, Registration, decode_eab_hmac_key};
@@ -42,7 +43,8 @@ pub use issue::{IssueOptions, Issued, issue, issue_with};
 pub use lifetime::rfc3339;
 pub use observe::{AcmeAction, AcmeObserver, AcmeOutcome, NoObserver, RequestCounter};
 pub use order::{
-    Advance, AdvanceOptions, AuthorizationProgress, AuthorizationStep, ChallengeSolver, OrderProgress, OrderSession,
-    OrderState, Presentation, SolverError, challenges_with_solvers, order_identifiers,
+    Advance, AdvanceOptions, AuthorizationProgress, AuthorizationStep, ChallengeSolver, OrderOptions, OrderProgress,
+    OrderSession, OrderState, Presentation, SolverError, challenges_with_solvers, order_identifiers,
 };
+pub use renewal_info::RenewalSuggestion;
 pub use selfcheck::SelfCheck;

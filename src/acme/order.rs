@@ -137,6 +137,18 @@ pub struct OrderProgress {
     pub authorizations: Vec<AuthorizationProgress>,
 }
 
+/// What a new order asks for besides its identifiers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OrderOptions {
+    /// When the certificate should end (RFC 8555 `notAfter`; no `notBefore`, so that the CA may backdate it).
+    pub not_after: Option<SystemTime>,
+    /// The ACME profile to ask for (draft-ietf-acme-profiles `profile`).
+    pub profile: Option<String>,
+    /// The ARI certificate identifier (`base64url(AKI).base64url(serial)`) of the certificate this order
+    /// replaces (RFC 9773 `replaces`).
+    pub replaces: Option<String>,
+}
+
 /// Options of [`OrderSession::advance`].
 #[derive(Clone, Debug)]
 pub struct AdvanceOptions {
@@ -197,14 +209,13 @@ fn now_seconds() -> u64 {
 }
 
 impl OrderSession {
-    /// Places a new order for exactly these identifiers and reads its authorizations. With `not_after`,
-    /// the order asks the CA for a certificate ending then (RFC 8555 `notAfter`; no `notBefore`, so that
-    /// the CA may backdate it).
+    /// Places a new order for exactly these identifiers and reads its authorizations. `options` may ask
+    /// for a lifetime, a profile, and name the certificate the order replaces.
     pub async fn create(
         account: &AcmeAccount,
         dns_names: &[String],
         ip_addresses: &[IpAddr],
-        not_after: Option<SystemTime>,
+        options: &OrderOptions,
     ) -> Result<OrderSession, AcmeError> {
         if dns_names.is_empty() && ip_addresses.is_empty() {
             return Err(AcmeError::fatal(AcmeAction::Order, "an order needs at least one DNS name or IP address"));
@@ -216,12 +227,23 @@ impl OrderSession {
             ));
         }
         let identifiers = order_identifiers(dns_names, ip_addresses);
-        let order = match not_after {
-            None => labelled(AcmeAction::Order, account.inner.new_order(&NewOrder::new(&identifiers)))
-                .await
-                .map_err(|e| AcmeError::classify(AcmeAction::Order, e))?,
+        let order = match options.not_after {
+            None => {
+                let mut new_order = NewOrder::new(&identifiers);
+                if let Some(profile) = &options.profile {
+                    new_order = new_order.profile(profile);
+                }
+                if let Some(replaces) =
+                    options.replaces.as_deref().and_then(super::renewal_info::certificate_identifier)
+                {
+                    new_order = new_order.replaces(replaces);
+                }
+                labelled(AcmeAction::Order, account.inner.new_order(&new_order))
+                    .await
+                    .map_err(|e| AcmeError::classify(AcmeAction::Order, e))?
+            }
             Some(not_after) => {
-                let url = account.lifetime_orders.new_order(account.uri(), &identifiers, not_after).await?;
+                let url = account.lifetime_orders.new_order(account.uri(), &identifiers, not_after, options).await?;
                 labelled(AcmeAction::Order, account.inner.order(url))
                     .await
                     .map_err(|e| AcmeError::classify(AcmeAction::Order, e))?

@@ -5,7 +5,7 @@ use crate::api::names::*;
 use crate::api::{Certificate, CertificateStatus, IssuerKind, KeyAlgorithm, KeyEncoding, KeyUsage, PrivateKeySpec};
 use crate::desired::testing::certificate;
 use crate::pki::testing::TestCa;
-use crate::pki::{KeySpec, effective_usages, generate_private_key};
+use crate::pki::{KeySpec, effective_usages, generate_private_key, parse_chain};
 use jiff::{Timestamp, ToSpan};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
@@ -203,6 +203,7 @@ fn an_up_to_date_certificate_reports_its_validity_and_renewal_time() {
             not_before: issued_at(),
             not_after: issued_at() + 24.hours(),
             renewal_time: issued_at() + 16.hours(),
+            renewal_id: parse_chain(secret.data.as_ref().unwrap()[TLS_CRT].0.as_slice()).unwrap().leaf.renewal_id,
         }
     );
 }

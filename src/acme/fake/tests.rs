@@ -4,7 +4,7 @@
 use super::{Endpoint, FakeAcme, Fault, MemorySolver, Validation};
 use crate::acme::{
     AccountSpec, AcmeAccount, AcmeError, Advance, AdvanceOptions, AuthorizationStep, ExternalAccountBinding,
-    IssueOptions, NoObserver, OrderProgress, OrderSession, OrderState, Retry, issue, issue_with,
+    IssueOptions, NoObserver, OrderOptions, OrderProgress, OrderSession, OrderState, Retry, issue, issue_with,
 };
 use crate::api::{KeyAlgorithm, KeyEncoding, KeyUsage};
 use crate::pki::{
@@ -57,7 +57,9 @@ fn check_issued(fake: &FakeAcme, chain_pem: &str, request: &CsrRequest, key: &Pr
 }
 
 async fn create_order(account: &AcmeAccount, request: &CsrRequest) -> OrderSession {
-    OrderSession::create(account, &request.dns_names, &request.ip_addresses, None).await.expect("a new order")
+    OrderSession::create(account, &request.dns_names, &request.ip_addresses, &OrderOptions::default())
+        .await
+        .expect("a new order")
 }
 
 #[tokio::test]
@@ -346,7 +348,9 @@ async fn a_forgotten_account_says_so_and_its_key_registers_again() {
     let (account, stored_key) = fake.register_account().await;
     fake.forget_accounts();
 
-    let error = OrderSession::create(&account, &["who.example.test".into()], &[], None).await.expect_err("no account");
+    let error = OrderSession::create(&account, &["who.example.test".into()], &[], &OrderOptions::default())
+        .await
+        .expect_err("no account");
     assert!(error.is_problem("accountDoesNotExist"), "{error}");
 
     let again = AcmeAccount::register(&fake.account_spec(), Some(&stored_key), Arc::new(NoObserver))

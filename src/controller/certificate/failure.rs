@@ -52,6 +52,9 @@ pub(super) enum IssuanceError {
     /// The CA refused the lifetime asked for.
     #[error("the CA refused the requested lifetime of {duration} ({detail}): {error}")]
     DurationNotAllowed { duration: String, detail: String, error: Box<AcmeError> },
+    /// The profile asked for is not one the CA offers.
+    #[error("{0}")]
+    ProfileNotOffered(String),
     /// The CA refused the order (or the engine gave up on it).
     #[error(transparent)]
     Acme(#[from] AcmeError),
@@ -134,6 +137,7 @@ impl Pass<'_> {
         let (reason, event_reason) = match &error {
             IssuanceError::SolverNotReady { .. } => (CertificateReason::SolverNotReady, EventReason::SolverNotReady),
             IssuanceError::DurationNotAllowed { .. } => (CertificateReason::DurationNotAllowed, EventReason::Failed),
+            IssuanceError::ProfileNotOffered(_) => (CertificateReason::ProfileNotOffered, EventReason::Failed),
             _ => (CertificateReason::Failed, EventReason::Failed),
         };
         let (attempts, message) = self.transition().failed_because(reason, &error.to_string());

@@ -3,13 +3,13 @@
 
 use super::failure::IssuanceError;
 use super::{NEXT_STEP, Pass};
-use crate::acme::OrderSession;
+use crate::acme::{OrderOptions, OrderSession};
 use crate::api::names::{ANNOTATION_RENEW_REQUESTED_AT, TLS_KEY};
 use crate::api::{IssuanceReason, RotationPolicy};
 use crate::controller::ReconcileError;
 use crate::controller::context::KeptOrder;
 use crate::controller::context::SecretCreation;
-use crate::decision::{SecretOwnership, next_key_ownership, secret_ownership};
+use crate::decision::{SecretOwnership, next_key_ownership, replaced_certificate, secret_ownership};
 use crate::desired::{EventNote, EventReason, build_next_key_secret, select_solver};
 use crate::pki::{KeySpec, PrivateKey, generate_private_key, parse_private_key};
 use k8s_openapi::api::core::v1::Secret;
@@ -42,8 +42,26 @@ impl Pass<'_> {
             Ok(ips) => ips,
             Err(error) => return self.fail(error).await,
         };
+        let profile = spec.profile.clone().or_else(|| issuer.acme.profile.clone());
+        if let Some(profile) = &profile
+            && let Err(message) = account.check_profile(profile)
+        {
+            return self.fail(IssuanceError::ProfileNotOffered(format!("{}: {message}", issuer.describe()))).await;
+        }
         let not_after = lifetime_to_send(spec.duration, issuer.acme.send_lifetime, self.now);
-        let session = match OrderSession::create(&account, &spec.dns_names, &ips, not_after).await {
+        let replaces = replaced_certificate(self.certificate, secret, reason);
+        let options = OrderOptions { not_after, profile, replaces };
+        let created = match OrderSession::create(&account, &spec.dns_names, &ips, &options).await {
+            // A CA may refuse `replaces` (the certificate was replaced already, or by another account): the
+            // renewal matters more than the hint.
+            Err(error) if options.replaces.is_some() && refuses_replaces(&error) => {
+                tracing::warn!(%error, "the CA refused the order naming the certificate it replaces; ordering without");
+                let options = OrderOptions { replaces: None, ..options.clone() };
+                OrderSession::create(&account, &spec.dns_names, &ips, &options).await
+            }
+            created => created,
+        };
+        let session = match created {
             Ok(session) => session,
             Err(error) if not_after.is_some() && error.refuses_lifetime() => {
                 let error = IssuanceError::DurationNotAllowed {
@@ -125,6 +143,13 @@ impl Pass<'_> {
         }
         generate_private_key(&wanted).map_err(IssuanceError::GenerateKey)
     }
+}
+
+/// Whether the CA refused an order because of its `replaces` (RFC 9773 `alreadyReplaced`, or a problem that
+/// names it).
+fn refuses_replaces(error: &crate::acme::AcmeError) -> bool {
+    !error.is_retryable()
+        && (error.is_problem("alreadyReplaced") || error.to_string().to_lowercase().contains("replace"))
 }
 
 /// When the certificate should end, to send to the CA as the order's `notAfter`: `duration` from now,

@@ -1400,6 +1400,7 @@ async fn a_cluster_issuer_may_skip_tls_verification_and_use_any_server() {
         acme: crate::api::AcmeIssuer { skip_tls_verify: Some(true), ..issuer.spec.acme.clone() },
         policy: None,
         ready: true,
+        offers_renewal_info: false,
         generation: Some(1),
     };
     let namespaced = crate::controller::accounts::IssuerInfo { kind: IssuerKind::Issuer, ..info.clone() };
