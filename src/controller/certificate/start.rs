@@ -52,15 +52,16 @@ impl Pass<'_> {
         let replaces = replaced_certificate(self.certificate, secret, reason);
         let options = OrderOptions { not_after, profile, replaces };
         let created = match OrderSession::create(&account, &spec.dns_names, &ips, &options).await {
-            // A CA may refuse `replaces` (the certificate was replaced already, or by another account): the
-            // renewal matters more than the hint.
-            Err(error) if options.replaces.is_some() && refuses_replaces(&error) => {
+            // A CA may refuse `replaces` (the certificate was replaced already, by another account, or the CA
+            // forgot it): the renewal matters more than the hint, so order once more without it.
+            Err(error) if options.replaces.is_some() => {
                 tracing::warn!(%error, "the CA refused the order naming the certificate it replaces; ordering without");
-                let options = OrderOptions { replaces: None, ..options.clone() };
-                OrderSession::create(&account, &spec.dns_names, &ips, &options).await
+                let without = OrderOptions { replaces: None, ..options.clone() };
+                (OrderSession::create(&account, &spec.dns_names, &ips, &without).await, None)
             }
-            created => created,
+            created => (created, options.replaces.clone()),
         };
+        let (created, replaced) = created;
         let session = match created {
             Ok(session) => session,
             Err(error) if not_after.is_some() && error.refuses_lifetime() => {
@@ -91,9 +92,13 @@ impl Pass<'_> {
         let renewal_request = self.certificate.annotations().get(ANNOTATION_RENEW_REQUESTED_AT).cloned();
         self.transition().order_created(reason, message, order, key_secret_name, renewal_request);
         let url = session.progress().url.clone();
-        tracing::info!(reason = reason.as_str(), order = %url, "created an ACME order");
-        self.publish(EventNote::normal(EventReason::OrderCreated, format!("Created ACME order {url} ({message})")))
-            .await;
+        tracing::info!(reason = reason.as_str(), order = %url, replaces = ?replaced, "created an ACME order");
+        let replacing = replaced.map(|id| format!("; replaces certificate {id}")).unwrap_or_default();
+        self.publish(EventNote::normal(
+            EventReason::OrderCreated,
+            format!("Created ACME order {url} ({message}{replacing})"),
+        ))
+        .await;
         let issuer = self.certificate.spec.issuer_ref.clone();
         self.ctx.keep_order(self.certificate, KeptOrder { session, key, issuer });
         Ok(Action::requeue(NEXT_STEP))
@@ -143,13 +148,6 @@ impl Pass<'_> {
         }
         generate_private_key(&wanted).map_err(IssuanceError::GenerateKey)
     }
-}
-
-/// Whether the CA refused an order because of its `replaces` (RFC 9773 `alreadyReplaced`, or a problem that
-/// names it).
-fn refuses_replaces(error: &crate::acme::AcmeError) -> bool {
-    !error.is_retryable()
-        && (error.is_problem("alreadyReplaced") || error.to_string().to_lowercase().contains("replace"))
 }
 
 /// When the certificate should end, to send to the CA as the order's `notAfter`: `duration` from now,
