@@ -32,6 +32,7 @@ mod issue;
 mod lifetime;
 mod observe;
 mod order;
+mod resubmission;
 mod selfcheck;
 
 pub use account::{AccountKey, AccountSpec, AcmeAccount, ExternalAccountBinding, Registration, decode_eab_hmac_key};

@@ -48,7 +48,7 @@ pub struct ControllerConfig {
     pub max_wait_per_step: Duration,
     /// How long after a challenge was first presented its solver objects may take to serve it before the
     /// attempt fails.
-    pub solver_deadline: Duration,
+    pub authorization_deadline: Duration,
     /// The name events are reported under.
     pub reporter: String,
     /// Which labels and annotations issuers' solver templates may put on solver Pods and Ingresses.
@@ -69,7 +69,7 @@ impl ControllerConfig {
             renewal_jitter: Duration::from_secs(60),
             self_check: None,
             max_wait_per_step: Duration::from_secs(2),
-            solver_deadline: crate::desired::DEFAULT_SOLVER_DEADLINE,
+            authorization_deadline: crate::desired::DEFAULT_AUTHORIZATION_DEADLINE,
             reporter: "kacme".into(),
             solver_templates: Default::default(),
             namespaced_issuers: Default::default(),
