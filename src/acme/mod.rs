@@ -33,6 +33,7 @@ mod lifetime;
 mod observe;
 mod order;
 mod renewal_info;
+mod resubmission;
 mod selfcheck;
 
 pub use account::{AccountKey, AccountSpec, AcmeAccount, ExternalAccountBinding, Registration, decode_eab_hmac_key};

@@ -48,7 +48,7 @@ pub struct ControllerConfig {
     pub max_wait_per_step: Duration,
     /// How long after a challenge was first presented its solver objects may take to serve it before the
     /// attempt fails.
-    pub solver_deadline: Duration,
+    pub authorization_deadline: Duration,
     /// The longest wait between two checks of a certificate's renewal window at a CA that offers ACME
     /// Renewal Information (RFC 9773), whatever the CA's Retry-After.
     pub renewal_info_max_interval: Duration,
@@ -72,7 +72,7 @@ impl ControllerConfig {
             renewal_jitter: Duration::from_secs(60),
             self_check: None,
             max_wait_per_step: Duration::from_secs(2),
-            solver_deadline: crate::desired::DEFAULT_SOLVER_DEADLINE,
+            authorization_deadline: crate::desired::DEFAULT_AUTHORIZATION_DEADLINE,
             renewal_info_max_interval: Duration::from_secs(24 * 3600),
             reporter: "kacme".into(),
             solver_templates: Default::default(),

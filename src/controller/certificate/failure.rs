@@ -49,6 +49,20 @@ pub(super) enum IssuanceError {
         deadline.as_secs()
     )]
     SolverNotReady { identifier: String, waited: std::time::Duration, deadline: std::time::Duration, detail: String },
+    /// The CA did not validate an authorization by the deadline (its route served, but the CA could not
+    /// reach it or is still validating): the order is given up.
+    #[error(
+        "the CA had not validated {identifier} {}s after its challenge was presented (the deadline is {}s); giving \
+         up this order: {detail}",
+        waited.as_secs(),
+        deadline.as_secs()
+    )]
+    NotValidatedInTime {
+        identifier: String,
+        waited: std::time::Duration,
+        deadline: std::time::Duration,
+        detail: String,
+    },
     /// The CA refused the lifetime asked for.
     #[error("the CA refused the requested lifetime of {duration} ({detail}): {error}")]
     DurationNotAllowed { duration: String, detail: String, error: Box<AcmeError> },
