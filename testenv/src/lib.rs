@@ -6,6 +6,8 @@
 //!   to the environment's [`LoopbackAddress`].
 //! - [`HostileAcme`]: a misbehaving ACME server in front of a real Pebble, for hostile-CA tests.
 //! - [`SolverStandIn`]: the kubelet and ingress controller for solver Pods, serving HTTP where the CA dials.
+//! - [`write_image_archive`] and [`kacme_image`], [`pause_image`], [`tls_probe_image`]: docker-archive
+//!   images for the real node, written from local binaries (no Docker engine, no registry).
 //!
 //! Every component is stopped when its value is dropped (also when a test panics): child processes are
 //! killed and reaped, temp dirs removed. If the test process itself is killed, `setpriv --pdeathsig` makes
@@ -31,6 +33,7 @@ mod counts;
 mod dns;
 mod hostile;
 mod https;
+mod image;
 mod loopback;
 mod pebble;
 mod pki;
@@ -46,6 +49,11 @@ pub use counts::{acme_request_counts, count_growth};
 pub use dns::{ChallTestSrv, resolve_a};
 pub use hostile::{HostileAcme, HostileBehaviour, HostileHandle};
 pub use https::{HttpsClient, HttpsResponse, error_chain};
+pub use image::{
+    DOCKERFILE_BASE_IMAGE, DockerfileStage, ImageArchive, ImageConfig, ImageSpec, KACME_IMAGE_REPOSITORY, LayerEntry,
+    PAUSE_IMAGE, ReadImage, TLS_PROBE_IMAGE, kacme_image, parse_dockerfile_final_stage, parse_ldd_output, pause_image,
+    read_image_archive, shared_libraries, tls_probe_image, write_image_archive,
+};
 pub use loopback::LoopbackAddress;
 pub use pebble::{EabCredentials, Pebble, PebbleOptions};
 pub use proc_stats::{
