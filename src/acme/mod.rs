@@ -34,6 +34,7 @@ mod observe;
 mod order;
 mod renewal_info;
 mod resubmission;
+mod revocation;
 mod selfcheck;
 
 pub use account::{AccountKey, AccountSpec, AcmeAccount, ExternalAccountBinding, Registration, decode_eab_hmac_key};
@@ -48,4 +49,5 @@ pub use order::{
     OrderSession, OrderState, Presentation, SolverError, challenges_with_solvers, order_identifiers,
 };
 pub use renewal_info::RenewalSuggestion;
+pub use revocation::RevocationReason;
 pub use selfcheck::SelfCheck;

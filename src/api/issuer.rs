@@ -172,6 +172,11 @@ pub struct AcmeIssuer {
     #[schemars(schema_with = "crate::api::validation::profile_schema")]
     pub profile: Option<String>,
 
+    /// When kacme revokes certificates on its own (internal CAs often budget valid certificates per account).
+    /// Absent: only when asked (`kacme revoke`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation: Option<RevocationPolicy>,
+
     /// How to prove control of each name. The first solver whose selector matches a Certificate's names
     /// most specifically is used (dnsNames beats dnsZones, a longer zone beats a shorter one, a
     /// solver without selector matches everything).
@@ -347,6 +352,22 @@ pub struct AcmeIssuerStatus {
     /// The profiles the CA's directory offers (`meta.profiles`), for `profile` on issuers and Certificates.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub profiles: Vec<String>,
+}
+
+/// When kacme revokes certificates of an issuer without being asked.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RevocationPolicy {
+    /// Revoke the certificate of a Certificate that is deleted (reason `cessationOfOperation`) before the
+    /// Certificate goes. The deletion waits for the CA for up to 5 minutes; after that the Certificate goes
+    /// anyway, with a Warning Event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when_deleted: Option<bool>,
+    /// Revoke the previous certificate once a renewal with a new key has replaced it in the Secret (reason
+    /// `superseded`). A failure shows as a Warning Event and is not retried: the old certificate then simply
+    /// expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when_key_rotated: Option<bool>,
 }
 
 /// A DNS name template: dot-separated labels, each `{label}` or letters, digits, hyphens and `{namespace}`.

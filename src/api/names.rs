@@ -31,6 +31,12 @@ pub const ANNOTATION_IP_ADDRESSES: &str = "kacme.dev/ip-addresses";
 pub const ANNOTATION_ACCOUNT_NAMESPACE: &str = "kacme.dev/account-namespace";
 /// Certificate annotation: set it to any new value (conventionally the current time) to renew now.
 pub const ANNOTATION_RENEW_REQUESTED_AT: &str = "kacme.dev/renew-requested-at";
+/// Certificate annotation: set it to any new value (conventionally the current time) to revoke the certificate
+/// in the Secret now; kacme then issues a new one with a new key (`kacme revoke`).
+pub const ANNOTATION_REVOKE_REQUESTED_AT: &str = "kacme.dev/revoke-requested-at";
+/// Certificate annotation: the RFC 5280 reason sent with the revocation that `kacme.dev/revoke-requested-at`
+/// asks for (`unspecified`, `keyCompromise`, `affiliationChanged`, `superseded`, `cessationOfOperation`).
+pub const ANNOTATION_REVOCATION_REASON: &str = "kacme.dev/revocation-reason";
 
 /// Secret data key of the certificate chain.
 pub const TLS_CRT: &str = "tls.crt";

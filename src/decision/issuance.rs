@@ -175,7 +175,8 @@ impl Stored<'_> {
 type Check = fn(&Observed<'_>, &Stored<'_>) -> Option<Why>;
 
 /// The checks on a readable certificate and key, in the order they run; the first reason found wins.
-const POLICY_CHAIN: [(&str, Check); 8] = [
+const POLICY_CHAIN: [(&str, Check); 9] = [
+    ("the certificate was not revoked", certificate_revoked),
     ("the private key matches the spec", private_key_mismatches_spec),
     ("the DNS names are the requested ones", dns_names_changed),
     ("the IP addresses are the requested ones", ip_addresses_changed),
@@ -321,6 +322,19 @@ fn renewal_requested(observed: &Observed<'_>, _: &Stored<'_>) -> Option<Why> {
         (
             IssuanceReason::ManuallyTriggered,
             format!("Renewing certificate as requested ({ANNOTATION_RENEW_REQUESTED_AT}={requested})"),
+        )
+    })
+}
+
+fn certificate_revoked(observed: &Observed<'_>, stored: &Stored<'_>) -> Option<Why> {
+    let revocation = observed.certificate.status.as_ref()?.revocation.as_ref()?;
+    (revocation.revoked_at.is_some() && revocation.serial == stored.leaf().serial).then(|| {
+        (
+            IssuanceReason::Revoked,
+            format!(
+                "Issuing a new certificate with a new key as serial {} was revoked (reason {})",
+                revocation.serial, revocation.reason
+            ),
         )
     })
 }

@@ -15,6 +15,7 @@
 mod advance;
 mod decide;
 mod failure;
+mod revoke;
 mod start;
 mod store;
 #[cfg(test)]
@@ -103,8 +104,10 @@ pub async fn reconcile_certificate(certificate: Arc<Certificate>, ctx: Arc<Conte
     .map_err(ReconcileError::from_finalizer)
 }
 
-/// The Certificate is being deleted: remove its solver objects and the key of an order in flight.
+/// The Certificate is being deleted: revoke its certificate when the issuer's policy says so, and remove its
+/// solver objects and the key of an order in flight.
 async fn clean_up_deleted(ctx: &Context, certificate: &Certificate) -> Result<Action, ReconcileError> {
+    Pass::new(ctx, certificate).revoke_on_deletion().await?;
     ctx.forget_order(certificate);
     cleanup_all_solver_objects(ctx, certificate)
         .await
@@ -177,7 +180,10 @@ impl<'a> Pass<'a> {
         let action = match self.status.order.clone() {
             Some(order) => self.continue_order(crate::desired::order_progress(&order)).await,
             None => match self.read_certificate_secret().await {
-                Ok(secret) => self.decide(secret.as_deref()).await,
+                Ok(secret) => match revoke::pending_revocation(self.certificate) {
+                    Some(pending) => self.revoke_requested(secret.as_deref(), pending).await,
+                    None => self.decide(secret.as_deref()).await,
+                },
                 Err(error) => Err(error),
             },
         };

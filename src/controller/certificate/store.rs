@@ -18,6 +18,7 @@ impl Pass<'_> {
     pub(super) async fn store_certificate(
         &mut self,
         issuer: &IssuerInfo,
+        account: &crate::acme::AcmeAccount,
         chain_pem: &str,
         key: &PrivateKey,
         request: &CsrRequest,
@@ -78,6 +79,11 @@ impl Pass<'_> {
             }
             Some(current) => self.ctx.replace_secret(&self.namespace, &secret, current).await.map_err(writing)?,
         }
+        let replaced = current
+            .as_ref()
+            .filter(|c| secret_ownership(c, self.certificate).may_read())
+            .and_then(|c| parse_chain(&c.data.as_ref()?.get(crate::api::names::TLS_CRT)?.0).ok());
+        self.revoke_replaced(issuer, account, replaced.as_ref(), &chain).await;
         self.delete_next_key().await?;
         self.ctx.forget_order(self.certificate);
         self.clean_up_leftover_solver_objects().await;
