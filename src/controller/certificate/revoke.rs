@@ -244,6 +244,7 @@ mod tests {
         annotations.insert(ANNOTATION_REVOCATION_REASON.into(), "keyCompromise".into());
         let pending = pending_revocation(&certificate).expect("a new request");
         assert_eq!(pending.reason, Ok(RevocationReason::KeyCompromise));
+        let annotations = certificate.metadata.annotations.as_mut().unwrap();
         annotations.insert(ANNOTATION_REVOCATION_REASON.into(), "stolen".into());
         let problem = pending_revocation(&certificate).expect("a request").reason.unwrap_err();
         assert!(problem.contains(ANNOTATION_REVOCATION_REASON) && problem.contains("keyCompromise"), "{problem}");
