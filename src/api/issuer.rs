@@ -325,9 +325,19 @@ pub struct IssuerStatus {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AcmeIssuerStatus {
-    /// The account URI at the CA.
+    /// The account URI at the CA. With `keyThumbprint` and `server` it lets kacme (after a restart, or a
+    /// change of the key Secret that keeps the key) use the account without asking the CA; the CA's first
+    /// answer checks it, and an account the CA no longer knows is looked up or registered again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uri: Option<String>,
+    /// The RFC 7638 thumbprint of the account key that `uri` belongs to: a different key in the key Secret
+    /// is a different account, looked up (or registered) at the CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_thumbprint: Option<String>,
+    /// The ACME directory URL that `uri` belongs to: after a change of `spec.acme.server` the account is
+    /// looked up (or registered) at the new server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
     /// The email the account was registered with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_registered_email: Option<String>,

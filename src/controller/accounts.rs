@@ -4,16 +4,20 @@
 
 use super::Context;
 use crate::acme::{
-    AccountKey, AccountSpec, AcmeAccount, AcmeError, CaTrust, ExternalAccountBinding, Retry, decode_eab_hmac_key,
+    AccountKey, AccountOrigin, AccountRecord, AccountSpec, AcmeAccount, AcmeError, CaTrust, ExternalAccountBinding,
+    Retry, decode_eab_hmac_key,
 };
-use crate::api::names::{ANNOTATION_ACCOUNT_NAMESPACE, LABEL_MANAGED_BY, MANAGED_BY, TLS_KEY};
+use crate::api::names::{
+    ANNOTATION_ACCOUNT_KEY_THUMBPRINT, ANNOTATION_ACCOUNT_NAMESPACE, ANNOTATION_ACCOUNT_SERVER, ANNOTATION_ACCOUNT_URL,
+    LABEL_MANAGED_BY, MANAGED_BY, TLS_KEY,
+};
 use crate::api::{AcmeIssuer, ClusterIssuer, ConditionType, Issuer, IssuerKind, IssuerReason};
 use crate::kube_errors::is_conflict;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
-use kube::api::{Api, ObjectMeta, PostParams};
-use std::collections::{BTreeMap, HashMap};
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -44,6 +48,8 @@ pub struct IssuerInfo {
     /// Whether the issuer's Ready condition is True.
     pub ready: bool,
     pub generation: Option<i64>,
+    /// The issuer's own account as its status records it (URL, key thumbprint, server).
+    pub recorded_account: Option<AccountRecord>,
 }
 
 impl IssuerInfo {
@@ -56,6 +62,7 @@ impl IssuerInfo {
             policy: issuer.spec.policy.clone(),
             ready: is_ready(issuer.status.as_ref().map(|s| s.conditions.as_slice())),
             generation: issuer.metadata.generation,
+            recorded_account: recorded_account(issuer.status.as_ref()),
         })
     }
 
@@ -68,6 +75,7 @@ impl IssuerInfo {
             policy: issuer.spec.policy.clone(),
             ready: is_ready(issuer.status.as_ref().map(|s| s.conditions.as_slice())),
             generation: issuer.metadata.generation,
+            recorded_account: recorded_account(issuer.status.as_ref()),
         })
     }
 
@@ -108,6 +116,35 @@ impl IssuerInfo {
             (None, None) => IssuingTrust::Unknown,
         }
     }
+}
+
+/// The account an issuer's status records: all of URL, key thumbprint and server, or nothing.
+fn recorded_account(status: Option<&crate::api::IssuerStatus>) -> Option<AccountRecord> {
+    let acme = status?.acme.as_ref()?;
+    Some(AccountRecord {
+        url: acme.uri.clone()?,
+        key_thumbprint: acme.key_thumbprint.clone()?,
+        directory_url: acme.server.clone()?,
+    })
+}
+
+/// The account recorded on a namespace's account key Secret (see [`record_annotations`]).
+fn recorded_on_secret(secret: &Secret) -> Option<AccountRecord> {
+    let annotations = secret.metadata.annotations.as_ref()?;
+    Some(AccountRecord {
+        url: annotations.get(ANNOTATION_ACCOUNT_URL)?.clone(),
+        key_thumbprint: annotations.get(ANNOTATION_ACCOUNT_KEY_THUMBPRINT)?.clone(),
+        directory_url: annotations.get(ANNOTATION_ACCOUNT_SERVER)?.clone(),
+    })
+}
+
+/// The annotations that record `record` on a namespace's account key Secret.
+fn record_annotations(record: &AccountRecord) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (ANNOTATION_ACCOUNT_URL.to_string(), record.url.clone()),
+        (ANNOTATION_ACCOUNT_KEY_THUMBPRINT.to_string(), record.key_thumbprint.clone()),
+        (ANNOTATION_ACCOUNT_SERVER.to_string(), record.directory_url.clone()),
+    ])
 }
 
 /// What issued chains of an issuer must verify to.
@@ -175,10 +212,11 @@ struct CacheKey {
 }
 
 /// Registered accounts, by issuer and account; an entry is reused while the issuer's spec and key are
-/// unchanged.
+/// unchanged. Also the account URLs that the CA refused: those are not restored again.
 #[derive(Default)]
 pub struct AccountCache {
     entries: Mutex<HashMap<CacheKey, (String, AcmeAccount)>>,
+    distrusted: Mutex<HashSet<String>>,
 }
 
 impl AccountCache {
@@ -190,6 +228,24 @@ impl AccountCache {
     fn put(&self, key: CacheKey, fingerprint: String, account: AcmeAccount) {
         if let Ok(mut entries) = self.entries.lock() {
             entries.insert(key, (fingerprint, account));
+        }
+    }
+
+    /// Stops restoring the account at `url` from its record: the CA refused a request signed by it, so the
+    /// next use looks the key's account up (or registers it) instead.
+    pub fn distrust(&self, url: &str) {
+        if let Ok(mut distrusted) = self.distrusted.lock() {
+            distrusted.insert(url.to_string());
+        }
+    }
+
+    fn is_distrusted(&self, url: &str) -> bool {
+        self.distrusted.lock().map(|d| d.contains(url)).unwrap_or(false)
+    }
+
+    fn trust(&self, url: &str) {
+        if let Ok(mut distrusted) = self.distrusted.lock() {
+            distrusted.remove(url);
         }
     }
 
@@ -346,37 +402,52 @@ pub async fn ensure_account(
         },
         None => None,
     };
-    let fingerprint = format!(
-        "{}|{}",
-        serde_json::to_string(&issuer.acme).unwrap_or_default(),
-        stored.as_ref().and_then(|s| s.metadata.resource_version.clone()).unwrap_or_default()
-    );
+    // The key itself, not the Secret's version: a Secret change that keeps the key (a label, an annotation)
+    // keeps the account.
+    let fingerprint = |key: &AccountKey| {
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key.pem().as_bytes());
+        format!("{}|{}", serde_json::to_string(&issuer.acme).unwrap_or_default(), hex(digest.as_ref()))
+    };
     let cache_key = CacheKey {
         kind: issuer.kind,
         namespace: issuer.secret_namespace.clone(),
         name: issuer.name.clone(),
         account: location.clone(),
     };
-    if stored_key.is_some()
-        && let Some(account) = ctx.accounts.get(&cache_key, &fingerprint)
+    if let Some(key) = &stored_key
+        && let Some(account) = ctx.accounts.get(&cache_key, &fingerprint(key))
     {
         return Ok(account);
     }
 
     let spec = account_spec(ctx, issuer, location).await?;
-    let registration = AcmeAccount::register(&spec, stored_key.as_ref(), ctx.acme_observer.clone())
-        .await
-        .map_err(AccountError::Register)?;
+    // Where kacme recorded the account: the issuer's status for its own, the key Secret (kacme's own, checked
+    // above) for a namespace's.
+    let recorded = match &location.namespace {
+        None => issuer.recorded_account.clone(),
+        Some(_) => stored.as_deref().and_then(recorded_on_secret),
+    };
+    let record = recorded.clone().filter(|record| !ctx.accounts.is_distrusted(&record.url));
+    let registration =
+        AcmeAccount::load(&spec, stored_key.as_ref(), record.as_ref(), ctx.acme_observer.clone())
+            .await
+            .map_err(AccountError::Register)?;
+    let account = registration.account;
+    if account.origin() != AccountOrigin::Restored {
+        ctx.accounts.trust(account.uri());
+    }
     if registration.key_is_new {
+        let mut annotations = BTreeMap::new();
+        if let Some(namespace) = &location.namespace {
+            annotations.insert(ANNOTATION_ACCOUNT_NAMESPACE.to_string(), namespace.clone());
+            annotations.extend(record_annotations(&account.record()));
+        }
         let secret = Secret {
             metadata: ObjectMeta {
                 name: Some(location.key_secret.clone()),
                 namespace: Some(issuer.secret_namespace.clone()),
                 labels: Some(BTreeMap::from([(LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string())])),
-                annotations: location
-                    .namespace
-                    .as_ref()
-                    .map(|namespace| BTreeMap::from([(ANNOTATION_ACCOUNT_NAMESPACE.to_string(), namespace.clone())])),
+                annotations: (!annotations.is_empty()).then_some(annotations),
                 ..ObjectMeta::default()
             },
             type_: Some("Opaque".into()),
@@ -388,12 +459,40 @@ pub async fn ensure_account(
             // A conflict means someone created it meanwhile: use theirs next time, never overwrite it.
             Err(source) => return Err(AccountError::StoreKey { secret: secret_name, source }),
         }
-        // The new Secret has a resourceVersion we do not know yet: the next lookup registers once more
-        // with the stored key (a cheap call returning the same account) and caches it.
-        return Ok(registration.account);
+        ctx.accounts.put(cache_key, fingerprint(&registration.key), account.clone());
+        return Ok(account);
     }
-    ctx.accounts.put(cache_key, fingerprint, registration.account.clone());
-    Ok(registration.account)
+    if let (Some(namespace), Some(secret)) = (&location.namespace, &stored)
+        && recorded.as_ref() != Some(&account.record())
+    {
+        record_on_secret(ctx, issuer, secret, namespace, &account).await;
+    }
+    ctx.accounts.put(cache_key, fingerprint(&registration.key), account.clone());
+    Ok(account)
+}
+
+/// Records a namespace's account on its key Secret, which kacme created for that namespace (the caller checked
+/// its annotation), so that a restarted operator uses the account without asking the CA. A failure costs only
+/// a lookup after the next restart: it is logged, not returned.
+async fn record_on_secret(ctx: &Context, issuer: &IssuerInfo, secret: &Secret, namespace: &str, account: &AcmeAccount) {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &issuer.secret_namespace);
+    let patch = serde_json::json!({
+        "metadata": {
+            "annotations": record_annotations(&account.record()),
+            // Patch only the Secret that was read: never one that replaced it meanwhile.
+            "resourceVersion": secret.metadata.resource_version,
+        }
+    });
+    let params = PatchParams { field_manager: Some(super::FIELD_MANAGER.into()), ..Default::default() };
+    match secrets.patch(&secret.name_any(), &params, &Patch::Merge(&patch)).await {
+        Ok(patched) => ctx.remember_created_secret(&issuer.secret_namespace, &patched),
+        Err(error) => tracing::warn!(%error, namespace, "recording the namespace's ACME account on its key Secret failed"),
+    }
+}
+
+/// Lowercase hex.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Checks that `server` is an https URL with a host that the HTTP client accepts as it is (CEL's `isURL`
@@ -533,6 +632,7 @@ mod tests {
             policy: None,
             ready: false,
             generation: Some(1),
+            recorded_account: None,
         }
     }
 

@@ -71,8 +71,11 @@ async fn account_status(
                 info.generation,
                 now,
             );
+            let record = account.record();
             status.acme = Some(AcmeIssuerStatus {
-                uri: Some(account.uri().to_string()),
+                uri: Some(record.url),
+                key_thumbprint: Some(record.key_thumbprint),
+                server: Some(record.directory_url),
                 last_registered_email: info.acme.email.clone(),
             });
             (status, Action::requeue(RECHECK_READY))
