@@ -4,8 +4,8 @@ use super::error::AcmeError;
 use super::error::{DEFAULT_RETRY_DELAY, Retry};
 use super::http::{CaTrust, MeteredHttp, SharedHttp, check_account_url};
 use super::lifetime::LifetimeOrders;
-use super::observe::{AcmeAction, AcmeObserver, labelled};
 use super::new_account::{AccountKeyPair, NewAccountRequest, send_new_account};
+use super::observe::{AcmeAction, AcmeObserver, labelled};
 use instant_acme::{Account, ExternalAccountKey, NewAccount};
 use rustls_pki_types::PrivatePkcs8KeyDer;
 use std::sync::Arc;
@@ -220,7 +220,8 @@ impl AcmeAccount {
                         let contact: Vec<String> = contact.iter().cloned().collect();
                         let external_account =
                             spec.external_account.as_ref().map(|e| (e.key_id.as_str(), e.hmac_key.as_slice()));
-                        let lookup = NewAccountRequest { contact: &contact, only_return_existing: true, external_account };
+                        let lookup =
+                            NewAccountRequest { contact: &contact, only_return_existing: true, external_account };
                         let found =
                             labelled(AcmeAction::Account, send_new_account(&http, &spec.directory_url, &pair, &lookup))
                                 .await;

@@ -36,7 +36,8 @@ mod order;
 mod selfcheck;
 
 pub use account::{
-    AccountKey, AccountOrigin, AccountRecord, AccountSpec, AcmeAccount, ExternalAccountBinding, Registration, decode_eab_hmac_key,
+    AccountKey, AccountOrigin, AccountRecord, AccountSpec, AcmeAccount, ExternalAccountBinding, Registration,
+    decode_eab_hmac_key,
 };
 pub use challenge::{CHALLENGE_PATH_PREFIX, Http01Challenge, check_challenge, check_identifier, check_token};
 pub use error::{AcmeError, DEFAULT_RETRY_DELAY, PROBLEM_PREFIX, ProblemDetail, Retry};

@@ -254,10 +254,8 @@ mod tests {
             NewAccountRequest { contact: &[], only_return_existing: false, external_account: Some(("kid-1", b"k")) };
         let payload = new_account_payload(&key, "https://ca.test/new-account", &registration).unwrap();
         let binding = &payload["externalAccountBinding"];
-        let protected: Value = serde_json::from_slice(
-            &URL_SAFE_NO_PAD.decode(binding["protected"].as_str().unwrap()).unwrap(),
-        )
-        .unwrap();
+        let protected: Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(binding["protected"].as_str().unwrap()).unwrap()).unwrap();
         assert_eq!(protected, json!({"alg": "HS256", "kid": "kid-1", "url": "https://ca.test/new-account"}));
         let jwk = URL_SAFE_NO_PAD.decode(binding["payload"].as_str().unwrap()).unwrap();
         assert_eq!(String::from_utf8(jwk).unwrap(), key.jwk);

@@ -428,10 +428,9 @@ pub async fn ensure_account(
         Some(_) => stored.as_deref().and_then(recorded_on_secret),
     };
     let record = recorded.clone().filter(|record| !ctx.accounts.is_distrusted(&record.url));
-    let registration =
-        AcmeAccount::load(&spec, stored_key.as_ref(), record.as_ref(), ctx.acme_observer.clone())
-            .await
-            .map_err(AccountError::Register)?;
+    let registration = AcmeAccount::load(&spec, stored_key.as_ref(), record.as_ref(), ctx.acme_observer.clone())
+        .await
+        .map_err(AccountError::Register)?;
     let account = registration.account;
     if account.origin() != AccountOrigin::Restored {
         ctx.accounts.trust(account.uri());
@@ -486,7 +485,9 @@ async fn record_on_secret(ctx: &Context, issuer: &IssuerInfo, secret: &Secret, n
     let params = PatchParams { field_manager: Some(super::FIELD_MANAGER.into()), ..Default::default() };
     match secrets.patch(&secret.name_any(), &params, &Patch::Merge(&patch)).await {
         Ok(patched) => ctx.remember_created_secret(&issuer.secret_namespace, &patched),
-        Err(error) => tracing::warn!(%error, namespace, "recording the namespace's ACME account on its key Secret failed"),
+        Err(error) => {
+            tracing::warn!(%error, namespace, "recording the namespace's ACME account on its key Secret failed")
+        }
     }
 }
 
@@ -697,5 +698,150 @@ mod tests {
                 assert!(error.to_string().contains(server), "{error}");
             }
         }
+    }
+
+    // --- Accounts across restarts, with the real reconcilers over the fake apiserver and CA ---------------
+
+    use crate::acme::fake::{Endpoint, FakeAcme};
+    use crate::controller::testing::{ACCOUNT_KEY_SECRET, IssuanceHarness, NAMESPACE, ready_cluster_issuer_at};
+    use std::sync::Arc;
+
+    const MAX_PASSES: usize = 12;
+
+    /// Runs the Issuer reconciler once over the Issuer as the fake apiserver holds it; returns its status.
+    async fn reconcile_the_issuer(harness: &mut IssuanceHarness) -> crate::api::IssuerStatus {
+        harness.sync_caches();
+        harness.ctx.retry_gate.release_all();
+        let issuer: Issuer = harness.apiserver.get(NAMESPACE, "ca").expect("the Issuer");
+        super::super::issuer::reconcile_issuer(Arc::new(issuer), harness.ctx.clone()).await.expect("reconciled");
+        let issuer: Issuer = harness.apiserver.get(NAMESPACE, "ca").expect("the Issuer");
+        let status = issuer.status.expect("a status");
+        assert!(is_ready(Some(&status.conditions)), "{status:#?}");
+        status
+    }
+
+    /// Edits the account key Secret's metadata as a person would (the key stays).
+    fn label_the_key_secret(harness: &IssuanceHarness, namespace: &str, name: &str) {
+        let mut secret: Secret = harness.apiserver.get(namespace, name).expect("the key Secret");
+        secret.metadata.labels.get_or_insert_with(BTreeMap::new).insert("team".into(), "payments".into());
+        harness.apiserver.put(&secret);
+    }
+
+    fn new_accounts(ca: &FakeAcme) -> u64 {
+        ca.requests(Endpoint::NewAccount)
+    }
+
+    #[tokio::test]
+    async fn an_issuer_keeps_its_account_across_restarts_and_key_secret_edits_without_asking_the_ca() {
+        let mut harness = IssuanceHarness::ready_to_issue().await;
+        let first = reconcile_the_issuer(&mut harness).await;
+        let recorded = first.acme.clone().expect("the account in status");
+        assert!(recorded.key_thumbprint.is_some() && recorded.server.as_deref() == Some(&*harness.ca.directory_url()));
+        assert_eq!(new_accounts(&harness.ca), 1, "registered once");
+
+        // (case, what happens before the operator looks again)
+        for case in ["a restart", "a label on the key Secret", "a label and a restart"] {
+            if case.contains("label") {
+                label_the_key_secret(&harness, NAMESPACE, ACCOUNT_KEY_SECRET);
+            }
+            if case.contains("restart") {
+                harness.restart();
+            }
+            let status = reconcile_the_issuer(&mut harness).await;
+            assert_eq!(status.acme, first.acme, "{case}");
+            assert_eq!(new_accounts(&harness.ca), 1, "{case}: no newAccount");
+        }
+        // The Certificate reconciler of a restarted operator uses the recorded account too, and issues.
+        harness.restart();
+        harness.run_until_ready(MAX_PASSES).await;
+        assert_eq!(new_accounts(&harness.ca), 1, "no newAccount for the Certificate either");
+        assert_eq!(harness.ca.accounts_created(), 1);
+        assert!(harness.stored_key_matches_certificate());
+    }
+
+    #[tokio::test]
+    async fn a_recorded_account_the_ca_no_longer_knows_is_registered_again_without_failing_the_certificate() {
+        let mut harness = IssuanceHarness::ready_to_issue().await;
+        let first = reconcile_the_issuer(&mut harness).await.acme.expect("the account in status");
+        harness.ca.forget_accounts();
+        harness.restart();
+
+        harness.run_until_ready(MAX_PASSES).await;
+
+        // Restored (no request), refused at the first order, then one lookup and one registration.
+        assert_eq!(new_accounts(&harness.ca), 3, "the first registration, a lookup and the new registration");
+        assert_eq!(harness.ca.accounts_created(), 2);
+        let status = harness.certificate().status.expect("a status");
+        assert_eq!(status.failed_issuance_attempts, None, "the stale account is not the Certificate's failure");
+        // The Issuer records the new account; a restart then restores that one.
+        let second = reconcile_the_issuer(&mut harness).await.acme.expect("the account in status");
+        assert_ne!(second.uri, first.uri);
+        assert_eq!(second.key_thumbprint, first.key_thumbprint, "the same key");
+        harness.restart();
+        reconcile_the_issuer(&mut harness).await;
+        assert_eq!(new_accounts(&harness.ca), 3);
+    }
+
+    #[tokio::test]
+    async fn a_replaced_key_is_a_new_account_and_never_gets_the_old_url() {
+        let mut harness = IssuanceHarness::ready_to_issue().await;
+        let first = reconcile_the_issuer(&mut harness).await.acme.expect("the account in status");
+        // Someone puts another account key into the Secret (for example a restored backup).
+        let other_key = FakeAcme::start().await.register_account().await.1;
+        let mut secret: Secret = harness.apiserver.get(NAMESPACE, ACCOUNT_KEY_SECRET).expect("the key Secret");
+        secret.data = Some(BTreeMap::from([(TLS_KEY.to_string(), ByteString(other_key.pem().as_bytes().to_vec()))]));
+        harness.apiserver.put(&secret);
+        harness.restart();
+
+        let second = reconcile_the_issuer(&mut harness).await.acme.expect("the account in status");
+
+        assert_ne!(second.key_thumbprint, first.key_thumbprint);
+        assert_ne!(second.uri, first.uri);
+        assert_eq!(new_accounts(&harness.ca), 3, "a lookup, then a registration of the new key");
+        assert_eq!(harness.ca.accounts_created(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_namespace_account_is_recorded_on_its_key_secret_and_restored_from_it() {
+        let mut harness = IssuanceHarness::start().await;
+        let mut cluster_issuer = ready_cluster_issuer_at("corp", &harness.ca);
+        cluster_issuer.spec.acme.account_per_namespace = Some(true);
+        harness.apiserver.put(&cluster_issuer);
+        let info = IssuerInfo::from_cluster_issuer(&cluster_issuer, "kacme-system").expect("an issuer");
+        let location = info.account_for(NAMESPACE);
+        let ensure = |harness: &IssuanceHarness| {
+            let (ctx, info, location) = (harness.ctx.clone(), info.clone(), location.clone());
+            async move { ensure_account(&ctx, &info, &location).await.expect("the namespace's account") }
+        };
+
+        let account = ensure(&harness).await;
+        let secret: Secret = harness.apiserver.get("kacme-system", &location.key_secret).expect("the key Secret");
+        assert_eq!(recorded_on_secret(&secret), Some(account.record()), "recorded when the Secret is created");
+
+        for case in ["a restart", "a label on the key Secret and a restart"] {
+            if case.contains("label") {
+                label_the_key_secret(&harness, "kacme-system", &location.key_secret);
+            }
+            harness.restart();
+            harness.sync_caches();
+            let again = ensure(&harness).await;
+            assert_eq!(again.uri(), account.uri(), "{case}");
+            assert_eq!(new_accounts(&harness.ca), 1, "{case}: no newAccount");
+        }
+
+        // A key Secret from before the record (an older kacme): one lookup, then the record is added.
+        let mut secret: Secret = harness.apiserver.get("kacme-system", &location.key_secret).expect("the key Secret");
+        secret.metadata.annotations.as_mut().expect("annotations").remove(ANNOTATION_ACCOUNT_URL);
+        harness.apiserver.put(&secret);
+        harness.restart();
+        harness.sync_caches();
+        ensure(&harness).await;
+        assert_eq!(new_accounts(&harness.ca), 2, "one lookup");
+        let secret: Secret = harness.apiserver.get("kacme-system", &location.key_secret).expect("the key Secret");
+        assert_eq!(recorded_on_secret(&secret), Some(account.record()), "recorded again");
+        harness.restart();
+        harness.sync_caches();
+        ensure(&harness).await;
+        assert_eq!(new_accounts(&harness.ca), 2);
     }
 }

@@ -3,8 +3,9 @@
 
 use super::{Endpoint, FakeAcme, Fault, MemorySolver, Validation};
 use crate::acme::{
-    AccountOrigin, AccountRecord, AccountSpec, AcmeAccount, AcmeError, Advance, AdvanceOptions, AuthorizationStep, ExternalAccountBinding,
-    IssueOptions, NoObserver, OrderProgress, OrderSession, OrderState, Retry, issue, issue_with,
+    AccountOrigin, AccountRecord, AccountSpec, AcmeAccount, AcmeError, Advance, AdvanceOptions, AuthorizationStep,
+    ExternalAccountBinding, IssueOptions, NoObserver, OrderProgress, OrderSession, OrderState, Retry, issue,
+    issue_with,
 };
 use crate::api::{KeyAlgorithm, KeyEncoding, KeyUsage};
 use crate::pki::{

@@ -18,7 +18,9 @@ const RESTORED_ACCOUNT_REFUSED_RETRY: std::time::Duration = std::time::Duration:
 /// record and so never checked) it says the request is not authorized, other than for the lifetime asked.
 fn refuses_account(error: &AcmeError, account: &AcmeAccount) -> bool {
     error.is_problem("accountDoesNotExist")
-        || (account.origin() == AccountOrigin::Restored && error.is_problem("unauthorized") && !error.refuses_lifetime())
+        || (account.origin() == AccountOrigin::Restored
+            && error.is_problem("unauthorized")
+            && !error.refuses_lifetime())
 }
 
 /// Why an issuance attempt failed for good; the message is shown in the conditions and the Event.
