@@ -216,29 +216,7 @@ impl AcmeAccount {
                     .filter(|r| check_account_url(&spec.directory_url, &r.url).is_ok());
                 let (url, origin) = match recorded {
                     Some(record) => (record.url.clone(), AccountOrigin::Restored),
-                    None => {
-                        let contact: Vec<String> = contact.iter().cloned().collect();
-                        let external_account =
-                            spec.external_account.as_ref().map(|e| (e.key_id.as_str(), e.hmac_key.as_slice()));
-                        let lookup =
-                            NewAccountRequest { contact: &contact, only_return_existing: true, external_account };
-                        let found =
-                            labelled(AcmeAction::Account, send_new_account(&http, &spec.directory_url, &pair, &lookup))
-                                .await;
-                        match found {
-                            Ok(url) => (url, AccountOrigin::Found),
-                            Err(error) if error.is_problem("accountDoesNotExist") => {
-                                let registration = NewAccountRequest { only_return_existing: false, ..lookup };
-                                let url = labelled(
-                                    AcmeAction::Account,
-                                    send_new_account(&http, &spec.directory_url, &pair, &registration),
-                                )
-                                .await?;
-                                (url, AccountOrigin::Registered)
-                            }
-                            Err(error) => return Err(error),
-                        }
-                    }
+                    None => look_up_or_register(spec, &http, &pair).await?,
                 };
                 let pkcs8 = der.secret_pkcs8_der().to_vec();
                 let account = labelled(AcmeAction::Account, builder.from_parts(url, der, spec.directory_url.clone()))
@@ -292,5 +270,37 @@ impl AcmeAccount {
     /// The key authorization of an HTTP-01 token for this account.
     pub fn key_authorization(&self, token: &str) -> String {
         format!("{token}.{}", self.inner.key_thumbprint())
+    }
+}
+
+/// The account of a stored key that kacme has no usable record of: looked up (newAccount with
+/// `onlyReturnExisting`), and registered (terms agreed, contact, EAB) when the CA does not know the key.
+async fn look_up_or_register(
+    spec: &AccountSpec,
+    http: &SharedHttp,
+    key: &AccountKeyPair,
+) -> Result<(String, AccountOrigin), AcmeError> {
+    let contact: Vec<String> = spec.email.iter().map(|e| format!("mailto:{e}")).collect();
+    let external_account = spec.external_account.as_ref().map(|e| (e.key_id.as_str(), e.hmac_key.as_slice()));
+    let lookup = NewAccountRequest { contact: &contact, only_return_existing: true, external_account };
+    // Some CAs refuse a lookup without the contact ("contact information is missing"), others one with it
+    // (step-ca: "onlyReturnExisting must be alone"): the contact first, then without it when the CA calls
+    // the first malformed.
+    let found = match labelled(AcmeAction::Account, send_new_account(http, &spec.directory_url, key, &lookup)).await {
+        Err(error) if error.is_problem("malformed") && !contact.is_empty() => {
+            let alone = NewAccountRequest { contact: &[], ..lookup };
+            labelled(AcmeAction::Account, send_new_account(http, &spec.directory_url, key, &alone)).await
+        }
+        found => found,
+    };
+    match found {
+        Ok(url) => Ok((url, AccountOrigin::Found)),
+        Err(error) if error.is_problem("accountDoesNotExist") => {
+            let registration = NewAccountRequest { only_return_existing: false, ..lookup };
+            let url =
+                labelled(AcmeAction::Account, send_new_account(http, &spec.directory_url, key, &registration)).await?;
+            Ok((url, AccountOrigin::Registered))
+        }
+        Err(error) => Err(error),
     }
 }

@@ -379,6 +379,12 @@ impl FakeAcme {
         self.state().settings.lookup_needs_contact = true;
     }
 
+    /// Refuses account lookups (newAccount with `onlyReturnExisting`) that carry a contact, answering
+    /// "onlyReturnExisting must be alone" as step-ca does.
+    pub(crate) fn refuse_lookups_with_contact(&self) {
+        self.state().settings.lookup_must_be_alone = true;
+    }
+
     /// The lifetime of certificates issued from now on (24 hours by default, as step-ca).
     pub(crate) fn set_certificate_validity(&self, validity: Duration) {
         self.state().settings.certificate_validity = validity;
@@ -523,6 +529,8 @@ struct Settings {
     signing_polls: u32,
     /// Refuse newAccount with `onlyReturnExisting` but no contact, as some CAs do.
     lookup_needs_contact: bool,
+    /// Refuse newAccount with `onlyReturnExisting` and a contact, as step-ca does.
+    lookup_must_be_alone: bool,
 }
 
 #[derive(Default)]
@@ -686,6 +694,7 @@ impl State {
                 max_lifetime: None,
                 signing_polls: 0,
                 lookup_needs_contact: false,
+                lookup_must_be_alone: false,
             },
             observed: Observed::default(),
             faults: Vec::new(),
@@ -1010,6 +1019,9 @@ impl Shared {
         let no_contact = payload.get("contact").and_then(Value::as_array).is_none_or(Vec::is_empty);
         if lookup && no_contact && state.settings.lookup_needs_contact {
             return Err(Problem::malformed("contact information is missing"));
+        }
+        if lookup && !no_contact && state.settings.lookup_must_be_alone {
+            return Err(Problem::malformed("incompatible input; onlyReturnExisting must be alone"));
         }
         if let Some((id, account)) = state.accounts.iter().find(|(_, a)| a.thumbprint == thumbprint) {
             let reply = Reply::json(200, &self.account_json(account));

@@ -794,6 +794,22 @@ async fn a_lookup_carries_the_contact_for_a_ca_that_refuses_lookups_without_one(
 }
 
 #[tokio::test]
+async fn a_lookup_is_sent_again_without_the_contact_to_a_ca_that_wants_it_alone() {
+    let fake = FakeAcme::start().await;
+    fake.refuse_lookups_with_contact();
+    let registration =
+        AcmeAccount::register(&spec_with_email(&fake), None, Arc::new(NoObserver)).await.expect("registered");
+
+    let found = AcmeAccount::register(&spec_with_email(&fake), Some(&registration.key), Arc::new(NoObserver))
+        .await
+        .expect("the lookup without the contact is answered");
+
+    assert_eq!(found.account.uri(), registration.account.uri());
+    assert_eq!(found.account.origin(), AccountOrigin::Found);
+    assert_eq!(fake.requests(Endpoint::NewAccount), 3, "the registration, the lookup with contact, the one without");
+}
+
+#[tokio::test]
 async fn a_stored_key_the_ca_does_not_know_registers_with_the_contact_and_the_binding() {
     let fake = FakeAcme::start().await;
     let binding =
