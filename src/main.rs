@@ -97,10 +97,18 @@ struct ControllerArgs {
     /// off unless set.
     #[arg(long, value_parser = parse_duration)]
     self_check_deadline: Option<Duration>,
-    /// How long the solver objects of a challenge (Pod, Service, Ingress) may take to serve it; after this
-    /// long the attempt fails (naming the solver Pod and why it is not ready) and backs off.
-    #[arg(long, default_value = "5m", value_parser = parse_duration)]
-    solver_deadline: Duration,
+    /// How long each authorization of an order may take, from the first presentation of its challenge, to
+    /// become valid: its solver objects (Pod, Service, Ingress) serving the challenge, and the CA validating
+    /// it (a CA that cannot reach the route yet is asked again on the same order, after 1 s, 2 s, 4 s ... up
+    /// to 10 s). After this long the order is given up, naming the identifier, how long it waited and what
+    /// the solver or the CA last said, and the attempt backs off. `--solver-deadline` is an alias.
+    #[arg(long, alias = "solver-deadline", default_value = "5m", value_parser = parse_duration)]
+    authorization_deadline: Duration,
+    /// At CAs that offer ACME Renewal Information (RFC 9773), ask for each certificate's renewal window
+    /// when the CA's Retry-After says, but at least this often (and at most once a minute). A CA that moves
+    /// a window (after an incident, say) is noticed within this long.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    renewal_info_max_interval: Duration,
     /// /healthz fails (and the kubelet restarts the operator) when a controller loop with reconciles in
     /// flight has finished none for this long. Keep it well above the longest reconcile (ACME requests
     /// time out after 30 s; a pass makes a few). An idle operator, or a standby, is always healthy.
@@ -290,7 +298,8 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     config.per_issuer_concurrency = args.issuer_concurrency;
     config.backoff = kacme::decision::BackoffPolicy { initial: args.backoff_initial, max: args.backoff_max };
     config.renewal_jitter = args.renewal_jitter;
-    config.solver_deadline = args.solver_deadline;
+    config.renewal_info_max_interval = args.renewal_info_max_interval.max(Duration::from_secs(1));
+    config.authorization_deadline = args.authorization_deadline;
     config.self_check =
         args.self_check_deadline.map(|deadline| kacme::acme::SelfCheck { deadline, ..Default::default() });
     config.solver_templates = solver_templates;

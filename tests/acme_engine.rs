@@ -6,7 +6,7 @@ mod common;
 use common::challenge_server::ChallengeServer;
 use kacme::acme::{
     AccountKey, AccountSpec, AcmeAccount, AcmeAction, Advance, AdvanceOptions, CaTrust, ExternalAccountBinding,
-    IssueOptions, OrderSession, RequestCounter, Retry, decode_eab_hmac_key, issue, issue_with,
+    IssueOptions, OrderOptions, OrderSession, RequestCounter, Retry, decode_eab_hmac_key, issue, issue_with,
 };
 use kacme::api::{KeyAlgorithm, KeyEncoding, KeyUsage};
 use kacme::pki::{
@@ -174,7 +174,9 @@ async fn a_new_engine_resumes_an_order_by_url_instead_of_ordering_again() {
         let key = key(KeyAlgorithm::Ecdsa, 256);
         let csr = build_csr(&request, &key).unwrap();
         let mut session = loop {
-            match OrderSession::create(&account, &request.dns_names, &request.ip_addresses, None).await {
+            match OrderSession::create(&account, &request.dns_names, &request.ip_addresses, &OrderOptions::default())
+                .await
+            {
                 Ok(session) => break session,
                 Err(e) if e.retry == Retry::Immediately => continue,
                 Err(e) => panic!("{e}"),
@@ -230,7 +232,8 @@ async fn a_stopped_ca_gives_a_retryable_error() {
     let account_spec = spec(pebble.directory_url(), pebble.listener_root_pem());
     let (account, key) = register(&account_spec, &counter).await;
     drop(pebble);
-    let error = OrderSession::create(&account, &["down.example.test".into()], &[], None).await.unwrap_err();
+    let error =
+        OrderSession::create(&account, &["down.example.test".into()], &[], &OrderOptions::default()).await.unwrap_err();
     assert!(matches!(error.retry, Retry::After(_)), "{error}");
     let error = AcmeAccount::register(&account_spec, Some(&key), counter.clone()).await.unwrap_err();
     assert!(matches!(error.retry, Retry::After(_)), "{error}");
@@ -308,7 +311,8 @@ async fn a_wildcard_name_is_refused_before_any_order() {
     let counter = Arc::new(RequestCounter::default());
     let (account, _) = register(&spec(step_ca.directory_url(), step_ca.root_pem()), &counter).await;
     let orders_before = counter.count(AcmeAction::Order);
-    let error = OrderSession::create(&account, &["*.example.test".into()], &[], None).await.unwrap_err();
+    let error =
+        OrderSession::create(&account, &["*.example.test".into()], &[], &OrderOptions::default()).await.unwrap_err();
     assert_eq!(error.retry, Retry::Never);
     assert!(error.to_string().contains("wildcard"), "{error}");
     assert_eq!(counter.count(AcmeAction::Order), orders_before, "no order was placed");
@@ -333,7 +337,7 @@ async fn a_stored_key_is_looked_up_and_an_unknown_one_registered(account_spec: A
     assert_eq!(registered.account.origin(), kacme::acme::AccountOrigin::Registered);
     assert_ne!(registered.account.uri(), account.uri());
     // And it orders: the CA accepts what the account signs.
-    OrderSession::create(&registered.account, &["looked-up.example.test".into()], &[], None)
+    OrderSession::create(&registered.account, &["looked-up.example.test".into()], &[], &OrderOptions::default())
         .await
         .unwrap_or_else(|e| panic!("an order with the registered account: {e}\n{}", log()));
 }

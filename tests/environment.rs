@@ -291,6 +291,8 @@ enum Field {
     Usage,
     /// `kacme.dev/issuer` and `spec.issuerRef.name`.
     IssuerName,
+    /// `kacme.dev/profile` and `spec.profile`.
+    Profile,
 }
 
 /// Whether kacme's annotation parser accepts `value` for `field`.
@@ -308,6 +310,7 @@ fn annotation_accepts(field: Field, value: &str) -> Result<(), String> {
         Field::Algorithm => parse_issuance(&with_issuer(ANNOTATION_PRIVATE_KEY_ALGORITHM)).map(drop),
         Field::Usage => parse_usages(&with_issuer(ANNOTATION_USAGES)).map(drop),
         Field::IssuerName => parse_issuance(&with_issuer(ANNOTATION_ISSUER)).map(drop),
+        Field::Profile => parse_issuance(&with_issuer(ANNOTATION_PROFILE)).map(drop),
     };
     result.map_err(|e| e.to_string())
 }
@@ -322,6 +325,7 @@ fn specs_with(field: Field, value: &str) -> Vec<Value> {
         Field::Algorithm => vec![json!({"privateKey": {"algorithm": value, "size": null}})],
         Field::Usage => vec![json!({"usages": [value]})],
         Field::IssuerName => vec![json!({"issuerRef": {"name": value}})],
+        Field::Profile => vec![json!({"profile": value})],
     };
     changes.iter().map(|change| merged(&base, change)).collect()
 }
@@ -411,10 +415,13 @@ async fn annotations_accept_exactly_the_values_the_certificate_fields_admit() {
                 vec!["server auth", "client auth", "timestamping", "ocsp signing", "Server Auth", "serverAuth"],
             ),
             (Field::IssuerName, vec!["ca", "corp-ca.v2", "CA", "ca_1", "-ca", "ca.", "a.b"]),
+            (Field::Profile, vec!["shortlived", "tlsserver", "a/b.c_d-e", "with space", "é", "", "tab\tx", "~!"]),
         ]
         .into_iter()
         .flat_map(|(field, values)| values.into_iter().map(move |v| (field, v.to_string())))
         .chain([
+            (Field::Profile, "p".repeat(64)),
+            (Field::Profile, "p".repeat(65)),
             (Field::Names, label(63) + ".test"),
             (Field::Names, label(64) + ".test"),
             (Field::Names, longest_name.clone()),

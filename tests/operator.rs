@@ -343,3 +343,37 @@ async fn pebble_issues_the_lifetime_asked_for() {
     let ends_in = leaf.not_after.as_second() - asked_at.as_second();
     assert!((2 * 3600 - 120..=2 * 3600 + 120).contains(&ends_in), "ends {ends_in}s after the ask, not 2h");
 }
+
+/// How long an ingress controller takes to program a new rule in the late-route test.
+const LATE_ROUTE: Duration = Duration::from_secs(5);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn step_ca_a_route_that_serves_seconds_late_is_validated_on_the_same_order() {
+    let env = OperatorEnv::with_step_ca(StepCaOptions::default()).await.unwrap();
+    env.stand_in.as_ref().expect("the solver stand-in").program_ingresses_after(LATE_ROUTE);
+    env.apply(&env.issuer_yaml("apps", "ca")).await.unwrap();
+    let started = Instant::now();
+    env.apply(&certificate_yaml("late", "ca", &["late.example.test"], "")).await.unwrap();
+
+    // step-ca sees 404 until the stand-in routes the solver's Ingress; kacme asks again on the same order.
+    let certificate = env.wait_ready("apps", "late", Duration::from_secs(120)).await.unwrap();
+    let elapsed = started.elapsed();
+
+    check_secret(&env, "late", &["late.example.test"]).await;
+    let events = env.event_reasons("apps", "late").await.unwrap();
+    let orders = events.iter().filter(|e| *e == "OrderCreated").count();
+    assert_eq!(orders, 1, "one order only: {events:?}");
+    assert!(!events.iter().any(|e| e == "Failed"), "no failed attempt: {events:?}");
+    let status = certificate.status.unwrap();
+    assert_eq!((status.revision, status.failed_issuance_attempts), (Some(1), None));
+    let log = env.operator_log();
+    let asked_again = log.matches("the CA left the challenge pending; asking again").count();
+    assert!(asked_again >= 1, "the route was late, so step-ca was asked again:\n{}", env.operator_log());
+    eprintln!(
+        "step-ca: a route {}s late -> Ready {:.1}s after apply, on one order, after {asked_again} validations that \
+         failed",
+        LATE_ROUTE.as_secs(),
+        elapsed.as_secs_f64()
+    );
+    env.wait_no_solver_objects("apps").await.unwrap();
+}

@@ -315,6 +315,16 @@ impl FakeAcme {
         self.state().settings.synchronous_validation = synchronous;
     }
 
+    /// Answers a challenge POST whose [`Validation::Check`] fails as step-ca does for a route that refuses
+    /// connections or answers an HTTP error: synchronously, leaving the challenge `pending` with a
+    /// `connection` problem (the authorization and the order stay pending), so that the client may POST it
+    /// again; a later POST that validates makes it valid. [`Validation::Invalid`] still invalidates the
+    /// challenge at once, as step-ca does for a route that answers something other than the key
+    /// authorization.
+    pub(crate) fn leave_failed_challenges_pending(&self, leave: bool) {
+        self.state().settings.leave_failed_challenges_pending = leave;
+    }
+
     /// Answers the next `times` requests to `endpoint` with `fault`, before looking at them (nothing
     /// changes, the nonce is not used). Faults queue up in the order they were added.
     pub(crate) fn fail_next(&self, endpoint: Endpoint, fault: Fault, times: u32) {
@@ -518,6 +528,7 @@ struct ScheduledFault {
 struct Settings {
     validation: Validation,
     synchronous_validation: bool,
+    leave_failed_challenges_pending: bool,
     bad_nonce_percent: u8,
     reuse_authorizations: bool,
     /// `Some` when new accounts need an External Account Binding by one of these keys.
@@ -685,6 +696,7 @@ impl State {
             settings: Settings {
                 validation: Validation::Valid,
                 synchronous_validation: false,
+                leave_failed_challenges_pending: false,
                 bad_nonce_percent: 0,
                 reuse_authorizations: false,
                 external_accounts: None,
@@ -789,6 +801,7 @@ fn settle(authorization: &mut Authorization, outcome: Result<(), String>) {
         Ok(()) => {
             authorization.status = Status::Valid;
             authorization.challenge_status = Status::Valid;
+            authorization.challenge_error = None;
             authorization.validated = Some(jiff::Timestamp::now().to_string());
         }
         Err(detail) => {
@@ -866,12 +879,22 @@ impl Shared {
     /// The second pass of a challenge POST, once its validation was decided without the lock.
     fn finish_challenge_post(&self, validate: PendingValidation, outcome: Result<(), String>, polls: u32) -> Finished {
         let mut state = lock(&self.state);
-        let synchronous = state.settings.synchronous_validation;
+        // step-ca validates within the challenge POST.
+        let synchronous = state.settings.synchronous_validation || state.settings.leave_failed_challenges_pending;
+        let leave_pending = state.settings.leave_failed_challenges_pending
+            && matches!(validate.policy, Validation::Check(_) | Validation::Valid);
         let reply = match state.authorizations.get_mut(&validate.authorization) {
             None => Reply::problem(&Problem::not_found("challenge")),
             Some(authorization) => {
                 // Another request may have started this validation meanwhile: the first one decides.
-                if authorization.challenge_status == Status::Pending {
+                if authorization.challenge_status == Status::Pending
+                    && leave_pending
+                    && let Err(detail) = &outcome
+                {
+                    authorization.challenge_error = Some(Problem::new(400, "connection", detail.clone()).document());
+                } else if authorization.challenge_status == Status::Pending && leave_pending {
+                    settle(authorization, outcome);
+                } else if authorization.challenge_status == Status::Pending {
                     authorization.challenge_status = Status::Processing;
                     match (synchronous, polls) {
                         (true, 0) => settle(authorization, outcome),

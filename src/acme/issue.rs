@@ -4,7 +4,7 @@
 use super::account::AcmeAccount;
 use super::error::{AcmeError, Retry};
 use super::observe::AcmeAction;
-use super::order::{Advance, AdvanceOptions, ChallengeSolver, OrderSession};
+use super::order::{Advance, AdvanceOptions, ChallengeSolver, OrderOptions, OrderSession};
 use crate::pki::{CsrRequest, PrivateKey, build_csr};
 use std::time::{Duration, Instant};
 
@@ -42,9 +42,11 @@ pub async fn issue<S: ChallengeSolver>(
     options: &IssueOptions,
 ) -> Result<Issued, AcmeError> {
     let started = Instant::now();
-    let session =
-        retrying(options, started, || OrderSession::create(account, &request.dns_names, &request.ip_addresses, None))
-            .await?;
+    let order_options = OrderOptions::default();
+    let session = retrying(options, started, || {
+        OrderSession::create(account, &request.dns_names, &request.ip_addresses, &order_options)
+    })
+    .await?;
     issue_with(session, account, request, key, solver, options).await
 }
 

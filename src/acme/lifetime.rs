@@ -6,6 +6,7 @@
 use super::error::{AcmeError, DEFAULT_RETRY_DELAY, Retry};
 use super::http::SharedHttp;
 use super::observe::{AcmeAction, labelled};
+use super::order::OrderOptions;
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
 use base64::Engine as _;
@@ -22,13 +23,22 @@ const USER_AGENT: &str = concat!("kacme/", env!("CARGO_PKG_VERSION"));
 /// How often a newOrder rejected for its nonce is sent again with the nonce the CA offered.
 const BAD_NONCE_ATTEMPTS: u32 = 3;
 
+/// What kacme itself reads of the CA's directory.
+#[derive(Clone, Debug)]
+struct Endpoints {
+    new_nonce: String,
+    new_order: String,
+    /// Whether the directory offers ACME Renewal Information (RFC 9773 `renewalInfo`).
+    renewal_info: bool,
+}
+
 /// Signs and sends newOrder requests with a lifetime, with the account's key and HTTP client.
 pub(crate) struct LifetimeOrders {
     key: EcdsaKeyPair,
     http: SharedHttp,
     directory_url: String,
-    /// The directory's `newNonce` and `newOrder` URLs, read once per account.
-    endpoints: std::sync::OnceLock<(String, String)>,
+    /// What kacme reads of the directory, once per account.
+    endpoints: std::sync::OnceLock<Endpoints>,
 }
 
 impl LifetimeOrders {
@@ -44,14 +54,16 @@ impl LifetimeOrders {
         })
     }
 
-    /// Places a new order for `identifiers` ending at `not_after` and returns its URL.
+    /// Places a new order for `identifiers` ending at `not_after` (with the profile and `replaces` of
+    /// `options`) and returns its URL.
     pub(crate) async fn new_order(
         &self,
         account_url: &str,
         identifiers: &[Identifier],
         not_after: SystemTime,
+        options: &OrderOptions,
     ) -> Result<String, AcmeError> {
-        labelled(AcmeAction::Order, self.new_order_inner(account_url, identifiers, not_after)).await
+        labelled(AcmeAction::Order, self.new_order_inner(account_url, identifiers, not_after, options)).await
     }
 
     async fn new_order_inner(
@@ -59,9 +71,10 @@ impl LifetimeOrders {
         account_url: &str,
         identifiers: &[Identifier],
         not_after: SystemTime,
+        options: &OrderOptions,
     ) -> Result<String, AcmeError> {
-        let (new_nonce, new_order) = self.endpoints().await?;
-        let payload = new_order_payload(identifiers, not_after)?;
+        let Endpoints { new_nonce, new_order, .. } = self.endpoints().await?;
+        let payload = new_order_payload(identifiers, not_after, options)?;
         let mut nonce = self.nonce(&new_nonce).await?;
         let mut attempts = 0;
         loop {
@@ -99,8 +112,14 @@ impl LifetimeOrders {
         }
     }
 
-    /// The directory's `newNonce` and `newOrder` URLs: read at the first order, then kept.
-    async fn endpoints(&self) -> Result<(String, String), AcmeError> {
+    /// Whether the CA's directory offers ACME Renewal Information (RFC 9773): read once, then kept.
+    pub(crate) async fn offers_renewal_info(&self) -> Result<bool, AcmeError> {
+        Ok(self.endpoints().await?.renewal_info)
+    }
+
+    /// The directory's `newNonce` and `newOrder` URLs and whether it offers `renewalInfo`: read at the first
+    /// need, then kept.
+    async fn endpoints(&self) -> Result<Endpoints, AcmeError> {
         if let Some(endpoints) = self.endpoints.get() {
             return Ok(endpoints.clone());
         }
@@ -112,7 +131,11 @@ impl LifetimeOrders {
                 .map(str::to_string)
                 .ok_or_else(|| AcmeError::fatal(AcmeAction::Directory, format!("the CA's directory has no {name}")))
         };
-        let endpoints = (url_of("newNonce")?, url_of("newOrder")?);
+        let endpoints = Endpoints {
+            new_nonce: url_of("newNonce")?,
+            new_order: url_of("newOrder")?,
+            renewal_info: directory.get("renewalInfo").and_then(Value::as_str).is_some_and(|u| !u.is_empty()),
+        };
         Ok(self.endpoints.get_or_init(|| endpoints).clone())
     }
 
@@ -170,11 +193,23 @@ impl LifetimeOrders {
     }
 }
 
-/// The newOrder payload: the identifiers and `notAfter` (RFC 3339, UTC, whole seconds).
-fn new_order_payload(identifiers: &[Identifier], not_after: SystemTime) -> Result<Value, AcmeError> {
+/// The newOrder payload: the identifiers, `notAfter` (RFC 3339, UTC, whole seconds), and the profile and
+/// `replaces` (RFC 9773) when given.
+fn new_order_payload(
+    identifiers: &[Identifier],
+    not_after: SystemTime,
+    options: &OrderOptions,
+) -> Result<Value, AcmeError> {
     let identifiers = serde_json::to_value(identifiers)
         .map_err(|e| AcmeError::fatal(AcmeAction::Order, format!("encoding the identifiers: {e}")))?;
-    Ok(json!({"identifiers": identifiers, "notAfter": rfc3339(not_after)}))
+    let mut payload = json!({"identifiers": identifiers, "notAfter": rfc3339(not_after)});
+    if let Some(profile) = &options.profile {
+        payload["profile"] = json!(profile);
+    }
+    if let Some(replaces) = &options.replaces {
+        payload["replaces"] = json!(replaces);
+    }
+    Ok(payload)
 }
 
 /// `2026-01-02T03:04:05Z`.
@@ -227,10 +262,19 @@ mod tests {
     #[test]
     fn the_payload_carries_the_identifiers_and_only_not_after() {
         let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_767_323_045);
-        let payload = new_order_payload(&[Identifier::Dns("a.example.test".into())], at).unwrap();
+        let identifiers = [Identifier::Dns("a.example.test".into())];
+        let payload = new_order_payload(&identifiers, at, &OrderOptions::default()).unwrap();
         assert_eq!(
             payload,
             json!({"identifiers": [{"type": "dns", "value": "a.example.test"}], "notAfter": "2026-01-02T03:04:05Z"})
         );
+        let options = OrderOptions {
+            not_after: Some(at),
+            profile: Some("shortlived".into()),
+            replaces: Some("aYhba4dGQEHhs3uEe6CuLN4ByNQ.AIdlQyE".into()),
+        };
+        let payload = new_order_payload(&identifiers, at, &options).unwrap();
+        assert_eq!(payload["profile"], "shortlived");
+        assert_eq!(payload["replaces"], "aYhba4dGQEHhs3uEe6CuLN4ByNQ.AIdlQyE");
     }
 }

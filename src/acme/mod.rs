@@ -33,6 +33,8 @@ mod lifetime;
 mod new_account;
 mod observe;
 mod order;
+mod renewal_info;
+mod resubmission;
 mod selfcheck;
 
 pub use account::{
@@ -46,7 +48,8 @@ pub use issue::{IssueOptions, Issued, issue, issue_with};
 pub use lifetime::rfc3339;
 pub use observe::{AcmeAction, AcmeObserver, AcmeOutcome, NoObserver, RequestCounter};
 pub use order::{
-    Advance, AdvanceOptions, AuthorizationProgress, AuthorizationStep, ChallengeSolver, OrderProgress, OrderSession,
-    OrderState, Presentation, SolverError, challenges_with_solvers, order_identifiers,
+    Advance, AdvanceOptions, AuthorizationProgress, AuthorizationStep, ChallengeSolver, OrderOptions, OrderProgress,
+    OrderSession, OrderState, Presentation, SolverError, challenges_with_solvers, order_identifiers,
 };
+pub use renewal_info::RenewalSuggestion;
 pub use selfcheck::SelfCheck;

@@ -15,6 +15,8 @@ pub enum AcmeAction {
     Challenge,
     Finalize,
     Certificate,
+    /// ACME Renewal Information (RFC 9773).
+    RenewalInfo,
 }
 
 impl AcmeAction {
@@ -29,6 +31,7 @@ impl AcmeAction {
             AcmeAction::Challenge => "challenge",
             AcmeAction::Finalize => "finalize",
             AcmeAction::Certificate => "certificate",
+            AcmeAction::RenewalInfo => "renewalInfo",
         }
     }
 }

@@ -10,12 +10,14 @@ use super::account::AcmeAccount;
 use super::challenge::Http01Challenge;
 use super::error::AcmeError;
 use super::observe::{AcmeAction, labelled};
+use super::resubmission::{SubmittedChallenge, resubmit_delay, submitted_challenge};
 use super::selfcheck::SelfCheck;
 use instant_acme::{AuthorizationStatus, ChallengeType, Identifier, NewOrder, Order, OrderStatus, RetryPolicy};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::IpAddr;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Whether a solver is serving a challenge yet.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -137,6 +139,18 @@ pub struct OrderProgress {
     pub authorizations: Vec<AuthorizationProgress>,
 }
 
+/// What a new order asks for besides its identifiers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OrderOptions {
+    /// When the certificate should end (RFC 8555 `notAfter`; no `notBefore`, so that the CA may backdate it).
+    pub not_after: Option<SystemTime>,
+    /// The ACME profile to ask for (draft-ietf-acme-profiles `profile`).
+    pub profile: Option<String>,
+    /// The ARI certificate identifier (`base64url(AKI).base64url(serial)`) of the certificate this order
+    /// replaces (RFC 9773 `replaces`).
+    pub replaces: Option<String>,
+}
+
 /// Options of [`OrderSession::advance`].
 #[derive(Clone, Debug)]
 pub struct AdvanceOptions {
@@ -167,6 +181,18 @@ pub struct OrderSession {
     order: Order,
     progress: OrderProgress,
     fresh: bool,
+    /// Challenges the CA could not validate yet and left `pending`, by authorization URL: when to ask
+    /// again (kept in memory only: after a restart kacme asks again at once).
+    resubmissions: HashMap<String, Resubmission>,
+}
+
+/// A challenge the CA could not validate yet, to be POSTed again on the same order.
+#[derive(Clone, Copy, Debug)]
+struct Resubmission {
+    /// Validations that failed without invalidating the challenge.
+    failed_attempts: u32,
+    /// When to ask the CA again.
+    ask_again_at: Instant,
 }
 
 impl std::fmt::Debug for OrderSession {
@@ -197,14 +223,13 @@ fn now_seconds() -> u64 {
 }
 
 impl OrderSession {
-    /// Places a new order for exactly these identifiers and reads its authorizations. With `not_after`,
-    /// the order asks the CA for a certificate ending then (RFC 8555 `notAfter`; no `notBefore`, so that
-    /// the CA may backdate it).
+    /// Places a new order for exactly these identifiers and reads its authorizations. `options` may ask
+    /// for a lifetime, a profile, and name the certificate the order replaces.
     pub async fn create(
         account: &AcmeAccount,
         dns_names: &[String],
         ip_addresses: &[IpAddr],
-        not_after: Option<SystemTime>,
+        options: &OrderOptions,
     ) -> Result<OrderSession, AcmeError> {
         if dns_names.is_empty() && ip_addresses.is_empty() {
             return Err(AcmeError::fatal(AcmeAction::Order, "an order needs at least one DNS name or IP address"));
@@ -216,12 +241,23 @@ impl OrderSession {
             ));
         }
         let identifiers = order_identifiers(dns_names, ip_addresses);
-        let order = match not_after {
-            None => labelled(AcmeAction::Order, account.inner.new_order(&NewOrder::new(&identifiers)))
-                .await
-                .map_err(|e| AcmeError::classify(AcmeAction::Order, e))?,
+        let order = match options.not_after {
+            None => {
+                let mut new_order = NewOrder::new(&identifiers);
+                if let Some(profile) = &options.profile {
+                    new_order = new_order.profile(profile);
+                }
+                if let Some(replaces) =
+                    options.replaces.as_deref().and_then(super::renewal_info::certificate_identifier)
+                {
+                    new_order = new_order.replaces(replaces);
+                }
+                labelled(AcmeAction::Order, account.inner.new_order(&new_order))
+                    .await
+                    .map_err(|e| AcmeError::classify(AcmeAction::Order, e))?
+            }
             Some(not_after) => {
-                let url = account.lifetime_orders.new_order(account.uri(), &identifiers, not_after).await?;
+                let url = account.lifetime_orders.new_order(account.uri(), &identifiers, not_after, options).await?;
                 labelled(AcmeAction::Order, account.inner.order(url))
                     .await
                     .map_err(|e| AcmeError::classify(AcmeAction::Order, e))?
@@ -236,6 +272,7 @@ impl OrderSession {
             },
             order,
             fresh: true,
+            resubmissions: HashMap::new(),
         };
         session.progress.state = OrderState::from_acme(session.order.state().status);
         session.progress.authorizations = session
@@ -259,7 +296,7 @@ impl OrderSession {
         let order = labelled(AcmeAction::Order, account.inner.order(progress.url.clone()))
             .await
             .map_err(|e| AcmeError::classify(AcmeAction::Order, e))?;
-        let mut session = OrderSession { order, progress, fresh: true };
+        let mut session = OrderSession { order, progress, fresh: true, resubmissions: HashMap::new() };
         session.progress.state = OrderState::from_acme(session.order.state().status);
         Ok(session)
     }
@@ -366,6 +403,11 @@ impl OrderSession {
         options: &AdvanceOptions,
     ) -> Result<Option<Advance>, AcmeError> {
         let mut waits = Vec::new();
+        // Whether a solver is not serving yet, and the soonest time to ask the CA again about a challenge.
+        let mut solvers_awaited = false;
+        let mut ask_again_in: Option<Duration> = None;
+        // Challenges whose submission the CA answered with a problem, to look at once more below.
+        let mut refused = Vec::new();
         let mut authorizations = self.order.authorizations();
         while let Some(handle) = labelled(AcmeAction::Authorization, authorizations.next()).await {
             let mut handle = handle.map_err(|e| AcmeError::classify(AcmeAction::Authorization, e))?;
@@ -421,7 +463,26 @@ impl OrderSession {
                 ));
             }
             if entry.step == AuthorizationStep::Submitted {
-                continue;
+                let submitted = handle.challenges.iter().find(|c| c.r#type == ChallengeType::Http01);
+                let Some(submitted) = submitted else { continue };
+                let ask_again_at = self.resubmissions.get(&url).map(|r| r.ask_again_at);
+                match submitted_challenge(submitted.status, ask_again_at, Instant::now()) {
+                    SubmittedChallenge::CaIsValidating => {
+                        // The CA may retry by itself and say why its last attempt failed.
+                        if let Some(problem) = &submitted.error {
+                            let detail = super::error::ProblemDetail::from_problem(problem);
+                            entry.message = Some(format!("the CA is validating; its last attempt failed: {detail}"));
+                        }
+                        continue;
+                    }
+                    SubmittedChallenge::AskAgainAfter(delay) => {
+                        ask_again_in = Some(ask_again_in.map_or(delay, |d: Duration| d.min(delay)));
+                        let message = entry.message.clone().unwrap_or_else(|| "asking the CA again".into());
+                        waits.push(format!("{identifier}: {message}"));
+                        continue;
+                    }
+                    SubmittedChallenge::AskAgain => {}
+                }
             }
             let offered: Vec<String> = handle.challenges.iter().map(|c| format!("{:?}", c.r#type)).collect();
             let Some(mut challenge) = handle.challenge(ChallengeType::Http01) else {
@@ -446,11 +507,13 @@ impl OrderSession {
                 Ok(Presentation::NotReady(reason)) => {
                     entry.message = Some(reason.clone());
                     waits.push(format!("{identifier}: {reason}"));
+                    solvers_awaited = true;
                     continue;
                 }
                 Err(error) => {
                     entry.message = Some(error.0.clone());
                     waits.push(format!("{identifier}: {error}"));
+                    solvers_awaited = true;
                     continue;
                 }
             }
@@ -466,29 +529,106 @@ impl OrderSession {
                 }
                 entry.message = Some(format!("self-check: {problem}"));
                 waits.push(format!("{identifier}: self-check: {problem}"));
+                solvers_awaited = true;
                 continue;
             }
-            if let Err(error) = labelled(AcmeAction::Challenge, challenge.set_ready()).await {
-                let mut error = AcmeError::classify(AcmeAction::Challenge, error);
-                if !error.is_retryable() {
-                    // The CA validated within the request and refused: the authorization is invalid.
-                    // Say which name failed, as for an authorization found invalid later.
-                    cleanup_quietly(solver, &http01).await;
-                    let detail = error.problem.as_ref().map(ToString::to_string).unwrap_or(error.message.clone());
-                    entry.step = AuthorizationStep::Invalid;
-                    entry.message = Some(detail.clone());
-                    error.message = format!("{identifier}: {detail}");
+            let submitted = labelled(AcmeAction::Challenge, challenge.set_ready()).await;
+            let Err(error) = submitted else {
+                entry.step = AuthorizationStep::Submitted;
+                entry.message = None;
+                continue;
+            };
+            refused.push((index, http01, error));
+        }
+        // instant-acme reports a challenge answered with an `error` as a failure whatever its status: read the
+        // authorization again to learn whether the CA gave up (invalid) or may be asked again (a challenge left
+        // pending with an error, as step-ca leaves it while the route is not serving yet).
+        for (index, http01, error) in refused {
+            let url = http01.authorization_url.clone();
+            let identifier = http01.identifier.clone();
+            let still_pending = match error {
+                instant_acme::Error::Api(_) => self.challenge_left_pending(&url).await,
+                _ => None,
+            };
+            let entry = &mut self.progress.authorizations[index];
+            if let Some((status, detail)) = still_pending {
+                entry.step = AuthorizationStep::Submitted;
+                if status == instant_acme::ChallengeStatus::Processing {
+                    entry.message = Some(format!("the CA is validating; its last attempt failed: {detail}"));
+                    continue;
                 }
-                return Err(error);
+                let failed_attempts = self.resubmissions.get(&url).map_or(0, |r| r.failed_attempts) + 1;
+                let delay = resubmit_delay(failed_attempts);
+                self.resubmissions.insert(url, Resubmission { failed_attempts, ask_again_at: Instant::now() + delay });
+                let message = format!(
+                    "the CA could not validate it yet (attempt {failed_attempts}), asking again in {}s: {detail}",
+                    delay.as_secs()
+                );
+                tracing::info!(%identifier, failed_attempts, %detail, "the CA left the challenge pending; asking again");
+                waits.push(format!("{identifier}: {message}"));
+                entry.message = Some(message);
+                ask_again_in = Some(ask_again_in.map_or(delay, |d: Duration| d.min(delay)));
+                continue;
             }
-            entry.step = AuthorizationStep::Submitted;
-            entry.message = None;
+            let mut error = AcmeError::classify(AcmeAction::Challenge, error);
+            if !error.is_retryable() {
+                // The CA validated within the request and refused: the authorization is invalid.
+                // Say which name failed, as for an authorization found invalid later.
+                cleanup_quietly(solver, &http01).await;
+                let detail = error.problem.as_ref().map(ToString::to_string).unwrap_or(error.message.clone());
+                entry.step = AuthorizationStep::Invalid;
+                entry.message = Some(detail.clone());
+                error.message = format!("{identifier}: {detail}");
+            }
+            return Err(error);
         }
         if waits.is_empty() {
-            Ok(None)
-        } else {
-            Ok(Some(Advance::Wait { after: Duration::from_secs(1), reason: waits.join("; ") }))
+            return Ok(None);
         }
+        // A solver being set up is looked at again after a second; a challenge to ask again about when due.
+        let after = match (solvers_awaited, ask_again_in) {
+            (true, Some(delay)) => delay.min(Duration::from_secs(1)),
+            (true, None) => Duration::from_secs(1),
+            (false, Some(delay)) => delay,
+            (false, None) => Duration::from_secs(1),
+        };
+        Ok(Some(Advance::Wait { after, reason: waits.join("; ") }))
+    }
+
+    /// The status of the HTTP-01 challenge of the authorization at `url` and the CA's problem, when the CA
+    /// left it pending or processing with an error (it may be asked again); `None` otherwise.
+    async fn challenge_left_pending(
+        &mut self,
+        url: &str,
+    ) -> Option<(instant_acme::ChallengeStatus, super::error::ProblemDetail)> {
+        let mut authorizations = self.order.authorizations();
+        while let Some(handle) = labelled(AcmeAction::Authorization, authorizations.next()).await {
+            let mut handle = handle.ok()?;
+            if handle.url() != url {
+                continue;
+            }
+            // The order keeps the state it read before the challenge was submitted: read it afresh.
+            let state = labelled(AcmeAction::Authorization, handle.refresh()).await.ok()?;
+            let challenge = state.challenges.iter().find(|c| c.r#type == ChallengeType::Http01)?;
+            let retryable = state.status == AuthorizationStatus::Pending
+                && matches!(
+                    challenge.status,
+                    instant_acme::ChallengeStatus::Pending | instant_acme::ChallengeStatus::Processing
+                );
+            let problem = challenge.error.as_ref().filter(|_| retryable)?;
+            return Some((challenge.status, super::error::ProblemDetail::from_problem(problem)));
+        }
+        None
+    }
+
+    /// How long until kacme asks the CA again about a challenge it could not validate yet, if it waits to.
+    pub fn next_resubmission(&self) -> Option<Duration> {
+        let now = Instant::now();
+        let waiting = self.progress.authorizations.iter().filter(|a| a.step == AuthorizationStep::Submitted);
+        waiting
+            .filter_map(|a| self.resubmissions.get(&a.url))
+            .map(|r| r.ask_again_at.saturating_duration_since(now))
+            .min()
     }
 
     async fn download(&mut self, options: &AdvanceOptions) -> Result<Advance, AcmeError> {

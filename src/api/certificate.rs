@@ -67,8 +67,9 @@ pub struct CertificateSpec {
     pub common_name: Option<String>,
 
     /// Requested lifetime of the certificate as a Go duration (for example `24h`, `2160h`), at least 5m.
-    /// Not yet sent to the CA (the ACME client library cannot put notAfter in an order yet): the CA's
-    /// own default lifetime applies (24h for step-ca). Renewal always follows the lifetime actually issued.
+    /// Sent to the CA as the order's `notAfter` (unless the issuer sets `sendLifetime: false`); the CA may
+    /// shorten it, and refuses one above its maximum (reason `DurationNotAllowed`). Absent: the CA's default
+    /// lifetime applies (24h for step-ca). Renewal always follows the lifetime actually issued.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "lifetime_schema")]
     pub duration: Option<GoDuration>,
@@ -102,6 +103,13 @@ pub struct CertificateSpec {
     /// Labels and annotations to put on the Secret, in addition to kacme's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_template: Option<ObjectMetaTemplate>,
+
+    /// The ACME profile to ask the CA for (draft-ietf-acme-profiles), instead of the issuer's `profile`:
+    /// one of the names the CA's directory lists in `meta.profiles`. A name the CA does not offer fails the
+    /// issuance with reason `ProfileNotOffered` before any order is placed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::api::validation::profile_schema")]
+    pub profile: Option<String>,
 }
 
 /// A reference to the Issuer (same namespace) or ClusterIssuer that signs a Certificate.
@@ -293,6 +301,36 @@ pub struct CertificateStatus {
     /// The ACME order in flight, if any; a restarted operator resumes it instead of starting over.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub order: Option<OrderStatus>,
+    /// When the CA suggests renewing the current certificate (ACME Renewal Information, RFC 9773), for CAs
+    /// whose directory offers `renewalInfo`. kacme renews at a point inside the suggested window (at once
+    /// when the window has begun), or earlier when `renewBefore`/`renewBeforePercentage` ask for earlier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewal_info: Option<RenewalInfoStatus>,
+}
+
+/// The CA's renewal suggestion for a certificate (RFC 9773).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RenewalInfoStatus {
+    /// The certificate the suggestion is for: its RFC 9773 identifier
+    /// (`base64url(authority key identifier).base64url(serial)`).
+    pub certificate_id: String,
+    /// Start of the suggested renewal window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_start: Option<Time>,
+    /// End of the suggested renewal window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_end: Option<Time>,
+    /// The CA's page explaining the window, if it gave one (for example after a revocation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "explanationURL")]
+    pub explanation_url: Option<String>,
+    /// When kacme asks the CA again: after the CA's Retry-After, at least a minute and at most the
+    /// operator's `--renewal-info-max-interval` later.
+    pub next_check: Time,
+    /// Why the last check gave no window, if it failed (kacme then renews on its own schedule).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 /// An ACME order in flight.

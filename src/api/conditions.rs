@@ -90,6 +90,9 @@ pub enum CertificateReason {
     /// The CA refused the lifetime asked for (`spec.duration` sent as the order's `notAfter`); the message
     /// has the CA's words. Ask for a shorter duration, or turn `sendLifetime` off on the issuer.
     DurationNotAllowed,
+    /// The ACME profile asked for (`spec.profile`, or the issuer's `profile`) is not one the CA's directory
+    /// offers (`meta.profiles`): no order is placed.
+    ProfileNotOffered,
 }
 
 impl CertificateReason {
@@ -107,6 +110,7 @@ impl CertificateReason {
             CertificateReason::SolverNotReady => "SolverNotReady",
             CertificateReason::NotPermitted => "NotPermitted",
             CertificateReason::DurationNotAllowed => "DurationNotAllowed",
+            CertificateReason::ProfileNotOffered => "ProfileNotOffered",
         }
     }
 }
@@ -144,6 +148,8 @@ pub enum IssuerReason {
     /// A solver's pod or ingress template sets a label or annotation the operator does not allow on the
     /// objects it creates (`--solver-template-allowed-keys`, `--solver-template-refused-words`).
     SolverTemplateNotAllowed,
+    /// `profile` names an ACME profile that the CA's directory does not offer (`meta.profiles`).
+    ProfileNotOffered,
 }
 
 impl IssuerReason {
@@ -164,6 +170,7 @@ impl IssuerReason {
             IssuerReason::ServerNotAllowed => "ServerNotAllowed",
             IssuerReason::SkipTlsVerifyNotAllowed => "SkipTLSVerifyNotAllowed",
             IssuerReason::SolverTemplateNotAllowed => "SolverTemplateNotAllowed",
+            IssuerReason::ProfileNotOffered => "ProfileNotOffered",
         }
     }
 }

@@ -166,6 +166,15 @@ pub struct AcmeIssuer {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub send_lifetime: Option<bool>,
 
+    /// The ACME profile to ask for in every order (draft-ietf-acme-profiles), for example `shortlived` or
+    /// `tlsserver`: one of the names the CA's directory lists in `meta.profiles`. A name the CA does not offer
+    /// makes the issuer not Ready (reason `ProfileNotOffered`, the message lists what the CA offers). A
+    /// Certificate may ask for another one with its own `profile`. Absent: no profile is sent and the CA
+    /// applies its default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::api::validation::profile_schema")]
+    pub profile: Option<String>,
+
     /// How to prove control of each name. The first solver whose selector matches a Certificate's names
     /// most specifically is used (dnsNames beats dnsZones, a longer zone beats a shorter one, a
     /// solver without selector matches everything).
@@ -344,6 +353,13 @@ pub struct AcmeIssuerStatus {
     /// The email the account was registered with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_registered_email: Option<String>,
+    /// Whether the CA's directory offers ACME Renewal Information (RFC 9773): then kacme renews inside the
+    /// windows the CA suggests (see a Certificate's `status.renewalInfo`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewal_info: Option<bool>,
+    /// The profiles the CA's directory offers (`meta.profiles`), for `profile` on issuers and Certificates.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub profiles: Vec<String>,
 }
 
 /// A DNS name template: dot-separated labels, each `{label}` or letters, digits, hyphens and `{namespace}`.

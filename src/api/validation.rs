@@ -161,6 +161,33 @@ pub fn key_usage(value: &str) -> Result<KeyUsage, Invalid> {
     })
 }
 
+/// The longest ACME profile name accepted (`spec.profile`, `spec.acme.profile`, `kacme.dev/profile`).
+pub const MAX_PROFILE_LENGTH: usize = 64;
+/// An ACME profile name: printable ASCII without spaces (CAs name them like `shortlived` or `tlsserver`).
+pub const PROFILE_PATTERN: &str = "^[!-~]+$";
+
+/// An ACME profile name, as `spec.profile` accepts it: 1 to [`MAX_PROFILE_LENGTH`] printable ASCII
+/// characters, no spaces ([`PROFILE_PATTERN`]).
+pub fn profile(value: &str) -> Result<String, Invalid> {
+    if value.is_empty() || value.len() > MAX_PROFILE_LENGTH || !value.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid(format!(
+            "{} is not a profile name (1 to {MAX_PROFILE_LENGTH} printable ASCII characters, no spaces)",
+            quoted(value)
+        )));
+    }
+    Ok(value.to_string())
+}
+
+/// The schema of a profile field (`spec.profile`, `spec.acme.profile`): the rules of [`profile`].
+pub(crate) fn profile_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "minLength": 1,
+        "maxLength": MAX_PROFILE_LENGTH,
+        "pattern": PROFILE_PATTERN,
+    })
+}
+
 /// The schema of a lifetime field (`spec.duration`, `spec.policy.maxDuration`), `field` naming it in the message:
 /// the grammar of [`GO_DURATION_PATTERN`] and the bounds of [`lifetime`].
 pub(crate) fn lifetime_schema(field: &str) -> schemars::Schema {

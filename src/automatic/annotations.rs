@@ -21,6 +21,8 @@ pub const ANNOTATION_CLUSTER_ISSUER: &str = "kacme.dev/cluster-issuer";
 pub const ANNOTATION_DURATION: &str = "kacme.dev/duration";
 /// Optional: renew this long before expiry, a Go duration such as `8h`.
 pub const ANNOTATION_RENEW_BEFORE: &str = "kacme.dev/renew-before";
+/// Optional: the ACME profile to ask the CA for (as the Certificate's `spec.profile`).
+pub const ANNOTATION_PROFILE: &str = "kacme.dev/profile";
 /// Optional: `ECDSA` (default), `RSA` or `Ed25519`.
 pub const ANNOTATION_PRIVATE_KEY_ALGORITHM: &str = "kacme.dev/private-key-algorithm";
 /// Optional, Ingresses only: comma-separated usages as in cert-manager (`server auth, client auth`).
@@ -64,6 +66,8 @@ pub struct IssuanceAnnotations {
     pub renew_before: Option<GoDuration>,
     /// `kacme.dev/private-key-algorithm`.
     pub algorithm: Option<KeyAlgorithm>,
+    /// `kacme.dev/profile`.
+    pub profile: Option<String>,
 }
 
 /// The issuer and options of `annotations`; `None` when neither issuer annotation is present.
@@ -91,7 +95,8 @@ pub fn parse_issuance(annotations: &BTreeMap<String, String>) -> Result<Option<I
         return Err(problem(ANNOTATION_RENEW_BEFORE, format!("{r} must be shorter than {ANNOTATION_DURATION} ({d})")));
     }
     let algorithm = optional(annotations, ANNOTATION_PRIVATE_KEY_ALGORITHM, validation::key_algorithm)?;
-    Ok(Some(IssuanceAnnotations { issuer_ref, duration, renew_before, algorithm }))
+    let profile = optional(annotations, ANNOTATION_PROFILE, validation::profile)?;
+    Ok(Some(IssuanceAnnotations { issuer_ref, duration, renew_before, algorithm, profile }))
 }
 
 fn issuer_name(annotation: &'static str, name: &str) -> Result<String, AnnotationError> {

@@ -50,6 +50,7 @@ pub(crate) fn spec_from_annotations(
             .map(|algorithm| PrivateKeySpec { algorithm: Some(algorithm), ..PrivateKeySpec::default() }),
         usages,
         secret_template: None,
+        profile: issuance.profile.clone(),
     }
 }
 

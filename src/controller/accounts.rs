@@ -47,6 +47,8 @@ pub struct IssuerInfo {
     pub policy: Option<crate::api::IssuerPolicy>,
     /// Whether the issuer's Ready condition is True.
     pub ready: bool,
+    /// Whether the issuer's status says its CA offers ACME Renewal Information (RFC 9773).
+    pub offers_renewal_info: bool,
     pub generation: Option<i64>,
     /// The issuer's own account as its status records it (URL, key thumbprint, server).
     pub recorded_account: Option<AccountRecord>,
@@ -61,6 +63,7 @@ impl IssuerInfo {
             acme: issuer.spec.acme.clone(),
             policy: issuer.spec.policy.clone(),
             ready: is_ready(issuer.status.as_ref().map(|s| s.conditions.as_slice())),
+            offers_renewal_info: issuer.status.as_ref().and_then(|s| s.acme.as_ref()?.renewal_info) == Some(true),
             generation: issuer.metadata.generation,
             recorded_account: recorded_account(issuer.status.as_ref()),
         })
@@ -74,6 +77,7 @@ impl IssuerInfo {
             acme: issuer.spec.acme.clone(),
             policy: issuer.spec.policy.clone(),
             ready: is_ready(issuer.status.as_ref().map(|s| s.conditions.as_slice())),
+            offers_renewal_info: issuer.status.as_ref().and_then(|s| s.acme.as_ref()?.renewal_info) == Some(true),
             generation: issuer.metadata.generation,
             recorded_account: recorded_account(issuer.status.as_ref()),
         })
@@ -621,6 +625,7 @@ mod tests {
             acme: AcmeIssuer {
                 account_per_namespace: None,
                 send_lifetime: None,
+                profile: None,
                 server: server.into(),
                 email: None,
                 ca_bundle: None,
@@ -632,6 +637,7 @@ mod tests {
             },
             policy: None,
             ready: false,
+            offers_renewal_info: false,
             generation: Some(1),
             recorded_account: None,
         }

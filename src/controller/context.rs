@@ -48,7 +48,10 @@ pub struct ControllerConfig {
     pub max_wait_per_step: Duration,
     /// How long after a challenge was first presented its solver objects may take to serve it before the
     /// attempt fails.
-    pub solver_deadline: Duration,
+    pub authorization_deadline: Duration,
+    /// The longest wait between two checks of a certificate's renewal window at a CA that offers ACME
+    /// Renewal Information (RFC 9773), whatever the CA's Retry-After.
+    pub renewal_info_max_interval: Duration,
     /// The name events are reported under.
     pub reporter: String,
     /// Which labels and annotations issuers' solver templates may put on solver Pods and Ingresses.
@@ -69,7 +72,8 @@ impl ControllerConfig {
             renewal_jitter: Duration::from_secs(60),
             self_check: None,
             max_wait_per_step: Duration::from_secs(2),
-            solver_deadline: crate::desired::DEFAULT_SOLVER_DEADLINE,
+            authorization_deadline: crate::desired::DEFAULT_AUTHORIZATION_DEADLINE,
+            renewal_info_max_interval: Duration::from_secs(24 * 3600),
             reporter: "kacme".into(),
             solver_templates: Default::default(),
             namespaced_issuers: Default::default(),

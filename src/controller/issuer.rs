@@ -50,6 +50,27 @@ pub async fn reconcile_cluster_issuer(issuer: Arc<ClusterIssuer>, ctx: Arc<Conte
     Ok(action)
 }
 
+/// What the issuer's status says of its account and of what the CA's directory offers.
+async fn account_status_of(account: &crate::acme::AcmeAccount, info: &IssuerInfo) -> AcmeIssuerStatus {
+    // Unknown (absent) when the directory cannot be read now: Certificates then renew on kacme's schedule.
+    let renewal_info = match account.offers_renewal_info().await {
+        Ok(offered) => Some(offered),
+        Err(error) => {
+            tracing::info!(%error, "reading the CA's directory for renewalInfo failed");
+            None
+        }
+    };
+    let record = account.record();
+    AcmeIssuerStatus {
+        uri: Some(record.url),
+        key_thumbprint: Some(record.key_thumbprint),
+        server: Some(record.directory_url),
+        last_registered_email: info.acme.email.clone(),
+        renewal_info,
+        profiles: account.profiles(),
+    }
+}
+
 /// The issuer's status after ensuring its account; a failure holds the issuer (`held`: its gate key and
 /// wishes) in the retry gate until its retry.
 async fn account_status(
@@ -60,6 +81,15 @@ async fn account_status(
 ) -> (IssuerStatus, Action) {
     let now = Timestamp::now();
     match ensure_account(ctx, info, &info.own_account()).await {
+        Ok(account)
+            if let Some(refused) = info.acme.profile.as_deref().and_then(|p| account.check_profile(p).err()) =>
+        {
+            let message = format!("{}: profile: {refused}", info.describe());
+            let reason = IssuerReason::ProfileNotOffered.as_str();
+            set_condition(&mut status.conditions, ConditionType::Ready, false, reason, &message, info.generation, now);
+            status.acme = Some(account_status_of(&account, info).await);
+            (status, Action::requeue(RECHECK_READY))
+        }
         Ok(account) => {
             let message = format!("The ACME account is registered with {}", info.acme.server);
             set_condition(
@@ -71,13 +101,7 @@ async fn account_status(
                 info.generation,
                 now,
             );
-            let record = account.record();
-            status.acme = Some(AcmeIssuerStatus {
-                uri: Some(record.url),
-                key_thumbprint: Some(record.key_thumbprint),
-                server: Some(record.directory_url),
-                last_registered_email: info.acme.email.clone(),
-            });
+            status.acme = Some(account_status_of(&account, info).await);
             (status, Action::requeue(RECHECK_READY))
         }
         Err(error) => {

@@ -377,6 +377,7 @@ pub(crate) fn acme_issuer_at(ca: &FakeAcme, account_key_secret: &str) -> AcmeIss
         external_account_binding: None,
         account_per_namespace: None,
         send_lifetime: None,
+        profile: None,
         solvers: vec![AcmeSolver { selector: None, http01: Http01Solver::default() }],
     }
 }

@@ -8,7 +8,7 @@
 //! ManuallyTriggered, Expiring.
 
 use super::ownership::{SecretOwnership, secret_ownership};
-use super::{BackoffPolicy, RenewBefore, renewal_time};
+use super::{BackoffPolicy, RenewBefore, RenewalWindow, renewal_in_window, renewal_time};
 use crate::api::names::{
     ANNOTATION_ISSUER_KIND, ANNOTATION_ISSUER_NAME, ANNOTATION_RENEW_REQUESTED_AT, ANNOTATION_USAGES, TLS_CRT, TLS_KEY,
 };
@@ -41,8 +41,9 @@ pub enum IssuanceDecision {
     Issue { reason: IssuanceReason, message: String },
     /// Issuance is needed but the last attempt (for this generation of the spec) failed: retry then.
     BackOff { reason: IssuanceReason, message: String, retry_at: Timestamp },
-    /// The Secret holds a valid certificate matching the spec; look again at `renewal_time`.
-    UpToDate { not_before: Timestamp, not_after: Timestamp, renewal_time: Timestamp },
+    /// The Secret holds a valid certificate matching the spec; look again at `renewal_time`. `renewal_id` is
+    /// the certificate's RFC 9773 identifier, to ask the CA for its renewal window.
+    UpToDate { not_before: Timestamp, not_after: Timestamp, renewal_time: Timestamp, renewal_id: Option<String> },
 }
 
 /// Decides whether to issue, and why; or when to look again.
@@ -69,8 +70,64 @@ fn up_to_date(observed: &Observed<'_>, stored: &Stored<'_>) -> IssuanceDecision 
     IssuanceDecision::UpToDate {
         not_before: leaf.not_before,
         not_after: leaf.not_after,
-        renewal_time: renewal_time(leaf.not_before, leaf.not_after, renew_before(observed.certificate)),
+        renewal_time: scheduled_renewal(observed.certificate, leaf).at,
+        renewal_id: leaf.renewal_id.clone(),
     }
+}
+
+/// When the stored certificate is renewed, and whether the CA's window decided it.
+struct Scheduled {
+    at: Timestamp,
+    /// The CA's suggested window (RFC 9773), when it set the time.
+    window: Option<RenewalWindow>,
+}
+
+/// When to renew the stored certificate: at a point inside the CA's suggested renewal window (RFC 9773)
+/// when the status holds one for this very certificate, else on kacme's own schedule (renewBefore,
+/// renewBeforePercentage, or 2/3 of the lifetime). A renewBefore or renewBeforePercentage that asks for an
+/// earlier time than the window wins: the user's explicit wish.
+fn scheduled_renewal(certificate: &Certificate, leaf: &CertificateInfo) -> Scheduled {
+    let own = renewal_time(leaf.not_before, leaf.not_after, renew_before(certificate));
+    let Some((id, window)) = renewal_window(certificate, leaf) else {
+        return Scheduled { at: own, window: None };
+    };
+    let Some(in_window) = renewal_in_window(window, id, leaf.not_after) else {
+        return Scheduled { at: own, window: None };
+    };
+    let spec = &certificate.spec;
+    let explicit = spec.renew_before.is_some() || spec.renew_before_percentage.is_some();
+    if explicit && own < in_window {
+        Scheduled { at: own, window: None }
+    } else {
+        Scheduled { at: in_window, window: Some(window) }
+    }
+}
+
+/// The CA's suggested renewal window for `leaf`, from the status, with the certificate's identifier: only
+/// when the status speaks of this very certificate (a window of the previous one means nothing).
+fn renewal_window<'a>(certificate: &Certificate, leaf: &'a CertificateInfo) -> Option<(&'a str, RenewalWindow)> {
+    let id = leaf.renewal_id.as_deref()?;
+    let info = certificate.status.as_ref()?.renewal_info.as_ref()?;
+    if info.certificate_id != id {
+        return None;
+    }
+    let window = RenewalWindow { start: info.window_start.as_ref()?.0, end: info.window_end.as_ref()?.0 };
+    Some((id, window))
+}
+
+/// The RFC 9773 identifier of the certificate that a renewal replaces, to send as the new order's
+/// `replaces`: only when renewing (the same names: `Expiring`, `ManuallyTriggered`) a certificate the CA gave
+/// a renewal window for, that is, a CA known to speak RFC 9773.
+pub fn replaced_certificate(
+    certificate: &Certificate,
+    secret: Option<&Secret>,
+    reason: IssuanceReason,
+) -> Option<String> {
+    if !matches!(reason, IssuanceReason::Expiring | IssuanceReason::ManuallyTriggered) {
+        return None;
+    }
+    let chain = parse_chain(secret_data(secret?, TLS_CRT)?).ok()?;
+    renewal_window(certificate, &chain.leaf).map(|(id, _)| id.to_string())
 }
 
 fn renew_before(certificate: &Certificate) -> RenewBefore {
@@ -270,12 +327,17 @@ fn renewal_requested(observed: &Observed<'_>, _: &Stored<'_>) -> Option<Why> {
 
 fn renewal_time_reached(observed: &Observed<'_>, stored: &Stored<'_>) -> Option<Why> {
     let leaf = stored.leaf();
-    let renewal = renewal_time(leaf.not_before, leaf.not_after, renew_before(observed.certificate));
+    let Scheduled { at: renewal, window } = scheduled_renewal(observed.certificate, leaf);
     if observed.now < renewal {
         return None;
     }
     let message = if observed.now >= leaf.not_after {
         format!("Renewing certificate as it expired at {}", leaf.not_after)
+    } else if let Some(window) = window {
+        format!(
+            "Renewing certificate inside the renewal window the CA suggests, {} to {} (expires {})",
+            window.start, window.end, leaf.not_after
+        )
     } else {
         format!("Renewing certificate as its renewal time {renewal} has passed (expires {})", leaf.not_after)
     };

@@ -136,6 +136,7 @@ mod tests {
         AcmeIssuer {
             account_per_namespace: None,
             send_lifetime: None,
+            profile: None,
             server: server.into(),
             email: None,
             ca_bundle: None,

@@ -51,6 +51,30 @@ pub fn renewal_time(not_before: Timestamp, not_after: Timestamp, renew_before: R
     at.round(TimestampRound::new().smallest(Unit::Second).mode(RoundMode::Floor)).unwrap_or(at)
 }
 
+/// A CA's suggested renewal window (RFC 9773), as the Certificate's status holds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RenewalWindow {
+    pub start: Timestamp,
+    pub end: Timestamp,
+}
+
+/// When to renew inside a CA's suggested window: a point chosen uniformly over certificates (from a hash
+/// of `seed`, the certificate's identifier, so that every pass and every replica picks the same one), as
+/// RFC 9773 section 4.2 asks to spread renewals over the window. Never after `not_after`. A window whose end
+/// is not after its start is invalid (`None`): RFC 9773 says to treat it as no answer.
+pub fn renewal_in_window(window: RenewalWindow, seed: &str, not_after: Timestamp) -> Option<Timestamp> {
+    let width = window.end.duration_since(window.start);
+    if width <= SignedDuration::ZERO {
+        return None;
+    }
+    // FNV-1a: stable across builds and platforms (std's hasher is not).
+    let hash = seed.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    let fraction = (hash >> 11) as f64 / (1u64 << 53) as f64;
+    let at = window.start + SignedDuration::from_secs_f64(width.as_secs_f64() * fraction);
+    let at = at.round(TimestampRound::new().smallest(Unit::Second).mode(RoundMode::Floor)).unwrap_or(at);
+    Some(at.min(not_after))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,5 +187,24 @@ mod tests {
         assert_eq!(RenewBefore::from_spec(None, Some(10)), RenewBefore::Percentage(10));
         assert_eq!(RenewBefore::from_spec(None, Some(150)), RenewBefore::Percentage(99));
         assert_eq!(RenewBefore::from_spec(None, None), RenewBefore::Default);
+    }
+
+    #[test]
+    fn renewal_inside_a_window_is_spread_stable_and_never_after_expiry() {
+        let window = RenewalWindow { start: ts("2026-01-10T00:00:00Z"), end: ts("2026-01-11T00:00:00Z") };
+        let expiry = ts("2026-01-20T00:00:00Z");
+        let picks: Vec<Timestamp> =
+            (0..200).map(|i| renewal_in_window(window, &format!("cert-{i}"), expiry).unwrap()).collect();
+        assert!(picks.iter().all(|t| *t >= window.start && *t < window.end), "inside the window");
+        let early = picks.iter().filter(|t| **t < ts("2026-01-10T12:00:00Z")).count();
+        assert!((60..=140).contains(&early), "spread over the window, not bunched: {early} of 200 in the first half");
+        assert_eq!(renewal_in_window(window, "cert-7", expiry), Some(picks[7]), "the same point on every pass");
+        // A window reaching past expiry never renews after expiry.
+        assert!(renewal_in_window(window, "cert-7", window.start).unwrap() <= window.start);
+        // RFC 9773: a window that ends at or before its start is no answer.
+        let empty = RenewalWindow { start: window.end, end: window.end };
+        assert_eq!(renewal_in_window(empty, "cert-7", expiry), None);
+        let inverted = RenewalWindow { start: window.end, end: window.start };
+        assert_eq!(renewal_in_window(inverted, "cert-7", expiry), None);
     }
 }

@@ -193,6 +193,7 @@ mod tests {
         AcmeIssuer {
             account_per_namespace: None,
             send_lifetime: None,
+            profile: None,
             server: "https://ca.example.test/directory".into(),
             email: None,
             ca_bundle: None,

@@ -5,7 +5,7 @@ use crate::api::names::*;
 use crate::api::{Certificate, CertificateStatus, IssuerKind, KeyAlgorithm, KeyEncoding, KeyUsage, PrivateKeySpec};
 use crate::desired::testing::certificate;
 use crate::pki::testing::TestCa;
-use crate::pki::{KeySpec, effective_usages, generate_private_key};
+use crate::pki::{KeySpec, effective_usages, generate_private_key, parse_chain};
 use jiff::{Timestamp, ToSpan};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
@@ -203,6 +203,7 @@ fn an_up_to_date_certificate_reports_its_validity_and_renewal_time() {
             not_before: issued_at(),
             not_after: issued_at() + 24.hours(),
             renewal_time: issued_at() + 16.hours(),
+            renewal_id: parse_chain(secret.data.as_ref().unwrap()[TLS_CRT].0.as_slice()).unwrap().leaf.renewal_id,
         }
     );
 }
@@ -324,4 +325,74 @@ fn an_issued_certificate_that_does_not_match_the_request_is_told_apart() {
             }
         }
     }
+}
+
+/// The certificate's RFC 9773 identifier, as the Secret holds it.
+fn renewal_id_of(secret: &Secret) -> String {
+    let chain = parse_chain(secret.data.as_ref().unwrap()[TLS_CRT].0.as_slice()).unwrap();
+    chain.leaf.renewal_id.expect("ACME certificates carry an authority key identifier")
+}
+
+/// `cert` with the CA's renewal window `start`..`end` for the certificate `id` in its status.
+fn with_window(mut cert: Certificate, id: &str, start: Timestamp, end: Timestamp) -> Certificate {
+    cert.status.get_or_insert_with(Default::default).renewal_info = Some(crate::api::RenewalInfoStatus {
+        certificate_id: id.to_string(),
+        window_start: Some(Time(start)),
+        window_end: Some(Time(end)),
+        explanation_url: None,
+        next_check: Time(issued_at() + 6.hours()),
+        last_error: None,
+    });
+    cert
+}
+
+#[test]
+fn the_cas_renewal_window_sets_the_renewal_time_for_its_own_certificate_only() {
+    let ca = TestCa::new("ARI");
+    let secret = secret_for(&ca, &certificate());
+    let id = renewal_id_of(&secret);
+    let renewal_of = |cert: &Certificate| match decide(cert, Some(&secret), issued_at() + 1.hour()) {
+        IssuanceDecision::UpToDate { renewal_time, renewal_id, .. } => {
+            assert_eq!(renewal_id.as_deref(), Some(id.as_str()));
+            renewal_time
+        }
+        other => panic!("up to date, not {other:?}"),
+    };
+    let own = issued_at() + 16.hours();
+    assert_eq!(renewal_of(&certificate()), own, "no window: 2/3 of the lifetime");
+
+    // A window later than kacme's own schedule: renewal inside it, not at 2/3.
+    let (start, end) = (issued_at() + 20.hours(), issued_at() + 22.hours());
+    let at = renewal_of(&with_window(certificate(), &id, start, end));
+    assert!(start <= at && at < end, "{at} inside {start}..{end}");
+    // A window earlier than kacme's own schedule is followed too (the CA knows better).
+    let (early_start, early_end) = (issued_at() + 2.hours(), issued_at() + 3.hours());
+    let at = renewal_of(&with_window(certificate(), &id, early_start, early_end));
+    assert!(early_start <= at && at < early_end, "{at} inside {early_start}..{early_end}");
+    // A window for another certificate (the previous one) means nothing for this one.
+    assert_eq!(renewal_of(&with_window(certificate(), "AAAA.AQ", start, end)), own);
+    // An explicit renewBefore that asks for earlier than the window wins.
+    let mut explicit = with_window(certificate(), &id, start, end);
+    explicit.spec.renew_before = Some(std::time::Duration::from_secs(12 * 3600).into());
+    assert_eq!(renewal_of(&explicit), issued_at() + 12.hours());
+    // An invalid window (end before start) is no answer: kacme's own schedule.
+    assert_eq!(renewal_of(&with_window(certificate(), &id, end, start)), own);
+}
+
+#[test]
+fn a_window_that_has_begun_renews_at_once_and_the_order_names_the_certificate_it_replaces() {
+    let ca = TestCa::new("ARI now");
+    let secret = secret_for(&ca, &certificate());
+    let id = renewal_id_of(&secret);
+    // The CA moved the window into the past (as after a revocation).
+    let cert = with_window(certificate(), &id, issued_at() - 2.hours(), issued_at() - 1.hour());
+    let decision = decide(&cert, Some(&secret), issued_at() + 1.hour());
+    let IssuanceDecision::Issue { reason, message } = &decision else { panic!("renew now, not {decision:?}") };
+    assert_eq!(*reason, IssuanceReason::Expiring);
+    assert!(message.contains("renewal window the CA suggests"), "{message}");
+    assert_eq!(replaced_certificate(&cert, Some(&secret), *reason), Some(id.clone()));
+    // Only renewals of the same names replace: a spec change orders a new certificate.
+    assert_eq!(replaced_certificate(&cert, Some(&secret), IssuanceReason::SpecChanged), None);
+    // Without a window from the CA (a CA without RFC 9773), nothing is named.
+    assert_eq!(replaced_certificate(&certificate(), Some(&secret), IssuanceReason::Expiring), None);
 }

@@ -46,7 +46,7 @@ pub use solver_objects::{
     build_solver_pod, build_solver_service, default_solver_resources, solver_selector_labels,
 };
 pub use solver_selection::select_solver;
-pub use solver_wait::{DEFAULT_SOLVER_DEADLINE, SolverWait, solver_wait};
+pub use solver_wait::{DEFAULT_AUTHORIZATION_DEADLINE, SolverWait, solver_wait};
 pub use status::{IssuerWait, StatusTransition, UP_TO_DATE_MESSAGE, Validity};
 
 #[cfg(test)]

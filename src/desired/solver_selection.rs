@@ -133,6 +133,7 @@ mod tests {
             external_account_binding: None,
             account_per_namespace: None,
             send_lifetime: None,
+            profile: None,
             solvers,
         }
     }

@@ -1,19 +1,24 @@
-//! Waiting for solvers: how soon to look again at an order whose solver objects are not serving yet, and
-//! when to give up on them.
+//! Waiting for solvers and for the CA: how soon to look again at an order whose solver objects are not
+//! serving yet, and when to give up on an authorization.
 //!
-//! A solver Pod that never becomes ready (an image that cannot be pulled, a Pod that cannot be scheduled,
-//! a quota that refuses it) must not hold the order for ever: after [`DEFAULT_SOLVER_DEADLINE`] since the
-//! challenge was first presented, the attempt fails and backs off like any failure. Until then the
-//! Certificate is looked at again after delays that grow with the wait (half the time waited so far, from
-//! 1 s to 30 s): a Pod that starts at once is seen at once (its watch event wakes the Certificate too), and
-//! one that takes minutes costs a pass every 30 s, not every second.
+//! Each authorization has a deadline ([`DEFAULT_AUTHORIZATION_DEADLINE`], `kacme controller
+//! --authorization-deadline`), counted from the first time its challenge was presented: by then its solver
+//! must serve and the CA must have validated it. A solver Pod that never becomes ready (an image that cannot
+//! be pulled, a Pod that cannot be scheduled, a quota that refuses it), or a route that the CA still cannot
+//! reach after being asked again and again on the same order, must not hold the order for ever: past the
+//! deadline the attempt fails, naming the identifier, how long it waited and what the solver or the CA last
+//! said, and backs off like any failure. Until then a Certificate whose solver is not ready is looked at
+//! again after delays that grow with the wait (half the time waited so far, from 1 s to 30 s): a Pod that
+//! starts at once is seen at once (its watch event wakes the Certificate too), and one that takes minutes
+//! costs a pass every 30 s, not every second. How soon to ask the CA again is the ACME engine's (see
+//! `acme::resubmission`).
 
 use crate::acme::{AuthorizationStep, OrderProgress};
 use std::time::Duration;
 
-/// How long after a challenge was first presented its solver may take to serve it (the default of
-/// `kacme controller --solver-deadline`).
-pub const DEFAULT_SOLVER_DEADLINE: Duration = Duration::from_secs(300);
+/// How long after a challenge was first presented its authorization may take to become valid: its solver
+/// serving it and the CA validating it (the default of `kacme controller --authorization-deadline`).
+pub const DEFAULT_AUTHORIZATION_DEADLINE: Duration = Duration::from_secs(300);
 /// The first look again at a solver that is not ready.
 const FIRST_LOOK: Duration = Duration::from_secs(1);
 /// The longest wait between two looks.
@@ -26,25 +31,28 @@ pub enum SolverWait {
     NotWaiting,
     /// Solvers are being set up: look again after this long.
     LookAgainAfter(Duration),
-    /// A solver did not serve its challenge by the deadline: the attempt fails.
+    /// An authorization was not valid by the deadline: the attempt fails.
     Overdue {
-        /// The identifier whose solver is not ready.
+        /// The identifier whose solver is not ready, or that the CA has not validated.
         identifier: String,
         /// How long since its challenge was first presented.
         waited: Duration,
-        /// What the solver last reported (for example why its Pod is not ready), if anything.
+        /// What the solver last reported (for example why its Pod is not ready), or the CA's last error.
         last_message: Option<String>,
+        /// Whether the CA had been told (the solver served the challenge; the CA has not validated it).
+        submitted: bool,
     },
 }
 
 /// The solver wait of `progress` at `now` (seconds since the epoch, as `presentedAt` is kept), with
-/// `deadline` per challenge. The authorization that waited longest decides whether the deadline passed;
-/// the one that waited least how soon to look again (never later than the next deadline).
+/// `deadline` per authorization. The authorization that waited longest decides whether the deadline passed
+/// (presented or submitted ones: both are not valid yet); the presented one that waited least how soon to
+/// look again (never later than the next deadline).
 pub fn solver_wait(progress: &OrderProgress, now: u64, deadline: Duration) -> SolverWait {
     let waiting = progress
         .authorizations
         .iter()
-        .filter(|a| a.step == AuthorizationStep::Presented)
+        .filter(|a| matches!(a.step, AuthorizationStep::Presented | AuthorizationStep::Submitted))
         .filter_map(|a| Some((a, Duration::from_secs(now.saturating_sub(a.presented_at?)))));
     let mut look_again: Option<Duration> = None;
     let mut overdue: Option<(&crate::acme::AuthorizationProgress, Duration)> = None;
@@ -55,6 +63,10 @@ pub fn solver_wait(progress: &OrderProgress, now: u64, deadline: Duration) -> So
             }
             continue;
         }
+        if authorization.step == AuthorizationStep::Submitted {
+            // Waiting for the CA: the engine knows when to ask it again.
+            continue;
+        }
         let delay = (waited / 2).clamp(FIRST_LOOK, LONGEST_LOOK).min((deadline - waited).max(FIRST_LOOK));
         look_again = Some(look_again.map_or(delay, |d| d.min(delay)));
     }
@@ -63,6 +75,7 @@ pub fn solver_wait(progress: &OrderProgress, now: u64, deadline: Duration) -> So
             identifier: authorization.identifier.clone(),
             waited,
             last_message: authorization.message.clone(),
+            submitted: authorization.step == AuthorizationStep::Submitted,
         },
         (None, Some(delay)) => SolverWait::LookAgainAfter(delay),
         (None, None) => SolverWait::NotWaiting,
@@ -127,6 +140,24 @@ mod tests {
                 identifier: "web.example.test".into(),
                 waited: Duration::from_secs(300),
                 last_message: Some("waiting for solver Pod of web.example.test to be ready".into()),
+                submitted: false,
+            }
+        );
+    }
+
+    #[test]
+    fn an_authorization_the_ca_has_not_validated_by_the_deadline_is_overdue_with_the_cas_last_error() {
+        let mut entry = authorization("web.example.test", AuthorizationStep::Submitted, Some(299));
+        entry.message = Some("the CA could not validate it yet (attempt 30): connection: 404".into());
+        assert_eq!(solver_wait(&order(vec![entry.clone()]), NOW, DEADLINE), SolverWait::NotWaiting, "not yet");
+        entry.presented_at = Some(NOW - 300);
+        assert_eq!(
+            solver_wait(&order(vec![entry]), NOW, DEADLINE),
+            SolverWait::Overdue {
+                identifier: "web.example.test".into(),
+                waited: Duration::from_secs(300),
+                last_message: Some("the CA could not validate it yet (attempt 30): connection: 404".into()),
+                submitted: true,
             }
         );
     }
@@ -138,9 +169,9 @@ mod tests {
         let cases = [
             ("nothing presented yet", vec![authorization("a.test", Pending, None)], SolverWait::NotWaiting),
             (
-                "submitted, valid, invalid and gone ones wait for the CA, not for a solver",
+                "submitted ones within their deadline, valid, invalid and gone ones wait for no solver",
                 vec![
-                    authorization("a.test", Submitted, Some(3600)),
+                    authorization("a.test", Submitted, Some(10)),
                     authorization("b.test", Valid, Some(3600)),
                     authorization("c.test", Invalid, Some(3600)),
                     authorization("d.test", Gone, Some(3600)),
@@ -168,6 +199,7 @@ mod tests {
                     identifier: "c.test".into(),
                     waited: Duration::from_secs(900),
                     last_message: Some("waiting for solver Pod of c.test to be ready".into()),
+                    submitted: false,
                 },
             ),
         ];

@@ -18,7 +18,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 pub const UP_TO_DATE_MESSAGE: &str = "The certificate is up to date and has not expired";
 
 /// The reasons [`StatusTransition::failed_because`] shows: Ready keeps them until an issuance succeeds.
-const FAILURE_REASONS: [CertificateReason; 2] = [CertificateReason::Failed, CertificateReason::SolverNotReady];
+const FAILURE_REASONS: [CertificateReason; 4] = [
+    CertificateReason::Failed,
+    CertificateReason::SolverNotReady,
+    CertificateReason::DurationNotAllowed,
+    CertificateReason::ProfileNotOffered,
+];
 
 /// Why an issuer cannot be used yet: a condition reason and a message for the user.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -20,6 +20,7 @@ pub fn certificate() -> Certificate {
             private_key: None,
             usages: vec![],
             secret_template: None,
+            profile: None,
         },
     );
     c.metadata.namespace = Some("apps".into());

@@ -26,6 +26,9 @@ pub struct CertificateInfo {
     pub serial: String,
     /// The issuer's distinguished name, as text.
     pub issuer: String,
+    /// The certificate's identifier for ACME Renewal Information (RFC 9773 section 4.1:
+    /// `base64url(authority key identifier).base64url(serial)`); `None` without an authority key identifier.
+    pub renewal_id: Option<String>,
 }
 
 /// A parsed PEM chain: the leaf first, then the certificates that followed it.
@@ -110,7 +113,20 @@ fn certificate_info(der: &[u8], index: usize) -> Result<CertificateInfo, PkiErro
         public_key_raw: cert.public_key().subject_public_key.data.to_vec(),
         serial: cert.raw_serial().iter().map(|b| format!("{b:02x}")).collect(),
         issuer: cert.issuer().to_string(),
+        renewal_id: renewal_id(&cert),
     })
+}
+
+/// RFC 9773 section 4.1: the base64url (unpadded) key identifier of the authority key identifier extension,
+/// a dot, and the base64url DER content of the serial number.
+fn renewal_id(cert: &X509Certificate<'_>) -> Option<String> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let aki = cert.iter_extensions().find_map(|extension| match extension.parsed_extension() {
+        x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(aki) => aki.key_identifier.as_ref(),
+        _ => None,
+    })?;
+    Some(format!("{}.{}", URL_SAFE_NO_PAD.encode(aki.0), URL_SAFE_NO_PAD.encode(cert.raw_serial())))
 }
 
 fn ip_from_bytes(bytes: &[u8]) -> Option<IpAddr> {

@@ -69,6 +69,8 @@ impl TestCa {
         params.subject_alt_names.extend(ips.iter().map(|ip| SanType::IpAddress(ip.parse::<IpAddr>().unwrap())));
         params.not_before = offset(not_before);
         params.not_after = offset(not_after);
+        // As ACME CAs issue them: with an authority key identifier (so with an RFC 9773 identifier).
+        params.use_authority_key_identifier_extension = true;
         let leaf = params.signed_by(key.key_pair(), &self.intermediate).unwrap();
         format!("{}{}", leaf.pem(), self.intermediate.pem())
     }

@@ -320,3 +320,29 @@ fn a_ca_bundle_is_read_from_pem_or_base64_pem() {
         Err(PkiError::EmptyCaBundle)
     ));
 }
+
+#[test]
+fn the_renewal_id_is_the_rfc_9773_certificate_identifier() {
+    // RFC 9773 section 4.1's example: keyIdentifier 69:88:5B:6B:87:46:40:41:E1:B3:7B:84:7B:A0:AE:2C:DE:01:C8:D4
+    // and serial 00:87:65:43:21 give "aYhba4dGQEHhs3uEe6CuLN4ByNQ.AIdlQyE".
+    use rcgen::{CertificateParams, CertifiedIssuer, KeyIdMethod, KeyPair, SerialNumber};
+    let aki = vec![
+        0x69, 0x88, 0x5B, 0x6B, 0x87, 0x46, 0x40, 0x41, 0xE1, 0xB3, 0x7B, 0x84, 0x7B, 0xA0, 0xAE, 0x2C, 0xDE, 0x01,
+        0xC8, 0xD4,
+    ];
+    let mut ca = super::testing::ca_params("ARI Example CA");
+    ca.key_identifier_method = KeyIdMethod::PreSpecified(aki);
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    let mut leaf = CertificateParams::new(vec!["ari.example.test".to_string()]).unwrap();
+    leaf.serial_number = Some(SerialNumber::from(vec![0x00, 0x87, 0x65, 0x43, 0x21]));
+    leaf.use_authority_key_identifier_extension = true;
+    let leaf = leaf.signed_by(&KeyPair::generate().unwrap(), &ca).unwrap();
+    let chain = parse_chain(leaf.pem().as_bytes()).unwrap();
+    assert_eq!(chain.leaf.renewal_id.as_deref(), Some("aYhba4dGQEHhs3uEe6CuLN4ByNQ.AIdlQyE"));
+
+    // Without an authority key identifier there is no identifier (and no ARI for that certificate).
+    let mut bare = CertificateParams::new(vec!["bare.example.test".to_string()]).unwrap();
+    bare.use_authority_key_identifier_extension = false;
+    let bare = bare.self_signed(&KeyPair::generate().unwrap()).unwrap();
+    assert_eq!(parse_chain(bare.pem().as_bytes()).unwrap().leaf.renewal_id, None);
+}

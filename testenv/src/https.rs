@@ -71,6 +71,20 @@ impl HttpsClient {
             request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
         }
         let request = request.body(Full::new(Bytes::new())).with_context(|| format!("building a request to {url}"))?;
+        self.exchange("GET", url, request).await
+    }
+
+    /// POST `body` as JSON to `url` (any HTTP status is a success).
+    pub async fn post_json(&self, url: &str, body: &serde_json::Value) -> Result<HttpsResponse> {
+        let request = hyper::Request::post(url)
+            .header(hyper::header::USER_AGENT, "kacme-testenv")
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .with_context(|| format!("building a request to {url}"))?;
+        self.exchange("POST", url, request).await
+    }
+
+    async fn exchange(&self, method: &str, url: &str, request: hyper::Request<Full<Bytes>>) -> Result<HttpsResponse> {
         let exchange = async {
             let response = self.client.request(request).await?;
             let status = response.status().as_u16();
@@ -78,8 +92,8 @@ impl HttpsClient {
             Ok::<_, anyhow::Error>(HttpsResponse { status, body: String::from_utf8_lossy(&body).into_owned() })
         };
         match tokio::time::timeout(self.timeout, exchange).await {
-            Ok(result) => result.with_context(|| format!("GET {url}")),
-            Err(_) => bail!("GET {url}: no answer within {:?}", self.timeout),
+            Ok(result) => result.with_context(|| format!("{method} {url}")),
+            Err(_) => bail!("{method} {url}: no answer within {:?}", self.timeout),
         }
     }
 }

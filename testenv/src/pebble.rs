@@ -32,6 +32,9 @@ pub struct PebbleOptions {
     /// Retry-After seconds that Pebble sends for pending authorizations and orders (`retryAfter`); Pebble
     /// sends none when `None`.
     pub retry_after_seconds: Option<u32>,
+    /// Profiles Pebble offers besides `default` (name and validity period), listed in its directory's
+    /// `meta.profiles`.
+    pub profiles: Vec<(String, Duration)>,
 }
 
 impl Default for PebbleOptions {
@@ -43,6 +46,7 @@ impl Default for PebbleOptions {
             validity: None,
             authz_reuse_percent: None,
             retry_after_seconds: None,
+            profiles: Vec::new(),
         }
     }
 }
@@ -143,10 +147,19 @@ impl Pebble {
                 "externalAccountMACKeys": mac_keys,
             }
         });
-        if let Some(validity) = options.validity {
-            config["pebble"]["profiles"] = serde_json::json!({
-                "default": {"description": "kacme-testenv default profile", "validityPeriod": validity.as_secs().max(1)}
+        if options.validity.is_some() || !options.profiles.is_empty() {
+            // Pebble's own default lifetime is 90 days (7776000 s).
+            let default = options.validity.map_or(7_776_000, |v| v.as_secs().max(1));
+            let mut profiles = serde_json::json!({
+                "default": {"description": "kacme-testenv default profile", "validityPeriod": default}
             });
+            for (name, validity) in &options.profiles {
+                profiles[name] = serde_json::json!({
+                    "description": format!("kacme-testenv profile {name}"),
+                    "validityPeriod": validity.as_secs().max(1),
+                });
+            }
+            config["pebble"]["profiles"] = profiles;
         }
         if let Some(seconds) = options.retry_after_seconds {
             config["pebble"]["retryAfter"] = serde_json::json!({"authz": seconds, "order": seconds});
@@ -203,6 +216,28 @@ impl Pebble {
     /// The management interface base URL (`/roots/0`, `/intermediates/0`, ...), same TLS listener root.
     pub fn management_url(&self) -> &str {
         &self.management_url
+    }
+
+    /// Sets the renewal window Pebble's ACME Renewal Information (RFC 9773) suggests for the certificate
+    /// `leaf_pem` (through the management interface's `/set-renewal-info/`).
+    pub async fn set_renewal_window(
+        &self,
+        leaf_pem: &str,
+        start: std::time::SystemTime,
+        end: std::time::SystemTime,
+    ) -> Result<()> {
+        let rfc3339 = |t: std::time::SystemTime| -> Result<String> {
+            let seconds = t.duration_since(std::time::UNIX_EPOCH).context("a time before 1970")?.as_secs();
+            Ok(jiff::Timestamp::from_second(i64::try_from(seconds)?)?.to_string())
+        };
+        let window = serde_json::json!({"suggestedWindow": {"start": rfc3339(start)?, "end": rfc3339(end)?}});
+        let url = format!("{}/set-renewal-info/", self.management_url);
+        let body = serde_json::json!({"Certificate": leaf_pem, "ARIResponse": window.to_string()});
+        let response = self.command.https.post_json(&url, &body).await?;
+        if response.status != 200 {
+            anyhow::bail!("POST {url}: HTTP {}: {}", response.status, response.body);
+        }
+        Ok(())
     }
 
     /// The root that signed Pebble's TLS listener certificate: trust it to talk to the ACME endpoint.

@@ -78,6 +78,8 @@ struct State {
     pods: Mutex<HashMap<String, Arc<SolverPod>>>,
     services: Store<Service>,
     ingresses: Store<Ingress>,
+    /// How long after its creation an Ingress is routed (see [`SolverStandIn::program_ingresses_after`]).
+    programming_delay: Mutex<Duration>,
 }
 
 struct SolverPod {
@@ -117,6 +119,7 @@ impl SolverStandIn {
             pods: Mutex::new(HashMap::new()),
             services: services.clone(),
             ingresses: ingresses.clone(),
+            programming_delay: Mutex::new(Duration::ZERO),
         });
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(drive(reflector::reflector(
@@ -146,6 +149,13 @@ impl SolverStandIn {
             started.elapsed().as_secs_f64()
         );
         Ok(stand_in)
+    }
+
+    /// Routes an Ingress only `delay` after its creation (its `creationTimestamp`, to the second), as a real
+    /// ingress controller takes a moment to program a new rule: until then its requests answer 404, as they
+    /// would with no rule at all. Zero (the default) routes every Ingress at once.
+    pub fn program_ingresses_after(&self, delay: Duration) {
+        *lock(&self.state.programming_delay) = delay;
     }
 
     /// Where the stand-in serves HTTP (the ingress controller's address).
@@ -534,7 +544,13 @@ async fn route(state: &State, request: Request<Incoming>) -> Response<Full<Bytes
         .map(normalize_host)
         .unwrap_or_default();
     let path = request.uri().path().to_string();
-    let ingresses = state.ingresses.state();
+    let delay = *lock(&state.programming_delay);
+    let now = std::time::SystemTime::now();
+    let programmed = |ingress: &Arc<Ingress>| {
+        let created = ingress.metadata.creation_timestamp.as_ref().map(|t| std::time::SystemTime::from(t.0));
+        delay.is_zero() || created.is_some_and(|created| now.duration_since(created).is_ok_and(|age| age >= delay))
+    };
+    let ingresses: Vec<Arc<Ingress>> = state.ingresses.state().into_iter().filter(programmed).collect();
     let Some(backend) = find_backend(&ingresses, &host, &path) else {
         return text(StatusCode::NOT_FOUND, format!("no Ingress rule matches host {host:?} and path {path:?}\n"));
     };

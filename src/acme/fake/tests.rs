@@ -4,8 +4,8 @@
 use super::{Endpoint, FakeAcme, Fault, MemorySolver, Validation};
 use crate::acme::{
     AccountOrigin, AccountRecord, AccountSpec, AcmeAccount, AcmeError, Advance, AdvanceOptions, AuthorizationStep,
-    ExternalAccountBinding, IssueOptions, NoObserver, OrderProgress, OrderSession, OrderState, Retry, issue,
-    issue_with,
+    ExternalAccountBinding, IssueOptions, NoObserver, OrderOptions, OrderProgress, OrderSession, OrderState, Retry,
+    issue, issue_with,
 };
 use crate::api::{KeyAlgorithm, KeyEncoding, KeyUsage};
 use crate::pki::{
@@ -58,7 +58,9 @@ fn check_issued(fake: &FakeAcme, chain_pem: &str, request: &CsrRequest, key: &Pr
 }
 
 async fn create_order(account: &AcmeAccount, request: &CsrRequest) -> OrderSession {
-    OrderSession::create(account, &request.dns_names, &request.ip_addresses, None).await.expect("a new order")
+    OrderSession::create(account, &request.dns_names, &request.ip_addresses, &OrderOptions::default())
+        .await
+        .expect("a new order")
 }
 
 #[tokio::test]
@@ -347,7 +349,9 @@ async fn a_forgotten_account_says_so_and_its_key_registers_again() {
     let (account, stored_key) = fake.register_account().await;
     fake.forget_accounts();
 
-    let error = OrderSession::create(&account, &["who.example.test".into()], &[], None).await.expect_err("no account");
+    let error = OrderSession::create(&account, &["who.example.test".into()], &[], &OrderOptions::default())
+        .await
+        .expect_err("no account");
     assert!(error.is_problem("accountDoesNotExist"), "{error}");
 
     let again = AcmeAccount::register(&fake.account_spec(), Some(&stored_key), Arc::new(NoObserver))
@@ -823,7 +827,9 @@ async fn a_stored_key_the_ca_does_not_know_registers_with_the_contact_and_the_bi
         .await
         .expect("restored: the CA is not asked");
     assert_eq!(again.account.origin(), AccountOrigin::Restored);
-    let error = OrderSession::create(&again.account, &["who.example.test".into()], &[], None).await.expect_err("gone");
+    let error = OrderSession::create(&again.account, &["who.example.test".into()], &[], &OrderOptions::default())
+        .await
+        .expect_err("gone");
     assert!(error.is_problem("accountDoesNotExist"), "{error}");
 
     let registered =
@@ -833,4 +839,129 @@ async fn a_stored_key_the_ca_does_not_know_registers_with_the_contact_and_the_bi
     assert_eq!(fake.accounts_created(), 2);
     let contact = fake.account_contact(registered.account.uri());
     assert_eq!(contact, Some(serde_json::json!(["mailto:ops@example.test"])));
+}
+
+/// A check that fails as step-ca reports a route that is not serving yet, `failures` times, then passes.
+fn route_serving_after(failures: u32) -> (Validation, Arc<std::sync::atomic::AtomicU32>) {
+    let attempts = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counted = attempts.clone();
+    let check = Validation::Check(Arc::new(move |challenge: &super::FakeChallenge| {
+        let attempt = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        if attempt <= failures {
+            Err(format!(
+                "error doing http GET for url http://{}/.well-known/acme-challenge/{} with status code 404",
+                challenge.identifier, challenge.token
+            ))
+        } else {
+            Ok(())
+        }
+    }));
+    (check, attempts)
+}
+
+/// Advances `session` until it issues, sleeping as long as it asks between steps; the waits it asked for.
+async fn advance_until_issued(
+    session: &mut OrderSession,
+    account: &AcmeAccount,
+    solver: &MemorySolver,
+    csr: &[u8],
+) -> (String, Vec<Duration>) {
+    let mut waits = Vec::new();
+    for _ in 0..20 {
+        match session.advance(account, solver, csr, &step_options()).await.expect("no error on the same order") {
+            Advance::Issued(chain) => return (chain, waits),
+            Advance::Wait { after, .. } => {
+                waits.push(after);
+                tokio::time::sleep(after).await;
+            }
+        }
+    }
+    panic!("not issued after 20 steps: {:#?}", session.progress());
+}
+
+#[tokio::test]
+async fn a_challenge_the_ca_leaves_pending_with_an_error_is_asked_again_on_the_same_order_until_the_route_serves() {
+    let fake = FakeAcme::start().await;
+    let (account, _) = fake.register_account().await;
+    fake.leave_failed_challenges_pending(true);
+    let (check, attempts) = route_serving_after(2);
+    fake.set_validation(check);
+    let solver = MemorySolver::new();
+    let request = request(&["late.example.test"], &[]);
+    let key = key();
+    let csr = build_csr(&request, &key).expect("a CSR");
+    let mut session = create_order(&account, &request).await;
+
+    // The first attempt fails: the challenge stays submitted, with the CA's words and the next attempt.
+    let first = session.advance(&account, &solver, &csr, &step_options()).await.expect("not a failure");
+    let Advance::Wait { after, reason } = first else { panic!("a wait: {first:?}") };
+    assert_eq!(after, Duration::from_secs(1), "asked again after a second");
+    let authorization = &session.progress().authorizations[0];
+    assert_eq!(authorization.step, AuthorizationStep::Submitted);
+    let message = authorization.message.clone().expect("a message");
+    assert!(message.contains("attempt 1") && message.contains("asking again in 1s"), "{message}");
+    assert!(message.contains("connection: error doing http GET") && message.contains("404"), "{message}");
+    assert!(reason.contains("late.example.test") && reason.contains("404"), "{reason}");
+    assert_eq!(solver.serving(), 1, "the route keeps serving");
+
+    let (chain, waits) = advance_until_issued(&mut session, &account, &solver, &csr).await;
+
+    check_issued(&fake, &chain, &request, &key);
+    assert_eq!(fake.orders_created(), 1, "the same order");
+    assert_eq!(attempts.load(std::sync::atomic::Ordering::SeqCst), 3, "two failed validations, then one that passed");
+    assert_eq!(fake.requests(Endpoint::Challenge), 3, "one POST per validation");
+    assert!(waits.contains(&Duration::from_secs(2)), "the second wait doubled: {waits:?}");
+    assert_eq!(solver.serving(), 0, "cleaned up");
+}
+
+#[tokio::test]
+async fn a_challenge_the_ca_invalidates_after_being_asked_again_ends_the_order_for_good_with_its_words() {
+    let fake = FakeAcme::start().await;
+    let (account, _) = fake.register_account().await;
+    fake.leave_failed_challenges_pending(true);
+    fake.set_validation(route_serving_after(u32::MAX).0);
+    let solver = MemorySolver::new();
+    let request = request(&["wrong.example.test"], &[]);
+    let csr = build_csr(&request, &key()).expect("a CSR");
+    let mut session = create_order(&account, &request).await;
+    let first = session.advance(&account, &solver, &csr, &step_options()).await.expect("not a failure");
+    let Advance::Wait { after, .. } = first else { panic!("a wait: {first:?}") };
+
+    // The route now answers, but something else than the key authorization: step-ca invalidates.
+    fake.set_validation(Validation::Invalid("keyAuthorization does not match".into()));
+    tokio::time::sleep(after).await;
+    let error = session.advance(&account, &solver, &csr, &step_options()).await.expect_err("an invalid order");
+
+    assert_eq!(error.retry, Retry::Never, "a new order, after backoff: {error}");
+    assert!(error.to_string().contains("wrong.example.test"), "{error}");
+    assert!(error.to_string().contains("keyAuthorization does not match"), "{error}");
+    assert_eq!(session.progress().authorizations[0].step, AuthorizationStep::Invalid);
+    assert_eq!(fake.requests(Endpoint::Challenge), 2);
+    assert_eq!(solver.serving(), 0, "cleaned up");
+}
+
+#[tokio::test]
+async fn a_challenge_the_ca_is_still_processing_is_not_asked_about_again() {
+    let fake = FakeAcme::start().await;
+    let (account, _) = fake.register_account().await;
+    fake.set_validation(Validation::PendingFor(4));
+    let request = request(&["processing.example.test"], &[]);
+    let key = key();
+    let csr = build_csr(&request, &key).expect("a CSR");
+    let mut session = create_order(&account, &request).await;
+    let options = AdvanceOptions { max_wait: Duration::ZERO, ..AdvanceOptions::default() };
+
+    let mut issued = None;
+    for _ in 0..20 {
+        match session.advance(&account, &MemorySolver::new(), &csr, &options).await.expect("no error") {
+            Advance::Issued(chain) => {
+                issued = Some(chain);
+                break;
+            }
+            Advance::Wait { .. } => {}
+        }
+    }
+
+    check_issued(&fake, &issued.expect("issued"), &request, &key);
+    assert_eq!(fake.requests(Endpoint::Challenge), 1, "RFC 8555 section 8.2: the CA retries a processing challenge");
 }

@@ -107,13 +107,19 @@ impl Pass<'_> {
         match advanced {
             Ok(Advance::Wait { after: wait, reason }) => {
                 let now = u64::try_from(self.now.as_second()).unwrap_or_default();
-                let deadline = self.ctx.config.solver_deadline;
+                let deadline = self.ctx.config.authorization_deadline;
                 let wait = match solver_wait(&after, now, deadline) {
                     SolverWait::NotWaiting => wait,
-                    SolverWait::LookAgainAfter(delay) => delay,
-                    SolverWait::Overdue { identifier, waited, last_message } => {
+                    // A challenge the CA is to be asked about again may be due before the next look at a solver.
+                    SolverWait::LookAgainAfter(delay) => delay.min(session.next_resubmission().unwrap_or(delay)),
+                    SolverWait::Overdue { identifier, waited, last_message, submitted: false } => {
                         let detail = last_message.unwrap_or_else(|| "its solver reported nothing".into());
                         let error = IssuanceError::SolverNotReady { identifier, waited, deadline, detail };
+                        return self.fail(error).await;
+                    }
+                    SolverWait::Overdue { identifier, waited, last_message, submitted: true } => {
+                        let detail = last_message.unwrap_or_else(|| "the CA reported no error".into());
+                        let error = IssuanceError::NotValidatedInTime { identifier, waited, deadline, detail };
                         return self.fail(error).await;
                     }
                 };

@@ -61,9 +61,26 @@ pub(super) enum IssuanceError {
         deadline.as_secs()
     )]
     SolverNotReady { identifier: String, waited: std::time::Duration, deadline: std::time::Duration, detail: String },
+    /// The CA did not validate an authorization by the deadline (its route served, but the CA could not
+    /// reach it or is still validating): the order is given up.
+    #[error(
+        "the CA had not validated {identifier} {}s after its challenge was presented (the deadline is {}s); giving \
+         up this order: {detail}",
+        waited.as_secs(),
+        deadline.as_secs()
+    )]
+    NotValidatedInTime {
+        identifier: String,
+        waited: std::time::Duration,
+        deadline: std::time::Duration,
+        detail: String,
+    },
     /// The CA refused the lifetime asked for.
     #[error("the CA refused the requested lifetime of {duration} ({detail}): {error}")]
     DurationNotAllowed { duration: String, detail: String, error: Box<AcmeError> },
+    /// The profile asked for is not one the CA offers.
+    #[error("{0}")]
+    ProfileNotOffered(String),
     /// The CA refused the order (or the engine gave up on it).
     #[error(transparent)]
     Acme(#[from] AcmeError),
@@ -155,6 +172,7 @@ impl Pass<'_> {
         let (reason, event_reason) = match &error {
             IssuanceError::SolverNotReady { .. } => (CertificateReason::SolverNotReady, EventReason::SolverNotReady),
             IssuanceError::DurationNotAllowed { .. } => (CertificateReason::DurationNotAllowed, EventReason::Failed),
+            IssuanceError::ProfileNotOffered(_) => (CertificateReason::ProfileNotOffered, EventReason::Failed),
             _ => (CertificateReason::Failed, EventReason::Failed),
         };
         let (attempts, message) = self.transition().failed_because(reason, &error.to_string());

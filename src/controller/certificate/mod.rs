@@ -234,9 +234,14 @@ impl<'a> Pass<'a> {
     }
 
     fn requeue_at_renewal(&self, renewal_time: Timestamp) -> Action {
+        Action::requeue(self.renewal_wait(renewal_time))
+    }
+
+    /// How long until the pass at `renewal_time` (plus this Certificate's jitter).
+    fn renewal_wait(&self, renewal_time: Timestamp) -> Duration {
         let key = format!("{}/{}", self.namespace, self.name());
         let at = requeue_at(renewal_time, &key, self.ctx.config.renewal_jitter);
-        Action::requeue(at.duration_since(self.now).unsigned_abs().max(Duration::from_secs(1)))
+        at.duration_since(self.now).unsigned_abs().max(Duration::from_secs(1))
     }
 
     /// The issuer of the Certificate and its ACME account, or why they cannot be used yet.

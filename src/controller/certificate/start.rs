@@ -3,13 +3,13 @@
 
 use super::failure::IssuanceError;
 use super::{NEXT_STEP, Pass};
-use crate::acme::OrderSession;
+use crate::acme::{OrderOptions, OrderSession};
 use crate::api::names::{ANNOTATION_RENEW_REQUESTED_AT, TLS_KEY};
 use crate::api::{IssuanceReason, RotationPolicy};
 use crate::controller::ReconcileError;
 use crate::controller::context::KeptOrder;
 use crate::controller::context::SecretCreation;
-use crate::decision::{SecretOwnership, next_key_ownership, secret_ownership};
+use crate::decision::{SecretOwnership, next_key_ownership, replaced_certificate, secret_ownership};
 use crate::desired::{EventNote, EventReason, build_next_key_secret, select_solver};
 use crate::pki::{KeySpec, PrivateKey, generate_private_key, parse_private_key};
 use k8s_openapi::api::core::v1::Secret;
@@ -42,8 +42,27 @@ impl Pass<'_> {
             Ok(ips) => ips,
             Err(error) => return self.fail(error).await,
         };
+        let profile = spec.profile.clone().or_else(|| issuer.acme.profile.clone());
+        if let Some(profile) = &profile
+            && let Err(message) = account.check_profile(profile)
+        {
+            return self.fail(IssuanceError::ProfileNotOffered(format!("{}: {message}", issuer.describe()))).await;
+        }
         let not_after = lifetime_to_send(spec.duration, issuer.acme.send_lifetime, self.now);
-        let session = match OrderSession::create(&account, &spec.dns_names, &ips, not_after).await {
+        let replaces = replaced_certificate(self.certificate, secret, reason);
+        let options = OrderOptions { not_after, profile, replaces };
+        let created = match OrderSession::create(&account, &spec.dns_names, &ips, &options).await {
+            // A CA may refuse `replaces` (the certificate was replaced already, by another account, or the CA
+            // forgot it): the renewal matters more than the hint, so order once more without it.
+            Err(error) if options.replaces.is_some() => {
+                tracing::warn!(%error, "the CA refused the order naming the certificate it replaces; ordering without");
+                let without = OrderOptions { replaces: None, ..options.clone() };
+                (OrderSession::create(&account, &spec.dns_names, &ips, &without).await, None)
+            }
+            created => (created, options.replaces.clone()),
+        };
+        let (created, replaced) = created;
+        let session = match created {
             Ok(session) => session,
             Err(error) if not_after.is_some() && error.refuses_lifetime() => {
                 let error = IssuanceError::DurationNotAllowed {
@@ -73,9 +92,13 @@ impl Pass<'_> {
         let renewal_request = self.certificate.annotations().get(ANNOTATION_RENEW_REQUESTED_AT).cloned();
         self.transition().order_created(reason, message, order, key_secret_name, renewal_request);
         let url = session.progress().url.clone();
-        tracing::info!(reason = reason.as_str(), order = %url, "created an ACME order");
-        self.publish(EventNote::normal(EventReason::OrderCreated, format!("Created ACME order {url} ({message})")))
-            .await;
+        tracing::info!(reason = reason.as_str(), order = %url, replaces = ?replaced, "created an ACME order");
+        let replacing = replaced.map(|id| format!("; replaces certificate {id}")).unwrap_or_default();
+        self.publish(EventNote::normal(
+            EventReason::OrderCreated,
+            format!("Created ACME order {url} ({message}{replacing})"),
+        ))
+        .await;
         let issuer = self.certificate.spec.issuer_ref.clone();
         self.ctx.keep_order(self.certificate, KeptOrder { session, key, issuer });
         Ok(Action::requeue(NEXT_STEP))

@@ -830,6 +830,49 @@ async fn a_solver_pod_that_never_becomes_ready_is_awaited_ever_more_slowly_then_
 
 // --- A panicked reconcile ------------------------------------------------------------------------------
 
+#[tokio::test]
+async fn a_route_the_ca_cannot_reach_yet_is_asked_about_again_on_the_same_order_until_the_authorization_deadline() {
+    let mut harness = IssuanceHarness::ready_to_issue().await;
+    harness.ca.leave_failed_challenges_pending(true);
+    let refusal =
+        "error doing http GET for url http://web.example.test/.well-known/acme-challenge/x with status code 404";
+    harness.ca.set_validation(Validation::Check(Arc::new(move |_: &FakeChallenge| Err(refusal.to_string()))));
+    let submitted_with_the_cas_error = |harness: &IssuanceHarness| {
+        let status = harness.certificate().status.unwrap_or_default();
+        status.order.is_some_and(|order| {
+            order.authorizations.iter().any(|a| {
+                a.state.as_deref() == Some("submitted") && a.message.as_deref().is_some_and(|m| m.contains(refusal))
+            })
+        })
+    };
+    let mut passes = 0;
+    while !submitted_with_the_cas_error(&harness) {
+        assert!(passes < MAX_PASSES, "not submitted after {passes} passes: {:#?}", harness.certificate().status);
+        harness.run_passes(1).await;
+        passes += 1;
+    }
+
+    // Still issuing on the same order, the CA's words in the Issuing condition.
+    let (status, _, message) = harness.condition("Issuing").expect("Issuing");
+    assert_eq!(status, "True");
+    assert!(message.contains(refusal) && message.contains("asking again"), "{message}");
+    assert!(!harness.event_reasons().contains(&"Failed".to_string()), "{:?}", harness.event_reasons());
+
+    // Asked again (after a restart: at once), until the deadline (5 minutes by default) passes.
+    present_earlier(&mut harness, 300).await;
+    harness.sync_caches();
+    let action = harness.pass().await;
+
+    let (status, reason, message) = harness.condition("Ready").expect("Ready");
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "Failed"));
+    assert!(message.contains("the CA had not validated web.example.test 30"), "names it and how long: {message}");
+    assert!(message.contains("(the deadline is 300s)") && message.contains(refusal), "the CA's last error: {message}");
+    assert_eq!(harness.ca.orders_created(), 1, "one order throughout");
+    assert!(harness.ca.requests(Endpoint::Challenge) >= 2, "asked again on the same order");
+    assert_eq!(harness.solver_objects(), Vec::<String>::new(), "the solver objects are removed");
+    assert_eq!(action, Action::requeue(harness.config.backoff.initial), "then the usual failure backoff");
+}
+
 /// One reconcile of Certificate `apps/<name>` as the controller runs it: through `observed`, which catches
 /// a panic, then the error policy on failure (whose requeue is the error backoff).
 async fn controller_pass(
@@ -1400,6 +1443,7 @@ async fn a_cluster_issuer_may_skip_tls_verification_and_use_any_server() {
         acme: crate::api::AcmeIssuer { skip_tls_verify: Some(true), ..issuer.spec.acme.clone() },
         policy: None,
         ready: true,
+        offers_renewal_info: false,
         generation: Some(1),
         recorded_account: None,
     };
