@@ -30,6 +30,7 @@ pub(crate) mod fake;
 mod http;
 mod issue;
 mod lifetime;
+mod new_account;
 mod observe;
 mod order;
 mod renewal_info;
@@ -37,7 +38,10 @@ mod resubmission;
 mod revocation;
 mod selfcheck;
 
-pub use account::{AccountKey, AccountSpec, AcmeAccount, ExternalAccountBinding, Registration, decode_eab_hmac_key};
+pub use account::{
+    AccountKey, AccountOrigin, AccountRecord, AccountSpec, AcmeAccount, ExternalAccountBinding, Registration,
+    decode_eab_hmac_key,
+};
 pub use challenge::{CHALLENGE_PATH_PREFIX, Http01Challenge, check_challenge, check_identifier, check_token};
 pub use error::{AcmeError, DEFAULT_RETRY_DELAY, PROBLEM_PREFIX, ProblemDetail, Retry};
 pub use http::CaTrust;
