@@ -123,7 +123,10 @@ async fn disturb(env: &mut OperatorEnv, disturbance: Disturbance, key_secrets: &
 #[tokio::test(flavor = "multi_thread")]
 async fn pebble_issuers_keep_their_accounts_across_restarts_and_key_secret_edits_without_new_account_requests() {
     within(300, async {
-        let mut env = OperatorEnv::with_pebble(PebbleOptions::default()).await.expect("environment");
+        // newAccount requests are counted exactly: Pebble must not reject nonces at random (a retried request
+        // would count twice).
+        let options = PebbleOptions { nonce_reject_percent: 0, ..PebbleOptions::default() };
+        let mut env = OperatorEnv::with_pebble(options).await.expect("environment");
         let Ca::Pebble(pebble) = &env.ca else { panic!("Pebble") };
         // One counting proxy per issuer, so that each issuer's account requests are seen apart.
         let own = HostileAcme::start(pebble, HostileBehaviour::PassThrough).await.expect("a counting proxy");
@@ -195,7 +198,10 @@ async fn step_ca_an_issuer_keeps_its_account_across_restarts_and_key_secret_edit
 #[tokio::test(flavor = "multi_thread")]
 async fn pebble_a_restored_account_the_ca_forgot_is_registered_again_once_and_the_certificate_is_issued() {
     within(300, async {
-        let mut env = OperatorEnv::with_pebble(PebbleOptions::default()).await.expect("environment");
+        // newAccount requests are counted exactly: Pebble must not reject nonces at random (a retried request
+        // would count twice).
+        let options = PebbleOptions { nonce_reject_percent: 0, ..PebbleOptions::default() };
+        let mut env = OperatorEnv::with_pebble(options).await.expect("environment");
         let pebble_new_accounts = |env: &OperatorEnv| {
             let Ca::Pebble(pebble) = &env.ca else { panic!("Pebble") };
             pebble.request_counts().expect("Pebble's request counts").get(PEBBLE_NEW_ACCOUNT).copied().unwrap_or(0)
