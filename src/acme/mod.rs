@@ -29,6 +29,7 @@ mod error;
 pub(crate) mod fake;
 mod http;
 mod issue;
+mod jws;
 mod lifetime;
 mod new_account;
 mod observe;

@@ -5,23 +5,14 @@
 //! is missing"). So kacme signs this one request itself (a flattened JWS with the key as `jwk`) and builds
 //! the account from the URL the CA answers, as it restores an account from a stored URL.
 
-use super::error::{AcmeError, DEFAULT_RETRY_DELAY, Retry};
+use super::error::AcmeError;
 use super::http::SharedHttp;
+use super::jws::{KeyId, SignedPost, directory_url_of, get_directory};
 use super::observe::AcmeAction;
-use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use bytes::Bytes;
-use http::{Method, Request};
-use instant_acme::{BodyWrapper, BytesResponse, HttpClient};
 use serde_json::{Value, json};
-
-/// RFC 8555 section 6.1: every request carries a User-Agent (Pebble refuses requests without one).
-const USER_AGENT: &str = concat!("kacme/", env!("CARGO_PKG_VERSION"));
-
-/// How often a newAccount rejected for its nonce is sent again with the nonce the CA offered.
-const BAD_NONCE_ATTEMPTS: u32 = 3;
 
 /// An account key pair with its public JWK (RFC 7517) and thumbprint (RFC 7638).
 pub(crate) struct AccountKeyPair {
@@ -53,10 +44,6 @@ impl AccountKeyPair {
     pub(crate) fn thumbprint(&self) -> String {
         URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, self.jwk.as_bytes()))
     }
-
-    fn jwk_value(&self) -> Result<Value, AcmeError> {
-        serde_json::from_str(&self.jwk).map_err(|e| AcmeError::fatal(AcmeAction::Account, format!("the JWK: {e}")))
-    }
 }
 
 /// What a newAccount request asks for.
@@ -78,50 +65,19 @@ pub(crate) async fn send_new_account(
     request: &NewAccountRequest<'_>,
 ) -> Result<String, AcmeError> {
     let directory = get_directory(http, directory_url).await?;
-    let url_of = |name: &str| {
-        directory
-            .get(name)
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .ok_or_else(|| AcmeError::fatal(AcmeAction::Directory, format!("the CA's directory has no {name}")))
-    };
-    let (new_nonce, new_account) = (url_of("newNonce")?, url_of("newAccount")?);
+    let (new_nonce, new_account) =
+        (directory_url_of(&directory, "newNonce")?, directory_url_of(&directory, "newAccount")?);
     let payload = new_account_payload(key, &new_account, request)?;
-    let mut nonce = get_nonce(http, &new_nonce).await?;
-    let mut attempts = 0;
-    loop {
-        let body = sign(key, &nonce, &new_account, &payload)?;
-        let post = Request::builder()
-            .method(Method::POST)
-            .uri(&new_account)
-            .header(http::header::CONTENT_TYPE, "application/jose+json")
-            .header(http::header::USER_AGENT, USER_AGENT)
-            .body(BodyWrapper::from(body))
-            .map_err(|e| AcmeError::fatal(AcmeAction::Account, format!("building the newAccount request: {e}")))?;
-        let (parts, body) = exchange(http, post).await?;
-        if parts.status.is_success() {
-            return parts
-                .headers
-                .get(http::header::LOCATION)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-                .ok_or_else(|| AcmeError {
-                    action: AcmeAction::Account,
-                    retry: Retry::After(DEFAULT_RETRY_DELAY),
-                    problem: None,
-                    message: "the CA answered newAccount without the account's URL (no Location header)".into(),
-                });
-        }
-        let error = problem_error(parts.status, &body);
-        let offered = parts.headers.get("replay-nonce").and_then(|v| v.to_str().ok()).map(str::to_string);
-        match offered {
-            Some(offered) if error.is_problem("badNonce") && attempts < BAD_NONCE_ATTEMPTS => {
-                attempts += 1;
-                nonce = offered;
-            }
-            _ => return Err(error),
-        }
-    }
+    let post = SignedPost {
+        action: AcmeAction::Account,
+        name: "newAccount",
+        url: &new_account,
+        new_nonce_url: &new_nonce,
+        key: &key.key,
+        key_id: KeyId::Jwk(&key.jwk),
+        payload: &payload,
+    };
+    post.send_for_location(http).await
 }
 
 /// The newAccount payload: terms agreed, the contact (when there is one), `onlyReturnExisting` for a lookup,
@@ -156,72 +112,6 @@ fn external_account_binding(
     let hmac = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, hmac_key);
     let signature = aws_lc_rs::hmac::sign(&hmac, format!("{protected}.{payload}").as_bytes());
     Ok(json!({"protected": protected, "payload": payload, "signature": URL_SAFE_NO_PAD.encode(signature.as_ref())}))
-}
-
-/// The flattened JWS of a newAccount request: signed with the key, which it carries as `jwk`.
-fn sign(key: &AccountKeyPair, nonce: &str, url: &str, payload: &Value) -> Result<Vec<u8>, AcmeError> {
-    let protected = json!({"alg": "ES256", "jwk": key.jwk_value()?, "nonce": nonce, "url": url});
-    let protected = URL_SAFE_NO_PAD.encode(protected.to_string());
-    let payload = URL_SAFE_NO_PAD.encode(payload.to_string());
-    let signature = key
-        .key
-        .sign(&SystemRandom::new(), format!("{protected}.{payload}").as_bytes())
-        .map_err(|_| AcmeError::fatal(AcmeAction::Account, "signing the newAccount request failed"))?;
-    let signature = URL_SAFE_NO_PAD.encode(signature.as_ref());
-    Ok(json!({"protected": protected, "payload": payload, "signature": signature}).to_string().into_bytes())
-}
-
-async fn get_directory(http: &SharedHttp, directory_url: &str) -> Result<serde_json::Map<String, Value>, AcmeError> {
-    let request = Request::builder()
-        .method(Method::GET)
-        .uri(directory_url)
-        .header(http::header::USER_AGENT, USER_AGENT)
-        .body(BodyWrapper::default())
-        .map_err(|e| AcmeError::fatal(AcmeAction::Directory, format!("building the directory request: {e}")))?;
-    let (_, body) = exchange(http, request).await?;
-    serde_json::from_slice(&body)
-        .map_err(|e| AcmeError::fatal(AcmeAction::Directory, format!("the CA's directory is not JSON: {e}")))
-}
-
-async fn get_nonce(http: &SharedHttp, new_nonce: &str) -> Result<String, AcmeError> {
-    let request = Request::builder()
-        .method(Method::HEAD)
-        .uri(new_nonce)
-        .header(http::header::USER_AGENT, USER_AGENT)
-        .body(BodyWrapper::default())
-        .map_err(|e| AcmeError::fatal(AcmeAction::Nonce, format!("building the newNonce request: {e}")))?;
-    let (parts, _) = exchange(http, request).await?;
-    parts.headers.get("replay-nonce").and_then(|v| v.to_str().ok()).map(str::to_string).ok_or_else(|| AcmeError {
-        action: AcmeAction::Nonce,
-        retry: Retry::After(DEFAULT_RETRY_DELAY),
-        problem: None,
-        message: "the CA's newNonce answer has no Replay-Nonce".into(),
-    })
-}
-
-/// One request through the bounded, metered client: the answer's head and its whole body.
-async fn exchange(
-    http: &SharedHttp,
-    request: Request<BodyWrapper<Bytes>>,
-) -> Result<(http::response::Parts, Bytes), AcmeError> {
-    let action = AcmeAction::Account;
-    let BytesResponse { parts, mut body } = http.request(request).await.map_err(|e| AcmeError::classify(action, e))?;
-    let body = body.into_bytes().await.map_err(|e| AcmeError::classify(action, instant_acme::Error::Other(e)))?;
-    Ok((parts, body))
-}
-
-/// A failed answer as kacme's error: the CA's problem document (the client supplies one for answers
-/// without).
-fn problem_error(status: http::StatusCode, body: &[u8]) -> AcmeError {
-    let problem = serde_json::from_slice::<instant_acme::Problem>(body).unwrap_or_else(|_| instant_acme::Problem {
-        r#type: None,
-        detail: Some(format!("HTTP {status} with an unreadable problem document")),
-        status: Some(status.as_u16()),
-        subproblems: Vec::new(),
-    });
-    let mut problem = problem;
-    problem.status.get_or_insert(status.as_u16());
-    AcmeError::from_ca_problem(AcmeAction::Account, &problem)
 }
 
 #[cfg(test)]
