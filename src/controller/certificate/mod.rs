@@ -239,8 +239,12 @@ impl<'a> Pass<'a> {
         }
     }
 
-    fn requeue_at_renewal(&self, renewal_time: Timestamp) -> Action {
-        Action::requeue(self.renewal_wait(renewal_time))
+    /// The next pass of an up-to-date Certificate: at its renewal time (plus its jitter), or at the next check
+    /// of its renewal window when that comes first.
+    fn requeue_at_renewal(&self, renewal_time: Timestamp, next_check: Option<Timestamp>) -> Action {
+        let renewal = self.renewal_wait(renewal_time);
+        let check = next_check.map(|at| at.duration_since(self.now).unsigned_abs().max(Duration::from_secs(1)));
+        Action::requeue(check.map_or(renewal, |check| check.min(renewal)))
     }
 
     /// How long until the pass at `renewal_time` (plus this Certificate's jitter).
