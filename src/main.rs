@@ -42,6 +42,20 @@ enum Command {
         #[arg(short, long)]
         namespace: Option<String>,
     },
+    /// Revoke the certificate a Certificate holds now; kacme then issues a new one with a new key (sets the
+    /// kacme.dev/revoke-requested-at and kacme.dev/revocation-reason annotations; the operator revokes with the
+    /// issuer's ACME account and reports in status.revocation and an Event).
+    Revoke {
+        /// Name of the Certificate.
+        name: String,
+        /// Namespace of the Certificate (default: the kubeconfig's namespace).
+        #[arg(short, long)]
+        namespace: Option<String>,
+        /// The RFC 5280 reason: unspecified, keyCompromise, affiliationChanged, superseded or
+        /// cessationOfOperation.
+        #[arg(long, default_value = "unspecified", value_parser = parse_revocation_reason)]
+        reason: kacme::acme::RevocationReason,
+    },
     /// Print the CustomResourceDefinitions as YAML (or write one file per CRD with --dir).
     Crds {
         /// Write `<crd name>.yaml` files into these directories instead of printing to stdout
@@ -228,6 +242,10 @@ fn main() -> anyhow::Result<()> {
         Command::Renew { name, namespace } => {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(renew(name, namespace))
+        }
+        Command::Revoke { name, namespace, reason } => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(revoke(name, namespace, reason))
         }
         Command::Crds { dir } if dir.is_empty() => {
             print!("{}", kacme::api::crds_yaml()?);
@@ -433,6 +451,30 @@ fn webhook_config(args: &ControllerArgs) -> anyhow::Result<Option<kacme::webhook
         },
         serving: kacme::webhook::serving::ServingPolicy::default(),
     }))
+}
+
+fn parse_revocation_reason(text: &str) -> Result<kacme::acme::RevocationReason, String> {
+    kacme::acme::RevocationReason::parse(text)
+}
+
+async fn revoke(name: String, namespace: Option<String>, reason: kacme::acme::RevocationReason) -> anyhow::Result<()> {
+    use kacme::api::names::{ANNOTATION_REVOCATION_REASON, ANNOTATION_REVOKE_REQUESTED_AT};
+    let client = kube::Client::try_default().await.context("connecting to the Kubernetes API")?;
+    let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_string());
+    let api: kube::Api<kacme::api::Certificate> = kube::Api::namespaced(client, &namespace);
+    let requested_at = jiff::Timestamp::now().to_string();
+    let patch = serde_json::json!({"metadata": {"annotations": {
+        ANNOTATION_REVOKE_REQUESTED_AT: requested_at,
+        ANNOTATION_REVOCATION_REASON: reason.as_str(),
+    }}});
+    api.patch(&name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch))
+        .await
+        .with_context(|| format!("requesting revocation of the certificate of Certificate {namespace}/{name}"))?;
+    println!(
+        "Revocation of the certificate of Certificate {namespace}/{name} (reason {reason}) requested at {requested_at}; \
+         see its status.revocation and Events"
+    );
+    Ok(())
 }
 
 async fn renew(name: String, namespace: Option<String>) -> anyhow::Result<()> {

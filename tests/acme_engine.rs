@@ -317,3 +317,49 @@ async fn a_wildcard_name_is_refused_before_any_order() {
     assert!(error.to_string().contains("wildcard"), "{error}");
     assert_eq!(counter.count(AcmeAction::Order), orders_before, "no order was placed");
 }
+
+/// A stored key's account is looked up (newAccount with `onlyReturnExisting` and the contact, signed by
+/// kacme itself) and found; a key the CA has never seen is registered with the contact.
+async fn a_stored_key_is_looked_up_and_an_unknown_one_registered(account_spec: AccountSpec, log: impl Fn() -> String) {
+    let counter = Arc::new(RequestCounter::default());
+    let (account, stored_key) = register(&account_spec, &counter).await;
+    let found = AcmeAccount::register(&account_spec, Some(&stored_key), counter.clone())
+        .await
+        .unwrap_or_else(|e| panic!("looking the account up: {e}\n{}", log()));
+    assert_eq!(found.account.uri(), account.uri());
+    assert_eq!(found.account.origin(), kacme::acme::AccountOrigin::Found);
+
+    // A key from another CA's registration: this CA has never seen it.
+    let other = kacme::acme::AccountKey::from_pem(generate_account_key_pem());
+    let registered = AcmeAccount::register(&account_spec, Some(&other), counter.clone())
+        .await
+        .unwrap_or_else(|e| panic!("registering a stored key: {e}\n{}", log()));
+    assert_eq!(registered.account.origin(), kacme::acme::AccountOrigin::Registered);
+    assert_ne!(registered.account.uri(), account.uri());
+    // And it orders: the CA accepts what the account signs.
+    OrderSession::create(&registered.account, &["looked-up.example.test".into()], &[], &OrderOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("an order with the registered account: {e}\n{}", log()));
+}
+
+/// A PKCS#8 PEM ECDSA P-256 key, as kacme stores account keys.
+fn generate_account_key_pem() -> String {
+    let (_, pkcs8) = instant_acme::Key::generate_pkcs8().expect("a key");
+    let config = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+    pem::encode_config(&pem::Pem::new("PRIVATE KEY", pkcs8.secret_pkcs8_der().to_vec()), config)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pebble_a_stored_key_is_looked_up_and_an_unknown_one_registered() {
+    let pebble = Pebble::start(PebbleOptions::default()).await.unwrap();
+    let account_spec = spec(pebble.directory_url(), pebble.listener_root_pem());
+    a_stored_key_is_looked_up_and_an_unknown_one_registered(account_spec, String::new).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn step_ca_a_stored_key_is_looked_up_and_an_unknown_one_registered() {
+    let step_ca = StepCa::start(StepCaOptions::default()).await.unwrap();
+    let account_spec = spec(step_ca.directory_url(), step_ca.root_pem());
+    let log = || std::fs::read_to_string(step_ca.dir().join("step-ca.log")).unwrap_or_default();
+    a_stored_key_is_looked_up_and_an_unknown_one_registered(account_spec, log).await;
+}

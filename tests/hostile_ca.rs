@@ -176,8 +176,7 @@ async fn no_misbehaving_ca_takes_the_operator_down_or_holds_back_other_issuers()
             })
             .await;
         }
-        // The reconcile after the account key Secret was stored registers once more (looking the account
-        // up): switch only once each server has been quiet for a while.
+        // Switch only once each server has been quiet for a while (its account registered and recorded).
         for hostile in hostiles.iter().filter(|h| h.handle().behaviour() == HostileBehaviour::PassThrough) {
             let handle = hostile.handle();
             poll_until("the account lookups done", Duration::from_secs(30), Duration::from_millis(100), || async {

@@ -119,13 +119,17 @@ async fn profiles_are_sent_and_a_profile_the_ca_lacks_is_refused_before_any_orde
         assert_eq!(reason, "ProfileNotOffered");
         assert!(message.contains("\"tlsserver\"") && message.contains("default, shortlived"), "{message}");
 
-        for (name, issuer, profile) in
-            [("byissuer", "short", None), ("bycert", "plain", Some("shortlived")), ("default", "plain", None)]
-        {
+        // Pebble gives an order without a profile a random one: every order here names its profile, the
+        // Certificate's own winning over the issuer's.
+        for (name, issuer, profile) in [
+            ("byissuer", "short", None),
+            ("bycert", "plain", Some("shortlived")),
+            ("override", "short", Some("default")),
+        ] {
             env.apply(&certificate_yaml(name, issuer, profile)).await.expect("a Certificate");
         }
         env.apply(&certificate_yaml("missing", "plain", Some("tlsserver"))).await.expect("Certificate missing");
-        for (name, expected) in [("byissuer", 2 * hour), ("bycert", 2 * hour), ("default", 90 * 24 * hour)] {
+        for (name, expected) in [("byissuer", 2 * hour), ("bycert", 2 * hour), ("override", 90 * 24 * hour)] {
             env.wait_ready(NAMESPACE, name, WAIT).await.expect("Ready");
             let (_, lifetime, _) = stored_leaf(&env, name).await;
             eprintln!("{name}: lifetime {lifetime:?}");
@@ -234,6 +238,113 @@ async fn a_ca_without_renewal_information_is_left_alone() {
         assert_eq!(status.renewal_time, ready.status.and_then(|s| s.renewal_time));
         let operator = env.operator().expect("an operator");
         assert!(!operator.log().contains("renewalInfo"), "{}", operator.log_tail(40));
+    })
+    .await
+}
+
+/// Whether the CA itself says it revoked the certificate with serial `serial` (lowercase hex).
+async fn revoked_at_ca(env: &OperatorEnv, serial: &str) -> bool {
+    let serial = serial.trim_start_matches('0');
+    match &env.ca {
+        Ca::Pebble(pebble) => {
+            pebble.certificate_status(serial).await.expect("Pebble's status").as_deref() == Some("Revoked")
+        }
+        Ca::StepCa(step_ca) => step_ca.revoked_serials().await.expect("step-ca's CRL").iter().any(|s| s == serial),
+    }
+}
+
+/// Runs `kacme ARGS` as a user would, with the control plane's kubeconfig.
+async fn kacme_cli(env: &OperatorEnv, args: &[&str]) -> String {
+    let output = tokio::process::Command::new(common::operator_env::kacme_binary())
+        .args(args)
+        .env("KUBECONFIG", env.control_plane.kubeconfig_path())
+        .output()
+        .await
+        .expect("running kacme");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "kacme {args:?}: {stdout}{}", String::from_utf8_lossy(&output.stderr));
+    stdout
+}
+
+/// The serial (hex) and public key of the certificate in the Secret of `name`.
+async fn stored_serial_and_key(env: &OperatorEnv, name: &str) -> (String, Vec<u8>) {
+    let secret = env.secrets(NAMESPACE).get(&format!("{name}-tls")).await.expect("the Secret");
+    let chain = parse_chain(&secret.data.expect("data")[TLS_CRT].0).expect("a chain");
+    (chain.leaf.serial, chain.leaf.public_key_raw)
+}
+
+async fn wait_revision(env: &OperatorEnv, name: &str, revision: i64) -> Certificate {
+    env.wait_certificate(NAMESPACE, name, WAIT, &format!("revision {revision}"), |c| {
+        c.status.as_ref().and_then(|s| s.revision) == Some(revision)
+            && condition(c, "Ready").is_some_and(|(s, _, _)| s == "True")
+    })
+    .await
+    .expect("issued")
+}
+
+/// Revocation on `env`'s CA: asked for with `kacme revoke` (a new certificate with a new key follows, even
+/// with rotationPolicy Never), and by the issuer's policy when a renewal rotates the key and when the
+/// Certificate is deleted. Each revocation is checked at the CA itself.
+async fn revocation(env: OperatorEnv) {
+    let issuer = issuer_yaml(&env, "ca", None).replacen(
+        "    email:",
+        "    revocation: {whenDeleted: true, whenKeyRotated: true}\n    email:",
+        1,
+    );
+    env.apply(&issuer).await.expect("Issuer");
+    let never = format!("{}  privateKey: {{rotationPolicy: Never}}\n", certificate_yaml("web", "ca", None));
+    env.apply(&never).await.expect("Certificate");
+    wait_revision(&env, "web", 1).await;
+    let (first, first_key) = stored_serial_and_key(&env, "web").await;
+    assert!(!revoked_at_ca(&env, &first).await, "valid before anything is revoked");
+
+    // Asked for: revoked at the CA, shown in status and an Event, and replaced with a new key.
+    let said = kacme_cli(&env, &["revoke", "web", "-n", NAMESPACE, "--reason", "keyCompromise"]).await;
+    eprintln!("{said}");
+    let revoked = wait_revision(&env, "web", 2).await;
+    let revocation = revoked.status.and_then(|s| s.revocation).expect("status.revocation");
+    eprintln!("status.revocation: {revocation:?}");
+    assert_eq!((revocation.serial.as_str(), revocation.reason.as_str()), (first.as_str(), "keyCompromise"));
+    assert!(revocation.revoked_at.is_some() && revocation.error.is_none(), "{revocation:?}");
+    assert!(revoked_at_ca(&env, &first).await, "the CA revoked serial {first}");
+    let (second, second_key) = stored_serial_and_key(&env, "web").await;
+    assert_ne!(second, first);
+    assert_ne!(second_key, first_key, "a revoked certificate's key is never reused, whatever rotationPolicy says");
+    let reasons = env.event_reasons(NAMESPACE, "web").await.expect("Events");
+    assert!(reasons.iter().any(|r| r == "Revoked"), "{reasons:?}");
+
+    // A renewal that rotates the key: the replaced certificate is revoked (whenKeyRotated).
+    env.apply(&certificate_yaml("web", "ca", None)).await.expect("rotationPolicy back to Always");
+    kacme_cli(&env, &["renew", "web", "-n", NAMESPACE]).await;
+    wait_revision(&env, "web", 3).await;
+    let (third, _) = stored_serial_and_key(&env, "web").await;
+    poll_until("the replaced certificate revoked at the CA", WAIT, Duration::from_millis(300), || async {
+        Ok(if revoked_at_ca(&env, &second).await { Ok(()) } else { Err(format!("serial {second} still valid")) })
+    })
+    .await
+    .expect("whenKeyRotated");
+    assert!(!revoked_at_ca(&env, &third).await, "the current certificate stays valid");
+
+    // Deleted: the certificate is revoked before the Certificate goes (whenDeleted).
+    env.certificates(NAMESPACE).delete("web", &Default::default()).await.expect("deleting");
+    env.wait_certificate_gone(NAMESPACE, "web", WAIT).await.expect("gone");
+    assert!(revoked_at_ca(&env, &third).await, "the deleted Certificate's certificate is revoked");
+    let operator = env.operator().expect("an operator");
+    assert!(!operator.exited(), "{}", operator.log_tail(40));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn revocation_on_pebble() {
+    within(300, async {
+        revocation(OperatorEnv::with_pebble(PebbleOptions::default()).await.expect("environment")).await
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn revocation_on_step_ca() {
+    within(300, async {
+        revocation(OperatorEnv::with_step_ca(StepCaOptions::default()).await.expect("environment")).await
     })
     .await
 }

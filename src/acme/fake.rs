@@ -383,6 +383,18 @@ impl FakeAcme {
         self.state().settings.signing_polls = polls;
     }
 
+    /// Refuses account lookups (newAccount with `onlyReturnExisting`) that carry no contact, answering
+    /// "contact information is missing" as some CAs do.
+    pub(crate) fn refuse_lookups_without_contact(&self) {
+        self.state().settings.lookup_needs_contact = true;
+    }
+
+    /// Refuses account lookups (newAccount with `onlyReturnExisting`) that carry a contact, answering
+    /// "onlyReturnExisting must be alone" as step-ca does.
+    pub(crate) fn refuse_lookups_with_contact(&self) {
+        self.state().settings.lookup_must_be_alone = true;
+    }
+
     /// The lifetime of certificates issued from now on (24 hours by default, as step-ca).
     pub(crate) fn set_certificate_validity(&self, validity: Duration) {
         self.state().settings.certificate_validity = validity;
@@ -407,6 +419,12 @@ impl FakeAcme {
     /// Orders created so far.
     pub(crate) fn orders_created(&self) -> usize {
         self.state().observed.orders_created
+    }
+
+    /// The contact of the account at `url`, if the CA knows it.
+    pub(crate) fn account_contact(&self, url: &str) -> Option<Value> {
+        let id = url.strip_prefix(&self.shared.url(Endpoint::Account, None))?.parse::<u64>().ok()?;
+        self.state().accounts.get(&id).map(|account| account.contact.clone())
     }
 
     /// Accounts created so far (also those forgotten since).
@@ -520,6 +538,10 @@ struct Settings {
     certificate_validity: Duration,
     max_lifetime: Option<Duration>,
     signing_polls: u32,
+    /// Refuse newAccount with `onlyReturnExisting` but no contact, as some CAs do.
+    lookup_needs_contact: bool,
+    /// Refuse newAccount with `onlyReturnExisting` and a contact, as step-ca does.
+    lookup_must_be_alone: bool,
 }
 
 #[derive(Default)]
@@ -683,6 +705,8 @@ impl State {
                 certificate_validity: Duration::from_secs(24 * 3600),
                 max_lifetime: None,
                 signing_polls: 0,
+                lookup_needs_contact: false,
+                lookup_must_be_alone: false,
             },
             observed: Observed::default(),
             faults: Vec::new(),
@@ -1014,11 +1038,19 @@ impl Shared {
         jws.verify(jwk).map_err(Problem::malformed)?;
         let thumbprint = jws::thumbprint(jwk).map_err(|e| Problem::new(400, "badPublicKey", e))?;
         let payload = jws.payload.clone().unwrap_or_default();
+        let lookup = payload.get("onlyReturnExisting").and_then(Value::as_bool) == Some(true);
+        let no_contact = payload.get("contact").and_then(Value::as_array).is_none_or(Vec::is_empty);
+        if lookup && no_contact && state.settings.lookup_needs_contact {
+            return Err(Problem::malformed("contact information is missing"));
+        }
+        if lookup && !no_contact && state.settings.lookup_must_be_alone {
+            return Err(Problem::malformed("incompatible input; onlyReturnExisting must be alone"));
+        }
         if let Some((id, account)) = state.accounts.iter().find(|(_, a)| a.thumbprint == thumbprint) {
             let reply = Reply::json(200, &self.account_json(account));
             return Ok(Reply { location: Some(self.url(Endpoint::Account, Some(*id))), ..reply });
         }
-        if payload.get("onlyReturnExisting").and_then(Value::as_bool) == Some(true) {
+        if lookup {
             return Err(Problem::new(400, "accountDoesNotExist", "no account for this key"));
         }
         if let Some(keys) = &state.settings.external_accounts {

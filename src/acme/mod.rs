@@ -29,14 +29,20 @@ mod error;
 pub(crate) mod fake;
 mod http;
 mod issue;
+mod jws;
 mod lifetime;
+mod new_account;
 mod observe;
 mod order;
 mod renewal_info;
 mod resubmission;
+mod revocation;
 mod selfcheck;
 
-pub use account::{AccountKey, AccountSpec, AcmeAccount, ExternalAccountBinding, Registration, decode_eab_hmac_key};
+pub use account::{
+    AccountKey, AccountOrigin, AccountRecord, AccountSpec, AcmeAccount, ExternalAccountBinding, Registration,
+    decode_eab_hmac_key,
+};
 pub use challenge::{CHALLENGE_PATH_PREFIX, Http01Challenge, check_challenge, check_identifier, check_token};
 pub use error::{AcmeError, DEFAULT_RETRY_DELAY, PROBLEM_PREFIX, ProblemDetail, Retry};
 pub use http::CaTrust;
@@ -48,4 +54,5 @@ pub use order::{
     OrderSession, OrderState, Presentation, SolverError, challenges_with_solvers, order_identifiers,
 };
 pub use renewal_info::RenewalSuggestion;
+pub use revocation::RevocationReason;
 pub use selfcheck::SelfCheck;

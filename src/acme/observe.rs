@@ -17,6 +17,8 @@ pub enum AcmeAction {
     Certificate,
     /// ACME Renewal Information (RFC 9773).
     RenewalInfo,
+    /// Revoking a certificate.
+    Revocation,
 }
 
 impl AcmeAction {
@@ -32,6 +34,7 @@ impl AcmeAction {
             AcmeAction::Finalize => "finalize",
             AcmeAction::Certificate => "certificate",
             AcmeAction::RenewalInfo => "renewalInfo",
+            AcmeAction::Revocation => "revocation",
         }
     }
 }

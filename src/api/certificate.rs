@@ -306,6 +306,28 @@ pub struct CertificateStatus {
     /// when the window has begun), or earlier when `renewBefore`/`renewBeforePercentage` ask for earlier.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub renewal_info: Option<RenewalInfoStatus>,
+    /// The last revocation kacme was asked for (`kacme.dev/revoke-requested-at`) and what came of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation: Option<RevocationStatus>,
+}
+
+/// A revocation of the certificate in a Certificate's Secret.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RevocationStatus {
+    /// The value of `kacme.dev/revoke-requested-at` this revocation acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
+    /// The serial number (hex) of the revoked certificate; empty when there was none to revoke.
+    pub serial: String,
+    /// The RFC 5280 reason sent.
+    pub reason: String,
+    /// When the CA confirmed the revocation; absent when it failed (see `error`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<Time>,
+    /// Why the revocation failed for good, in the CA's words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// The CA's renewal suggestion for a certificate (RFC 9773).

@@ -45,6 +45,8 @@ pub enum IssuanceReason {
     Expiring,
     /// A user asked for renewal (annotation `kacme.dev/renew-requested-at` or `kacme renew`).
     ManuallyTriggered,
+    /// The certificate in the Secret was revoked (`kacme revoke`): a new one is issued, with a new key.
+    Revoked,
 }
 
 impl IssuanceReason {
@@ -59,6 +61,7 @@ impl IssuanceReason {
             IssuanceReason::SpecChanged => "SpecChanged",
             IssuanceReason::Expiring => "Expiring",
             IssuanceReason::ManuallyTriggered => "ManuallyTriggered",
+            IssuanceReason::Revoked => "Revoked",
         }
     }
 }

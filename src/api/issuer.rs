@@ -108,7 +108,8 @@ pub struct AcmeIssuer {
     #[schemars(schema_with = "acme_server_schema")]
     pub server: String,
 
-    /// Contact email registered with the account. Optional for most private CAs.
+    /// Contact email registered with the account (and sent with account lookups). Optional for most private
+    /// CAs. A change is not sent to the CA for an account that is already registered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 3, max = 254), regex(pattern = r"^[^@\s]+@[^@\s]+$"))]
     pub email: Option<String>,
@@ -135,7 +136,9 @@ pub struct AcmeIssuer {
     pub skip_tls_verify: Option<bool>,
 
     /// The Secret holding the ACME account's private key (key `tls.key` unless given). kacme generates
-    /// and stores a key when the Secret does not exist, and never overwrites an existing one.
+    /// and stores a key when the Secret does not exist, and never overwrites an existing one. The account of
+    /// the key is recorded in `status.acme` and used from there after a restart; a different key is looked up
+    /// at the CA (`onlyReturnExisting`) and registered when the CA does not know it.
     pub private_key_secret_ref: SecretKeySelector,
 
     /// External Account Binding, for CAs that require new accounts to be bound to an existing account.
@@ -171,6 +174,11 @@ pub struct AcmeIssuer {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "crate::api::validation::profile_schema")]
     pub profile: Option<String>,
+
+    /// When kacme revokes certificates on its own (internal CAs often budget valid certificates per account).
+    /// Absent: only when asked (`kacme revoke`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation: Option<RevocationPolicy>,
 
     /// How to prove control of each name. The first solver whose selector matches a Certificate's names
     /// most specifically is used (dnsNames beats dnsZones, a longer zone beats a shorter one, a
@@ -334,9 +342,19 @@ pub struct IssuerStatus {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AcmeIssuerStatus {
-    /// The account URI at the CA.
+    /// The account URI at the CA. With `keyThumbprint` and `server` it lets kacme (after a restart, or a
+    /// change of the key Secret that keeps the key) use the account without asking the CA; the CA's first
+    /// answer checks it, and an account the CA no longer knows is looked up or registered again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uri: Option<String>,
+    /// The RFC 7638 thumbprint of the account key that `uri` belongs to: a different key in the key Secret
+    /// is a different account, looked up (or registered) at the CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_thumbprint: Option<String>,
+    /// The ACME directory URL that `uri` belongs to: after a change of `spec.acme.server` the account is
+    /// looked up (or registered) at the new server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
     /// The email the account was registered with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_registered_email: Option<String>,
@@ -347,6 +365,22 @@ pub struct AcmeIssuerStatus {
     /// The profiles the CA's directory offers (`meta.profiles`), for `profile` on issuers and Certificates.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub profiles: Vec<String>,
+}
+
+/// When kacme revokes certificates of an issuer without being asked.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RevocationPolicy {
+    /// Revoke the certificate of a Certificate that is deleted (reason `cessationOfOperation`) before the
+    /// Certificate goes. The deletion waits for the CA for up to 5 minutes; after that the Certificate goes
+    /// anyway, with a Warning Event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when_deleted: Option<bool>,
+    /// Revoke the previous certificate once a renewal with a new key has replaced it in the Secret (reason
+    /// `superseded`). A failure shows as a Warning Event and is not retried: the old certificate then simply
+    /// expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when_key_rotated: Option<bool>,
 }
 
 /// A DNS name template: dot-separated labels, each `{label}` or letters, digits, hyphens and `{namespace}`.

@@ -29,8 +29,22 @@ pub const ANNOTATION_IP_ADDRESSES: &str = "kacme.dev/ip-addresses";
 /// Secret annotation: the namespace whose own ACME account key this Secret holds (ClusterIssuers with
 /// `accountPerNamespace`). kacme uses such a key only for that namespace.
 pub const ANNOTATION_ACCOUNT_NAMESPACE: &str = "kacme.dev/account-namespace";
+/// Annotation of a namespace's account key Secret (which kacme created): the account URL at the CA, recorded
+/// so that the account is used after a restart without asking the CA.
+pub const ANNOTATION_ACCOUNT_URL: &str = "kacme.dev/account-url";
+/// Annotation of a namespace's account key Secret: the RFC 7638 thumbprint of the key that the account URL
+/// belongs to (a different key is a different account).
+pub const ANNOTATION_ACCOUNT_KEY_THUMBPRINT: &str = "kacme.dev/account-key-thumbprint";
+/// Annotation of a namespace's account key Secret: the ACME directory URL that the account URL belongs to.
+pub const ANNOTATION_ACCOUNT_SERVER: &str = "kacme.dev/account-server";
 /// Certificate annotation: set it to any new value (conventionally the current time) to renew now.
 pub const ANNOTATION_RENEW_REQUESTED_AT: &str = "kacme.dev/renew-requested-at";
+/// Certificate annotation: set it to any new value (conventionally the current time) to revoke the certificate
+/// in the Secret now; kacme then issues a new one with a new key (`kacme revoke`).
+pub const ANNOTATION_REVOKE_REQUESTED_AT: &str = "kacme.dev/revoke-requested-at";
+/// Certificate annotation: the RFC 5280 reason sent with the revocation that `kacme.dev/revoke-requested-at`
+/// asks for (`unspecified`, `keyCompromise`, `affiliationChanged`, `superseded`, `cessationOfOperation`).
+pub const ANNOTATION_REVOCATION_REASON: &str = "kacme.dev/revocation-reason";
 
 /// Secret data key of the certificate chain.
 pub const TLS_CRT: &str = "tls.crt";

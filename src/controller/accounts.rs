@@ -4,16 +4,20 @@
 
 use super::Context;
 use crate::acme::{
-    AccountKey, AccountSpec, AcmeAccount, AcmeError, CaTrust, ExternalAccountBinding, Retry, decode_eab_hmac_key,
+    AccountKey, AccountOrigin, AccountRecord, AccountSpec, AcmeAccount, AcmeError, CaTrust, ExternalAccountBinding,
+    Retry, decode_eab_hmac_key,
 };
-use crate::api::names::{ANNOTATION_ACCOUNT_NAMESPACE, LABEL_MANAGED_BY, MANAGED_BY, TLS_KEY};
+use crate::api::names::{
+    ANNOTATION_ACCOUNT_KEY_THUMBPRINT, ANNOTATION_ACCOUNT_NAMESPACE, ANNOTATION_ACCOUNT_SERVER, ANNOTATION_ACCOUNT_URL,
+    LABEL_MANAGED_BY, MANAGED_BY, TLS_KEY,
+};
 use crate::api::{AcmeIssuer, ClusterIssuer, ConditionType, Issuer, IssuerKind, IssuerReason};
 use crate::kube_errors::is_conflict;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
-use kube::api::{Api, ObjectMeta, PostParams};
-use std::collections::{BTreeMap, HashMap};
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -46,6 +50,8 @@ pub struct IssuerInfo {
     /// Whether the issuer's status says its CA offers ACME Renewal Information (RFC 9773).
     pub offers_renewal_info: bool,
     pub generation: Option<i64>,
+    /// The issuer's own account as its status records it (URL, key thumbprint, server).
+    pub recorded_account: Option<AccountRecord>,
 }
 
 impl IssuerInfo {
@@ -59,6 +65,7 @@ impl IssuerInfo {
             ready: is_ready(issuer.status.as_ref().map(|s| s.conditions.as_slice())),
             offers_renewal_info: issuer.status.as_ref().and_then(|s| s.acme.as_ref()?.renewal_info) == Some(true),
             generation: issuer.metadata.generation,
+            recorded_account: recorded_account(issuer.status.as_ref()),
         })
     }
 
@@ -72,6 +79,7 @@ impl IssuerInfo {
             ready: is_ready(issuer.status.as_ref().map(|s| s.conditions.as_slice())),
             offers_renewal_info: issuer.status.as_ref().and_then(|s| s.acme.as_ref()?.renewal_info) == Some(true),
             generation: issuer.metadata.generation,
+            recorded_account: recorded_account(issuer.status.as_ref()),
         })
     }
 
@@ -112,6 +120,35 @@ impl IssuerInfo {
             (None, None) => IssuingTrust::Unknown,
         }
     }
+}
+
+/// The account an issuer's status records: all of URL, key thumbprint and server, or nothing.
+fn recorded_account(status: Option<&crate::api::IssuerStatus>) -> Option<AccountRecord> {
+    let acme = status?.acme.as_ref()?;
+    Some(AccountRecord {
+        url: acme.uri.clone()?,
+        key_thumbprint: acme.key_thumbprint.clone()?,
+        directory_url: acme.server.clone()?,
+    })
+}
+
+/// The account recorded on a namespace's account key Secret (see [`record_annotations`]).
+fn recorded_on_secret(secret: &Secret) -> Option<AccountRecord> {
+    let annotations = secret.metadata.annotations.as_ref()?;
+    Some(AccountRecord {
+        url: annotations.get(ANNOTATION_ACCOUNT_URL)?.clone(),
+        key_thumbprint: annotations.get(ANNOTATION_ACCOUNT_KEY_THUMBPRINT)?.clone(),
+        directory_url: annotations.get(ANNOTATION_ACCOUNT_SERVER)?.clone(),
+    })
+}
+
+/// The annotations that record `record` on a namespace's account key Secret.
+fn record_annotations(record: &AccountRecord) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (ANNOTATION_ACCOUNT_URL.to_string(), record.url.clone()),
+        (ANNOTATION_ACCOUNT_KEY_THUMBPRINT.to_string(), record.key_thumbprint.clone()),
+        (ANNOTATION_ACCOUNT_SERVER.to_string(), record.directory_url.clone()),
+    ])
 }
 
 /// What issued chains of an issuer must verify to.
@@ -179,10 +216,11 @@ struct CacheKey {
 }
 
 /// Registered accounts, by issuer and account; an entry is reused while the issuer's spec and key are
-/// unchanged.
+/// unchanged. Also the account URLs that the CA refused: those are not restored again.
 #[derive(Default)]
 pub struct AccountCache {
     entries: Mutex<HashMap<CacheKey, (String, AcmeAccount)>>,
+    distrusted: Mutex<HashSet<String>>,
 }
 
 impl AccountCache {
@@ -194,6 +232,24 @@ impl AccountCache {
     fn put(&self, key: CacheKey, fingerprint: String, account: AcmeAccount) {
         if let Ok(mut entries) = self.entries.lock() {
             entries.insert(key, (fingerprint, account));
+        }
+    }
+
+    /// Stops restoring the account at `url` from its record: the CA refused a request signed by it, so the
+    /// next use looks the key's account up (or registers it) instead.
+    pub fn distrust(&self, url: &str) {
+        if let Ok(mut distrusted) = self.distrusted.lock() {
+            distrusted.insert(url.to_string());
+        }
+    }
+
+    fn is_distrusted(&self, url: &str) -> bool {
+        self.distrusted.lock().map(|d| d.contains(url)).unwrap_or(false)
+    }
+
+    fn trust(&self, url: &str) {
+        if let Ok(mut distrusted) = self.distrusted.lock() {
+            distrusted.remove(url);
         }
     }
 
@@ -350,37 +406,51 @@ pub async fn ensure_account(
         },
         None => None,
     };
-    let fingerprint = format!(
-        "{}|{}",
-        serde_json::to_string(&issuer.acme).unwrap_or_default(),
-        stored.as_ref().and_then(|s| s.metadata.resource_version.clone()).unwrap_or_default()
-    );
+    // The key itself, not the Secret's version: a Secret change that keeps the key (a label, an annotation)
+    // keeps the account.
+    let fingerprint = |key: &AccountKey| {
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key.pem().as_bytes());
+        format!("{}|{}", serde_json::to_string(&issuer.acme).unwrap_or_default(), hex(digest.as_ref()))
+    };
     let cache_key = CacheKey {
         kind: issuer.kind,
         namespace: issuer.secret_namespace.clone(),
         name: issuer.name.clone(),
         account: location.clone(),
     };
-    if stored_key.is_some()
-        && let Some(account) = ctx.accounts.get(&cache_key, &fingerprint)
+    if let Some(key) = &stored_key
+        && let Some(account) = ctx.accounts.get(&cache_key, &fingerprint(key))
     {
         return Ok(account);
     }
 
     let spec = account_spec(ctx, issuer, location).await?;
-    let registration = AcmeAccount::register(&spec, stored_key.as_ref(), ctx.acme_observer.clone())
+    // Where kacme recorded the account: the issuer's status for its own, the key Secret (kacme's own, checked
+    // above) for a namespace's.
+    let recorded = match &location.namespace {
+        None => issuer.recorded_account.clone(),
+        Some(_) => stored.as_deref().and_then(recorded_on_secret),
+    };
+    let record = recorded.clone().filter(|record| !ctx.accounts.is_distrusted(&record.url));
+    let registration = AcmeAccount::load(&spec, stored_key.as_ref(), record.as_ref(), ctx.acme_observer.clone())
         .await
         .map_err(AccountError::Register)?;
+    let account = registration.account;
+    if account.origin() != AccountOrigin::Restored {
+        ctx.accounts.trust(account.uri());
+    }
     if registration.key_is_new {
+        let mut annotations = BTreeMap::new();
+        if let Some(namespace) = &location.namespace {
+            annotations.insert(ANNOTATION_ACCOUNT_NAMESPACE.to_string(), namespace.clone());
+            annotations.extend(record_annotations(&account.record()));
+        }
         let secret = Secret {
             metadata: ObjectMeta {
                 name: Some(location.key_secret.clone()),
                 namespace: Some(issuer.secret_namespace.clone()),
                 labels: Some(BTreeMap::from([(LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string())])),
-                annotations: location
-                    .namespace
-                    .as_ref()
-                    .map(|namespace| BTreeMap::from([(ANNOTATION_ACCOUNT_NAMESPACE.to_string(), namespace.clone())])),
+                annotations: (!annotations.is_empty()).then_some(annotations),
                 ..ObjectMeta::default()
             },
             type_: Some("Opaque".into()),
@@ -392,12 +462,42 @@ pub async fn ensure_account(
             // A conflict means someone created it meanwhile: use theirs next time, never overwrite it.
             Err(source) => return Err(AccountError::StoreKey { secret: secret_name, source }),
         }
-        // The new Secret has a resourceVersion we do not know yet: the next lookup registers once more
-        // with the stored key (a cheap call returning the same account) and caches it.
-        return Ok(registration.account);
+        ctx.accounts.put(cache_key, fingerprint(&registration.key), account.clone());
+        return Ok(account);
     }
-    ctx.accounts.put(cache_key, fingerprint, registration.account.clone());
-    Ok(registration.account)
+    if let (Some(namespace), Some(secret)) = (&location.namespace, &stored)
+        && recorded.as_ref() != Some(&account.record())
+    {
+        record_on_secret(ctx, issuer, secret, namespace, &account).await;
+    }
+    ctx.accounts.put(cache_key, fingerprint(&registration.key), account.clone());
+    Ok(account)
+}
+
+/// Records a namespace's account on its key Secret, which kacme created for that namespace (the caller checked
+/// its annotation), so that a restarted operator uses the account without asking the CA. A failure costs only
+/// a lookup after the next restart: it is logged, not returned.
+async fn record_on_secret(ctx: &Context, issuer: &IssuerInfo, secret: &Secret, namespace: &str, account: &AcmeAccount) {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &issuer.secret_namespace);
+    let patch = serde_json::json!({
+        "metadata": {
+            "annotations": record_annotations(&account.record()),
+            // Patch only the Secret that was read: never one that replaced it meanwhile.
+            "resourceVersion": secret.metadata.resource_version,
+        }
+    });
+    let params = PatchParams { field_manager: Some(super::FIELD_MANAGER.into()), ..Default::default() };
+    match secrets.patch(&secret.name_any(), &params, &Patch::Merge(&patch)).await {
+        Ok(patched) => ctx.remember_created_secret(&issuer.secret_namespace, &patched),
+        Err(error) => {
+            tracing::warn!(%error, namespace, "recording the namespace's ACME account on its key Secret failed")
+        }
+    }
+}
+
+/// Lowercase hex.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Checks that `server` is an https URL with a host that the HTTP client accepts as it is (CEL's `isURL`
@@ -526,6 +626,7 @@ mod tests {
                 account_per_namespace: None,
                 send_lifetime: None,
                 profile: None,
+                revocation: None,
                 server: server.into(),
                 email: None,
                 ca_bundle: None,
@@ -539,6 +640,7 @@ mod tests {
             ready: false,
             offers_renewal_info: false,
             generation: Some(1),
+            recorded_account: None,
         }
     }
 
@@ -603,5 +705,150 @@ mod tests {
                 assert!(error.to_string().contains(server), "{error}");
             }
         }
+    }
+
+    // --- Accounts across restarts, with the real reconcilers over the fake apiserver and CA ---------------
+
+    use crate::acme::fake::{Endpoint, FakeAcme};
+    use crate::controller::testing::{ACCOUNT_KEY_SECRET, IssuanceHarness, NAMESPACE, ready_cluster_issuer_at};
+    use std::sync::Arc;
+
+    const MAX_PASSES: usize = 12;
+
+    /// Runs the Issuer reconciler once over the Issuer as the fake apiserver holds it; returns its status.
+    async fn reconcile_the_issuer(harness: &mut IssuanceHarness) -> crate::api::IssuerStatus {
+        harness.sync_caches();
+        harness.ctx.retry_gate.release_all();
+        let issuer: Issuer = harness.apiserver.get(NAMESPACE, "ca").expect("the Issuer");
+        super::super::issuer::reconcile_issuer(Arc::new(issuer), harness.ctx.clone()).await.expect("reconciled");
+        let issuer: Issuer = harness.apiserver.get(NAMESPACE, "ca").expect("the Issuer");
+        let status = issuer.status.expect("a status");
+        assert!(is_ready(Some(&status.conditions)), "{status:#?}");
+        status
+    }
+
+    /// Edits the account key Secret's metadata as a person would (the key stays).
+    fn label_the_key_secret(harness: &IssuanceHarness, namespace: &str, name: &str) {
+        let mut secret: Secret = harness.apiserver.get(namespace, name).expect("the key Secret");
+        secret.metadata.labels.get_or_insert_with(BTreeMap::new).insert("team".into(), "payments".into());
+        harness.apiserver.put(&secret);
+    }
+
+    fn new_accounts(ca: &FakeAcme) -> u64 {
+        ca.requests(Endpoint::NewAccount)
+    }
+
+    #[tokio::test]
+    async fn an_issuer_keeps_its_account_across_restarts_and_key_secret_edits_without_asking_the_ca() {
+        let mut harness = IssuanceHarness::ready_to_issue().await;
+        let first = reconcile_the_issuer(&mut harness).await;
+        let recorded = first.acme.clone().expect("the account in status");
+        assert!(recorded.key_thumbprint.is_some() && recorded.server.as_deref() == Some(&*harness.ca.directory_url()));
+        assert_eq!(new_accounts(&harness.ca), 1, "registered once");
+
+        // (case, what happens before the operator looks again)
+        for case in ["a restart", "a label on the key Secret", "a label and a restart"] {
+            if case.contains("label") {
+                label_the_key_secret(&harness, NAMESPACE, ACCOUNT_KEY_SECRET);
+            }
+            if case.contains("restart") {
+                harness.restart();
+            }
+            let status = reconcile_the_issuer(&mut harness).await;
+            assert_eq!(status.acme, first.acme, "{case}");
+            assert_eq!(new_accounts(&harness.ca), 1, "{case}: no newAccount");
+        }
+        // The Certificate reconciler of a restarted operator uses the recorded account too, and issues.
+        harness.restart();
+        harness.run_until_ready(MAX_PASSES).await;
+        assert_eq!(new_accounts(&harness.ca), 1, "no newAccount for the Certificate either");
+        assert_eq!(harness.ca.accounts_created(), 1);
+        assert!(harness.stored_key_matches_certificate());
+    }
+
+    #[tokio::test]
+    async fn a_recorded_account_the_ca_no_longer_knows_is_registered_again_without_failing_the_certificate() {
+        let mut harness = IssuanceHarness::ready_to_issue().await;
+        let first = reconcile_the_issuer(&mut harness).await.acme.expect("the account in status");
+        harness.ca.forget_accounts();
+        harness.restart();
+
+        harness.run_until_ready(MAX_PASSES).await;
+
+        // Restored (no request), refused at the first order, then one lookup and one registration.
+        assert_eq!(new_accounts(&harness.ca), 3, "the first registration, a lookup and the new registration");
+        assert_eq!(harness.ca.accounts_created(), 2);
+        let status = harness.certificate().status.expect("a status");
+        assert_eq!(status.failed_issuance_attempts, None, "the stale account is not the Certificate's failure");
+        // The Issuer records the new account; a restart then restores that one.
+        let second = reconcile_the_issuer(&mut harness).await.acme.expect("the account in status");
+        assert_ne!(second.uri, first.uri);
+        assert_eq!(second.key_thumbprint, first.key_thumbprint, "the same key");
+        harness.restart();
+        reconcile_the_issuer(&mut harness).await;
+        assert_eq!(new_accounts(&harness.ca), 3);
+    }
+
+    #[tokio::test]
+    async fn a_replaced_key_is_a_new_account_and_never_gets_the_old_url() {
+        let mut harness = IssuanceHarness::ready_to_issue().await;
+        let first = reconcile_the_issuer(&mut harness).await.acme.expect("the account in status");
+        // Someone puts another account key into the Secret (for example a restored backup).
+        let other_key = FakeAcme::start().await.register_account().await.1;
+        let mut secret: Secret = harness.apiserver.get(NAMESPACE, ACCOUNT_KEY_SECRET).expect("the key Secret");
+        secret.data = Some(BTreeMap::from([(TLS_KEY.to_string(), ByteString(other_key.pem().as_bytes().to_vec()))]));
+        harness.apiserver.put(&secret);
+        harness.restart();
+
+        let second = reconcile_the_issuer(&mut harness).await.acme.expect("the account in status");
+
+        assert_ne!(second.key_thumbprint, first.key_thumbprint);
+        assert_ne!(second.uri, first.uri);
+        assert_eq!(new_accounts(&harness.ca), 3, "a lookup, then a registration of the new key");
+        assert_eq!(harness.ca.accounts_created(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_namespace_account_is_recorded_on_its_key_secret_and_restored_from_it() {
+        let mut harness = IssuanceHarness::start().await;
+        let mut cluster_issuer = ready_cluster_issuer_at("corp", &harness.ca);
+        cluster_issuer.spec.acme.account_per_namespace = Some(true);
+        harness.apiserver.put(&cluster_issuer);
+        let info = IssuerInfo::from_cluster_issuer(&cluster_issuer, "kacme-system").expect("an issuer");
+        let location = info.account_for(NAMESPACE);
+        let ensure = |harness: &IssuanceHarness| {
+            let (ctx, info, location) = (harness.ctx.clone(), info.clone(), location.clone());
+            async move { ensure_account(&ctx, &info, &location).await.expect("the namespace's account") }
+        };
+
+        let account = ensure(&harness).await;
+        let secret: Secret = harness.apiserver.get("kacme-system", &location.key_secret).expect("the key Secret");
+        assert_eq!(recorded_on_secret(&secret), Some(account.record()), "recorded when the Secret is created");
+
+        for case in ["a restart", "a label on the key Secret and a restart"] {
+            if case.contains("label") {
+                label_the_key_secret(&harness, "kacme-system", &location.key_secret);
+            }
+            harness.restart();
+            harness.sync_caches();
+            let again = ensure(&harness).await;
+            assert_eq!(again.uri(), account.uri(), "{case}");
+            assert_eq!(new_accounts(&harness.ca), 1, "{case}: no newAccount");
+        }
+
+        // A key Secret from before the record (an older kacme): one lookup, then the record is added.
+        let mut secret: Secret = harness.apiserver.get("kacme-system", &location.key_secret).expect("the key Secret");
+        secret.metadata.annotations.as_mut().expect("annotations").remove(ANNOTATION_ACCOUNT_URL);
+        harness.apiserver.put(&secret);
+        harness.restart();
+        harness.sync_caches();
+        ensure(&harness).await;
+        assert_eq!(new_accounts(&harness.ca), 2, "one lookup");
+        let secret: Secret = harness.apiserver.get("kacme-system", &location.key_secret).expect("the key Secret");
+        assert_eq!(recorded_on_secret(&secret), Some(account.record()), "recorded again");
+        harness.restart();
+        harness.sync_caches();
+        ensure(&harness).await;
+        assert_eq!(new_accounts(&harness.ca), 2);
     }
 }

@@ -37,6 +37,9 @@ pub enum ReconcileError {
     /// An issuer's policy could not be checked (its issuer or namespace could not be read).
     #[error("{0}")]
     PolicyUnchecked(String),
+    /// A revocation the issuer's policy asks for could not be done yet.
+    #[error("{0}")]
+    Revocation(String),
     /// The reconcile panicked (a bug): the panic was caught and costs this object only.
     #[error("the reconcile panicked: {0} (a bug: please report it)")]
     Panicked(String),
@@ -79,7 +82,7 @@ impl ReconcileError {
             ReconcileError::Kube { .. } | ReconcileError::PolicyUnchecked(_) | ReconcileError::SecretVanished(_) => {
                 "kube"
             }
-            ReconcileError::Acme(_) => "acme",
+            ReconcileError::Acme(_) | ReconcileError::Revocation(_) => "acme",
             ReconcileError::MissingField(_) | ReconcileError::Serialize { .. } => "invalid_object",
             ReconcileError::Finalizer(_) | ReconcileError::RemoveSolverObjects(_) => "finalizer",
             ReconcileError::Panicked(_) => "panic",

@@ -60,8 +60,11 @@ async fn account_status_of(account: &crate::acme::AcmeAccount, info: &IssuerInfo
             None
         }
     };
+    let record = account.record();
     AcmeIssuerStatus {
-        uri: Some(account.uri().to_string()),
+        uri: Some(record.url),
+        key_thumbprint: Some(record.key_thumbprint),
+        server: Some(record.directory_url),
         last_registered_email: info.acme.email.clone(),
         renewal_info,
         profiles: account.profiles(),

@@ -78,8 +78,22 @@ fn backoff_key<K: Resource<DynamicType = ()>>(object: &K) -> String {
     format!("{}/{}/{}", K::kind(&()), object.namespace().unwrap_or_default(), object.name_any())
 }
 
+/// What the caches never need of an object: its managedFields and the copy of the whole object that
+/// `kubectl apply` keeps in an annotation (together often larger than the object itself).
+fn strip_for_cache<K: Resource>(object: &mut K) {
+    let meta = object.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED_ANNOTATION);
+    }
+}
+
+/// The annotation in which `kubectl apply` (client side) keeps the last object it applied.
+const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
 /// A watch of `K` (filtered by `config`) that fills a cache as it is polled: the stream triggers a
-/// controller, the store serves reads, from one watch. managedFields are dropped before caching.
+/// controller, the store serves reads, from one watch. What the caches never need is dropped first
+/// ([`strip_for_cache`]); nothing kacme writes is built from a cached object's metadata.
 fn cached_watch<K>(
     client: &Client,
     config: watcher::Config,
@@ -89,11 +103,7 @@ where
 {
     let (reader, writer) = reflector::store();
     let api: Api<K> = Api::all(client.clone());
-    let stream = watcher(api, config)
-        .default_backoff()
-        .modify(|object| object.meta_mut().managed_fields = None)
-        .reflect(writer)
-        .touched_objects();
+    let stream = watcher(api, config).default_backoff().modify(strip_for_cache).reflect(writer).touched_objects();
     (reader, stream)
 }
 
@@ -221,8 +231,15 @@ pub async fn run_observed(
 
     let shutdown = crate::shutdown::Shutdown::on(shutdown);
 
-    let certificates =
-        Controller::new(Api::<Certificate>::all(client.clone()), watcher::Config::default().any_semantic());
+    // The Certificates' cache, stripped like the others: at 10,000 Certificates every byte counts.
+    let (certificate_cache, certificate_writer) = reflector::store();
+    let certificate_events =
+        watcher(Api::<Certificate>::all(client.clone()), watcher::Config::default().any_semantic())
+            .default_backoff()
+            .modify(strip_for_cache)
+            .reflect(certificate_writer)
+            .applied_objects();
+    let certificates = Controller::for_stream(certificate_events, certificate_cache);
     let store = certificates.store();
     let issuer_store = store.clone();
     let cluster_issuer_store = store.clone();
@@ -314,4 +331,30 @@ fn certificates_of(
         .filter(|c| kind == IssuerKind::ClusterIssuer || c.namespace() == namespace)
         .map(|c| ObjectRef::from_obj(c.as_ref()))
         .collect()
+}
+
+#[cfg(test)]
+mod cache_tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn the_caches_keep_no_managed_fields_nor_kubectls_copy_of_the_object_and_everything_else() {
+        let mut certificate = crate::desired::testing::certificate();
+        certificate.metadata.managed_fields = Some(vec![ManagedFieldsEntry::default(); 3]);
+        certificate.metadata.annotations = Some(BTreeMap::from([
+            (LAST_APPLIED_ANNOTATION.to_string(), "{\"apiVersion\": \"kacme.dev/v1alpha1\", ...}".to_string()),
+            (crate::api::names::ANNOTATION_RENEW_REQUESTED_AT.to_string(), "t1".to_string()),
+        ]));
+        let mut expected = certificate.clone();
+        strip_for_cache(&mut certificate);
+        expected.metadata.managed_fields = None;
+        expected.metadata.annotations.as_mut().unwrap().remove(LAST_APPLIED_ANNOTATION);
+        assert_eq!(
+            (&certificate.metadata, &certificate.spec),
+            (&expected.metadata, &expected.spec),
+            "only those two go; kacme's own annotations stay"
+        );
+    }
 }

@@ -378,6 +378,7 @@ pub(crate) fn acme_issuer_at(ca: &FakeAcme, account_key_secret: &str) -> AcmeIss
         account_per_namespace: None,
         send_lifetime: None,
         profile: None,
+        revocation: None,
         solvers: vec![AcmeSolver { selector: None, http01: Http01Solver::default() }],
     }
 }

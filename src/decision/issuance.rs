@@ -12,7 +12,7 @@ use super::{BackoffPolicy, RenewBefore, RenewalWindow, renewal_in_window, renewa
 use crate::api::names::{
     ANNOTATION_ISSUER_KIND, ANNOTATION_ISSUER_NAME, ANNOTATION_RENEW_REQUESTED_AT, ANNOTATION_USAGES, TLS_CRT, TLS_KEY,
 };
-use crate::api::{Certificate, CertificateSpec, ConditionType, IssuanceReason, KeyUsage};
+use crate::api::{Certificate, CertificateSpec, ConditionType, IssuanceReason, KeyUsage, RenewalInfoStatus};
 use crate::pki::{
     CertificateInfo, KeySpec, ParsedChain, PrivateKey, effective_usages, key_matches_certificate, parse_chain,
     parse_private_key,
@@ -87,14 +87,32 @@ struct Scheduled {
 /// renewBeforePercentage, or 2/3 of the lifetime). A renewBefore or renewBeforePercentage that asks for an
 /// earlier time than the window wins: the user's explicit wish.
 fn scheduled_renewal(certificate: &Certificate, leaf: &CertificateInfo) -> Scheduled {
-    let own = renewal_time(leaf.not_before, leaf.not_after, renew_before(certificate));
-    let Some((id, window)) = renewal_window(certificate, leaf) else {
+    let renewal_info = certificate.status.as_ref().and_then(|s| s.renewal_info.as_ref());
+    schedule(&certificate.spec, renewal_info, leaf)
+}
+
+/// When to renew `leaf`, as [`IssuanceDecision::UpToDate`] says it, given the spec and the CA's renewal
+/// suggestion of the status (for the pass that stores a new certificate and asks for its window at once).
+pub fn renewal_schedule(
+    spec: &CertificateSpec,
+    renewal_info: Option<&RenewalInfoStatus>,
+    leaf: &CertificateInfo,
+) -> Timestamp {
+    schedule(spec, renewal_info, leaf).at
+}
+
+fn schedule(spec: &CertificateSpec, renewal_info: Option<&RenewalInfoStatus>, leaf: &CertificateInfo) -> Scheduled {
+    let own = renewal_time(
+        leaf.not_before,
+        leaf.not_after,
+        RenewBefore::from_spec(spec.renew_before.map(std::time::Duration::from), spec.renew_before_percentage),
+    );
+    let Some((id, window)) = renewal_window(renewal_info, leaf) else {
         return Scheduled { at: own, window: None };
     };
     let Some(in_window) = renewal_in_window(window, id, leaf.not_after) else {
         return Scheduled { at: own, window: None };
     };
-    let spec = &certificate.spec;
     let explicit = spec.renew_before.is_some() || spec.renew_before_percentage.is_some();
     if explicit && own < in_window {
         Scheduled { at: own, window: None }
@@ -105,9 +123,12 @@ fn scheduled_renewal(certificate: &Certificate, leaf: &CertificateInfo) -> Sched
 
 /// The CA's suggested renewal window for `leaf`, from the status, with the certificate's identifier: only
 /// when the status speaks of this very certificate (a window of the previous one means nothing).
-fn renewal_window<'a>(certificate: &Certificate, leaf: &'a CertificateInfo) -> Option<(&'a str, RenewalWindow)> {
+fn renewal_window<'a>(
+    renewal_info: Option<&RenewalInfoStatus>,
+    leaf: &'a CertificateInfo,
+) -> Option<(&'a str, RenewalWindow)> {
     let id = leaf.renewal_id.as_deref()?;
-    let info = certificate.status.as_ref()?.renewal_info.as_ref()?;
+    let info = renewal_info?;
     if info.certificate_id != id {
         return None;
     }
@@ -127,14 +148,8 @@ pub fn replaced_certificate(
         return None;
     }
     let chain = parse_chain(secret_data(secret?, TLS_CRT)?).ok()?;
-    renewal_window(certificate, &chain.leaf).map(|(id, _)| id.to_string())
-}
-
-fn renew_before(certificate: &Certificate) -> RenewBefore {
-    RenewBefore::from_spec(
-        certificate.spec.renew_before.map(std::time::Duration::from),
-        certificate.spec.renew_before_percentage,
-    )
+    let renewal_info = certificate.status.as_ref().and_then(|s| s.renewal_info.as_ref());
+    renewal_window(renewal_info, &chain.leaf).map(|(id, _)| id.to_string())
 }
 
 /// The time before which a failed issuance must not be retried, if the last attempt failed for the
@@ -175,7 +190,8 @@ impl Stored<'_> {
 type Check = fn(&Observed<'_>, &Stored<'_>) -> Option<Why>;
 
 /// The checks on a readable certificate and key, in the order they run; the first reason found wins.
-const POLICY_CHAIN: [(&str, Check); 8] = [
+const POLICY_CHAIN: [(&str, Check); 9] = [
+    ("the certificate was not revoked", certificate_revoked),
     ("the private key matches the spec", private_key_mismatches_spec),
     ("the DNS names are the requested ones", dns_names_changed),
     ("the IP addresses are the requested ones", ip_addresses_changed),
@@ -321,6 +337,19 @@ fn renewal_requested(observed: &Observed<'_>, _: &Stored<'_>) -> Option<Why> {
         (
             IssuanceReason::ManuallyTriggered,
             format!("Renewing certificate as requested ({ANNOTATION_RENEW_REQUESTED_AT}={requested})"),
+        )
+    })
+}
+
+fn certificate_revoked(observed: &Observed<'_>, stored: &Stored<'_>) -> Option<Why> {
+    let revocation = observed.certificate.status.as_ref()?.revocation.as_ref()?;
+    (revocation.revoked_at.is_some() && revocation.serial == stored.leaf().serial).then(|| {
+        (
+            IssuanceReason::Revoked,
+            format!(
+                "Issuing a new certificate with a new key as serial {} was revoked (reason {})",
+                revocation.serial, revocation.reason
+            ),
         )
     })
 }

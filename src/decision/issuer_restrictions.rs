@@ -137,6 +137,7 @@ mod tests {
             account_per_namespace: None,
             send_lifetime: None,
             profile: None,
+            revocation: None,
             server: server.into(),
             email: None,
             ca_bundle: None,

@@ -14,7 +14,8 @@ pub use crate::api::IssuanceReason;
 pub use backoff::BackoffPolicy;
 pub use identifiers::{order_is_for_another_issuer, same_identifiers};
 pub use issuance::{
-    IssuanceDecision, Observed, issuance_decision, issued_differs_from_spec, replaced_certificate, usages_annotation,
+    IssuanceDecision, Observed, issuance_decision, issued_differs_from_spec, renewal_schedule, replaced_certificate,
+    usages_annotation,
 };
 pub use ownership::{SecretOwnership, next_key_ownership, secret_ownership};
 pub use renewal::{RenewBefore, RenewalWindow, renewal_in_window, renewal_time};

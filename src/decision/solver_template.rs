@@ -194,6 +194,7 @@ mod tests {
             account_per_namespace: None,
             send_lifetime: None,
             profile: None,
+            revocation: None,
             server: "https://ca.example.test/directory".into(),
             email: None,
             ca_bundle: None,

@@ -396,3 +396,35 @@ fn a_window_that_has_begun_renews_at_once_and_the_order_names_the_certificate_it
     // Without a window from the CA (a CA without RFC 9773), nothing is named.
     assert_eq!(replaced_certificate(&certificate(), Some(&secret), IssuanceReason::Expiring), None);
 }
+
+#[test]
+fn a_revoked_certificate_is_replaced_and_a_failed_or_earlier_revocation_changes_nothing() {
+    let ca = TestCa::new("Revoked");
+    let secret = secret_for(&ca, &certificate());
+    let serial = parse_chain(secret.data.as_ref().unwrap()[TLS_CRT].0.as_slice()).unwrap().leaf.serial;
+    let with_revocation = |serial: &str, revoked: bool| {
+        let mut cert = certificate();
+        cert.status = Some(CertificateStatus {
+            revocation: Some(crate::api::RevocationStatus {
+                request: Some("t1".into()),
+                serial: serial.into(),
+                reason: "keyCompromise".into(),
+                revoked_at: revoked.then(|| Time(issued_at() + 1.hour())),
+                error: (!revoked).then(|| "refused".to_string()),
+            }),
+            ..Default::default()
+        });
+        cert
+    };
+    let now = issued_at() + 2.hours();
+    let decision = decide(&with_revocation(&serial, true), Some(&secret), now);
+    let IssuanceDecision::Issue { reason, message } = &decision else { panic!("replace it, not {decision:?}") };
+    assert_eq!(*reason, IssuanceReason::Revoked);
+    assert!(message.contains(&serial) && message.contains("keyCompromise"), "{message}");
+    // A revocation the CA refused, or one of an earlier certificate, leaves this one in place.
+    assert!(matches!(decide(&with_revocation(&serial, false), Some(&secret), now), IssuanceDecision::UpToDate { .. }));
+    assert!(matches!(
+        decide(&with_revocation("0badc0de", true), Some(&secret), now),
+        IssuanceDecision::UpToDate { .. }
+    ));
+}

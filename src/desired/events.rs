@@ -23,6 +23,10 @@ pub enum EventReason {
     NotPermitted,
     /// A solver did not serve its challenge by the deadline: the attempt failed.
     SolverNotReady,
+    /// A certificate was revoked.
+    Revoked,
+    /// A revocation failed (the CA refused it, or could not be reached).
+    RevocationFailed,
 }
 
 impl EventReason {
@@ -38,6 +42,8 @@ impl EventReason {
             EventReason::SecretNotOwned => "SecretNotOwned",
             EventReason::NotPermitted => "NotPermitted",
             EventReason::SolverNotReady => "SolverNotReady",
+            EventReason::Revoked => "Revoked",
+            EventReason::RevocationFailed => "RevocationFailed",
         }
     }
 }

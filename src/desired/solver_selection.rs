@@ -134,6 +134,7 @@ mod tests {
             account_per_namespace: None,
             send_lifetime: None,
             profile: None,
+            revocation: None,
             solvers,
         }
     }

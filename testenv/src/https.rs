@@ -74,6 +74,23 @@ impl HttpsClient {
         self.exchange("GET", url, request).await
     }
 
+    /// GET `url`: the status and the body as bytes (any HTTP status is a success).
+    pub async fn get_bytes(&self, url: &str) -> Result<(u16, Vec<u8>)> {
+        let request = hyper::Request::get(url)
+            .header(hyper::header::USER_AGENT, "kacme-testenv")
+            .body(Full::new(Bytes::new()))
+            .with_context(|| format!("building a request to {url}"))?;
+        let exchange = async {
+            let response = self.client.request(request).await?;
+            let status = response.status().as_u16();
+            Ok::<_, anyhow::Error>((status, response.into_body().collect().await?.to_bytes().to_vec()))
+        };
+        match tokio::time::timeout(self.timeout, exchange).await {
+            Ok(result) => result.with_context(|| format!("GET {url}")),
+            Err(_) => bail!("GET {url}: no answer within {:?}", self.timeout),
+        }
+    }
+
     /// POST `body` as JSON to `url` (any HTTP status is a success).
     pub async fn post_json(&self, url: &str, body: &serde_json::Value) -> Result<HttpsResponse> {
         let request = hyper::Request::post(url)

@@ -61,4 +61,4 @@ pub use proc_stats::{
 };
 pub use process::{ChildProcess, TempDir, log_tail, poll_until};
 pub use stand_in::{RunningSolver, SOLVER_LABEL, SolverStandIn};
-pub use step_ca::{StepCa, StepCaOptions};
+pub use step_ca::{StepCa, StepCaOptions, serial_hex};

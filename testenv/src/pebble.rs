@@ -240,6 +240,21 @@ impl Pebble {
         Ok(())
     }
 
+    /// What Pebble says of the certificate with serial `serial_hex` (hex): `Valid`, `Revoked`, or `None` when it
+    /// issued no such certificate (the management interface's `/cert-status-by-serial/`).
+    pub async fn certificate_status(&self, serial_hex: &str) -> Result<Option<String>> {
+        let url = format!("{}/cert-status-by-serial/{serial_hex}", self.management_url);
+        let response = self.command.https.get(&url).await?;
+        match response.status {
+            404 => Ok(None),
+            200 => {
+                let body: serde_json::Value = serde_json::from_str(&response.body).context("Pebble's answer")?;
+                Ok(body["Status"].as_str().map(str::to_string))
+            }
+            status => anyhow::bail!("GET {url}: HTTP {status}: {}", response.body),
+        }
+    }
+
     /// The root that signed Pebble's TLS listener certificate: trust it to talk to the ACME endpoint.
     pub fn listener_root_pem(&self) -> &str {
         &self.listener_root_pem

@@ -99,6 +99,8 @@ impl StepCa {
             "insecureAddress": "",
             "dnsNames": [ip.to_string(), "localhost"],
             "logger": {"format": "text"},
+            // A CRL, rebuilt at each revocation, so that tests can see what was revoked (`revoked_serials`).
+            "crl": {"enabled": true, "generateOnRevoke": true},
             "db": {"type": "badgerv2", "dataSource": dir.join("db")},
             "authority": {
                 "provisioners": [{
@@ -180,6 +182,20 @@ impl StepCa {
         })
     }
 
+    /// The serial numbers (lowercase hex, no leading zeros) on step-ca's CRL: the certificates it revoked.
+    pub async fn revoked_serials(&self) -> Result<Vec<String>> {
+        use x509_parser::prelude::FromDer as _;
+        let url = self.directory_url.split("/acme/").next().unwrap_or_default().to_string() + "/crl";
+        let https = HttpsClient::trusting(&self.root_pem)?;
+        let response = https.get_bytes(&url).await?;
+        if response.0 != 200 {
+            anyhow::bail!("GET {url}: HTTP {}", response.0);
+        }
+        let (_, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(&response.1)
+            .map_err(|e| anyhow::anyhow!("step-ca's CRL does not parse: {e}"))?;
+        Ok(crl.iter_revoked_certificates().map(|r| serial_hex(r.raw_serial())).collect())
+    }
+
     /// The ACME directory URL, `https://<ip>:<port>/acme/<provisioner>/directory`.
     pub fn directory_url(&self) -> &str {
         &self.directory_url
@@ -224,4 +240,11 @@ impl StepCa {
     pub fn ensure_running(&self) -> Result<()> {
         self.process.ensure_running().context("step-ca is not running")
     }
+}
+
+/// A serial number as lowercase hex without leading zeros (as Pebble and Go print them).
+pub fn serial_hex(raw: &[u8]) -> String {
+    let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let trimmed = hex.trim_start_matches('0');
+    if trimmed.is_empty() { "0".into() } else { trimmed.into() }
 }

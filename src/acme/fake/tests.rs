@@ -3,8 +3,9 @@
 
 use super::{Endpoint, FakeAcme, Fault, MemorySolver, Validation};
 use crate::acme::{
-    AccountSpec, AcmeAccount, AcmeError, Advance, AdvanceOptions, AuthorizationStep, ExternalAccountBinding,
-    IssueOptions, NoObserver, OrderOptions, OrderProgress, OrderSession, OrderState, Retry, issue, issue_with,
+    AccountOrigin, AccountRecord, AccountSpec, AcmeAccount, AcmeError, Advance, AdvanceOptions, AuthorizationStep,
+    ExternalAccountBinding, IssueOptions, NoObserver, OrderOptions, OrderProgress, OrderSession, OrderState, Retry,
+    issue, issue_with,
 };
 use crate::api::{KeyAlgorithm, KeyEncoding, KeyUsage};
 use crate::pki::{
@@ -719,6 +720,125 @@ async fn a_directory_that_points_elsewhere_is_not_followed() {
         .expect_err("a request to another host is refused");
     assert!(error.to_string().contains("refusing to follow it"), "{error}");
     assert!(error.to_string().contains("169.254.169.254"), "{error}");
+}
+
+// --- Accounts restored from their record, looked up with the contact ---------------------------------
+
+/// The fake's account spec with a contact email.
+fn spec_with_email(fake: &FakeAcme) -> AccountSpec {
+    AccountSpec { email: Some("ops@example.test".into()), ..fake.account_spec() }
+}
+
+#[tokio::test]
+async fn a_recorded_account_of_the_same_key_and_server_is_restored_without_any_account_request() {
+    let fake = FakeAcme::start().await;
+    let (account, stored_key) = fake.register_account().await;
+    let record = account.record();
+    let (requests_before, new_accounts_before) = (fake.all_requests(), fake.requests(Endpoint::NewAccount));
+
+    let restored = AcmeAccount::load(&fake.account_spec(), Some(&stored_key), Some(&record), Arc::new(NoObserver))
+        .await
+        .expect("the recorded account");
+
+    assert_eq!(restored.account.uri(), account.uri());
+    assert_eq!(restored.account.origin(), AccountOrigin::Restored);
+    assert_eq!(fake.requests(Endpoint::NewAccount), new_accounts_before, "no newAccount");
+    let directory_reads = fake.requests(Endpoint::Directory);
+    assert_eq!(fake.all_requests() - requests_before, 1, "only the directory is read ({directory_reads} reads in all)");
+    // The CA accepts what the restored account signs.
+    let request = request(&["restored.example.test"], &[]);
+    let key = key();
+    let issued = issue(&restored.account, &request, &key, &MemorySolver::new(), &options()).await.expect("issued");
+    check_issued(&fake, &issued.chain_pem, &request, &key);
+    assert_eq!(fake.accounts_created(), 1);
+}
+
+#[tokio::test]
+async fn a_record_of_another_key_or_another_server_is_not_used_and_the_key_is_looked_up() {
+    let fake = FakeAcme::start().await;
+    let (account, stored_key) = fake.register_account().await;
+    let (other, _) = fake.register_account().await;
+    // (case, record)
+    let cases = [
+        ("another key's account", other.record()),
+        ("another server", AccountRecord { directory_url: "https://elsewhere.test/dir".into(), ..account.record() }),
+        ("a URL on another host", AccountRecord { url: "https://elsewhere.test/acct/1".into(), ..account.record() }),
+    ];
+    for (case, record) in cases {
+        let before = fake.requests(Endpoint::NewAccount);
+        let loaded = AcmeAccount::load(&fake.account_spec(), Some(&stored_key), Some(&record), Arc::new(NoObserver))
+            .await
+            .expect("the account of the stored key");
+        assert_eq!(loaded.account.uri(), account.uri(), "{case}");
+        assert_eq!(loaded.account.origin(), AccountOrigin::Found, "{case}");
+        assert_eq!(fake.requests(Endpoint::NewAccount), before + 1, "{case}: one lookup");
+    }
+    assert_eq!(fake.accounts_created(), 2);
+}
+
+#[tokio::test]
+async fn a_lookup_carries_the_contact_for_a_ca_that_refuses_lookups_without_one() {
+    let fake = FakeAcme::start().await;
+    fake.refuse_lookups_without_contact();
+    let registration =
+        AcmeAccount::register(&spec_with_email(&fake), None, Arc::new(NoObserver)).await.expect("registered");
+
+    let found = AcmeAccount::register(&spec_with_email(&fake), Some(&registration.key), Arc::new(NoObserver))
+        .await
+        .expect("the lookup with the contact is answered");
+
+    assert_eq!(found.account.uri(), registration.account.uri());
+    assert_eq!(found.account.origin(), AccountOrigin::Found);
+    assert_eq!(fake.accounts_created(), 1);
+    // What instant-acme alone sends for a stored key (no contact) is refused by such a CA.
+    let error = AcmeAccount::register(&fake.account_spec(), Some(&registration.key), Arc::new(NoObserver))
+        .await
+        .expect_err("a lookup without contact");
+    assert!(error.to_string().contains("contact information is missing"), "{error}");
+}
+
+#[tokio::test]
+async fn a_lookup_is_sent_again_without_the_contact_to_a_ca_that_wants_it_alone() {
+    let fake = FakeAcme::start().await;
+    fake.refuse_lookups_with_contact();
+    let registration =
+        AcmeAccount::register(&spec_with_email(&fake), None, Arc::new(NoObserver)).await.expect("registered");
+
+    let found = AcmeAccount::register(&spec_with_email(&fake), Some(&registration.key), Arc::new(NoObserver))
+        .await
+        .expect("the lookup without the contact is answered");
+
+    assert_eq!(found.account.uri(), registration.account.uri());
+    assert_eq!(found.account.origin(), AccountOrigin::Found);
+    assert_eq!(fake.requests(Endpoint::NewAccount), 3, "the registration, the lookup with contact, the one without");
+}
+
+#[tokio::test]
+async fn a_stored_key_the_ca_does_not_know_registers_with_the_contact_and_the_binding() {
+    let fake = FakeAcme::start().await;
+    let binding =
+        ExternalAccountBinding { key_id: "kid-1".into(), hmac_key: b"a 32 byte secret of the fake CA!".to_vec() };
+    fake.require_external_account(Some(vec![binding.clone()]));
+    let spec = AccountSpec { external_account: Some(binding), ..spec_with_email(&fake) };
+    let first = AcmeAccount::register(&spec, None, Arc::new(NoObserver)).await.expect("registered");
+    fake.forget_accounts();
+
+    let again = AcmeAccount::load(&spec, Some(&first.key), Some(&first.account.record()), Arc::new(NoObserver))
+        .await
+        .expect("restored: the CA is not asked");
+    assert_eq!(again.account.origin(), AccountOrigin::Restored);
+    let error = OrderSession::create(&again.account, &["who.example.test".into()], &[], &OrderOptions::default())
+        .await
+        .expect_err("gone");
+    assert!(error.is_problem("accountDoesNotExist"), "{error}");
+
+    let registered =
+        AcmeAccount::load(&spec, Some(&first.key), None, Arc::new(NoObserver)).await.expect("registered again");
+    assert_eq!(registered.account.origin(), AccountOrigin::Registered);
+    assert_ne!(registered.account.uri(), first.account.uri());
+    assert_eq!(fake.accounts_created(), 2);
+    let contact = fake.account_contact(registered.account.uri());
+    assert_eq!(contact, Some(serde_json::json!(["mailto:ops@example.test"])));
 }
 
 /// A check that fails as step-ca reports a route that is not serving yet, `failures` times, then passes.

@@ -128,7 +128,7 @@ impl Pass<'_> {
                 self.ctx.keep_order(self.certificate, KeptOrder { session, key, issuer });
                 Ok(Action::requeue(wait.max(NEXT_STEP)))
             }
-            Ok(Advance::Issued(chain)) => self.store_certificate(&issuer, &chain, &key, &request).await,
+            Ok(Advance::Issued(chain)) => self.store_certificate(&issuer, &account, &chain, &key, &request).await,
             Err(error) => self.acme_failure(error, Some(after), &account, &issuer).await,
         }
     }
@@ -163,7 +163,7 @@ impl Pass<'_> {
                 if let Ok(Advance::Issued(chain)) = session.advance(account, &solver, &csr, &options).await
                     && parse_chain(chain.as_bytes()).is_ok_and(|c| key_matches_certificate(&key, &c.leaf))
                 {
-                    return self.store_certificate(issuer, &chain, &key, &request).await;
+                    return self.store_certificate(issuer, account, &chain, &key, &request).await;
                 }
             }
         }

@@ -47,9 +47,7 @@ impl Pass<'_> {
                     // A new window may move the renewal: decide again with it.
                     return Ok(Action::requeue(NEXT_STEP));
                 }
-                let renewal = self.renewal_wait(renewal_time);
-                let check = next_check.map(|at| at.duration_since(self.now).unsigned_abs().max(Duration::from_secs(1)));
-                Ok(Action::requeue(check.map_or(renewal, |check| check.min(renewal))))
+                Ok(self.requeue_at_renewal(renewal_time, next_check))
             }
             IssuanceDecision::BackOff { reason, message, retry_at } => {
                 self.transition().needs_issuance(reason, &message);
@@ -67,7 +65,7 @@ impl Pass<'_> {
     /// its answer in status; returns when to ask again (`None`: not at all, the CA offers no renewal
     /// information or the certificate has no identifier). Advisory: a failure only delays the next check,
     /// and kacme renews on its own schedule meanwhile.
-    async fn check_renewal_info(&mut self, renewal_id: Option<&str>) -> Option<Timestamp> {
+    pub(super) async fn check_renewal_info(&mut self, renewal_id: Option<&str>) -> Option<Timestamp> {
         let Some(id) = renewal_id else {
             self.status.renewal_info = None;
             return None;

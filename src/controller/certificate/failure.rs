@@ -1,7 +1,7 @@
 //! When a step goes wrong: retry the same order, abandon it, or fail the attempt and back off.
 
 use super::{NEXT_STEP, Pass};
-use crate::acme::{AcmeAccount, AcmeAction, AcmeError, OrderProgress, Retry};
+use crate::acme::{AccountOrigin, AcmeAccount, AcmeAction, AcmeError, OrderProgress, Retry};
 use crate::api::CertificateReason;
 use crate::controller::ReconcileError;
 use crate::controller::accounts::IssuerInfo;
@@ -10,6 +10,18 @@ use crate::controller::retry::immediate_retry_delay;
 use crate::desired::{EventNote, EventReason};
 use crate::pki::PkiError;
 use kube::runtime::controller::Action;
+
+/// How soon an order is tried again after the CA refused a restored account (which is then looked up).
+const RESTORED_ACCOUNT_REFUSED_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Whether the CA refused the account itself: it does not know it, or (for an account restored from its
+/// record and so never checked) it says the request is not authorized, other than for the lifetime asked.
+fn refuses_account(error: &AcmeError, account: &AcmeAccount) -> bool {
+    error.is_problem("accountDoesNotExist")
+        || (account.origin() == AccountOrigin::Restored
+            && error.is_problem("unauthorized")
+            && !error.refuses_lifetime())
+}
 
 /// Why an issuance attempt failed for good; the message is shown in the conditions and the Event.
 #[derive(Debug, thiserror::Error)]
@@ -98,10 +110,19 @@ impl Pass<'_> {
             return self.fail(IssuanceError::DurationNotAllowed { duration, detail, error: Box::new(error) }).await;
         }
         self.ctx.forget_order(self.certificate);
-        if error.is_problem("accountDoesNotExist") {
-            // The CA no longer knows the account (it lost its state, or the account was removed): the next
-            // attempt registers again with the stored key instead of using the cached account forever.
+        let mut error = error;
+        if refuses_account(&error, account) {
+            // The CA does not know the account (it lost its state, the account was removed, or a restored URL
+            // is stale): the next attempt looks the stored key's account up (registering it if need be)
+            // instead of using the cached or recorded account forever.
+            self.ctx.accounts.distrust(account.uri());
             self.ctx.accounts.forget(issuer.kind, &issuer.secret_namespace, &issuer.name);
+            if account.origin() == AccountOrigin::Restored {
+                // Restored without asking the CA, and this was its check: not the Certificate's failure. The
+                // account is not restored from that URL again, so this happens once.
+                tracing::info!(account = account.uri(), %error, "the CA refused the restored ACME account; looking it up");
+                error.retry = Retry::After(RESTORED_ACCOUNT_REFUSED_RETRY);
+            }
         }
         let key = format!("{}/{}", self.namespace, self.name());
         if error.retry != Retry::Immediately {

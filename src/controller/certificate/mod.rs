@@ -15,6 +15,7 @@
 mod advance;
 mod decide;
 mod failure;
+mod revoke;
 mod start;
 mod store;
 #[cfg(test)]
@@ -103,8 +104,10 @@ pub async fn reconcile_certificate(certificate: Arc<Certificate>, ctx: Arc<Conte
     .map_err(ReconcileError::from_finalizer)
 }
 
-/// The Certificate is being deleted: remove its solver objects and the key of an order in flight.
+/// The Certificate is being deleted: revoke its certificate when the issuer's policy says so, and remove its
+/// solver objects and the key of an order in flight.
 async fn clean_up_deleted(ctx: &Context, certificate: &Certificate) -> Result<Action, ReconcileError> {
+    Pass::new(ctx, certificate).revoke_on_deletion().await?;
     ctx.forget_order(certificate);
     cleanup_all_solver_objects(ctx, certificate)
         .await
@@ -177,7 +180,10 @@ impl<'a> Pass<'a> {
         let action = match self.status.order.clone() {
             Some(order) => self.continue_order(crate::desired::order_progress(&order)).await,
             None => match self.read_certificate_secret().await {
-                Ok(secret) => self.decide(secret.as_deref()).await,
+                Ok(secret) => match revoke::pending_revocation(self.certificate) {
+                    Some(pending) => self.revoke_requested(secret.as_deref(), pending).await,
+                    None => self.decide(secret.as_deref()).await,
+                },
                 Err(error) => Err(error),
             },
         };
@@ -233,8 +239,12 @@ impl<'a> Pass<'a> {
         }
     }
 
-    fn requeue_at_renewal(&self, renewal_time: Timestamp) -> Action {
-        Action::requeue(self.renewal_wait(renewal_time))
+    /// The next pass of an up-to-date Certificate: at its renewal time (plus its jitter), or at the next check
+    /// of its renewal window when that comes first.
+    fn requeue_at_renewal(&self, renewal_time: Timestamp, next_check: Option<Timestamp>) -> Action {
+        let renewal = self.renewal_wait(renewal_time);
+        let check = next_check.map(|at| at.duration_since(self.now).unsigned_abs().max(Duration::from_secs(1)));
+        Action::requeue(check.map_or(renewal, |check| check.min(renewal)))
     }
 
     /// How long until the pass at `renewal_time` (plus this Certificate's jitter).

@@ -76,7 +76,7 @@ impl Pass<'_> {
         };
         // The key only once the order exists: an attempt the CA refuses or asks to retry costs no key
         // (an RSA 4096 key takes a while to generate).
-        let key = match self.next_private_key(secret) {
+        let key = match self.next_private_key(secret, reason) {
             Ok(key) => key,
             Err(error) => return self.fail(error).await,
         };
@@ -133,11 +133,12 @@ impl Pass<'_> {
     }
 
     /// The key of the next certificate: the current one when the spec says never to rotate and it still
-    /// fits, else a new one.
-    fn next_private_key(&self, secret: Option<&Secret>) -> Result<PrivateKey, IssuanceError> {
+    /// fits (and its certificate was not revoked), else a new one.
+    fn next_private_key(&self, secret: Option<&Secret>, reason: IssuanceReason) -> Result<PrivateKey, IssuanceError> {
         let spec = &self.certificate.spec;
         let wanted = KeySpec::from_spec(spec.private_key.as_ref());
-        let never_rotate = spec.private_key.as_ref().and_then(|k| k.rotation_policy) == Some(RotationPolicy::Never);
+        let never_rotate = spec.private_key.as_ref().and_then(|k| k.rotation_policy) == Some(RotationPolicy::Never)
+            && reason != IssuanceReason::Revoked;
         if never_rotate
             && let Some(secret) = secret.filter(|s| secret_ownership(s, self.certificate).may_read())
             && let Some(value) = secret.data.as_ref().and_then(|d| d.get(TLS_KEY))

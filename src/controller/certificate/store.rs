@@ -6,18 +6,18 @@ use crate::controller::ReconcileError;
 use crate::controller::accounts::IssuerInfo;
 use crate::controller::context::SecretCreation;
 use crate::decision::{
-    RenewBefore, SecretOwnership, issued_differs_from_spec, renewal_time, secret_ownership, usages_annotation,
+    SecretOwnership, issued_differs_from_spec, renewal_schedule, secret_ownership, usages_annotation,
 };
 use crate::desired::{EventNote, EventReason, Validity, build_certificate_secret};
 use crate::pki::{CsrRequest, PrivateKey, key_matches_certificate, parse_chain};
 use jiff::Timestamp;
 use kube::runtime::controller::Action;
-use std::time::Duration;
 
 impl Pass<'_> {
     pub(super) async fn store_certificate(
         &mut self,
         issuer: &IssuerInfo,
+        account: &crate::acme::AcmeAccount,
         chain_pem: &str,
         key: &PrivateKey,
         request: &CsrRequest,
@@ -78,15 +78,22 @@ impl Pass<'_> {
             }
             Some(current) => self.ctx.replace_secret(&self.namespace, &secret, current).await.map_err(writing)?,
         }
+        let replaced = current
+            .as_ref()
+            .filter(|c| secret_ownership(c, self.certificate).may_read())
+            .and_then(|c| parse_chain(&c.data.as_ref()?.get(crate::api::names::TLS_CRT)?.0).ok());
+        self.revoke_replaced(issuer, account, replaced.as_ref(), &chain).await;
         self.delete_next_key().await?;
         self.ctx.forget_order(self.certificate);
         self.clean_up_leftover_solver_objects().await;
-        let spec = &self.certificate.spec;
-        let renew_before = RenewBefore::from_spec(spec.renew_before.map(Duration::from), spec.renew_before_percentage);
+        // RFC 9773: ask for the new certificate's renewal window at once, so that the status write of this
+        // pass carries it and the renewal time it sets (rather than two more writes in the passes after).
+        let next_check = self.check_renewal_info(chain.leaf.renewal_id.as_deref()).await;
+        let renewal_info = self.status.renewal_info.as_ref();
         let validity = Validity {
             not_before: chain.leaf.not_before,
             not_after: chain.leaf.not_after,
-            renewal_time: renewal_time(chain.leaf.not_before, chain.leaf.not_after, renew_before),
+            renewal_time: renewal_schedule(&self.certificate.spec, renewal_info, &chain.leaf),
         };
         self.transition().issued(validity);
         tracing::info!(
@@ -100,6 +107,6 @@ impl Pass<'_> {
             chain.leaf.serial, chain.leaf.not_after
         );
         self.publish(EventNote::normal(EventReason::Issued, message)).await;
-        Ok(self.requeue_at_renewal(validity.renewal_time))
+        Ok(self.requeue_at_renewal(validity.renewal_time, next_check))
     }
 }

@@ -1445,6 +1445,7 @@ async fn a_cluster_issuer_may_skip_tls_verification_and_use_any_server() {
         ready: true,
         offers_renewal_info: false,
         generation: Some(1),
+        recorded_account: None,
     };
     let namespaced = crate::controller::accounts::IssuerInfo { kind: IssuerKind::Issuer, ..info.clone() };
     let check = crate::controller::accounts::check_operator_rules;
