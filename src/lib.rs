@@ -2,7 +2,7 @@
 //!
 //! Layers: [`api`] (the CRD types and the condition vocabulary); pure logic with no I/O in [`pki`],
 //! [`decision`] (whether and when to issue), [`desired`] (the objects and status the reconcilers write) and
-//! [`automatic`] (Certificates for Ingresses and workloads); adapters in [`acme`] (the ACME engine),
+//! [`automatic`] (Certificates for Ingresses and workloads), [`cli`] (what the user commands show); adapters in [`acme`] (the ACME engine),
 //! [`controller`] (the reconcilers), [`webhook`], [`solver`] and [`endpoints`], which serve HTTP through
 //! [`http_server`]; [`liveness`] tells whether the reconcile loops make progress; [`kube_errors`] classifies Kubernetes API errors in one place.
 #![forbid(unsafe_code)]
@@ -10,6 +10,7 @@
 pub mod acme;
 pub mod api;
 pub mod automatic;
+pub mod cli;
 pub mod controller;
 pub mod decision;
 pub mod desired;

@@ -56,6 +56,24 @@ enum Command {
         #[arg(long, default_value = "unspecified", value_parser = parse_revocation_reason)]
         reason: kacme::acme::RevocationReason,
     },
+    /// Show a Certificate's story on one screen: conditions, the current certificate in its Secret, the
+    /// renewal time and why, the order in flight, recent Events and the solver objects that exist. Reads
+    /// with your kubeconfig and rights; never prints a private key.
+    Status {
+        /// Name of the Certificate.
+        name: String,
+        #[command(flatten)]
+        target: TargetArgs,
+        /// `text` for people (coloured on a terminal unless NO_COLOR is set), `json` for scripts (the shape
+        /// is documented in the README).
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
+    },
+    /// Decode objects the way cmctl does.
+    Inspect {
+        #[command(subcommand)]
+        what: InspectCommand,
+    },
     /// Print the CustomResourceDefinitions as YAML (or write one file per CRD with --dir).
     Crds {
         /// Write `<crd name>.yaml` files into these directories instead of printing to stdout
@@ -80,6 +98,42 @@ enum Command {
         /// How long to let requests in flight finish after SIGTERM.
         #[arg(long, default_value = "5s", value_parser = parse_duration)]
         drain: Duration,
+    },
+}
+
+/// Which cluster and namespace a user command reads.
+#[derive(clap::Args, Debug)]
+struct TargetArgs {
+    /// Namespace (default: the kubeconfig context's namespace).
+    #[arg(short, long)]
+    namespace: Option<String>,
+    /// The kubeconfig file (default: KUBECONFIG, else ~/.kube/config).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context (default: its current context).
+    #[arg(long)]
+    context: Option<String>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum OutputFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum InspectCommand {
+    /// Decode a kubernetes.io/tls Secret: each certificate of tls.crt (subject, names, issuer, validity,
+    /// serial, key usages, fingerprint), whether tls.key matches the leaf (the key is never printed), the
+    /// certificates of ca.crt, and whether the chain verifies to ca.crt.
+    Secret {
+        /// Name of the Secret.
+        name: String,
+        #[command(flatten)]
+        target: TargetArgs,
+        /// `text` or `json`.
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
     },
 }
 
@@ -232,7 +286,7 @@ fn init_logging(format: LogFormat, level: &str) -> anyhow::Result<()> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli = parse_cli();
     init_logging(cli.log_format, &cli.log_level)?;
     match cli.command {
         Command::Controller(args) => {
@@ -246,6 +300,14 @@ fn main() -> anyhow::Result<()> {
         Command::Revoke { name, namespace, reason } => {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(revoke(name, namespace, reason))
+        }
+        Command::Status { name, target, output } => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(status(name, target, output))
+        }
+        Command::Inspect { what: InspectCommand::Secret { name, target, output } } => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(inspect_secret(name, target, output))
         }
         Command::Crds { dir } if dir.is_empty() => {
             print!("{}", kacme::api::crds_yaml()?);
@@ -265,6 +327,55 @@ fn main() -> anyhow::Result<()> {
             })
         }
     }
+}
+
+/// The command line; run as `kubectl-kacme` (a symlink or copy on PATH), the binary is the kubectl plugin
+/// and its help says `kubectl kacme`.
+fn parse_cli() -> Cli {
+    use clap::{CommandFactory as _, FromArgMatches as _};
+    let as_plugin = std::env::args_os().next().is_some_and(|argv0| kacme::cli::invoked_as_kubectl_plugin(&argv0));
+    if !as_plugin {
+        return Cli::parse();
+    }
+    let command = Cli::command().name("kubectl kacme").bin_name("kubectl kacme");
+    Cli::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit())
+}
+
+/// A client for the user's kubeconfig, and the namespace to read (the flag, else the context's).
+async fn user_client(target: &TargetArgs) -> anyhow::Result<(kube::Client, String)> {
+    let connection =
+        kacme::cli::read::Connection { kubeconfig: target.kubeconfig.clone(), context: target.context.clone() };
+    let client = kacme::cli::read::connect(&connection).await?;
+    let namespace = target.namespace.clone().unwrap_or_else(|| client.default_namespace().to_string());
+    Ok((client, namespace))
+}
+
+async fn status(name: String, target: TargetArgs, output: OutputFormat) -> anyhow::Result<()> {
+    let (client, namespace) = user_client(&target).await?;
+    let input = kacme::cli::read::read_status_input(&client, &namespace, &name).await?;
+    let now = jiff::Timestamp::now();
+    let report = kacme::cli::status::status_report(&input, now);
+    match output {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        OutputFormat::Text => {
+            print!("{}", kacme::cli::status::render_status(&report, kacme::cli::Style::for_stdout(), now))
+        }
+    }
+    Ok(())
+}
+
+async fn inspect_secret(name: String, target: TargetArgs, output: OutputFormat) -> anyhow::Result<()> {
+    let (client, namespace) = user_client(&target).await?;
+    let secret = kacme::cli::read::read_secret(&client, &namespace, &name).await?;
+    let now = jiff::Timestamp::now();
+    let report = kacme::cli::inspect::inspect_secret(&secret, now);
+    match output {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        OutputFormat::Text => {
+            print!("{}", kacme::cli::inspect::render_secret(&report, kacme::cli::Style::for_stdout(), now))
+        }
+    }
+    Ok(())
 }
 
 fn write_crds(dir: &std::path::Path) -> anyhow::Result<()> {
