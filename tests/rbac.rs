@@ -71,7 +71,7 @@ const NOT_SEEN_AS_REQUESTS: &[(&str, &str)] = &[
         "checked by the OwnerReferencesPermissionEnforcement admission plugin when a solver object is created \
          with blockOwnerDeletion (an authorization check, not a request); without it those creations are refused",
     ),
-    ("patch events", "kube's event Recorder patches an Event that repeats into a series"),
+    ("patch events", "kacme's Event publisher patches an Event whose very same message repeats into a series"),
     (
         "create certificates",
         "the Certificates of annotated Ingresses are created by server-side apply: a patch request that the \
