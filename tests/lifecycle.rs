@@ -205,8 +205,10 @@ async fn a_renewal_window_the_ca_moves_to_the_past_renews_at_once_naming_the_rep
         );
         let (_, _, new_id) = stored_leaf(&env, "web").await;
         assert_ne!(new_id.as_deref(), Some(id.as_str()), "a new certificate");
-        // The Events of both orders share a reason, so the recorder folds them into one series (the first
-        // note stays): the operator's log tells what the renewal order said.
+        // Each order has its own OrderCreated Event (their notes differ, so neither hides the other); the
+        // operator's log tells what the renewal order said.
+        let orders = order_events(&env, "web").await;
+        assert_eq!(orders.len(), 2, "an OrderCreated Event per order: {orders:?}");
         let operator = env.operator().expect("an operator");
         let log = without_colours(&operator.log());
         let created: Vec<&str> = log.lines().filter(|l| l.contains("created an ACME order")).collect();
