@@ -4,7 +4,7 @@
 //! [`clean_up_crashed_node`]. DESIGN.md ("A real node on these machines") lists why each setting is there.
 
 use crate::binaries::Binaries;
-use crate::containerd::Containerd;
+use crate::containerd::{self, Containerd};
 use crate::control_plane::{ControlPlane, ControlPlaneOptions, NodeAccess};
 use crate::host;
 use crate::image::{ImageSpec, pause_image, write_image_archive};
@@ -590,6 +590,27 @@ fn kubelet_config_yaml(dir: &Path, containerd_socket: &Path, client_ca: &Path) -
     .expect("a JSON value always serializes")
 }
 
+/// The ids of the containers and sandboxes containerd knows under the node's directory.
+fn container_ids(dir: &Path) -> Vec<String> {
+    let containerd = dir.join("containerd");
+    let mut ids = Vec::new();
+    for listing in [
+        containerd.join("state/io.containerd.runtime.v2.task/k8s.io"),
+        containerd.join("root/io.containerd.grpc.v1.cri/sandboxes"),
+        containerd.join("root/io.containerd.grpc.v1.cri/containers"),
+    ] {
+        for entry in std::fs::read_dir(listing).into_iter().flatten().flatten() {
+            let id = entry.file_name().to_string_lossy().into_owned();
+            if id.len() == 64 && id.chars().all(|c| c.is_ascii_hexdigit()) {
+                ids.push(id);
+            }
+        }
+    }
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
 /// Removes what a node recorded in `state`, in DESIGN.md's order, from the processes to the sysctls;
 /// returns what could not be removed.
 fn clean_up(state: &NodeState) -> Vec<String> {
@@ -628,11 +649,19 @@ fn clean_up(state: &NodeState) -> Vec<String> {
             problems.push(format!("{error:#}"));
         }
     }
-    // CNI's result cache for this network, and the log links into the node's directory.
+    // Outside the node's directory, named after its containers: CNI's result cache (this network's and the
+    // loopback's) and the sockets of shims that were killed.
+    let ids = container_ids(&dir);
     for entry in std::fs::read_dir("/var/lib/cni/results").into_iter().flatten().flatten() {
-        if entry.file_name().to_string_lossy().starts_with(&format!("{CNI_NETWORK}-")) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&format!("{CNI_NETWORK}-")) || ids.iter().any(|id| name.contains(id.as_str())) {
             let _ = std::fs::remove_file(entry.path());
         }
+    }
+    for id in &ids {
+        let _ = std::fs::remove_file(
+            Path::new(containerd::SHIM_SOCKET_DIR).join(containerd::shim_socket_name(&dir.join("containerd"), id)),
+        );
     }
     for entry in std::fs::read_dir("/var/log/containers").into_iter().flatten().flatten() {
         if std::fs::read_link(entry.path()).is_ok_and(|target| target.starts_with(&dir)) {

@@ -15,6 +15,7 @@ use kube::api::{Api, PostParams};
 use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
 use std::path::Path;
 use std::time::{Duration, Instant};
+use tokio::io::AsyncBufReadExt as _;
 
 /// Why the node tests cannot run here, if they cannot.
 fn skip_reason() -> Option<String> {
@@ -34,6 +35,21 @@ fn skip_reason() -> Option<String> {
         )),
         Err(error) => Some(format!("running {}: {error}", install.display())),
     }
+}
+
+/// Host directories that containerd, CNI or the kubelet create outside the node's directory: which exist.
+fn host_dirs_present() -> Vec<&'static str> {
+    [
+        "/var/lib/cni",
+        "/run/containerd",
+        "/var/log/containers",
+        "/var/log/pods",
+        "/usr/libexec/kubernetes",
+        "/var/lib/kubelet",
+    ]
+    .into_iter()
+    .filter(|d| Path::new(d).exists())
+    .collect()
 }
 
 fn probe_image() -> Result<kacme_testenv::ImageSpec> {
@@ -105,14 +121,27 @@ async fn wait_for_phase(pods: &Api<Pod>, name: &str, wanted: &str) -> Result<Pod
     .await
 }
 
+/// The tests of this binary take turns (the node lock would serialize them too, but the crash test must
+/// see the leftovers of its own child before any other start cleans them up).
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Set for the child process of the crash test: it runs [`holds_a_node_until_killed`] only.
+const HOLDER_ENV: &str = "KACME_NODE_TEST_HOLDER";
+const HOLDING: &str = "NODE-HELD";
+
 #[tokio::test]
 async fn pods_run_services_answer_and_nothing_is_left_after_the_node_goes() -> Result<()> {
+    if std::env::var_os(HOLDER_ENV).is_some() {
+        return Ok(());
+    }
+    let _turn = ONE_AT_A_TIME.lock().await;
     if let Some(reason) = skip_reason() {
         eprintln!("SKIPPED pods_run_services_answer_and_nothing_is_left_after_the_node_goes: {reason}");
         return Ok(());
     }
     let test_started = Instant::now();
     let ip_forward_before = host::read_sysctl("net.ipv4.ip_forward")?;
+    let host_dirs_before = host_dirs_present();
     let node = Node::start(NodeOptions { images: vec![probe_image()?], ..NodeOptions::default() }).await?;
     let node_ready = test_started.elapsed();
     let client = node.control_plane().client().await?;
@@ -194,6 +223,7 @@ async fn pods_run_services_answer_and_nothing_is_left_after_the_node_goes() -> R
     assert!(left.is_empty(), "left on the host: {left:?}");
     assert!(!node_dir.exists(), "{} removed", node_dir.display());
     assert_eq!(host::read_sysctl("net.ipv4.ip_forward")?, ip_forward_before, "ip_forward restored");
+    assert_eq!(host_dirs_present(), host_dirs_before, "host directories as before");
     let cni_results: Vec<_> = std::fs::read_dir("/var/lib/cni/results")
         .into_iter()
         .flatten()
@@ -211,5 +241,81 @@ async fn pods_run_services_answer_and_nothing_is_left_after_the_node_goes() -> R
         teardown_took.as_secs_f64(),
         test_started.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// Not a test of its own: the child process of [`a_node_whose_test_process_was_killed_is_cleaned_up_by_the_next_start`]
+/// starts a node with a running Pod (shims, mounts, a network namespace, a veth), says so, and waits to be
+/// killed.
+#[tokio::test]
+async fn holds_a_node_until_killed() -> Result<()> {
+    if std::env::var_os(HOLDER_ENV).is_none() {
+        return Ok(());
+    }
+    let node = Node::start(NodeOptions { images: vec![probe_image()?], ..NodeOptions::default() }).await?;
+    let client = node.control_plane().client().await?;
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    Api::<Secret>::default_namespaced(client).create(&PostParams::default(), &probe_secret("probe")?).await?;
+    let server = probe_pod("probe-server", serde_json::json!({}), &["serve", "--dir", "/certs"], Some("probe"))?;
+    pods.create(&PostParams::default(), &server).await?;
+    wait_for_phase(&pods, "probe-server", "Running").await?;
+    println!("{HOLDING}");
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    drop(node);
+    bail!("the holder was not killed within 10 minutes")
+}
+
+#[tokio::test]
+async fn a_node_whose_test_process_was_killed_is_cleaned_up_by_the_next_start() -> Result<()> {
+    if std::env::var_os(HOLDER_ENV).is_some() {
+        return Ok(());
+    }
+    let _turn = ONE_AT_A_TIME.lock().await;
+    if let Some(reason) = skip_reason() {
+        eprintln!("SKIPPED a_node_whose_test_process_was_killed_is_cleaned_up_by_the_next_start: {reason}");
+        return Ok(());
+    }
+    let ip_forward_before = host::read_sysctl("net.ipv4.ip_forward")?;
+    let host_dirs_before = host_dirs_present();
+    let mut holder = tokio::process::Command::new(std::env::current_exe()?)
+        .args(["holds_a_node_until_killed", "--exact", "--nocapture", "--test-threads=1"])
+        .env(HOLDER_ENV, "1")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = holder.stdout.take().context("the holder's stdout")?;
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let held = tokio::time::timeout(Duration::from_secs(180), async {
+        while let Some(line) = lines.next_line().await? {
+            // The harness wrote `test holds_a_node_until_killed ... ` on the same line.
+            if line.trim_end().ends_with(HOLDING) {
+                return Ok(true);
+            }
+        }
+        anyhow::Ok(false)
+    })
+    .await
+    .context("the holder did not start its node within 180 s")??;
+    if !held {
+        bail!("the holder exited before holding a node: {:?}", holder.wait().await?);
+    }
+    holder.start_kill()?;
+    holder.wait().await?;
+
+    let left = node_leftovers();
+    eprintln!("after kill -9 of the holder: {left:#?}");
+    assert!(left.iter().any(|l| l.starts_with("process")), "the Pod's shim outlives the holder: {left:?}");
+    assert!(left.iter().any(|l| l.starts_with("mount")), "the Pod's mounts outlive the holder: {left:?}");
+    assert!(left.iter().any(|l| l.starts_with("interface")), "the bridge outlives the holder: {left:?}");
+
+    let started = Instant::now();
+    let node = Node::start(NodeOptions::default()).await?;
+    eprintln!("the next start (cleanup included) took {:.1}s", started.elapsed().as_secs_f64());
+    let problems = node.stop();
+    assert!(problems.is_empty(), "the teardown reported {problems:?}");
+    let left = node_leftovers();
+    assert!(left.is_empty(), "left on the host: {left:?}");
+    assert_eq!(host::read_sysctl("net.ipv4.ip_forward")?, ip_forward_before, "ip_forward restored");
+    assert_eq!(host_dirs_present(), host_dirs_before, "host directories as before");
     Ok(())
 }
