@@ -150,7 +150,7 @@ state = "{state}"
         self.ctr(&args)
     }
 
-    /// Stops containerd and its shims (found by this containerd's directory in their command line) and
+    /// Stops containerd and its shims (found by this containerd's socket in their command line) and
     /// unmounts everything under the directory; returns what was still there to clean after containerd
     /// itself stopped (should be nothing when no container was left running).
     pub fn stop(&mut self) -> Vec<String> {
@@ -158,7 +158,8 @@ state = "{state}"
         if let Some(process) = self.process.take() {
             process.kill();
         }
-        let needle = self.dir.display().to_string();
+        // Shims name the socket (`-address`); a shell reading a log in the directory does not.
+        let needle = self.socket.display().to_string();
         for pid in host::kill_until_gone(Duration::from_secs(5), || host::processes_mentioning(&needle)) {
             leftovers.push(format!("process {pid} ({})", host::command_line(pid)));
         }
@@ -192,6 +193,12 @@ pub(crate) fn remove_run_dir() {
     let _ = std::fs::remove_dir(RUN_DIR);
 }
 
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,11 +211,5 @@ mod tests {
             shim_socket_name(Path::new("/var/lib/kacme-testenv/node/containerd"), id),
             "93e394d35c2e7d8acba8cf2ae223943dc6a774070e046a1715c96492d395540f"
         );
-    }
-}
-
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        self.stop();
     }
 }

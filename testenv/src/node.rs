@@ -159,10 +159,12 @@ pub fn node_unavailable_reason() -> Option<String> {
         Ok(binaries) => binaries,
         Err(error) => return Some(format!("{error:#}")),
     };
+    for name in ["etcd", "kube-apiserver", "kube-controller-manager"] {
+        if !binaries.dir().join(name).exists() {
+            return Some(format!("{name} is not installed: run `tests/env/install`"));
+        }
+    }
     for name in [
-        "etcd",
-        "kube-apiserver",
-        "kube-controller-manager",
         "kube-scheduler",
         "kubelet",
         "kube-proxy",
@@ -622,8 +624,10 @@ fn clean_up(state: &NodeState) -> Vec<String> {
             host::kill(process.pid);
         }
     }
-    let needle = dir.display().to_string();
-    for pid in host::kill_until_gone(Duration::from_secs(5), || host::processes_mentioning(&needle)) {
+    // The shims name the node's containerd socket (`-address`); a shell that merely reads a log under the
+    // node's directory does not, and is left alone.
+    let shims = dir.join("containerd").join("containerd.sock").display().to_string();
+    for pid in host::kill_until_gone(Duration::from_secs(5), || host::processes_mentioning(&shims)) {
         problems.push(format!("process {pid} ({})", host::command_line(pid)));
     }
     // The containers: the processes in the kubelet's cgroups.
@@ -758,6 +762,12 @@ pub fn clean_up_crashed_node() -> Result<CrashedNodeCleanup> {
     })
 }
 
+/// Whether a node is running on this machine now (some process holds the node lock).
+pub fn node_is_running() -> bool {
+    let Ok(file) = File::options().read(true).open(lock_path()) else { return false };
+    file.try_lock().is_err()
+}
+
 /// What a node may leave on the host, as found now: processes naming the node's directory, mounts under it,
 /// the bridge, `KUBE-*` and guard chains, `kubepods` cgroups. Empty when the host is clean.
 pub fn node_leftovers() -> Vec<String> {
@@ -774,6 +784,9 @@ pub fn node_leftovers() -> Vec<String> {
     left.extend(host::cgroup_trees("kubepods").into_iter().map(|t| format!("cgroup {}", t.display())));
     if dir.exists() {
         left.push(format!("directory {}", dir.display()));
+    }
+    if state_path().exists() {
+        left.push(format!("state file {} of a crashed node", state_path().display()));
     }
     left
 }
