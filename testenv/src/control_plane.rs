@@ -12,6 +12,7 @@ use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use std::ffi::OsStr;
+use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -47,7 +48,28 @@ pub struct ControlPlaneOptions {
     /// its own ([`ControlPlane::kubeconfig_of`]): give a process its own identity so that its requests can be
     /// told apart from the test's in the audit log.
     pub users: Vec<String>,
+    /// Serve a real node ([`crate::Node`] sets this; see [`NodeAccess`]).
+    pub node: Option<NodeAccess>,
 }
+
+/// What a control plane needs to serve a real node: the apiserver listens on and advertises the node's
+/// bridge address (etcd stays on loopback), its serving certificate also names that address and the
+/// `kubernetes` Service's ClusterIP ([`KUBERNETES_SERVICE_IP`]); authorization is `Node,RBAC` with the
+/// `NodeRestriction` admission plugin; the default endpoint reconciler keeps the `kubernetes` Service's
+/// endpoints; the apiserver reaches kubelets by InternalIP with a client certificate (group
+/// `system:masters`); the controller-manager runs every controller, and kube-scheduler runs too. The
+/// kubelet, kube-proxy and kube-scheduler each get a token and a kubeconfig of their own
+/// ([`ControlPlane::component_kubeconfig`]).
+#[derive(Clone, Debug)]
+pub struct NodeAccess {
+    /// The node's bridge address: the apiserver listens there only.
+    pub address: Ipv4Addr,
+    /// The node's name: the kubelet authenticates as `system:node:<name>`.
+    pub node_name: String,
+}
+
+/// The ClusterIP of the `kubernetes` Service (the first address of `--service-cluster-ip-range`).
+pub const KUBERNETES_SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 
 /// etcd + kube-apiserver + kube-controller-manager, all on one loopback address, stopped on drop.
 ///
@@ -57,6 +79,7 @@ pub struct ControlPlaneOptions {
 /// Nothing runs Pods: see [`crate::SolverStandIn`].
 pub struct ControlPlane {
     // Field order is drop order: processes first (apiserver before etcd), the directory last.
+    scheduler: Option<ChildProcess>,
     controller_manager: ChildProcess,
     apiserver: ChildProcess,
     etcd: ChildProcess,
@@ -66,6 +89,7 @@ pub struct ControlPlane {
     admin_token: String,
     kubeconfig: PathBuf,
     user_kubeconfigs: Vec<(String, PathBuf)>,
+    component_kubeconfigs: Vec<(String, PathBuf)>,
     audit_log: Option<PathBuf>,
     address: LoopbackAddress,
     dir: TempDir,
@@ -116,20 +140,39 @@ impl ControlPlane {
         let [etcd_bin, apiserver_bin, kcm_bin, kubectl] =
             binaries.paths(["etcd", "kube-apiserver", "kube-controller-manager", "kubectl"])?;
         let dir = TempDir::new("control-plane")?;
-        let ip = address.ip();
+        let node = options.node.as_ref();
         let ports = address.free_ports(3)?;
-        let (etcd_client_port, etcd_peer_port, apiserver_port) = (ports[0], ports[1], ports[2]);
+        let (etcd_client_port, etcd_peer_port) = (ports[0], ports[1]);
+        // The apiserver's address: the loopback one, or the node's bridge address.
+        let (ip, apiserver_port) = match node {
+            None => (address.ip(), ports[2]),
+            Some(node) => {
+                let listener = TcpListener::bind((node.address, 0))
+                    .with_context(|| format!("binding a free port on the node address {}", node.address))?;
+                (node.address, listener.local_addr()?.port())
+            }
+        };
+        let etcd_ip = address.ip();
 
         // Credentials: a serving certificate, static tokens, service-account signing keys.
         let ca = TestCa::root("kacme-testenv control plane CA")?;
-        let serving = ca.issue_server(&[
-            ip.to_string(),
-            "localhost".into(),
-            "127.0.0.1".into(),
-            "kubernetes".into(),
-            "kubernetes.default".into(),
-            "kubernetes.default.svc".into(),
-        ])?;
+        let mut serving_names = vec![ip.to_string()];
+        if node.is_some() {
+            serving_names.push(KUBERNETES_SERVICE_IP.to_string());
+        }
+        let serving = ca.issue_server(
+            &[
+                serving_names,
+                vec![
+                    "localhost".into(),
+                    "127.0.0.1".into(),
+                    "kubernetes".into(),
+                    "kubernetes.default".into(),
+                    "kubernetes.default.svc".into(),
+                ],
+            ]
+            .concat(),
+        )?;
         let (sa_key, sa_public) = signing_key_pair()?;
         let admin_token = random_hex(24)?;
         let kcm_token = random_hex(24)?;
@@ -139,6 +182,19 @@ impl ControlPlane {
                 bail!("user name {user:?}: use letters, digits and - _ . : only");
             }
             users.push((user.clone(), random_hex(24)?));
+        }
+        // The node's components: (kubeconfig name, user, group).
+        let components: Vec<(&str, String, &str)> = match node {
+            None => Vec::new(),
+            Some(node) => vec![
+                ("kubelet", format!("system:node:{}", node.node_name), "system:nodes"),
+                ("kube-proxy", "system:kube-proxy".into(), "system:node-proxier"),
+                ("kube-scheduler", "system:kube-scheduler".into(), "system:kube-scheduler"),
+            ],
+        };
+        let mut component_tokens = Vec::new();
+        for (name, user, group) in &components {
+            component_tokens.push((name.to_string(), user.clone(), group.to_string(), random_hex(24)?));
         }
         write(&dir, "ca.crt", &ca.cert_pem)?;
         write(&dir, "apiserver.crt", &serving.cert_pem)?;
@@ -154,6 +210,11 @@ impl ControlPlane {
                 users
                     .iter()
                     .map(|(user, token)| format!("{token},{user},{user},\"system:masters\"\n"))
+                    .chain(
+                        component_tokens
+                            .iter()
+                            .map(|(_, user, group, token)| format!("{token},{user},{user},\"{group}\"\n"))
+                    )
                     .collect::<String>()
             ),
         )?;
@@ -166,14 +227,42 @@ impl ControlPlane {
             std::fs::write(&path, kubeconfig_yaml(&server, &ca.cert_pem, user, token))?;
             user_kubeconfigs.push((user.clone(), path));
         }
+        let mut component_kubeconfigs = Vec::new();
+        for (name, user, _, token) in &component_tokens {
+            let path = dir.join(format!("{name}.kubeconfig"));
+            std::fs::write(&path, kubeconfig_yaml(&server, &ca.cert_pem, user, token))?;
+            component_kubeconfigs.push((name.clone(), path));
+        }
+        let mut node_args = Vec::new();
+        if node.is_some() {
+            let kubelet_client = ca.issue_client("kube-apiserver-kubelet-client", "system:masters")?;
+            write(&dir, "kubelet-client.crt", &kubelet_client.cert_pem)?;
+            write(&dir, "kubelet-client.key", &kubelet_client.key_pem)?;
+            node_args.extend([
+                "--authorization-mode=Node,RBAC".to_string(),
+                "--enable-admission-plugins=NodeRestriction,OwnerReferencesPermissionEnforcement".into(),
+                "--kubelet-preferred-address-types=InternalIP".into(),
+                format!("--kubelet-client-certificate={}", dir.join("kubelet-client.crt").display()),
+                format!("--kubelet-client-key={}", dir.join("kubelet-client.key").display()),
+            ]);
+        } else {
+            node_args.extend([
+                "--authorization-mode=RBAC".to_string(),
+                // No kubelet and a loopback advertise address: do not maintain the `kubernetes` Endpoints.
+                "--endpoint-reconciler-type=none".into(),
+                // As stricter clusters do: setting blockOwnerDeletion on an owner reference needs the right
+                // to update the owner's finalizers (kacme's solver objects are owned by their Certificate).
+                "--enable-admission-plugins=OwnerReferencesPermissionEnforcement".into(),
+            ]);
+        }
         let kcm_kubeconfig = dir.join("kube-controller-manager.kubeconfig");
         std::fs::write(
             &kcm_kubeconfig,
             kubeconfig_yaml(&server, &ca.cert_pem, "system:kube-controller-manager", &kcm_token),
         )?;
 
-        let etcd_client_url = format!("http://{ip}:{etcd_client_port}");
-        let etcd_peer_url = format!("http://{ip}:{etcd_peer_port}");
+        let etcd_client_url = format!("http://{etcd_ip}:{etcd_client_port}");
+        let etcd_peer_url = format!("http://{etcd_ip}:{etcd_peer_port}");
         let etcd = ChildProcess::spawn(
             "etcd",
             &etcd_bin,
@@ -219,20 +308,15 @@ impl ControlPlane {
                 format!("--tls-cert-file={}", path("apiserver.crt")),
                 format!("--tls-private-key-file={}", path("apiserver.key")),
                 format!("--token-auth-file={}", path("tokens.csv")),
-                "--authorization-mode=RBAC".into(),
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
                 format!("--service-account-key-file={}", path("sa.pub")),
                 format!("--service-account-signing-key-file={}", path("sa.key")),
                 "--service-cluster-ip-range=10.0.0.0/24".into(),
-                // No kubelet and a loopback advertise address: do not maintain the `kubernetes` Endpoints.
-                "--endpoint-reconciler-type=none".into(),
                 "--enable-priority-and-fairness=false".into(),
-                // As stricter clusters do: setting blockOwnerDeletion on an owner reference needs the right to
-                // update the owner's finalizers (kacme's solver objects are owned by their Certificate).
-                "--enable-admission-plugins=OwnerReferencesPermissionEnforcement".into(),
                 "--profiling=false".into(),
             ]
             .into_iter()
+            .chain(node_args)
             .chain(audit_args),
             &[],
             dir.join("kube-apiserver.log"),
@@ -266,10 +350,16 @@ impl ControlPlane {
             [
                 format!("--kubeconfig={}", kcm_kubeconfig.display()),
                 "--leader-elect=false".into(),
-                // Deployments and ReplicaSets too, so that workloads get Pods (nothing runs them).
-                "--controllers=garbage-collector-controller,namespace-controller,serviceaccount-controller,\
-                 serviceaccount-token-controller,deployment-controller,replicaset-controller"
-                    .into(),
+                if node.is_some() {
+                    // A real node: every controller (root-ca-cert-publisher for projected service-account
+                    // volumes, endpoints for Services, node lifecycle, ...).
+                    "--controllers=*".into()
+                } else {
+                    // Deployments and ReplicaSets too, so that workloads get Pods (nothing runs them).
+                    "--controllers=garbage-collector-controller,namespace-controller,serviceaccount-controller,\
+                     serviceaccount-token-controller,deployment-controller,replicaset-controller"
+                        .into()
+                },
                 format!("--service-account-private-key-file={}", path("sa.key")),
                 format!("--root-ca-file={}", path("ca.crt")),
                 "--use-service-account-credentials=false".into(),
@@ -280,7 +370,24 @@ impl ControlPlane {
             dir.join("kube-controller-manager.log"),
         )?;
 
+        let scheduler = match component_kubeconfigs.iter().find(|(name, _)| name == "kube-scheduler") {
+            None => None,
+            Some((_, kubeconfig)) => Some(ChildProcess::spawn(
+                "kube-scheduler",
+                &binaries.path("kube-scheduler")?,
+                [
+                    format!("--kubeconfig={}", kubeconfig.display()),
+                    "--leader-elect=false".into(),
+                    "--secure-port=0".into(),
+                    "--profiling=false".into(),
+                ],
+                &[],
+                dir.join("kube-scheduler.log"),
+            )?),
+        };
+
         let control_plane = ControlPlane {
+            scheduler,
             controller_manager,
             apiserver,
             etcd,
@@ -290,6 +397,7 @@ impl ControlPlane {
             admin_token,
             kubeconfig,
             user_kubeconfigs,
+            component_kubeconfigs,
             audit_log,
             address,
             dir,
@@ -337,6 +445,26 @@ impl ControlPlane {
             .find(|(name, _)| name == user)
             .map(|(_, path)| path.as_path())
             .with_context(|| format!("the control plane has no user {user:?} (see ControlPlaneOptions::users)"))
+    }
+
+    /// The kubeconfig of a node component (`kubelet`, `kube-proxy`, `kube-scheduler`) when the control plane
+    /// serves a node ([`ControlPlaneOptions::node`]).
+    pub fn component_kubeconfig(&self, component: &str) -> Result<&Path> {
+        self.component_kubeconfigs
+            .iter()
+            .find(|(name, _)| name == component)
+            .map(|(_, path)| path.as_path())
+            .with_context(|| format!("the control plane has no kubeconfig for {component:?} (it serves no node)"))
+    }
+
+    /// The PIDs of its processes (etcd, kube-apiserver, kube-controller-manager, kube-scheduler), for a
+    /// record of what to stop should the test process die.
+    pub fn pids(&self) -> Vec<u32> {
+        [Some(&self.etcd), Some(&self.apiserver), Some(&self.controller_manager), self.scheduler.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(ChildProcess::pid)
+            .collect()
     }
 
     /// Like [`ControlPlane::child_env`], as a user given in [`ControlPlaneOptions::users`].
@@ -442,6 +570,9 @@ impl ControlPlane {
 
 impl Drop for ControlPlane {
     fn drop(&mut self) {
+        if let Some(scheduler) = &self.scheduler {
+            scheduler.kill();
+        }
         self.controller_manager.kill();
         self.apiserver.kill();
         self.etcd.kill();

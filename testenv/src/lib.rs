@@ -8,6 +8,8 @@
 //! - [`SolverStandIn`]: the kubelet and ingress controller for solver Pods, serving HTTP where the CA dials.
 //! - [`write_image_archive`] and [`kacme_image`], [`pause_image`], [`tls_probe_image`]: docker-archive
 //!   images for the real node, written from local binaries (no Docker engine, no registry).
+//! - [`Node`]: a real node (containerd, kubelet, kube-proxy, Pod networking on a bridge) with its own
+//!   control plane; one per machine, as root (see `tests/env/README.md`).
 //!
 //! Every component is stopped when its value is dropped (also when a test panics): child processes are
 //! killed and reaped, temp dirs removed. If the test process itself is killed, `setpriv --pdeathsig` makes
@@ -28,13 +30,16 @@
 
 mod audit;
 mod binaries;
+mod containerd;
 mod control_plane;
 mod counts;
 mod dns;
+pub mod host;
 mod hostile;
 mod https;
 mod image;
 mod loopback;
+mod node;
 mod pebble;
 mod pki;
 mod proc_stats;
@@ -44,7 +49,8 @@ mod step_ca;
 
 pub use audit::{ApiRequest, AuditReader, count_by, is_write_verb};
 pub use binaries::Binaries;
-pub use control_plane::{ControlPlane, ControlPlaneOptions, FIELD_MANAGER};
+pub use containerd::{Containerd, SHIM_SOCKET_DIR};
+pub use control_plane::{ControlPlane, ControlPlaneOptions, FIELD_MANAGER, KUBERNETES_SERVICE_IP, NodeAccess};
 pub use counts::{acme_request_counts, count_growth};
 pub use dns::{ChallTestSrv, resolve_a};
 pub use hostile::{HostileAcme, HostileBehaviour, HostileHandle};
@@ -55,6 +61,10 @@ pub use image::{
     read_image_archive, shared_libraries, tls_probe_image, write_image_archive,
 };
 pub use loopback::LoopbackAddress;
+pub use node::{
+    BRIDGE, BRIDGE_ADDRESS, CrashedNodeCleanup, GUARD_CHAIN, NODE_NAME, NODE_ROOT, Node, NodeOptions, POD_SUBNET,
+    clean_up_crashed_node, last_node_logs_dir, node_is_running, node_leftovers, node_unavailable_reason,
+};
 pub use pebble::{EabCredentials, Pebble, PebbleOptions};
 pub use proc_stats::{
     ProcessSample, machine_busy_seconds, sample_process, tree_cpu_seconds, tree_cpu_seconds_by_command,

@@ -55,6 +55,20 @@ impl TestCa {
         Ok(CertAndKey { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
     }
 
+    /// A TLS client certificate for the user `common_name` in the group `organization` (how Kubernetes reads
+    /// client certificates).
+    pub fn issue_client(&self, common_name: &str, organization: &str) -> Result<CertAndKey> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, common_name);
+        params.distinguished_name.push(DnType::OrganizationName, organization);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        let key = KeyPair::generate().context("generating a client key")?;
+        let cert = params.signed_by(&key, &self.issuer()).context("signing a client certificate")?;
+        Ok(CertAndKey { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+    }
+
     fn issuer(&self) -> Issuer<'_, &KeyPair> {
         Issuer::from_params(&self.params, &self.key)
     }

@@ -2,11 +2,17 @@
 //!
 //!   kacme-tls-probe serve [--listen 0.0.0.0:8443] [--dir /var/run/kacme]
 //!   kacme-tls-probe connect HOST:PORT --server-name NAME [--dir /var/run/kacme]
+//!   kacme-tls-probe apiserver [PATH]
 //!
 //! Both sides use the files kacme mounts (`tls.crt`, `tls.key`, `ca.crt` in `--dir`) and require the other
 //! side's certificate to chain to `ca.crt`. The server reads the files again for every connection, so a
 //! renewed Secret shows in the next handshake. Each side prints the SHA-256 of both leaf certificates:
 //! `client=<hex> server=<hex>`; `connect` exits non-zero when the handshake fails.
+//!
+//! `apiserver` is the in-cluster check of the real node: it GETs `PATH` (default `/version`) from
+//! `$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT` (the `kubernetes` Service) with the Pod's
+//! service-account token, trusting the service-account `ca.crt` for the name `kubernetes.default.svc`, and
+//! prints the status line and the body; it exits non-zero unless the answer is 200.
 #![forbid(unsafe_code)]
 
 use anyhow::{Context as _, Result, bail};
@@ -19,8 +25,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-const USAGE: &str =
-    "usage: kacme-tls-probe serve [--listen ADDR] [--dir DIR] | connect HOST:PORT --server-name NAME [--dir DIR]";
+const USAGE: &str = "usage: kacme-tls-probe serve [--listen ADDR] [--dir DIR] | connect HOST:PORT --server-name NAME [--dir DIR] \
+     | apiserver [PATH]";
+
+/// Where the kubelet mounts the Pod's service-account token and the cluster CA.
+const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
 struct Files {
     chain: Vec<CertificateDer<'static>>,
@@ -115,6 +124,42 @@ fn connect(address: &str, server_name: &str, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+fn get_from_apiserver(path: &str) -> Result<()> {
+    let host = std::env::var("KUBERNETES_SERVICE_HOST").context("KUBERNETES_SERVICE_HOST is not set")?;
+    let port = std::env::var("KUBERNETES_SERVICE_PORT").context("KUBERNETES_SERVICE_PORT is not set")?;
+    let dir = Path::new(SERVICE_ACCOUNT_DIR);
+    let token = std::fs::read_to_string(dir.join("token")).context("reading the service-account token")?;
+    let mut roots = RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(&std::fs::read(dir.join("ca.crt")).context("reading ca.crt")?) {
+        roots.add(ca?).context("ca.crt")?;
+    }
+    let config = ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    let name = ServerName::try_from("kubernetes.default.svc").context("server name")?;
+    let connection = rustls::ClientConnection::new(Arc::new(config), name)?;
+    let address = format!("{host}:{port}");
+    let stream = TcpStream::connect(&address).with_context(|| format!("connecting to {address}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut tls = rustls::StreamOwned::new(connection, stream);
+    write!(
+        tls,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        token.trim()
+    )?;
+    tls.flush()?;
+    let mut reply = String::new();
+    // The apiserver closes without close_notify at times: keep what arrived.
+    let _ = std::io::Read::read_to_string(&mut tls, &mut reply);
+    let status = reply.lines().next().unwrap_or_default().to_string();
+    println!("{address} {path}: {status}");
+    if let Some((_, body)) = reply.split_once("\r\n\r\n") {
+        println!("{body}");
+    }
+    if !status.contains(" 200 ") {
+        bail!("the apiserver answered {status:?}");
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let option = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
@@ -125,6 +170,7 @@ fn main() -> Result<()> {
             let (Some(address), Some(server_name)) = (args.get(1), option("--server-name")) else { bail!("{USAGE}") };
             connect(address, &server_name, &dir)
         }
+        Some("apiserver") => get_from_apiserver(args.get(1).map(String::as_str).unwrap_or("/version")),
         Some("--help" | "-h") => {
             println!("{USAGE}");
             Ok(())
