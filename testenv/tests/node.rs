@@ -9,7 +9,8 @@
 use anyhow::{Context as _, Result, bail};
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use kacme_testenv::{
-    Node, NodeOptions, TLS_PROBE_IMAGE, host, node_leftovers, node_unavailable_reason, poll_until, tls_probe_image,
+    Node, NodeOptions, TLS_PROBE_IMAGE, host, node_is_running, node_leftovers, node_unavailable_reason, poll_until,
+    tls_probe_image,
 };
 use kube::api::{Api, PostParams};
 use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
@@ -274,6 +275,12 @@ async fn a_node_whose_test_process_was_killed_is_cleaned_up_by_the_next_start() 
     if let Some(reason) = skip_reason() {
         eprintln!("SKIPPED a_node_whose_test_process_was_killed_is_cleaned_up_by_the_next_start: {reason}");
         return Ok(());
+    }
+    // What the host looks like without a node: another test process on the machine may hold one now (it
+    // turns ip_forward on while it runs), so wait for it to finish before taking the host's picture.
+    let waiting = Instant::now();
+    while node_is_running() && waiting.elapsed() < Duration::from_secs(900) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let ip_forward_before = host::read_sysctl("net.ipv4.ip_forward")?;
     let host_dirs_before = host_dirs_present();
