@@ -527,13 +527,25 @@ fn is_ready(node: &NodeObject) -> bool {
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-/// Deletes every Pod (the kubelet stops them, and CNI releases their addresses), waiting up to 15 s for their
-/// containers to stop.
+/// Deletes every workload controller and Pod (the kubelet stops them, and CNI releases their addresses),
+/// waiting up to 15 s for their containers to stop.
 fn delete_workloads(control_plane: &ControlPlane, containerd: Option<&Containerd>) {
-    let kubectl = std::process::Command::new(control_plane.kubectl_command().as_std().get_program())
-        .arg(format!("--kubeconfig={}", control_plane.kubeconfig_path().display()))
-        .args(["delete", "pods", "--all", "--all-namespaces", "--grace-period=0", "--force", "--wait=false"])
-        .output();
+    let kubectl = |args: &[&str]| {
+        std::process::Command::new(control_plane.kubectl_command().as_std().get_program())
+            .arg(format!("--kubeconfig={}", control_plane.kubeconfig_path().display()))
+            .args(args)
+            .output()
+    };
+    // Their owners first, or the controller-manager replaces the Pods as they go.
+    let _ = kubectl(&[
+        "delete",
+        "deployments,replicasets,statefulsets,daemonsets,jobs",
+        "--all",
+        "--all-namespaces",
+        "--wait=false",
+    ]);
+    let kubectl =
+        kubectl(&["delete", "pods", "--all", "--all-namespaces", "--grace-period=0", "--force", "--wait=false"]);
     if kubectl.is_err() {
         return;
     }
@@ -683,6 +695,9 @@ fn kubelet_config_yaml(dir: &Path, containerd_socket: &Path, client_ca: &Path) -
         "cgroupDriver": "cgroupfs",
         "failCgroupV1": false,
         "failSwapOn": false,
+        // Pods see a changed Secret in their volumes within seconds (the default, 1 minute, makes a renewal
+        // test wait a minute).
+        "syncFrequency": "5s",
         // Otherwise the kubelet installs machine-wide KUBE-FIREWALL chains that nothing removes.
         "makeIPTablesUtilChains": false,
         // Imported images must never be collected: nothing can pull them again.
