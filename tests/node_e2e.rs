@@ -578,6 +578,16 @@ async fn the_chart_runs_kacme_in_the_cluster_and_workloads_get_renewed_certifica
             control_plane.kubectl(&["get", kind, name, "-n", "kacme", "--ignore-not-found", "-o", "name"]).await?;
         assert!(found.trim().is_empty(), "helm uninstall left {kind} {name}");
     }
+    // ... and keeps the CRDs (helm never deletes a chart's crds/) and the users' data.
+    for (kind, name, namespace) in [
+        ("crd", "certificates.kacme.dev", "default"),
+        ("certificate", "web-pebble", "apps"),
+        ("secret", "web-pebble-tls", "apps"),
+        ("secret", "server-kacme-tls", "apps"),
+    ] {
+        let found = control_plane.kubectl(&["get", kind, name, "-n", namespace, "-o", "name"]).await?;
+        assert!(!found.trim().is_empty(), "helm uninstall kept {kind} {name}");
+    }
     eprintln!(
         "helm e2e: node Ready after {:.1}s; two operator Pods Ready {:.1}s after helm install; both Certificates \
          {:.1}s; workloads running {:.1}s; renewed Secret {:.1}s and files in the running Pod {:.1}s after \
