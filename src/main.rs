@@ -165,6 +165,11 @@ struct ControllerArgs {
     /// off unless set.
     #[arg(long, value_parser = parse_duration)]
     self_check_deadline: Option<Duration>,
+    /// With `--self-check-deadline`: dial this `IP:PORT` (the ingress controller's Service or load balancer)
+    /// instead of resolving each name, for operators that cannot resolve the names they issue for (split-horizon
+    /// DNS, names only the CA's resolver knows). The request still carries the name as its Host.
+    #[arg(long, requires = "self_check_deadline")]
+    self_check_address: Option<std::net::SocketAddr>,
     /// How long each authorization of an order may take, from the first presentation of its challenge, to
     /// become valid: its solver objects (Pod, Service, Ingress) serving the challenge, and the CA validating
     /// it (a CA that cannot reach the route yet is asked again on the same order, after 1 s, 2 s, 4 s ... up
@@ -429,8 +434,11 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     config.renewal_jitter = args.renewal_jitter;
     config.renewal_info_max_interval = args.renewal_info_max_interval.max(Duration::from_secs(1));
     config.authorization_deadline = args.authorization_deadline;
-    config.self_check =
-        args.self_check_deadline.map(|deadline| kacme::acme::SelfCheck { deadline, ..Default::default() });
+    config.self_check = args.self_check_deadline.map(|deadline| kacme::acme::SelfCheck {
+        deadline,
+        connect_to: args.self_check_address,
+        ..Default::default()
+    });
     config.solver_templates = solver_templates;
     config.namespaced_issuers = namespaced_issuers;
 

@@ -173,6 +173,15 @@ async fn helm_lint_passes_and_the_chart_renders_a_hardened_operator() {
         assert!(pod["topologySpreadConstraints"].is_null());
         let container = &pod["containers"][0];
         assert_eq!(container["image"].as_str(), Some("ghcr.io/kacme/kacme@sha256:0123"));
+        assert!(!container["args"].as_sequence().unwrap().iter().any(|a| a.as_str().unwrap().starts_with("--self-check")));
+        // The self-check, dialing the ingress controller instead of resolving names.
+        let documents = helm
+            .template("kacme", "kacme-system", &["--set", "selfCheckDeadline=60s,selfCheckAddress=10.0.0.80:80"])
+            .await
+            .unwrap();
+        let args = &find(&documents, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"];
+        let args: Vec<&str> = args.as_sequence().unwrap().iter().filter_map(Value::as_str).collect();
+        assert!(args.contains(&"--self-check-deadline=60s") && args.contains(&"--self-check-address=10.0.0.80:80"), "{args:?}");
         let args: Vec<&str> = container["args"].as_sequence().unwrap().iter().filter_map(Value::as_str).collect();
         assert!(args.contains(&"--solver-image=ghcr.io/kacme/kacme@sha256:0123"), "{args:?}");
         assert!(args.contains(&"--cluster-resource-namespace=pki"), "{args:?}");

@@ -190,6 +190,8 @@ impl ControlPlane {
                 ("kubelet", format!("system:node:{}", node.node_name), "system:nodes"),
                 ("kube-proxy", "system:kube-proxy".into(), "system:node-proxier"),
                 ("kube-scheduler", "system:kube-scheduler".into(), "system:kube-scheduler"),
+                // The node's ingress controller (test infrastructure, not under test: no RBAC of its own).
+                ("traefik", "kacme-testenv:traefik".into(), "system:masters"),
             ],
         };
         let mut component_tokens = Vec::new();
@@ -447,7 +449,7 @@ impl ControlPlane {
             .with_context(|| format!("the control plane has no user {user:?} (see ControlPlaneOptions::users)"))
     }
 
-    /// The kubeconfig of a node component (`kubelet`, `kube-proxy`, `kube-scheduler`) when the control plane
+    /// The kubeconfig of a node component (`kubelet`, `kube-proxy`, `kube-scheduler`, `traefik`) when the control plane
     /// serves a node ([`ControlPlaneOptions::node`]).
     pub fn component_kubeconfig(&self, component: &str) -> Result<&Path> {
         self.component_kubeconfigs

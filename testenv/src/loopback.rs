@@ -23,7 +23,8 @@ pub struct LoopbackAddress {
 #[derive(Debug)]
 struct Lease {
     ip: Ipv4Addr,
-    _lock: File,
+    /// `None` for an address that something else reserves ([`LoopbackAddress::held_by_caller`]).
+    _lock: Option<File>,
 }
 
 impl LoopbackAddress {
@@ -52,9 +53,16 @@ impl LoopbackAddress {
             if !address_is_usable(ip) {
                 continue;
             }
-            return Ok(LoopbackAddress { lease: Arc::new(Lease { ip, _lock: file }) });
+            return Ok(LoopbackAddress { lease: Arc::new(Lease { ip, _lock: Some(file) }) });
         }
         bail!("no free loopback address in 127.0.1.1-127.0.250.250 (all locked in {})", dir.display())
+    }
+
+    /// An address that the caller holds by other means, without a lock file: the real node's bridge address
+    /// ([`crate::Node::address`]), which the node lock reserves (one node per machine). CAs started on it
+    /// listen where Pods can reach them.
+    pub fn held_by_caller(ip: Ipv4Addr) -> Self {
+        LoopbackAddress { lease: Arc::new(Lease { ip, _lock: None }) }
     }
 
     /// The address.

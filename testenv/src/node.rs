@@ -8,10 +8,12 @@ use crate::containerd::{self, Containerd};
 use crate::control_plane::{ControlPlane, ControlPlaneOptions, NodeAccess};
 use crate::host;
 use crate::image::{ImageSpec, pause_image, write_image_archive};
+use crate::loopback::LoopbackAddress;
 use crate::process::{ChildProcess, poll_until};
 use anyhow::{Context as _, Result, bail};
 use k8s_openapi::api::core::v1::Node as NodeObject;
-use kube::api::Api;
+use k8s_openapi::api::networking::v1::IngressClass;
+use kube::api::{Api, PostParams};
 use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::net::Ipv4Addr;
@@ -29,6 +31,13 @@ pub const BRIDGE: &str = "kacme-node0";
 pub const BRIDGE_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 213, 0, 1);
 /// The Pod subnet (on [`BRIDGE`]).
 pub const POD_SUBNET: &str = "10.213.0.0/24";
+/// The port of Traefik's `web` entry point on [`BRIDGE_ADDRESS`]: port 80, where the CAs dial HTTP-01 (their DNS
+/// answers every name with [`BRIDGE_ADDRESS`]).
+pub const TRAEFIK_HTTP_PORT: u16 = 80;
+/// The port of Traefik's `/ping` on [`BRIDGE_ADDRESS`] (its readiness check).
+const TRAEFIK_PING_PORT: u16 = 9000;
+/// The IngressClass the node creates for Traefik (the default class: Ingresses without a class get it).
+pub const TRAEFIK_INGRESS_CLASS: &str = "traefik";
 /// The chain in `FORWARD` that drops everything between the bridge and any other interface.
 pub const GUARD_CHAIN: &str = "KACME-NODE-GUARD";
 /// The CNI network name (CNI's result cache under `/var/lib/cni` is named after it).
@@ -82,6 +91,11 @@ pub struct NodeOptions {
     pub images: Vec<ImageSpec>,
     /// CRDs to install before the controller-manager starts (see [`ControlPlane::start_with_crds`]).
     pub crds_dir: Option<PathBuf>,
+    /// Run Traefik as a host process: its Kubernetes Ingress provider (and its Gateway API provider when the
+    /// Gateway CRDs are installed), the web entry point on [`BRIDGE_ADDRESS`]:[`TRAEFIK_HTTP_PORT`], the
+    /// default IngressClass [`TRAEFIK_INGRESS_CLASS`]. A CA on [`Node::address`] whose DNS answers every name
+    /// with [`BRIDGE_ADDRESS`] and that dials port 80 validates HTTP-01 through it.
+    pub traefik: bool,
 }
 
 /// What a node created on the host, written to `NODE_ROOT/node-state.json` before each step so that a
@@ -133,6 +147,7 @@ impl NodeState {
 /// changes `net.ipv4.ip_forward` (the bridge plugin) and the kubelet's kernel settings. Dropping it (or
 /// [`clean_up_crashed_node`] after a crash) removes and restores all of that.
 pub struct Node {
+    traefik: Option<ChildProcess>,
     kube_proxy: Option<ChildProcess>,
     kubelet: Option<ChildProcess>,
     control_plane: Option<ControlPlane>,
@@ -235,6 +250,7 @@ impl Node {
         }
         state.save()?;
         let mut node = Node {
+            traefik: None,
             kube_proxy: None,
             kubelet: None,
             control_plane: None,
@@ -383,9 +399,17 @@ impl Node {
         .map_err(|e| kube_proxy.with_log_tail(e))?;
         // kube-proxy put its jumps first in FORWARD: the guard goes back in front of them.
         install_guard_chain()?;
+        let traefik_took = if options.traefik {
+            let traefik_started = Instant::now();
+            self.start_traefik(&binaries).await?;
+            format!("; Traefik serving {:.1}s after its start", traefik_started.elapsed().as_secs_f64())
+        } else {
+            String::new()
+        };
+        let control_plane = self.control_plane();
         eprintln!(
             "testenv: node {NODE_NAME} Ready {:.1}s after the kubelet started, {:.1}s in all (images imported in \
-             {:.1}s; apiserver {}; logs in {})",
+             {:.1}s{traefik_took}; apiserver {}; logs in {})",
             ready_after.as_secs_f64(),
             self.started.elapsed().as_secs_f64(),
             images_took.as_secs_f64(),
@@ -393,6 +417,55 @@ impl Node {
             dir.display()
         );
         Ok(())
+    }
+
+    /// Starts Traefik on the host (see [`NodeOptions::traefik`]) with its own kubeconfig, records it in the
+    /// state file, and waits until its `/ping` answers.
+    async fn start_traefik(&mut self, binaries: &Binaries) -> Result<()> {
+        let dir = node_dir();
+        let control_plane = self.control_plane();
+        let client = control_plane.client().await?;
+        let class: IngressClass = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": TRAEFIK_INGRESS_CLASS,
+                "annotations": { "ingressclass.kubernetes.io/is-default-class": "true" },
+            },
+            "spec": { "controller": "traefik.io/ingress-controller" },
+        }))?;
+        Api::<IngressClass>::all(client).create(&PostParams::default(), &class).await?;
+        let gateway_crds = control_plane.kubectl(&["get", "crd", "gateways.gateway.networking.k8s.io"]).await.is_ok();
+        let config = dir.join("traefik.yaml");
+        std::fs::write(&config, traefik_config_yaml(gateway_crds))?;
+        let kubeconfig = control_plane.component_kubeconfig("traefik")?.to_path_buf();
+        let traefik = ChildProcess::spawn(
+            "traefik",
+            &binaries.path("traefik")?,
+            [format!("--configFile={}", config.display())],
+            // Traefik's Kubernetes providers read KUBECONFIG when not in a cluster.
+            &[("KUBECONFIG", kubeconfig.as_os_str())],
+            dir.join("traefik.log"),
+        )?;
+        self.state.record(&traefik, dir.display().to_string())?;
+        let traefik = self.traefik.insert(traefik);
+        let ping = std::net::SocketAddr::from((BRIDGE_ADDRESS, TRAEFIK_PING_PORT));
+        poll_until("Traefik's /ping", READY_TIMEOUT, Duration::from_millis(100), || async {
+            traefik.ensure_running()?;
+            Ok(match http_status(ping, "/ping").await {
+                Ok(200) => Ok(()),
+                Ok(status) => Err(format!("HTTP {status}")),
+                Err(error) => Err(format!("{error:#}")),
+            })
+        })
+        .await
+        .map_err(|e| traefik.with_log_tail(e))?;
+        Ok(())
+    }
+
+    /// The bridge address as an environment address: start [`crate::Pebble`] and [`crate::StepCa`] on it
+    /// (`PebbleOptions::address`, `StepCaOptions::address`) and Pods reach them, their TLS certificates are
+    /// valid for it, and their DNS answers every name with it (where Traefik listens).
+    pub fn address(&self) -> LoopbackAddress {
+        LoopbackAddress::held_by_caller(BRIDGE_ADDRESS)
     }
 
     /// The control plane the node is registered with (its apiserver listens on [`BRIDGE_ADDRESS`]).
@@ -416,7 +489,7 @@ impl Node {
         if let Some(control_plane) = &self.control_plane {
             delete_workloads(control_plane, self.containerd.as_ref());
         }
-        for process in [self.kube_proxy.take(), self.kubelet.take()].into_iter().flatten() {
+        for process in [self.traefik.take(), self.kube_proxy.take(), self.kubelet.take()].into_iter().flatten() {
             process.kill();
         }
         // The scheduler, controller-manager, apiserver and etcd, in that order.
@@ -454,13 +527,25 @@ fn is_ready(node: &NodeObject) -> bool {
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-/// Deletes every Pod (the kubelet stops them, and CNI releases their addresses), waiting up to 15 s for their
-/// containers to stop.
+/// Deletes every workload controller and Pod (the kubelet stops them, and CNI releases their addresses),
+/// waiting up to 15 s for their containers to stop.
 fn delete_workloads(control_plane: &ControlPlane, containerd: Option<&Containerd>) {
-    let kubectl = std::process::Command::new(control_plane.kubectl_command().as_std().get_program())
-        .arg(format!("--kubeconfig={}", control_plane.kubeconfig_path().display()))
-        .args(["delete", "pods", "--all", "--all-namespaces", "--grace-period=0", "--force", "--wait=false"])
-        .output();
+    let kubectl = |args: &[&str]| {
+        std::process::Command::new(control_plane.kubectl_command().as_std().get_program())
+            .arg(format!("--kubeconfig={}", control_plane.kubeconfig_path().display()))
+            .args(args)
+            .output()
+    };
+    // Their owners first, or the controller-manager replaces the Pods as they go.
+    let _ = kubectl(&[
+        "delete",
+        "deployments,replicasets,statefulsets,daemonsets,jobs",
+        "--all",
+        "--all-namespaces",
+        "--wait=false",
+    ]);
+    let kubectl =
+        kubectl(&["delete", "pods", "--all", "--all-namespaces", "--grace-period=0", "--force", "--wait=false"]);
     if kubectl.is_err() {
         return;
     }
@@ -554,6 +639,51 @@ fn cni_config(ipam_dir: &Path) -> String {
     .expect("a JSON value always serializes")
 }
 
+/// Traefik's static configuration: the web entry point on the bridge address, `/ping` for readiness, the
+/// Kubernetes Ingress provider (publishing the bridge address in Ingress status), the Gateway API provider
+/// when `gateway_crds`, nothing sent home.
+fn traefik_config_yaml(gateway_crds: bool) -> String {
+    let mut providers = serde_json::json!({
+        "kubernetesIngress": { "ingressEndpoint": { "ip": BRIDGE_ADDRESS.to_string() } },
+    });
+    if gateway_crds {
+        providers["kubernetesGateway"] = serde_json::json!({});
+    }
+    serde_json::to_string_pretty(&serde_json::json!({
+        "global": { "checkNewVersion": false, "sendAnonymousUsage": false },
+        "entryPoints": {
+            "web": { "address": format!("{BRIDGE_ADDRESS}:{TRAEFIK_HTTP_PORT}") },
+            "traefik": { "address": format!("{BRIDGE_ADDRESS}:{TRAEFIK_PING_PORT}") },
+        },
+        "ping": { "entryPoint": "traefik" },
+        "providers": providers,
+        "log": { "level": "INFO" },
+    }))
+    .expect("a JSON value always serializes")
+}
+
+/// The status code of a plain HTTP/1.1 `GET path` at `address`.
+async fn http_status(address: std::net::SocketAddr, path: &str) -> Result<u16> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(address).await?;
+        stream
+            .write_all(format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").as_bytes())
+            .await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        anyhow::Ok(response)
+    };
+    let response = tokio::time::timeout(Duration::from_secs(2), exchange)
+        .await
+        .with_context(|| format!("GET http://{address}{path} timed out"))??;
+    let head = String::from_utf8_lossy(&response);
+    head.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("no HTTP status line from {address}"))
+}
+
 fn kubelet_config_yaml(dir: &Path, containerd_socket: &Path, client_ca: &Path) -> String {
     serde_json::to_string_pretty(&serde_json::json!({
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
@@ -565,6 +695,9 @@ fn kubelet_config_yaml(dir: &Path, containerd_socket: &Path, client_ca: &Path) -
         "cgroupDriver": "cgroupfs",
         "failCgroupV1": false,
         "failSwapOn": false,
+        // Pods see a changed Secret in their volumes within seconds (the default, 1 minute, makes a renewal
+        // test wait a minute).
+        "syncFrequency": "5s",
         // Otherwise the kubelet installs machine-wide KUBE-FIREWALL chains that nothing removes.
         "makeIPTablesUtilChains": false,
         // Imported images must never be collected: nothing can pull them again.
@@ -700,7 +833,7 @@ fn keep_logs(dir: &Path) {
     let keep = last_node_logs_dir();
     let _ = std::fs::remove_dir_all(&keep);
     let _ = std::fs::create_dir_all(&keep);
-    for log in ["kubelet.log", "kube-proxy.log", "containerd/containerd.log"] {
+    for log in ["kubelet.log", "kube-proxy.log", "traefik.log", "containerd/containerd.log"] {
         let _ = std::fs::copy(dir.join(log), keep.join(Path::new(log).file_name().unwrap_or_default()));
     }
 }

@@ -35,6 +35,9 @@ pub struct PebbleOptions {
     /// Profiles Pebble offers besides `default` (name and validity period), listed in its directory's
     /// `meta.profiles`.
     pub profiles: Vec<(String, Duration)>,
+    /// The port Pebble dials for HTTP-01 (its `httpPort`); a free port of the address when `None`. On the
+    /// real node: 80, where Traefik listens ([`crate::NodeOptions::traefik`]).
+    pub http01_port: Option<u16>,
 }
 
 impl Default for PebbleOptions {
@@ -47,6 +50,7 @@ impl Default for PebbleOptions {
             authz_reuse_percent: None,
             retry_after_seconds: None,
             profiles: Vec::new(),
+            http01_port: None,
         }
     }
 }
@@ -122,7 +126,8 @@ impl Pebble {
         std::fs::write(dir.join("listener.key"), &listener.key_pem)?;
 
         let ports = address.free_ports(4)?;
-        let (acme_port, management_port, http_port, tls_port) = (ports[0], ports[1], ports[2], ports[3]);
+        let (acme_port, management_port, tls_port) = (ports[0], ports[1], ports[3]);
+        let http_port = options.http01_port.unwrap_or(ports[2]);
         let eab = if options.eab {
             use base64::Engine as _;
             Some(EabCredentials {

@@ -246,14 +246,16 @@ async fn pods_run_services_answer_and_nothing_is_left_after_the_node_goes() -> R
 }
 
 /// Not a test of its own: the child process of [`a_node_whose_test_process_was_killed_is_cleaned_up_by_the_next_start`]
-/// starts a node with a running Pod (shims, mounts, a network namespace, a veth), says so, and waits to be
-/// killed.
+/// starts a node with Traefik and a running Pod (shims, mounts, a network namespace, a veth), says so, and
+/// waits to be killed.
 #[tokio::test]
 async fn holds_a_node_until_killed() -> Result<()> {
     if std::env::var_os(HOLDER_ENV).is_none() {
         return Ok(());
     }
-    let node = Node::start(NodeOptions { images: vec![probe_image()?], ..NodeOptions::default() }).await?;
+    // With Traefik: its process is recorded in the state file like the others and must go too.
+    let node =
+        Node::start(NodeOptions { images: vec![probe_image()?], traefik: true, ..NodeOptions::default() }).await?;
     let client = node.control_plane().client().await?;
     let pods: Api<Pod> = Api::default_namespaced(client.clone());
     Api::<Secret>::default_namespaced(client).create(&PostParams::default(), &probe_secret("probe")?).await?;
