@@ -37,6 +37,8 @@ use serde::{Deserialize, Serialize};
         .message("renewBefore must be shorter than duration"),
     validation = Rule::new("!has(self.commonName) || (has(self.dnsNames) && self.commonName in self.dnsNames) || (has(self.ipAddresses) && self.commonName in self.ipAddresses)")
         .message("commonName must also be listed in dnsNames or ipAddresses: an ACME CA only certifies the names of the order"),
+    validation = Rule::new("!has(self.additionalOutputFormats) || self.additionalOutputFormats.all(f, self.additionalOutputFormats.exists_one(g, g.type == f.type))")
+        .message("additionalOutputFormats lists each type at most once"),
 )]
 pub struct CertificateSpec {
     /// Name of the Secret (type kubernetes.io/tls, in the Certificate's namespace) that receives the
@@ -110,6 +112,96 @@ pub struct CertificateSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "crate::api::validation::profile_schema")]
     pub profile: Option<String>,
+
+    /// More encodings of the certificate and key in the Secret, for clients that cannot read the PEM pair:
+    /// `CombinedPEM` adds `tls-combined.pem` (the private key, then the chain), `DER` adds `key.der` (the
+    /// private key in DER). Adding or removing a format rewrites the Secret without a new certificate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 2))]
+    pub additional_output_formats: Vec<OutputFormat>,
+
+    /// Keystores written to the Secret next to the PEM files, for clients (Java, .NET) that read only
+    /// keystores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keystores: Option<Keystores>,
+}
+
+/// One more encoding of the certificate and key in the Secret.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct OutputFormat {
+    /// `CombinedPEM` (`tls-combined.pem`: the private key, then the chain) or `DER` (`key.der`: the private
+    /// key in DER).
+    #[serde(rename = "type")]
+    pub type_: OutputFormatType,
+}
+
+/// An additional output format of the Secret.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]
+pub enum OutputFormatType {
+    /// `tls-combined.pem`: the private key followed by the certificate chain, in PEM.
+    #[serde(rename = "CombinedPEM")]
+    CombinedPem,
+    /// `key.der`: the private key in DER (the encoding of tls.key).
+    #[serde(rename = "DER")]
+    Der,
+}
+
+impl OutputFormatType {
+    /// The name as written in the spec.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutputFormatType::CombinedPem => "CombinedPEM",
+            OutputFormatType::Der => "DER",
+        }
+    }
+}
+
+/// Keystores in the Certificate's Secret.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Keystores {
+    /// A PKCS#12 keystore (`keystore.p12`: the private key with the chain and the CA) and, when the issuer's
+    /// CA is known, a PKCS#12 truststore (`truststore.p12`: the CA certificates).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pkcs12: Option<Pkcs12Keystore>,
+}
+
+/// A PKCS#12 keystore and truststore, encrypted with a password read from a Secret.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Pkcs12Keystore {
+    /// Whether to write `keystore.p12` and `truststore.p12`.
+    pub create: bool,
+    /// The Secret (in the Certificate's namespace) and key holding the password of the keystore and the
+    /// truststore. The key defaults to `password`. kacme only reads this Secret. A changed password is used
+    /// for the next issuance, or at once when the Certificate is renewed with `kacme renew`.
+    pub password_secret_ref: super::SecretKeySelector,
+    /// Encryption: `Modern2023` (the default: PBES2 with AES-256-CBC and PBKDF2-HMAC-SHA256, MAC
+    /// HMAC-SHA256, 2048 iterations, as OpenSSL 3 writes by default) or `LegacyDES` (3DES and SHA-1, for Java before 8u301 and
+    /// other old readers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<Pkcs12Profile>,
+}
+
+/// How a PKCS#12 keystore is encrypted.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub enum Pkcs12Profile {
+    /// PBES2 with AES-256-CBC and PBKDF2-HMAC-SHA256; MAC HMAC-SHA256.
+    #[default]
+    Modern2023,
+    /// PBE with SHA-1 and 3-key triple DES; MAC HMAC-SHA1.
+    #[serde(rename = "LegacyDES")]
+    LegacyDes,
+}
+
+impl Pkcs12Profile {
+    /// The name as written in the spec.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pkcs12Profile::Modern2023 => "Modern2023",
+            Pkcs12Profile::LegacyDes => "LegacyDES",
+        }
+    }
 }
 
 /// A reference to the Issuer (same namespace) or ClusterIssuer that signs a Certificate.

@@ -96,6 +96,9 @@ pub enum CertificateReason {
     /// The ACME profile asked for (`spec.profile`, or the issuer's `profile`) is not one the CA's directory
     /// offers (`meta.profiles`): no order is placed.
     ProfileNotOffered,
+    /// The password of the PKCS#12 keystore (`keystores.pkcs12.passwordSecretRef`) cannot be read: no order
+    /// is placed until it can.
+    KeystorePasswordUnavailable,
 }
 
 impl CertificateReason {
@@ -114,6 +117,7 @@ impl CertificateReason {
             CertificateReason::NotPermitted => "NotPermitted",
             CertificateReason::DurationNotAllowed => "DurationNotAllowed",
             CertificateReason::ProfileNotOffered => "ProfileNotOffered",
+            CertificateReason::KeystorePasswordUnavailable => "KeystorePasswordUnavailable",
         }
     }
 }

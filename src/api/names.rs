@@ -52,3 +52,16 @@ pub const TLS_CRT: &str = "tls.crt";
 pub const TLS_KEY: &str = "tls.key";
 /// Secret data key of the CA bundle.
 pub const CA_CRT: &str = "ca.crt";
+/// Secret data key of the private key followed by the chain, in PEM (`additionalOutputFormats: CombinedPEM`).
+pub const TLS_COMBINED_PEM: &str = "tls-combined.pem";
+/// Secret data key of the private key in DER (`additionalOutputFormats: DER`).
+pub const KEY_DER: &str = "key.der";
+/// Secret data key of the PKCS#12 keystore (`keystores.pkcs12`).
+pub const KEYSTORE_P12: &str = "keystore.p12";
+/// Secret data key of the PKCS#12 truststore (`keystores.pkcs12`, when the CA is known).
+pub const TRUSTSTORE_P12: &str = "truststore.p12";
+/// The key of a keystore's password Secret when `passwordSecretRef.key` is absent.
+pub const DEFAULT_KEYSTORE_PASSWORD_KEY: &str = "password";
+/// Secret annotation: the additional output formats and keystores the Secret was written with, so that a
+/// change of them rewrites the Secret (without a new certificate).
+pub const ANNOTATION_OUTPUTS: &str = "kacme.dev/outputs";

@@ -51,6 +51,8 @@ pub(crate) fn spec_from_annotations(
         usages,
         secret_template: None,
         profile: issuance.profile.clone(),
+        additional_output_formats: Vec::new(),
+        keystores: None,
     }
 }
 

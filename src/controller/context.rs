@@ -189,6 +189,14 @@ pub(super) fn object_key(certificate: &Certificate) -> String {
     format!("{}/{}", certificate.namespace().unwrap_or_default(), certificate.name_any())
 }
 
+/// Keys of the Certificate's Secret that only some specs ask for: removed when the spec stops asking.
+const OPTIONAL_OUTPUT_KEYS: [&str; 4] = [
+    crate::api::names::TLS_COMBINED_PEM,
+    crate::api::names::KEY_DER,
+    crate::api::names::KEYSTORE_P12,
+    crate::api::names::TRUSTSTORE_P12,
+];
+
 impl Context {
     /// A context over `client` and `stores`, with nothing remembered yet.
     pub fn new(client: Client, config: ControllerConfig, observers: Observers, stores: Stores) -> Context {
@@ -293,7 +301,25 @@ impl Context {
         let mut secret = secret.clone();
         secret.metadata.resource_version = current.resource_version();
         let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
-        let written = api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&secret)).await?;
+        let mut written = api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&secret)).await?;
+        // An apply removes only what kacme applied before, not what its create wrote: drop the outputs the
+        // spec no longer asks for explicitly, at the version just written.
+        let stale: Vec<&String> = written
+            .data
+            .iter()
+            .flat_map(|d| d.keys())
+            .filter(|k| OPTIONAL_OUTPUT_KEYS.contains(&k.as_str()))
+            .filter(|k| !secret.data.as_ref().is_some_and(|d| d.contains_key(*k)))
+            .collect();
+        if !stale.is_empty() {
+            let mut operations = vec![serde_json::json!({
+                "op": "test", "path": "/metadata/resourceVersion", "value": written.resource_version()
+            })];
+            operations.extend(stale.iter().map(|k| serde_json::json!({"op": "remove", "path": format!("/data/{}", k.replace('~', "~0").replace('/', "~1"))})));
+            let patch: json_patch::Patch =
+                serde_json::from_value(serde_json::Value::Array(operations)).map_err(kube::Error::SerdeError)?;
+            written = api.patch(&name, &PatchParams::default(), &Patch::<()>::Json(patch)).await?;
+        }
         self.remember_secret_write(namespace, &name, written.resource_version().map(SecretWrite::Written));
         Ok(())
     }

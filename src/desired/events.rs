@@ -27,6 +27,11 @@ pub enum EventReason {
     Revoked,
     /// A revocation failed (the CA refused it, or could not be reached).
     RevocationFailed,
+    /// The Secret was written again from its certificate and key (new outputs or secretTemplate), without a
+    /// new certificate.
+    SecretUpdated,
+    /// The Secret could not be written as the spec asks (for example the keystore password is missing).
+    SecretNotUpdated,
 }
 
 impl EventReason {
@@ -44,6 +49,8 @@ impl EventReason {
             EventReason::SolverNotReady => "SolverNotReady",
             EventReason::Revoked => "Revoked",
             EventReason::RevocationFailed => "RevocationFailed",
+            EventReason::SecretUpdated => "SecretUpdated",
+            EventReason::SecretNotUpdated => "SecretNotUpdated",
         }
     }
 }

@@ -18,11 +18,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 pub const UP_TO_DATE_MESSAGE: &str = "The certificate is up to date and has not expired";
 
 /// The reasons [`StatusTransition::failed_because`] shows: Ready keeps them until an issuance succeeds.
-const FAILURE_REASONS: [CertificateReason; 4] = [
+const FAILURE_REASONS: [CertificateReason; 5] = [
     CertificateReason::Failed,
     CertificateReason::SolverNotReady,
     CertificateReason::DurationNotAllowed,
     CertificateReason::ProfileNotOffered,
+    CertificateReason::KeystorePasswordUnavailable,
 ];
 
 /// Why an issuer cannot be used yet: a condition reason and a message for the user.
@@ -144,7 +145,10 @@ impl<'a> StatusTransition<'a> {
         remove_condition(&mut self.status.conditions, ConditionType::Issuing);
     }
 
-    /// A new order exists; its key is stored in `next_key_secret`.
+    /// A new order exists; its key is stored in `next_key_secret`. Any new order answers a renewal request
+    /// made before it (`handled_renewal_request`, the annotation's value now), whatever the reason it was
+    /// placed for: a request made while the Secret did not exist yet must not renew again after the first
+    /// certificate is stored.
     pub fn order_created(
         &mut self,
         reason: IssuanceReason,
@@ -155,7 +159,7 @@ impl<'a> StatusTransition<'a> {
     ) {
         self.status.next_private_key_secret_name = Some(next_key_secret);
         self.status.order = Some(order);
-        if reason == IssuanceReason::ManuallyTriggered {
+        if handled_renewal_request.is_some() {
             self.status.last_renewal_request = handled_renewal_request;
         }
         self.set(ConditionType::Issuing, true, reason.as_str(), message);
@@ -381,6 +385,23 @@ mod tests {
         assert_eq!(status.conditions[0].message, "Retrying in 10s: ACME finalize failed: 500");
         assert_eq!(status.last_renewal_request.as_deref(), Some("now"));
         assert_eq!(status.next_private_key_secret_name.as_deref(), Some("web-next-key"));
+        let mut first = CertificateStatus::default();
+        StatusTransition::new(&mut first, Some(1), t0()).order_created(
+            IssuanceReason::DoesNotExist,
+            "first",
+            order(),
+            "web-next-key".into(),
+            Some("early".into()),
+        );
+        assert_eq!(first.last_renewal_request.as_deref(), Some("early"), "the first order answers an early request");
+        StatusTransition::new(&mut first, Some(1), t0()).order_created(
+            IssuanceReason::Expiring,
+            "renew",
+            order(),
+            "web-next-key".into(),
+            None,
+        );
+        assert_eq!(first.last_renewal_request.as_deref(), Some("early"), "no annotation keeps what was handled");
         StatusTransition::new(&mut status, Some(1), t0()).order_abandoned("SpecChanged", "names changed");
         assert_eq!(conditions(&status), vec![row("Issuing", "False", "SpecChanged")]);
         assert_eq!((status.order.as_ref(), status.next_private_key_secret_name.as_ref()), (None, None));

@@ -21,6 +21,8 @@ pub fn certificate() -> Certificate {
             usages: vec![],
             secret_template: None,
             profile: None,
+            additional_output_formats: vec![],
+            keystores: None,
         },
     );
     c.metadata.namespace = Some("apps".into());

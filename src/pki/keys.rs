@@ -92,6 +92,33 @@ impl PrivateKey {
         &self.key_pair
     }
 
+    /// The key in PKCS#8 DER, whatever the encoding of its PEM (keystores hold PKCS#8). This is secret.
+    pub fn pkcs8_der(&self) -> Result<Vec<u8>, PkiError> {
+        let der = self.key_pair.serialize_der();
+        let encode_error = |detail: String| PkiError::EncodeKey { encoding: "PKCS8", detail };
+        match self.spec.algorithm {
+            KeyAlgorithm::Ed25519 => Ok(der),
+            KeyAlgorithm::Rsa => {
+                let key = aws_lc_rs::rsa::KeyPair::from_pkcs8(&der)
+                    .or_else(|_| aws_lc_rs::rsa::KeyPair::from_der(&der))
+                    .map_err(|e| encode_error(format!("the RSA key could not be read: {e}")))?;
+                let pkcs8: aws_lc_rs::encoding::Pkcs8V1Der = key.as_der().map_err(|e| encode_error(e.to_string()))?;
+                Ok(pkcs8.as_ref().to_vec())
+            }
+            KeyAlgorithm::Ecdsa => {
+                let alg = if self.spec.size == 384 {
+                    &aws_lc_rs::signature::ECDSA_P384_SHA384_ASN1_SIGNING
+                } else {
+                    &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1_SIGNING
+                };
+                let key = aws_lc_rs::signature::EcdsaKeyPair::from_private_key_der(alg, &der)
+                    .map_err(|e| encode_error(format!("the EC key could not be read: {e}")))?;
+                let pkcs8 = key.to_pkcs8v1().map_err(|e| encode_error(e.to_string()))?;
+                Ok(pkcs8.as_ref().to_vec())
+            }
+        }
+    }
+
     /// The raw public key, as a certificate's subjectPublicKey bit string holds it.
     pub fn public_key_raw(&self) -> &[u8] {
         self.key_pair.public_key_raw()

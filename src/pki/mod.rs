@@ -5,6 +5,7 @@
 mod chain;
 mod csr;
 mod keys;
+mod outputs;
 mod pem_text;
 #[cfg(test)]
 mod properties;
@@ -17,6 +18,7 @@ pub use chain::{
 };
 pub use csr::{CsrRequest, build_csr, effective_usages};
 pub use keys::{KeySpec, PrivateKey, generate_private_key, parse_private_key};
+pub use outputs::{KEYSTORE_ALIAS, combined_pem, key_der, pkcs12};
 
 /// What went wrong in certificate logic; each variant names the action that failed.
 #[derive(Debug, thiserror::Error)]

@@ -4,7 +4,7 @@ use super::{FOREIGN_SECRET_WAIT, IssuerUnusable, NEXT_STEP, Pass};
 use crate::api::RenewalInfoStatus;
 use crate::controller::ReconcileError;
 use crate::decision::{IssuanceDecision, Observed, SecretOwnership, issuance_decision, secret_ownership};
-use crate::desired::{EventNote, EventReason, Validity};
+use crate::desired::{EventNote, EventReason, Validity, secret_rewrite_needed};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -37,6 +37,12 @@ impl Pass<'_> {
             }
             IssuanceDecision::UpToDate { not_before, not_after, renewal_time, renewal_id } => {
                 self.transition().up_to_date(Validity { not_before, not_after, renewal_time });
+                if let Some(secret) = secret
+                    && let Some(why) = secret_rewrite_needed(self.certificate, secret)
+                    && let Some(action) = self.rewrite_secret(secret, &why).await?
+                {
+                    return Ok(action);
+                }
                 self.clean_up_leftover_solver_objects().await;
                 let before = self.status.renewal_info.clone();
                 let next_check = self.check_renewal_info(renewal_id.as_deref()).await;

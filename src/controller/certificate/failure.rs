@@ -81,6 +81,12 @@ pub(super) enum IssuanceError {
     /// The profile asked for is not one the CA offers.
     #[error("{0}")]
     ProfileNotOffered(String),
+    /// The keystore password cannot be read (the message names the Secret and key, never the value).
+    #[error("{0}")]
+    KeystorePassword(String),
+    /// The additional outputs (combined PEM, DER, PKCS#12) could not be encoded.
+    #[error("writing the Secret's additional outputs failed: {0}")]
+    EncodeOutputs(PkiError),
     /// The CA refused the order (or the engine gave up on it).
     #[error(transparent)]
     Acme(#[from] AcmeError),
@@ -173,6 +179,7 @@ impl Pass<'_> {
             IssuanceError::SolverNotReady { .. } => (CertificateReason::SolverNotReady, EventReason::SolverNotReady),
             IssuanceError::DurationNotAllowed { .. } => (CertificateReason::DurationNotAllowed, EventReason::Failed),
             IssuanceError::ProfileNotOffered(_) => (CertificateReason::ProfileNotOffered, EventReason::Failed),
+            IssuanceError::KeystorePassword(_) => (CertificateReason::KeystorePasswordUnavailable, EventReason::Failed),
             _ => (CertificateReason::Failed, EventReason::Failed),
         };
         let (attempts, message) = self.transition().failed_because(reason, &error.to_string());

@@ -15,6 +15,7 @@
 mod advance;
 mod decide;
 mod failure;
+mod outputs;
 mod revoke;
 mod start;
 mod store;

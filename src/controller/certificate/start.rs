@@ -48,6 +48,10 @@ impl Pass<'_> {
         {
             return self.fail(IssuanceError::ProfileNotOffered(format!("{}: {message}", issuer.describe()))).await;
         }
+        // A keystore that could not be written would waste the order: its password must be readable first.
+        if let Err(error) = self.keystore_password().await {
+            return self.fail(error).await;
+        }
         let not_after = lifetime_to_send(spec.duration, issuer.acme.send_lifetime, self.now);
         let replaces = replaced_certificate(self.certificate, secret, reason);
         let options = OrderOptions { not_after, profile, replaces };

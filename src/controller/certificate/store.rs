@@ -52,6 +52,10 @@ impl Pass<'_> {
         {
             return self.fail(IssuanceError::SecretNotOwned(message)).await;
         }
+        let outputs = match self.outputs(chain_pem, key, ca_crt.as_deref()).await {
+            Ok(outputs) => outputs,
+            Err(error) => return self.fail(error).await,
+        };
         let usages = usages_annotation(&request.usages);
         let secret = build_certificate_secret(
             self.certificate,
@@ -60,6 +64,7 @@ impl Pass<'_> {
             key.pem(),
             ca_crt.as_deref(),
             &usages,
+            outputs,
         );
         // A new Secret is created (a POST never overwrites: one that appeared since the read is someone
         // else's); an existing one of ours is replaced only while it is the very Secret just read.
