@@ -4,8 +4,10 @@
 //! A pass that finds every slot of its issuer taken does not hold a worker: it joins the issuer's queue of
 //! waiting Certificates and ends. When a slot is released it is offered to the first in the queue (kept for
 //! it, so that a newcomer cannot take it), and that Certificate is woken through [`IssuerSlots::take_wakes`],
-//! a stream the controller reconciles on. Waiters are served in arrival order; a Certificate is in a queue at
-//! most once, so the queues are bounded by the Certificates that exist, and the wake channel by
+//! a stream the controller reconciles on. Waiters are served in arrival order, those with an order in flight
+//! ([`Turn::Continuing`]) before those that would start one: a slot is held for one pass, not for a whole
+//! order, and serving everyone strictly in turn would start every order before finishing any (1,000 solver
+//! Pods at once in `./bench -n 1000`). A Certificate is in a queue at most once, so the queues are bounded by the Certificates that exist, and the wake channel by
 //! [`WAKE_CAPACITY`]. A wake that is lost (the channel full) or an offer that is not taken within
 //! [`OFFER_TIMEOUT`] (the Certificate was deleted, or no longer needs the CA) costs no slot: the offer passes
 //! to the next in line, and a waiter that was passed over looks again at its fallback requeue.
@@ -43,12 +45,23 @@ struct State {
     waiting_for: HashMap<ObjectRef<Certificate>, String>,
 }
 
+/// What a pass asking for a slot would do with it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Turn {
+    /// Move on an order in flight: served first.
+    Continuing,
+    /// Start something new (an order, a revocation).
+    Starting,
+}
+
 /// One issuer's slots.
 #[derive(Default)]
 struct Issuer {
     /// Slots held by passes.
     taken: usize,
-    /// Certificates waiting for a slot, first come first served.
+    /// Certificates with an order in flight waiting for a slot, first come first served.
+    continuing: VecDeque<ObjectRef<Certificate>>,
+    /// Other Certificates waiting for a slot, first come first served, after the continuing ones.
     queue: VecDeque<ObjectRef<Certificate>>,
     /// Slots kept for woken Certificates, since when.
     offered: HashMap<ObjectRef<Certificate>, Instant>,
@@ -60,7 +73,15 @@ impl Issuer {
     }
 
     fn idle(&self) -> bool {
-        self.taken == 0 && self.queue.is_empty() && self.offered.is_empty()
+        self.taken == 0 && self.nobody_waits() && self.offered.is_empty()
+    }
+
+    fn nobody_waits(&self) -> bool {
+        self.continuing.is_empty() && self.queue.is_empty()
+    }
+
+    fn next_in_line(&mut self) -> Option<ObjectRef<Certificate>> {
+        self.continuing.pop_front().or_else(|| self.queue.pop_front())
     }
 }
 
@@ -105,7 +126,7 @@ impl Shared {
             keep
         });
         while issuer.free(self.per_issuer) > 0 {
-            let Some(next) = issuer.queue.pop_front() else { break };
+            let Some(next) = issuer.next_in_line() else { break };
             issuer.offered.insert(next.clone(), now);
             if let Err(error) = self.wake.try_send(next) {
                 // The offer times out and passes on; the Certificate looks again at its fallback requeue.
@@ -148,7 +169,7 @@ impl IssuerSlots {
     /// A slot of `issuer` for `certificate`: the one offered to it, or a free one when nobody waits. `None`
     /// when all are taken: `certificate` then waits in the issuer's queue (keeping its place if it already
     /// does) and is woken when a slot is offered to it.
-    pub fn try_take(&self, issuer: &str, certificate: &ObjectRef<Certificate>) -> Option<IssuerSlot> {
+    pub fn try_take(&self, issuer: &str, certificate: &ObjectRef<Certificate>, turn: Turn) -> Option<IssuerSlot> {
         let now = Instant::now();
         let mut state = self.shared.lock();
         // Waiting for another issuer (its issuerRef changed): that place is given up.
@@ -162,11 +183,14 @@ impl IssuerSlots {
         let taken = if slots.offered.remove(certificate).is_some() {
             waiting_for.remove(certificate);
             true
-        } else if slots.free(per_issuer) > 0 && slots.queue.is_empty() {
+        } else if slots.free(per_issuer) > 0 && slots.nobody_waits() {
             true
         } else {
             if !waiting_for.contains_key(certificate) {
-                slots.queue.push_back(certificate.clone());
+                match turn {
+                    Turn::Continuing => slots.continuing.push_back(certificate.clone()),
+                    Turn::Starting => slots.queue.push_back(certificate.clone()),
+                }
                 waiting_for.insert(certificate.clone(), issuer.to_string());
             }
             false
@@ -190,6 +214,7 @@ impl IssuerSlots {
     fn leave_locked(&self, state: &mut State, certificate: &ObjectRef<Certificate>, now: Instant) {
         let Some(issuer_key) = state.waiting_for.remove(certificate) else { return };
         if let Some(issuer) = state.issuers.get_mut(&issuer_key) {
+            issuer.continuing.retain(|waiting| waiting != certificate);
             issuer.queue.retain(|waiting| waiting != certificate);
             issuer.offered.remove(certificate);
         }
@@ -234,33 +259,45 @@ mod tests {
     #[test]
     fn an_issuer_gets_at_most_its_slots_and_others_are_not_affected() {
         let slots = IssuerSlots::new(2);
-        let first = slots.try_take(SLOW, &certificate("a"));
-        let second = slots.try_take(SLOW, &certificate("b"));
+        let first = slots.try_take(SLOW, &certificate("a"), Turn::Starting);
+        let second = slots.try_take(SLOW, &certificate("b"), Turn::Starting);
         assert!(first.is_some() && second.is_some());
-        assert!(slots.try_take(SLOW, &certificate("c")).is_none(), "the slow issuer's slots are all taken");
-        assert!(slots.try_take(FAST, &certificate("d")).is_some(), "another issuer still has slots");
+        assert!(
+            slots.try_take(SLOW, &certificate("c"), Turn::Starting).is_none(),
+            "the slow issuer's slots are all taken"
+        );
+        assert!(slots.try_take(FAST, &certificate("d"), Turn::Starting).is_some(), "another issuer still has slots");
         drop(first);
-        assert!(slots.try_take(SLOW, &certificate("c")).is_some(), "the slot released is offered to the waiter");
+        assert!(
+            slots.try_take(SLOW, &certificate("c"), Turn::Starting).is_some(),
+            "the slot released is offered to the waiter"
+        );
     }
 
     #[test]
     fn a_released_slot_wakes_the_first_waiter_and_is_kept_for_it_against_newcomers() {
         let slots = IssuerSlots::new(1);
         let mut wakes = Box::pin(slots.take_wakes());
-        let held = slots.try_take(SLOW, &certificate("holder"));
+        let held = slots.try_take(SLOW, &certificate("holder"), Turn::Starting);
         assert!(held.is_some());
-        assert!(slots.try_take(SLOW, &certificate("first")).is_none());
-        assert!(slots.try_take(SLOW, &certificate("second")).is_none());
+        assert!(slots.try_take(SLOW, &certificate("first"), Turn::Starting).is_none());
+        assert!(slots.try_take(SLOW, &certificate("second"), Turn::Starting).is_none());
         assert_eq!(wakes_now(&mut wakes), Vec::<String>::new(), "nobody is woken while the slot is held");
 
         drop(held);
         assert_eq!(wakes_now(&mut wakes), ["first"], "the first waiter, at once");
-        assert!(slots.try_take(SLOW, &certificate("newcomer")).is_none(), "the slot is kept for the woken one");
-        assert!(slots.try_take(SLOW, &certificate("second")).is_none(), "and the second waits its turn");
-        let first = slots.try_take(SLOW, &certificate("first")).expect("the woken one takes its slot");
+        assert!(
+            slots.try_take(SLOW, &certificate("newcomer"), Turn::Starting).is_none(),
+            "the slot is kept for the woken one"
+        );
+        assert!(
+            slots.try_take(SLOW, &certificate("second"), Turn::Starting).is_none(),
+            "and the second waits its turn"
+        );
+        let first = slots.try_take(SLOW, &certificate("first"), Turn::Starting).expect("the woken one takes its slot");
         drop(first);
         assert_eq!(wakes_now(&mut wakes), ["second"]);
-        let second = slots.try_take(SLOW, &certificate("second")).expect("the slot");
+        let second = slots.try_take(SLOW, &certificate("second"), Turn::Starting).expect("the slot");
         drop(second);
         assert_eq!(wakes_now(&mut wakes), ["newcomer"], "the newcomer queued behind them");
     }
@@ -269,39 +306,60 @@ mod tests {
     fn waiters_are_woken_in_the_order_they_came_and_one_that_asks_again_keeps_its_place() {
         let slots = IssuerSlots::new(3);
         let mut wakes = Box::pin(slots.take_wakes());
-        let mut held: Vec<_> = ["h1", "h2", "h3"].map(|h| slots.try_take(SLOW, &certificate(h))).into();
+        let mut held: Vec<_> = ["h1", "h2", "h3"].map(|h| slots.try_take(SLOW, &certificate(h), Turn::Starting)).into();
         let waiters = ["w1", "w2", "w3", "w4", "w5"];
         for waiter in waiters {
-            assert!(slots.try_take(SLOW, &certificate(waiter)).is_none());
+            assert!(slots.try_take(SLOW, &certificate(waiter), Turn::Starting).is_none());
         }
         // Looked at again (a fallback requeue, a change of its own) while waiting: no new place at the back.
-        assert!(slots.try_take(SLOW, &certificate("w1")).is_none());
-        assert!(slots.try_take(SLOW, &certificate("w2")).is_none());
+        assert!(slots.try_take(SLOW, &certificate("w1"), Turn::Starting).is_none());
+        assert!(slots.try_take(SLOW, &certificate("w2"), Turn::Starting).is_none());
         let mut woken = Vec::new();
         while woken.len() < waiters.len() {
             held.pop();
             woken.extend(wakes_now(&mut wakes));
             let next = woken.last().expect("a release wakes someone").clone();
-            held.push(slots.try_take(SLOW, &certificate(&next)));
+            held.push(slots.try_take(SLOW, &certificate(&next), Turn::Starting));
         }
         assert_eq!(woken, waiters, "first come, first served");
         assert_eq!(slots.waiting(), 0);
     }
 
     #[test]
+    fn certificates_with_an_order_in_flight_are_served_before_those_that_would_start_one() {
+        let slots = IssuerSlots::new(1);
+        let mut wakes = Box::pin(slots.take_wakes());
+        let mut held = slots.try_take(SLOW, &certificate("holder"), Turn::Starting);
+        let waiters = [("new-1", Turn::Starting), ("mid-1", Turn::Continuing), ("new-2", Turn::Starting)];
+        for (waiter, turn) in waiters.into_iter().chain([("mid-2", Turn::Continuing)]) {
+            assert!(slots.try_take(SLOW, &certificate(waiter), turn).is_none());
+        }
+        let mut woken = Vec::new();
+        for _ in 0..4 {
+            drop(held.take());
+            let next = wakes_now(&mut wakes);
+            assert_eq!(next.len(), 1, "one slot, one wake: {next:?}");
+            held = slots.try_take(SLOW, &certificate(&next[0]), Turn::Starting);
+            assert!(held.is_some(), "{} takes the slot offered to it", next[0]);
+            woken.extend(next);
+        }
+        assert_eq!(woken, ["mid-1", "mid-2", "new-1", "new-2"], "orders in flight first, each class in turn");
+    }
+
+    #[test]
     fn a_deleted_waiter_leaves_the_queue_and_a_slot_offered_to_it_passes_on() {
         let slots = IssuerSlots::new(1);
         let mut wakes = Box::pin(slots.take_wakes());
-        let held = slots.try_take(SLOW, &certificate("holder"));
+        let held = slots.try_take(SLOW, &certificate("holder"), Turn::Starting);
         for waiter in ["gone-before", "gone-after", "stays"] {
-            assert!(slots.try_take(SLOW, &certificate(waiter)).is_none());
+            assert!(slots.try_take(SLOW, &certificate(waiter), Turn::Starting).is_none());
         }
         slots.leave(&certificate("gone-before"));
         drop(held);
         assert_eq!(wakes_now(&mut wakes), ["gone-after"], "the deleted waiter is not woken");
         slots.leave(&certificate("gone-after"));
         assert_eq!(wakes_now(&mut wakes), ["stays"], "the slot offered to a deleted one passes on");
-        assert!(slots.try_take(SLOW, &certificate("stays")).is_some());
+        assert!(slots.try_take(SLOW, &certificate("stays"), Turn::Starting).is_some());
         assert_eq!(slots.waiting(), 0, "nothing is left of the deleted ones");
     }
 
@@ -309,13 +367,13 @@ mod tests {
     fn an_offer_not_taken_in_time_passes_to_the_next_and_the_late_one_queues_again() {
         let slots = IssuerSlots::with_offer_timeout(1, Duration::ZERO, WAKE_CAPACITY);
         let mut wakes = Box::pin(slots.take_wakes());
-        let held = slots.try_take(SLOW, &certificate("holder"));
-        assert!(slots.try_take(SLOW, &certificate("lost")).is_none());
-        assert!(slots.try_take(SLOW, &certificate("next")).is_none());
+        let held = slots.try_take(SLOW, &certificate("holder"), Turn::Starting);
+        assert!(slots.try_take(SLOW, &certificate("lost"), Turn::Starting).is_none());
+        assert!(slots.try_take(SLOW, &certificate("next"), Turn::Starting).is_none());
         drop(held);
         assert_eq!(wakes_now(&mut wakes), ["lost"]);
         // "lost" never comes (its wake went astray): the next pass at this issuer passes the offer on.
-        assert!(slots.try_take(SLOW, &certificate("newcomer")).is_none());
+        assert!(slots.try_take(SLOW, &certificate("newcomer"), Turn::Starting).is_none());
         assert_eq!(wakes_now(&mut wakes), ["next"]);
     }
 
@@ -323,24 +381,30 @@ mod tests {
     fn a_wake_that_does_not_fit_the_channel_is_covered_by_the_offer_timeout() {
         let slots = IssuerSlots::with_offer_timeout(1, Duration::ZERO, 1);
         let mut wakes = Box::pin(slots.take_wakes());
-        let holder = slots.try_take(SLOW, &certificate("holder"));
-        let other = slots.try_take(FAST, &certificate("other-holder"));
-        assert!(slots.try_take(SLOW, &certificate("a")).is_none());
-        assert!(slots.try_take(FAST, &certificate("b")).is_none());
+        let holder = slots.try_take(SLOW, &certificate("holder"), Turn::Starting);
+        let other = slots.try_take(FAST, &certificate("other-holder"), Turn::Starting);
+        assert!(slots.try_take(SLOW, &certificate("a"), Turn::Starting).is_none());
+        assert!(slots.try_take(FAST, &certificate("b"), Turn::Starting).is_none());
         drop(holder);
         drop(other);
         assert_eq!(wakes_now(&mut wakes), ["a"], "the channel holds one; b's wake is dropped");
-        assert!(slots.try_take(FAST, &certificate("b")).is_some(), "b's fallback pass takes its expired offer's slot");
+        assert!(
+            slots.try_take(FAST, &certificate("b"), Turn::Starting).is_some(),
+            "b's fallback pass takes its expired offer's slot"
+        );
     }
 
     #[test]
     fn a_certificate_that_changes_issuer_gives_up_its_place_at_the_old_one() {
         let slots = IssuerSlots::new(1);
         let mut wakes = Box::pin(slots.take_wakes());
-        let held = slots.try_take(SLOW, &certificate("holder"));
-        assert!(slots.try_take(SLOW, &certificate("moved")).is_none());
-        assert!(slots.try_take(SLOW, &certificate("stayed")).is_none());
-        assert!(slots.try_take(FAST, &certificate("moved")).is_some(), "its new issuer has a free slot");
+        let held = slots.try_take(SLOW, &certificate("holder"), Turn::Starting);
+        assert!(slots.try_take(SLOW, &certificate("moved"), Turn::Starting).is_none());
+        assert!(slots.try_take(SLOW, &certificate("stayed"), Turn::Starting).is_none());
+        assert!(
+            slots.try_take(FAST, &certificate("moved"), Turn::Starting).is_some(),
+            "its new issuer has a free slot"
+        );
         drop(held);
         assert_eq!(wakes_now(&mut wakes), ["stayed"]);
     }
@@ -348,10 +412,10 @@ mod tests {
     #[test]
     fn an_issuer_with_nothing_held_or_waiting_is_forgotten() {
         let slots = IssuerSlots::new(1);
-        let held = slots.try_take(SLOW, &certificate("a"));
-        assert!(slots.try_take(SLOW, &certificate("b")).is_none());
+        let held = slots.try_take(SLOW, &certificate("a"), Turn::Starting);
+        assert!(slots.try_take(SLOW, &certificate("b"), Turn::Starting).is_none());
         drop(held);
-        drop(slots.try_take(SLOW, &certificate("b")));
+        drop(slots.try_take(SLOW, &certificate("b"), Turn::Starting));
         assert!(slots.shared.lock().issuers.is_empty(), "no memory kept for an idle issuer");
     }
 
@@ -371,7 +435,8 @@ mod tests {
                 let me = certificate(&format!("c{n}"));
                 for _ in 0..20 {
                     loop {
-                        if let Some(slot) = slots.try_take(SLOW, &me) {
+                        let turn = if n % 3 == 0 { Turn::Continuing } else { Turn::Starting };
+                        if let Some(slot) = slots.try_take(SLOW, &me, turn) {
                             tokio::task::yield_now().await;
                             drop(slot);
                             break;

@@ -23,7 +23,7 @@ mod tests;
 
 use super::accounts::{IssuerInfo, ensure_account};
 use super::error::ReconcileError;
-use super::issuer_slots::IssuerSlot;
+use super::issuer_slots::{IssuerSlot, Turn};
 use super::kube_solver::{cleanup_all_solver_objects, has_cached_solver_objects};
 use super::{Context, apply_status};
 use crate::acme::AcmeAccount;
@@ -285,7 +285,8 @@ impl<'a> Pass<'a> {
         self.check_policy(&issuer).await?;
         if self.issuer_slot.is_none() {
             let key = format!("{}/{}/{}", issuer.kind, issuer.secret_namespace, issuer.name);
-            let slot = self.ctx.issuer_slots.try_take(&key, &slot_waiter(self.certificate));
+            let turn = if self.status.order.is_some() { Turn::Continuing } else { Turn::Starting };
+            let slot = self.ctx.issuer_slots.try_take(&key, &slot_waiter(self.certificate), turn);
             self.waits_for_slot = slot.is_none();
             self.issuer_slot = Some(slot.ok_or(IssuerUnusable::Busy)?);
         }

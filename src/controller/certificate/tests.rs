@@ -9,6 +9,7 @@ use crate::api::names::{
     CA_CRT, LABEL_MANAGED_BY, MANAGED_BY, TLS_KEY,
 };
 use crate::api::{AcmeSolver, Certificate, Http01Solver, IssuerKind, PrivateKeySpec, RotationPolicy, SolverSelector};
+use crate::controller::issuer_slots::Turn;
 use crate::controller::testing::{CERTIFICATE, IssuanceHarness, NAMESPACE, SECRET, ready_issuer_at};
 use crate::pki::{parse_ca_bundle, verify_chain};
 use crate::testing::FakeApiserver;
@@ -739,8 +740,9 @@ async fn a_certificate_whose_issuer_has_no_free_slot_waits_without_a_write_or_a_
     harness.sync_caches();
     // Other Certificates of the same issuer hold every slot of it.
     let slots = &harness.ctx.issuer_slots;
-    let mut held: Vec<_> =
-        (0..slots.per_issuer()).map(|n| slots.try_take(CA_SLOTS, &slot_waiter(&format!("other-{n}")))).collect();
+    let mut held: Vec<_> = (0..slots.per_issuer())
+        .map(|n| slots.try_take(CA_SLOTS, &slot_waiter(&format!("other-{n}")), Turn::Starting))
+        .collect();
     assert!(held.iter().all(Option::is_some), "the slots can be taken");
     let acme_before = harness.acme_requests();
 
@@ -758,7 +760,7 @@ async fn a_certificate_whose_issuer_has_no_free_slot_waits_without_a_write_or_a_
     held.pop();
     assert_eq!(woken(&mut wakes), [CERTIFICATE], "woken the moment a slot frees");
     assert!(
-        harness.ctx.issuer_slots.try_take(CA_SLOTS, &slot_waiter("newcomer")).is_none(),
+        harness.ctx.issuer_slots.try_take(CA_SLOTS, &slot_waiter("newcomer"), Turn::Starting).is_none(),
         "the slot is kept for the woken Certificate"
     );
     harness.ctx.issuer_slots.leave(&slot_waiter("newcomer"));
@@ -775,8 +777,9 @@ async fn certificates_waiting_for_slots_are_woken_in_the_order_they_came_and_a_d
     }
     harness.sync_caches();
     let slots = &harness.ctx.issuer_slots;
-    let mut held: Vec<_> =
-        (0..slots.per_issuer()).map(|n| slots.try_take(CA_SLOTS, &slot_waiter(&format!("other-{n}")))).collect();
+    let mut held: Vec<_> = (0..slots.per_issuer())
+        .map(|n| slots.try_take(CA_SLOTS, &slot_waiter(&format!("other-{n}")), Turn::Starting))
+        .collect();
     for name in ["first", CERTIFICATE, "second", "third"] {
         assert_eq!(pass_of(&harness, name).await, Action::requeue(super::ISSUER_BUSY_FALLBACK), "{name} waits");
     }
@@ -790,7 +793,7 @@ async fn certificates_waiting_for_slots_are_woken_in_the_order_they_came_and_a_d
 
     held.pop();
     assert_eq!(woken(&mut wakes), ["first"]);
-    let first = harness.ctx.issuer_slots.try_take(CA_SLOTS, &slot_waiter("first"));
+    let first = harness.ctx.issuer_slots.try_take(CA_SLOTS, &slot_waiter("first"), Turn::Starting);
     assert!(first.is_some(), "first takes the slot offered to it");
     held.pop();
     assert_eq!(woken(&mut wakes), ["second"], "the deleted one is skipped");
