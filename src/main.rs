@@ -148,8 +148,9 @@ struct ControllerArgs {
     /// Certificates reconciled at once.
     #[arg(long, env = "KACME_CONCURRENCY", default_value_t = 16)]
     concurrency: u16,
-    /// Of those, how many may work with one issuer at once (default: all); set it lower where several
-    /// issuers share the operator, so that a slow CA cannot hold every worker.
+    /// Of those, how many may work with one issuer at once (default: three quarters of --concurrency,
+    /// rounded, at least 1), so that a slow CA cannot hold every worker. A Certificate that finds its
+    /// issuer's slots taken waits in line without a worker and is reconciled as soon as one frees.
     #[arg(long, env = "KACME_ISSUER_CONCURRENCY")]
     issuer_concurrency: Option<u16>,
     /// Wait after the first failed issuance; doubled per further failure.

@@ -132,6 +132,11 @@ async fn helm_lint_passes_and_the_chart_renders_a_hardened_operator() {
         ] {
             assert!(args.contains(&arg), "{arg} in {args:?}");
         }
+        assert!(!args.iter().any(|a| a.starts_with("--issuer-concurrency")), "the operator's default: {args:?}");
+        let with_limit = helm.template("kacme", "kacme-system", &["--set", "issuerConcurrency=6"]).await.unwrap();
+        let limited = &find(&with_limit, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"];
+        let limited: Vec<&str> = limited.as_sequence().unwrap().iter().filter_map(Value::as_str).collect();
+        assert!(limited.contains(&"--issuer-concurrency=6"), "{limited:?}");
         let security = &container["securityContext"];
         assert_eq!(security["allowPrivilegeEscalation"], Value::Bool(false));
         assert_eq!(security["readOnlyRootFilesystem"], Value::Bool(true));

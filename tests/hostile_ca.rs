@@ -295,3 +295,63 @@ fn shortened(message: &str) -> String {
         None => message.to_string(),
     }
 }
+
+/// A slow CA with twice as many Certificates as the operator has workers holds only its issuer's slots (3 of
+/// 4 workers by default): a Certificate of another Issuer is issued while every slow pass hangs on the CA's
+/// 30 s answers. With every worker available to one issuer (`--issuer-concurrency=4`), it would wait for a
+/// slow pass to time out first.
+#[tokio::test]
+async fn a_slow_ca_with_more_certificates_than_workers_does_not_hold_back_another_issuer() {
+    within(200, async {
+        let pebble_ca = Pebble::start(PebbleOptions::default()).await.expect("starting Pebble");
+        let mut env = OperatorEnv::prepare(Ca::Pebble(pebble_ca), false).await.expect("starting the environment");
+        env.extra_args = vec!["--concurrency=4".into()];
+        env.start_operator().expect("starting the operator");
+        let server =
+            HostileAcme::start(pebble(&env), HostileBehaviour::PassThrough).await.expect("starting the slow server");
+        env.apply(&env.issuer_yaml(NAMESPACE, WELL_BEHAVED)).await.expect("applying the well-behaved Issuer");
+        env.apply(&issuer_yaml("slow", server.directory_url(), &server.ca_bundle_pem()))
+            .await
+            .expect("applying the slow Issuer");
+        for issuer in ["slow", WELL_BEHAVED] {
+            wait_issuer(&env, issuer, &format!("Issuer {issuer} Ready"), |i| {
+                issuer_ready(i).is_some_and(|(status, _, _)| status == "True")
+            })
+            .await;
+        }
+        let handle = server.handle();
+        poll_until("the account lookups done", Duration::from_secs(30), Duration::from_millis(100), || async {
+            let before = handle.requests();
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            Ok(if handle.requests() == before { Ok(()) } else { Err("still registering".to_string()) })
+        })
+        .await
+        .expect("the slow Issuer's server falls quiet");
+        handle.set_behaviour(HostileBehaviour::SlowBody);
+
+        let slow: Vec<String> = (0..8).map(|n| format!("slow-{n}")).collect();
+        for name in &slow {
+            env.apply(&certificate_yaml(name, "slow")).await.expect("applying a slow Certificate");
+        }
+        // Every slot of the slow issuer taken, its passes hanging on the CA.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let started = Instant::now();
+        env.apply(&certificate_yaml("bystander", WELL_BEHAVED)).await.expect("applying the bystander");
+        let ready = env.wait_ready(NAMESPACE, "bystander", Duration::from_secs(20)).await;
+        if let Err(error) = ready {
+            panic!("the bystander waits behind the slow CA: {error:#}\noperator log:\n{}", env.operator_log());
+        }
+        eprintln!(
+            "bystander Ready {:.1}s after apply, while the slow CA holds its slots",
+            started.elapsed().as_secs_f64()
+        );
+        for name in &slow {
+            let certificate = env.certificates(NAMESPACE).get(name).await.expect("reading a slow Certificate");
+            let ready = condition(&certificate, "Ready").map(|(status, _, _)| status);
+            assert_ne!(ready.as_deref(), Some("True"), "{name} cannot be Ready: its CA never finishes an answer");
+        }
+        let operator = env.operator().expect("the operator runs");
+        assert!(!operator.exited(), "the operator exited:\n{}", operator.log_tail(40));
+    })
+    .await;
+}

@@ -243,7 +243,10 @@ pub async fn run_observed(
     let store = certificates.store();
     let issuer_store = store.clone();
     let cluster_issuer_store = store.clone();
+    // A Certificate waiting for a slot of its issuer is reconciled as soon as one is offered to it.
+    let slot_wakes = ctx.issuer_slots.take_wakes();
     let certificate_controller = certificates
+        .reconcile_on(slot_wakes)
         .owns(Api::<Pod>::all(client.clone()), solver_objects())
         .owns(Api::<Service>::all(client.clone()), solver_objects())
         .owns(Api::<Ingress>::all(client.clone()), solver_objects())

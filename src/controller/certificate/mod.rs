@@ -24,6 +24,7 @@ mod tests;
 
 use super::accounts::{IssuerInfo, ensure_account};
 use super::error::ReconcileError;
+use super::issuer_slots::{IssuerSlot, Turn};
 use super::kube_solver::{cleanup_all_solver_objects, has_cached_solver_objects};
 use super::{Context, apply_status};
 use crate::acme::AcmeAccount;
@@ -44,6 +45,7 @@ use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+use kube::runtime::reflector::ObjectRef;
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -53,14 +55,15 @@ use std::time::Duration;
 pub const FINALIZER: &str = "kacme.dev/solver-cleanup";
 
 /// How soon to look again at a Certificate waiting for its issuer.
-const ISSUER_WAIT: Duration = Duration::from_secs(15);
+pub(crate) const ISSUER_WAIT: Duration = Duration::from_secs(15);
 /// How soon to look again at a Certificate whose Secret belongs to someone else.
 const FOREIGN_SECRET_WAIT: Duration = Duration::from_secs(60);
 /// How soon to look again at a Certificate its issuer's policy refuses: a change of the issuer wakes it at
 /// once; this catches a change of its namespace's labels.
 const NOT_PERMITTED_WAIT: Duration = Duration::from_secs(300);
-/// How soon to look again at a Certificate whose issuer has no free slot (other Certificates use them all).
-const ISSUER_BUSY_WAIT: Duration = Duration::from_secs(1);
+/// How soon to look again at a Certificate whose issuer has no free slot (other Certificates use them all):
+/// it is woken the moment a slot is offered to it (see [`super::issuer_slots`]); this only covers a lost wake.
+pub(crate) const ISSUER_BUSY_FALLBACK: Duration = Duration::from_secs(30);
 /// How soon the next step of an order runs when nothing needs waiting for.
 const NEXT_STEP: Duration = Duration::from_millis(50);
 
@@ -76,6 +79,7 @@ pub async fn reconcile_certificate(certificate: Arc<Certificate>, ctx: Arc<Conte
             Ok(Some(fresh)) => Arc::new(fresh),
             Ok(None) => {
                 ctx.forget_written(&certificate);
+                ctx.issuer_slots.leave(&slot_waiter(&certificate));
                 return Ok(Action::await_change());
             }
             Err(e) => return Err(ReconcileError::kube(format!("reading Certificate {}", certificate.name_any()), e)),
@@ -97,12 +101,18 @@ pub async fn reconcile_certificate(certificate: Arc<Certificate>, ctx: Arc<Conte
             }
             FinalizerEvent::Cleanup(certificate) => {
                 ctx.forget_written(&certificate);
+                ctx.issuer_slots.leave(&slot_waiter(&certificate));
                 clean_up_deleted(&ctx, &certificate).await
             }
         }
     })
     .await
     .map_err(ReconcileError::from_finalizer)
+}
+
+/// How `certificate` waits for a slot of its issuer (see [`super::issuer_slots`]).
+fn slot_waiter(certificate: &Certificate) -> ObjectRef<Certificate> {
+    ObjectRef::new(&certificate.name_any()).within(&certificate.namespace().unwrap_or_default())
 }
 
 /// The Certificate is being deleted: revoke its certificate when the issuer's policy says so, and remove its
@@ -146,7 +156,9 @@ struct Pass<'a> {
     /// Solver objects removed in this pass: the caches may still show them.
     solver_objects_removed: HashSet<String>,
     /// The issuer slot this pass holds while it works with the CA.
-    issuer_slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    issuer_slot: Option<IssuerSlot>,
+    /// Whether this pass found no free slot and waits in the issuer's queue.
+    waits_for_slot: bool,
     /// Whether the CA asked this pass to retry its step at once (a rejected nonce).
     retried_at_once: bool,
 }
@@ -171,6 +183,7 @@ impl<'a> Pass<'a> {
             now: Timestamp::now(),
             solver_objects_removed: HashSet::new(),
             issuer_slot: None,
+            waits_for_slot: false,
             retried_at_once: false,
         }
     }
@@ -188,6 +201,10 @@ impl<'a> Pass<'a> {
                 Err(error) => Err(error),
             },
         };
+        if !self.waits_for_slot {
+            // A place in an issuer's queue, or a slot offered, that this pass did not use goes to the next.
+            self.ctx.issuer_slots.leave(&slot_waiter(self.certificate));
+        }
         if !self.retried_at_once {
             self.ctx.immediate_retries.succeeded(&format!("{}/{}", self.namespace, self.name()));
         }
@@ -269,7 +286,10 @@ impl<'a> Pass<'a> {
         self.check_policy(&issuer).await?;
         if self.issuer_slot.is_none() {
             let key = format!("{}/{}/{}", issuer.kind, issuer.secret_namespace, issuer.name);
-            self.issuer_slot = Some(self.ctx.issuer_slots.try_take(&key).ok_or(IssuerUnusable::Busy)?);
+            let turn = if self.status.order.is_some() { Turn::Continuing } else { Turn::Starting };
+            let slot = self.ctx.issuer_slots.try_take(&key, &slot_waiter(self.certificate), turn);
+            self.waits_for_slot = slot.is_none();
+            self.issuer_slot = Some(slot.ok_or(IssuerUnusable::Busy)?);
         }
         let location = issuer.account_for(&self.namespace);
         let account = ensure_account(self.ctx, &issuer, &location).await.map_err(|error| {
@@ -369,9 +389,10 @@ impl<'a> Pass<'a> {
                 Action::requeue(ISSUER_WAIT)
             }
             IssuerUnusable::Busy => {
-                // Nothing happened: show nothing (a status write would only wake this Certificate again).
+                // Nothing happened: show nothing (a status write would only wake this Certificate again). It
+                // is woken when a slot is offered to it.
                 self.status = self.certificate.status.clone().unwrap_or_default();
-                Action::requeue(ISSUER_BUSY_WAIT)
+                Action::requeue(ISSUER_BUSY_FALLBACK)
             }
         })
     }

@@ -9,15 +9,18 @@ use crate::api::names::{
     CA_CRT, LABEL_MANAGED_BY, MANAGED_BY, TLS_KEY,
 };
 use crate::api::{AcmeSolver, Certificate, Http01Solver, IssuerKind, PrivateKeySpec, RotationPolicy, SolverSelector};
+use crate::controller::issuer_slots::Turn;
 use crate::controller::testing::{CERTIFICATE, IssuanceHarness, NAMESPACE, SECRET, ready_issuer_at};
 use crate::pki::{parse_ca_bundle, verify_chain};
 use crate::testing::FakeApiserver;
+use futures::{FutureExt, StreamExt};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams};
 use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -694,13 +697,52 @@ async fn a_leftover_solver_pod_whose_deletion_was_cut_short_is_deleted_again_one
     }
 }
 
+// --- Issuer slots -----------------------------------------------------------------------------------------
+
+/// The slots of the Issuer `apps/ca`, as the reconciler names them.
+const CA_SLOTS: &str = "Issuer/apps/ca";
+
+/// How Certificate `apps/<name>` waits for a slot.
+fn slot_waiter(name: &str) -> ObjectRef<Certificate> {
+    ObjectRef::new(name).within(NAMESPACE)
+}
+
+/// The Certificates woken so far, in order.
+fn woken(wakes: &mut (impl futures::Stream<Item = ObjectRef<Certificate>> + Unpin)) -> Vec<String> {
+    let mut woken = Vec::new();
+    while let Some(Some(certificate)) = wakes.next().now_or_never() {
+        woken.push(certificate.name);
+    }
+    woken
+}
+
+/// The Certificate fixture as `apps/<name>` for `<name>.example.test`, from Issuer `issuer`.
+fn another_certificate(name: &str, issuer: &str) -> Certificate {
+    let mut certificate = crate::desired::testing::certificate();
+    certificate.metadata.name = Some(name.into());
+    certificate.metadata.uid = Some(format!("uid-of-{name}"));
+    certificate.spec.secret_name = format!("{name}-tls");
+    certificate.spec.dns_names = vec![format!("{name}.example.test")];
+    certificate.spec.issuer_ref = crate::api::IssuerRef { name: issuer.into(), kind: IssuerKind::Issuer };
+    certificate
+}
+
+/// One pass over Certificate `apps/<name>` as the fake apiserver holds it now.
+async fn pass_of(harness: &IssuanceHarness, name: &str) -> Action {
+    let certificate: Certificate = harness.apiserver.get(NAMESPACE, name).expect("the Certificate exists");
+    super::reconcile_certificate(Arc::new(certificate), harness.ctx.clone()).await.expect("the pass succeeds")
+}
+
 #[tokio::test]
-async fn a_certificate_whose_issuer_has_no_free_slot_waits_without_a_write_or_a_request_to_the_ca() {
+async fn a_certificate_whose_issuer_has_no_free_slot_waits_without_a_write_or_a_request_and_is_woken_when_one_frees() {
     let mut harness = IssuanceHarness::ready_to_issue().await;
+    let mut wakes = Box::pin(harness.ctx.issuer_slots.take_wakes());
     harness.sync_caches();
     // Other Certificates of the same issuer hold every slot of it.
-    let per_issuer = crate::controller::issuer_slots::default_per_issuer(harness.config.concurrency);
-    let held: Vec<_> = (0..per_issuer).map(|_| harness.ctx.issuer_slots.try_take("Issuer/apps/ca")).collect();
+    let slots = &harness.ctx.issuer_slots;
+    let mut held: Vec<_> = (0..slots.per_issuer())
+        .map(|n| slots.try_take(CA_SLOTS, &slot_waiter(&format!("other-{n}")), Turn::Starting))
+        .collect();
     assert!(held.iter().all(Option::is_some), "the slots can be taken");
     let acme_before = harness.acme_requests();
 
@@ -710,13 +752,110 @@ async fn a_certificate_whose_issuer_has_no_free_slot_waits_without_a_write_or_a_
     let again = harness.pass().await;
 
     for action in [first, again] {
-        assert_eq!(action, Action::requeue(Duration::from_secs(1)), "looked at again shortly");
+        assert_eq!(action, Action::requeue(super::ISSUER_BUSY_FALLBACK), "woken, not polled; a long fallback");
     }
     assert!(harness.apiserver.writes().is_empty(), "waiting writes nothing: {:?}", harness.apiserver.writes());
     assert_eq!(harness.acme_requests(), acme_before, "no request to the CA");
-    drop(held);
+    assert_eq!(woken(&mut wakes), Vec::<String>::new(), "not woken while every slot is held");
+    held.pop();
+    assert_eq!(woken(&mut wakes), [CERTIFICATE], "woken the moment a slot frees");
+    assert!(
+        harness.ctx.issuer_slots.try_take(CA_SLOTS, &slot_waiter("newcomer"), Turn::Starting).is_none(),
+        "the slot is kept for the woken Certificate"
+    );
+    harness.ctx.issuer_slots.leave(&slot_waiter("newcomer"));
     harness.run_until_ready(MAX_PASSES).await;
-    assert!(harness.is_ready_and_idle(), "issued once a slot is free");
+    assert!(harness.is_ready_and_idle(), "issued with the slot offered to it");
+}
+
+#[tokio::test]
+async fn certificates_waiting_for_slots_are_woken_in_the_order_they_came_and_a_deleted_one_loses_its_place() {
+    let mut harness = IssuanceHarness::ready_to_issue().await;
+    let mut wakes = Box::pin(harness.ctx.issuer_slots.take_wakes());
+    for name in ["first", "second", "third"] {
+        harness.seed_certificate(another_certificate(name, crate::controller::testing::ISSUER));
+    }
+    harness.sync_caches();
+    let slots = &harness.ctx.issuer_slots;
+    let mut held: Vec<_> = (0..slots.per_issuer())
+        .map(|n| slots.try_take(CA_SLOTS, &slot_waiter(&format!("other-{n}")), Turn::Starting))
+        .collect();
+    for name in ["first", CERTIFICATE, "second", "third"] {
+        assert_eq!(pass_of(&harness, name).await, Action::requeue(super::ISSUER_BUSY_FALLBACK), "{name} waits");
+    }
+    // web is deleted while it waits: its pass removes the finalizer and its place in the queue.
+    Api::<Certificate>::namespaced(harness.apiserver.client(), NAMESPACE)
+        .delete(CERTIFICATE, &DeleteParams::default())
+        .await
+        .expect("deletion starts");
+    harness.pass().await;
+    assert!(harness.apiserver.get::<Certificate>(NAMESPACE, CERTIFICATE).is_none(), "web is gone");
+
+    held.pop();
+    assert_eq!(woken(&mut wakes), ["first"]);
+    let first = harness.ctx.issuer_slots.try_take(CA_SLOTS, &slot_waiter("first"), Turn::Starting);
+    assert!(first.is_some(), "first takes the slot offered to it");
+    held.pop();
+    assert_eq!(woken(&mut wakes), ["second"], "the deleted one is skipped");
+    // second's pass finds nothing to do with the CA after all (say, its issuer went away): the slot passes on.
+    harness.apiserver.remove::<crate::api::Issuer>(NAMESPACE, crate::controller::testing::ISSUER);
+    harness.sync_caches();
+    assert_eq!(pass_of(&harness, "second").await, Action::requeue(super::ISSUER_WAIT), "it waits for its issuer");
+    assert_eq!(woken(&mut wakes), ["third"], "the slot offered to second went to the next in line");
+    assert_eq!(harness.ctx.issuer_slots.waiting(), 1, "only third is left, with its offer");
+}
+
+#[tokio::test]
+async fn while_a_slow_cas_certificates_hold_all_its_slots_a_fast_issuers_certificate_is_issued() {
+    let mut harness = IssuanceHarness::ready_to_issue().await;
+    let mut wakes = Box::pin(harness.ctx.issuer_slots.take_wakes());
+    // A second Issuer whose CA never answers a new order: every pass that gets that far hangs, holding a slot.
+    let slow_ca = FakeAcme::start().await;
+    slow_ca.fail_next(Endpoint::NewOrder, Fault::Hang, 1000);
+    harness.apiserver.put(&ready_issuer_at("slow", &slow_ca));
+    let per_issuer = harness.ctx.issuer_slots.per_issuer();
+    let slow: Vec<String> = (0..=per_issuer).map(|n| format!("slow-{n}")).collect();
+    for name in &slow {
+        harness.seed_certificate(another_certificate(name, "slow"));
+    }
+    harness.sync_caches();
+    let hanging: Vec<_> = slow[..per_issuer]
+        .iter()
+        .map(|name| {
+            let (apiserver, ctx, name) = (harness.apiserver.clone(), harness.ctx.clone(), name.clone());
+            tokio::spawn(async move {
+                for _ in 0..MAX_PASSES {
+                    let certificate: Certificate = apiserver.get(NAMESPACE, &name).expect("the Certificate exists");
+                    let _ = super::reconcile_certificate(Arc::new(certificate), ctx.clone()).await;
+                }
+            })
+        })
+        .collect();
+    let all_hang = async {
+        while slow_ca.requests(Endpoint::NewOrder) < per_issuer as u64 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), all_hang).await.expect("every slot of the slow CA is held");
+
+    // One more Certificate of the slow CA: no slot, so no request and no worker held.
+    let last = &slow[per_issuer];
+    let action = tokio::time::timeout(Duration::from_secs(5), pass_of(&harness, last)).await.expect("it does not wait");
+    assert_eq!(action, Action::requeue(super::ISSUER_BUSY_FALLBACK));
+    assert_eq!(slow_ca.requests(Endpoint::NewOrder), per_issuer as u64, "nothing more asked of the slow CA");
+
+    // The fast issuer's Certificate is issued meanwhile.
+    harness.run_until_ready(MAX_PASSES).await;
+    assert!(harness.is_ready_and_idle());
+
+    // A slow pass ends (here: cancelled): its slot goes to the one waiting.
+    assert_eq!(woken(&mut wakes), Vec::<String>::new());
+    hanging[0].abort();
+    let next = tokio::time::timeout(Duration::from_secs(5), wakes.next()).await.expect("a wake").expect("the stream");
+    assert_eq!(next.name, *last, "the waiting Certificate of the slow issuer is woken");
+    for task in &hanging {
+        task.abort();
+    }
 }
 
 #[tokio::test]
