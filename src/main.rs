@@ -69,6 +69,26 @@ enum Command {
         #[arg(short, long, value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,
     },
+    /// Convert cert-manager ACME Issuers, ClusterIssuers, Certificates and ingress-shim annotations of
+    /// Ingresses to kacme's, from files (-f) or from the cluster (--from-cluster); prints the kacme manifests
+    /// on stdout, with what could not be converted, and why, as comments at the top (and on stderr).
+    /// Nothing is applied: review, then `kubectl apply -f`.
+    Import {
+        /// Files or directories of YAML manifests (`-` for stdin); repeatable.
+        #[arg(short = 'f', long = "filename")]
+        files: Vec<PathBuf>,
+        /// Read cert-manager's objects and annotated Ingresses from the cluster (with your kubeconfig).
+        #[arg(long)]
+        from_cluster: bool,
+        /// With --from-cluster: every namespace instead of one.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Exit with status 1 when anything was skipped or dropped.
+        #[arg(long)]
+        strict: bool,
+    },
     /// Decode objects the way cmctl does.
     Inspect {
         #[command(subcommand)]
@@ -311,6 +331,10 @@ fn main() -> anyhow::Result<()> {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(status(name, target, output))
         }
+        Command::Import { files, from_cluster, all_namespaces, target, strict } => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(import(files, from_cluster, all_namespaces, target, strict))
+        }
         Command::Inspect { what: InspectCommand::Secret { name, target, output } } => {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(inspect_secret(name, target, output))
@@ -382,6 +406,61 @@ async fn inspect_secret(name: String, target: TargetArgs, output: OutputFormat) 
         }
     }
     Ok(())
+}
+
+async fn import(
+    files: Vec<PathBuf>,
+    from_cluster: bool,
+    all_namespaces: bool,
+    target: TargetArgs,
+    strict: bool,
+) -> anyhow::Result<()> {
+    use kacme::cli::import::{Outcome, convert, parse_manifests, render_yaml};
+    anyhow::ensure!(from_cluster || !files.is_empty(), "name files with -f, or read the cluster with --from-cluster");
+    let mut manifests = Vec::new();
+    for path in &files {
+        for text in read_manifest_texts(path)? {
+            manifests.extend(parse_manifests(&text).with_context(|| format!("reading {}", path.display()))?);
+        }
+    }
+    if from_cluster {
+        let (client, namespace) = user_client(&target).await?;
+        let namespace = (!all_namespaces).then_some(namespace);
+        manifests.extend(kacme::cli::read::read_cert_manager_objects(&client, namespace.as_deref()).await?);
+    }
+    let conversion = convert(&manifests);
+    print!("{}", render_yaml(&conversion)?);
+    for note in &conversion.notes {
+        eprintln!("kacme import: {} {:?}: {}", note.object, note.outcome, note.message);
+    }
+    eprintln!("kacme import: {} objects written, {} notes", conversion.objects.len(), conversion.notes.len());
+    let lossy = conversion.notes.iter().any(|n| n.outcome != Outcome::Changed);
+    if strict && lossy {
+        anyhow::bail!("--strict: some objects or fields were not converted (see above)");
+    }
+    Ok(())
+}
+
+/// The texts of a manifest file, of the .yaml/.yml/.json files of a directory (sorted), or of stdin (`-`).
+fn read_manifest_texts(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    if path.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)?;
+        return Ok(vec![text]);
+    }
+    if path.is_dir() {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml" || e == "json"))
+            .collect();
+        entries.sort();
+        return entries
+            .iter()
+            .map(|p| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display())))
+            .collect();
+    }
+    Ok(vec![std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?])
 }
 
 fn write_crds(dir: &std::path::Path) -> anyhow::Result<()> {

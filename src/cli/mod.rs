@@ -4,6 +4,7 @@
 //! Pure code computes what to show from plain values ([`status`], [`inspect`], [`x509`]); [`read`] is the thin
 //! layer that reads the cluster with the user's kubeconfig.
 
+pub mod import;
 pub mod inspect;
 pub mod read;
 pub mod status;

@@ -140,6 +140,64 @@ fn error_words(error: &kube::Error) -> String {
     }
 }
 
+/// cert-manager's Issuers, ClusterIssuers and Certificates (of `namespace`, or of every namespace) and the
+/// Ingresses with annotations, as manifests for [`super::import::convert`]. A cluster without cert-manager's
+/// CRDs has none of its objects: that is not an error.
+pub async fn read_cert_manager_objects(
+    client: &Client,
+    namespace: Option<&str>,
+) -> Result<Vec<serde_json::Value>, ReadError> {
+    use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+    let mut out = Vec::new();
+    let kinds = [
+        ("Issuer", "issuers", true),
+        ("ClusterIssuer", "clusterissuers", false),
+        ("Certificate", "certificates", true),
+    ];
+    for (kind, plural, namespaced) in kinds {
+        let resource = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("cert-manager.io", "v1", kind), plural);
+        let api: Api<DynamicObject> = match (namespaced, namespace) {
+            (true, Some(namespace)) => Api::namespaced_with(client.clone(), namespace, &resource),
+            _ => Api::all_with(client.clone(), &resource),
+        };
+        let list = match api.list(&ListParams::default()).await {
+            Ok(list) => list,
+            Err(error) if crate::kube_errors::is_not_found(&error) => continue,
+            Err(source) => {
+                return Err(ReadError::Read {
+                    kind,
+                    namespace: namespace.unwrap_or("*").into(),
+                    name: "*".into(),
+                    source,
+                });
+            }
+        };
+        for item in list.items {
+            let mut value = serde_json::to_value(&item).unwrap_or_default();
+            value["apiVersion"] = "cert-manager.io/v1".into();
+            value["kind"] = kind.into();
+            out.push(value);
+        }
+    }
+    let ingresses: Api<Ingress> = match namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    };
+    let list = ingresses.list(&ListParams::default()).await.map_err(|source| ReadError::Read {
+        kind: "Ingress",
+        namespace: namespace.unwrap_or("*").into(),
+        name: "*".into(),
+        source,
+    })?;
+    for item in list.items {
+        let mut value = serde_json::to_value(&item).unwrap_or_default();
+        value["apiVersion"] = "networking.k8s.io/v1".into();
+        value["kind"] = "Ingress".into();
+        out.push(value);
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
