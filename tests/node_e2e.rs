@@ -147,6 +147,7 @@ async fn certificates_are_issued_through_solver_pods_and_traefik_on_pebble_and_s
     let node = Node::start(NodeOptions {
         images: vec![image],
         crds_dir: Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("crds")),
+        gateway_api: false,
         traefik: true,
     })
     .await?;
@@ -374,6 +375,7 @@ async fn the_chart_runs_kacme_in_the_cluster_and_workloads_get_renewed_certifica
     let node = Node::start(NodeOptions {
         images: vec![kacme_image(&image_binary(), IMAGE_TAG)?, tls_probe_image(&probe)?],
         crds_dir: None,
+        gateway_api: false,
         traefik: true,
     })
     .await?;
