@@ -48,7 +48,8 @@ impl Binaries {
         Ok(path)
     }
 
-    /// The Gateway API standard-channel CRDs (GatewayClass, Gateway, HTTPRoute, ReferenceGrant) that
+    /// The Gateway API standard-channel CRDs (GatewayClass, Gateway, HTTPRoute, GRPCRoute, ReferenceGrant,
+    /// BackendTLSPolicy) that
     /// `tests/env/install` copies from the pinned `sigs.k8s.io/gateway-api` module, or an error that says how
     /// to get them.
     pub fn gateway_api_crds(&self) -> Result<PathBuf> {
