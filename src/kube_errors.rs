@@ -11,6 +11,11 @@ pub fn is_conflict(error: &kube::Error) -> bool {
     status_code(error) == Some(409)
 }
 
+/// Whether the apiserver refused the request for want of rights (403 Forbidden).
+pub fn is_forbidden(error: &kube::Error) -> bool {
+    status_code(error) == Some(403)
+}
+
 /// The HTTP status code of an error the apiserver answered with, if it answered.
 pub fn status_code(error: &kube::Error) -> Option<u16> {
     match error {

@@ -4,7 +4,7 @@
 //! [`decision`] (whether and when to issue), [`desired`] (the objects and status the reconcilers write) and
 //! [`automatic`] (Certificates for Ingresses and workloads), [`cli`] (what the user commands show); adapters in [`acme`] (the ACME engine),
 //! [`controller`] (the reconcilers), [`webhook`], [`solver`] and [`endpoints`], which serve HTTP through
-//! [`http_server`]; [`liveness`] tells whether the reconcile loops make progress; [`kube_errors`] classifies Kubernetes API errors in one place.
+//! [`http_server`]; [`gateway_api`] holds the few Gateway API types kacme uses; [`liveness`] tells whether the reconcile loops make progress; [`kube_errors`] classifies Kubernetes API errors in one place.
 #![forbid(unsafe_code)]
 
 pub mod acme;
@@ -15,6 +15,7 @@ pub mod controller;
 pub mod decision;
 pub mod desired;
 pub mod endpoints;
+pub mod gateway_api;
 pub mod http_server;
 pub mod issuer_policy;
 pub mod kube_errors;

@@ -147,6 +147,7 @@ async fn certificates_are_issued_through_solver_pods_and_traefik_on_pebble_and_s
     let node = Node::start(NodeOptions {
         images: vec![image],
         crds_dir: Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("crds")),
+        gateway_api: false,
         traefik: true,
     })
     .await?;
@@ -231,6 +232,105 @@ async fn certificates_are_issued_through_solver_pods_and_traefik_on_pebble_and_s
     drop((pebble, step_ca));
     let problems = node.stop();
     assert!(problems.is_empty(), "the teardown reported {problems:?}; Traefik's log:\n{traefik_log}");
+    let left = kacme_testenv::node_leftovers();
+    assert!(left.is_empty(), "left on the host: {left:?}");
+    Ok(())
+}
+
+/// Traefik's Gateway API provider on the real node: a GatewayClass for Traefik's controller, a Gateway on its
+/// web entry point, and a Certificate issued through the `gatewayHTTPRoute` solver, its route accepted by
+/// Traefik itself.
+#[tokio::test]
+async fn a_certificate_is_issued_through_a_solver_httproute_on_traefiks_gateway() -> Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    if let Some(reason) = skip_reason() {
+        eprintln!("SKIPPED a_certificate_is_issued_through_a_solver_httproute_on_traefiks_gateway: {reason}");
+        return Ok(());
+    }
+    let started = Instant::now();
+    let node = Node::start(NodeOptions {
+        images: vec![kacme_image(&image_binary(), IMAGE_TAG)?],
+        crds_dir: Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("crds")),
+        gateway_api: true,
+        traefik: true,
+    })
+    .await?;
+    let node_ready = started.elapsed();
+    let pebble = Pebble::start(PebbleOptions {
+        address: Some(node.address()),
+        http01_port: Some(TRAEFIK_HTTP_PORT),
+        ..PebbleOptions::default()
+    })
+    .await?;
+    let control_plane = node.control_plane();
+    control_plane.create_namespace("kacme").await?;
+    control_plane.create_namespace("apps").await?;
+    let client = control_plane.client().await?;
+    let dir = TempDir::new("node-gateway")?;
+    let metrics = node.address().socket_addr(node.address().free_port()?);
+    let operator = ChildProcess::spawn(
+        "kacme-controller",
+        Path::new(env!("CARGO_BIN_EXE_kacme")),
+        [
+            "controller".to_string(),
+            "--cluster-resource-namespace=kacme".into(),
+            format!("--solver-image={}", image_reference()),
+            format!("--metrics-address={metrics}"),
+            "--leader-elect=false".into(),
+            "--backoff-initial=2s".into(),
+            "--backoff-max=8s".into(),
+            // Traefik accepts a route before its configuration reaches the router: the self-check waits for it.
+            "--self-check-deadline=60s".into(),
+            format!("--self-check-address={}:{TRAEFIK_HTTP_PORT}", kacme_testenv::BRIDGE_ADDRESS),
+        ],
+        &[("KUBECONFIG", control_plane.kubeconfig_path().as_os_str()), ("RUST_LOG", "info,kacme=debug".as_ref())],
+        dir.join("kacme-controller.log"),
+    )?;
+    let gateway = format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata:\n  name: traefik\nspec:\n  controllerName: traefik.io/gateway-controller\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata:\n  name: web\n  namespace: apps\nspec:\n  gatewayClassName: traefik\n  listeners:\n  - name: http\n    protocol: HTTP\n    port: {TRAEFIK_HTTP_PORT}\n"
+    );
+    apply(&node, &dir, &gateway).await?;
+    let issuer = issuer_yaml("apps", "pebble", pebble.directory_url(), &pebble.ca_bundle_pem());
+    let ingress_solver = format!("        ingress:\n          ingressClassName: {TRAEFIK_INGRESS_CLASS}\n");
+    anyhow::ensure!(issuer.contains(&ingress_solver), "the node's issuer solves through Traefik's IngressClass");
+    let issuer = issuer.replace(
+        &ingress_solver,
+        "        gatewayHTTPRoute:\n          parentRefs:\n          - name: web\n            sectionName: http\n",
+    );
+    apply(&node, &dir, &issuer).await?;
+    let issuance_started = Instant::now();
+    apply(&node, &dir, &certificate_yaml("apps", "web-gateway", "pebble", "web.gateway.node.test")).await?;
+    let mut solver_containers = BTreeSet::new();
+    let certificate = wait_ready_watching_solvers(&client, "apps", "web-gateway", &mut solver_containers, &operator)
+        .await
+        .with_context(|| {
+            let log = std::fs::read_to_string(node.dir().join("traefik.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            format!("Traefik's log (last lines, newest first):\n{}", tail.join("\n"))
+        })?;
+    let issued_after = issuance_started.elapsed();
+    let secret =
+        Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), "apps").get("web-gateway-tls").await?;
+    let chain = parse_chain(&secret.data.context("the Secret has data")?[TLS_CRT].0)?;
+    verify_chain(&chain, &parse_ca_bundle(pebble.issuing_root_pem().as_bytes())?, jiff::Timestamp::now())?;
+    assert_eq!(chain.leaf.dns_names, ["web.gateway.node.test"]);
+    assert!(certificate.status.is_some_and(|s| s.revision == Some(1)));
+    let routes: Api<kacme::gateway_api::HTTPRoute> = Api::namespaced(client.clone(), "apps");
+    poll_until("the solver HTTPRoute to be removed", Duration::from_secs(30), Duration::from_millis(200), || async {
+        let left = routes.list(&ListParams::default()).await?.items;
+        Ok(if left.is_empty() { Ok(()) } else { Err(format!("{} left", left.len())) })
+    })
+    .await?;
+    eprintln!(
+        "node gateway e2e: node with Traefik and the Gateway API Ready after {:.1}s; issued through Traefik's \
+         Gateway {:.1}s after the Certificate was created; solver containers: {solver_containers:?}",
+        node_ready.as_secs_f64(),
+        issued_after.as_secs_f64()
+    );
+    drop(operator);
+    drop(pebble);
+    let problems = node.stop();
+    assert!(problems.is_empty(), "the teardown reported {problems:?}");
     let left = kacme_testenv::node_leftovers();
     assert!(left.is_empty(), "left on the host: {left:?}");
     Ok(())
@@ -374,6 +474,7 @@ async fn the_chart_runs_kacme_in_the_cluster_and_workloads_get_renewed_certifica
     let node = Node::start(NodeOptions {
         images: vec![kacme_image(&image_binary(), IMAGE_TAG)?, tls_probe_image(&probe)?],
         crds_dir: None,
+        gateway_api: false,
         traefik: true,
     })
     .await?;

@@ -77,6 +77,16 @@ const NOT_SEEN_AS_REQUESTS: &[(&str, &str)] = &[
         "the Certificates of annotated Ingresses are created by server-side apply: a patch request that the \
          apiserver authorizes as create when the object does not exist yet",
     ),
+    (
+        "get httproutes",
+        "the gatewayHTTPRoute solver's rights (tests/gateway.rs uses them): this run has no Gateway API CRDs",
+    ),
+    ("create httproutes", "the gatewayHTTPRoute solver's rights (tests/gateway.rs); no Gateway API CRDs here"),
+    ("delete httproutes", "the gatewayHTTPRoute solver's rights (tests/gateway.rs); no Gateway API CRDs here"),
+    (
+        "deletecollection httproutes",
+        "the gatewayHTTPRoute solver's rights (tests/gateway.rs); no Gateway API CRDs here",
+    ),
     ("get certificates", "a Certificate is read afresh when the cache may predate kacme's own status write"),
     (
         "get issuers",

@@ -206,7 +206,7 @@ pub struct AcmeSolver {
     /// Which names this solver applies to. A solver without selector applies to every name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<SolverSelector>,
-    /// Solve HTTP-01 challenges with a transient solver Pod, Service and Ingress.
+    /// Solve HTTP-01 challenges with a transient solver Pod, Service and Ingress (or HTTPRoute).
     pub http01: Http01Solver,
 }
 
@@ -227,13 +227,65 @@ pub struct SolverSelector {
     pub match_labels: BTreeMap<String, String>,
 }
 
-/// HTTP-01 solving.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+/// HTTP-01 solving: through an Ingress (the default when neither is given) or through a Gateway API
+/// HTTPRoute.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!(has(self.ingress) && has(self.gatewayHTTPRoute))")
+    .message("a solver serves challenges through an ingress or a gatewayHTTPRoute, not both"))]
 pub struct Http01Solver {
     /// Serve challenges through an Ingress routed to a transient solver Pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ingress: Option<Http01Ingress>,
+    /// Serve challenges through a Gateway API HTTPRoute attached to the given Gateways, routed to a transient
+    /// solver Pod. The CA is asked to validate only once every parent Gateway has accepted the route
+    /// (`Accepted` and `ResolvedRefs` True in the route's `status.parents`).
+    #[serde(default, rename = "gatewayHTTPRoute", skip_serializing_if = "Option::is_none")]
+    pub gateway_http_route: Option<Http01GatewayHttpRoute>,
+}
+
+/// How the transient HTTP-01 solver Pod, Service and HTTPRoute are made.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Http01GatewayHttpRoute {
+    /// The Gateways (or listeners of Gateways) the solver HTTPRoute attaches to, in the Certificate's
+    /// namespace unless one names another (its listeners must then allow routes from there). References
+    /// that repeat one another are sent once, and a reference to a whole Gateway (without sectionName and
+    /// port) stands for every other reference to that Gateway.
+    #[schemars(length(min = 1, max = 32))]
+    pub parent_refs: Vec<SolverParentReference>,
+    /// Labels added to the solver HTTPRoute (for example those a Gateway's `allowedRoutes` selects
+    /// namespaces or routes by).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "super::labels_schema")]
+    pub labels: BTreeMap<String, String>,
+    /// Type of the solver Service: `ClusterIP` (the default) or `NodePort`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_type: Option<SolverServiceType>,
+    /// Overrides for the solver Pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_template: Option<SolverPodTemplate>,
+}
+
+/// A Gateway, or one listener of it, that a solver HTTPRoute attaches to.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SolverParentReference {
+    /// The Gateway's name.
+    #[schemars(schema_with = "super::dns_subdomain_schema")]
+    pub name: String,
+    /// The Gateway's namespace; the Certificate's when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "optional_dns_label_schema")]
+    pub namespace: Option<String>,
+    /// The listener of the Gateway (its `name`); every listener that allows the route when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "optional_section_name_schema")]
+    pub section_name: Option<String>,
+    /// The listener port; every port when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<i32>,
 }
 
 /// How the transient HTTP-01 solver Pod, Service and Ingress are made.
@@ -444,4 +496,23 @@ fn selector_names_schema(_: &mut SchemaGenerator) -> Schema {
 
 fn optional_dns_subdomain_schema(generator: &mut SchemaGenerator) -> Schema {
     dns_subdomain_schema(generator)
+}
+
+fn optional_dns_label_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 63,
+        "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+    })
+}
+
+/// A Gateway API `SectionName`: a DNS subdomain of at most 253 characters.
+fn optional_section_name_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 253,
+        "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+    })
 }

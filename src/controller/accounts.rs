@@ -634,7 +634,10 @@ mod tests {
                 skip_tls_verify,
                 private_key_secret_ref: SecretKeySelector { name: "key".into(), key: None },
                 external_account_binding: None,
-                solvers: vec![AcmeSolver { selector: None, http01: Http01Solver { ingress: Some(ingress) } }],
+                solvers: vec![AcmeSolver {
+                    selector: None,
+                    http01: Http01Solver { ingress: Some(ingress), gateway_http_route: None },
+                }],
             },
             policy: None,
             ready: false,

@@ -1,14 +1,20 @@
-//! HTTP-01 through Kubernetes: a transient solver Pod, Service and Ingress per challenge, owned by the
-//! Certificate, created when missing (also when deleted while still needed) and removed when done.
+//! HTTP-01 through Kubernetes: a transient solver Pod, Service and Ingress (or Gateway API HTTPRoute) per
+//! challenge, owned by the Certificate, created when missing (also when deleted while still needed) and
+//! removed when done.
+//!
+//! HTTPRoutes are not watched (the Gateway API CRDs may not be installed, and a solver route lives for
+//! seconds): a route is read when its challenge is presented, and the order's solver wait looks again soon.
 
 use super::Context;
 use crate::acme::{ChallengeSolver, Http01Challenge, Presentation, SolverError};
 use crate::api::names::{LABEL_CERTIFICATE, LABEL_SOLVER};
 use crate::api::{AcmeIssuer, Certificate};
 use crate::desired::{
-    build_solver_ingress, build_solver_pod, build_solver_service, certificate_label_value, select_solver, solver_name,
+    RouteAcceptance, build_solver_http_route, build_solver_ingress, build_solver_pod, build_solver_service,
+    certificate_label_value, route_acceptance, select_solver, solver_name, solver_workload,
 };
-use crate::kube_errors::{is_conflict, is_not_found};
+use crate::gateway_api::HTTPRoute;
+use crate::kube_errors::{is_conflict, is_forbidden, is_not_found};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::networking::v1::Ingress;
@@ -81,6 +87,32 @@ impl<'a> KubeSolver<'a> {
         }
     }
 
+    /// Reads the solver route (no cache: see the module's doc), creating it when missing; returns it when
+    /// it existed.
+    async fn ensure_route(&self, route: HTTPRoute) -> Result<Option<HTTPRoute>, SolverError> {
+        let name = route.name_any();
+        let api = self.api::<HTTPRoute>();
+        match api.get_opt(&name).await {
+            Ok(Some(existing)) => return Ok(Some(existing)),
+            Ok(None) => {}
+            Err(error) => return Err(SolverError(format!("reading HTTPRoute {name}: {error}"))),
+        }
+        match api.create(&PostParams::default(), &route).await {
+            Ok(_) => Ok(None),
+            Err(error) if is_conflict(&error) => Ok(None),
+            Err(error) if is_not_found(&error) => Err(SolverError(format!(
+                "creating HTTPRoute {name}: the cluster does not serve the Gateway API \
+                 (gateway.networking.k8s.io/v1 HTTPRoute): install its CRDs, or use an ingress solver"
+            ))),
+            Err(error) => Err(SolverError(format!("creating HTTPRoute {name}: {error}"))),
+        }
+    }
+
+    /// Whether any solver of the issuer serves challenges through HTTPRoutes.
+    fn uses_routes(&self) -> bool {
+        self.acme.solvers.iter().any(|s| s.http01.gateway_http_route.is_some())
+    }
+
     async fn delete<K>(&self, name: &str) -> Result<(), String>
     where
         K: kube::Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Clone + Debug + DeserializeOwned,
@@ -107,16 +139,29 @@ impl ChallengeSolver for KubeSolver<'_> {
         let labels = self.certificate.labels();
         let solver = select_solver(self.acme, labels, &challenge.identifier)
             .ok_or_else(|| SolverError(format!("no solver of the issuer matches {}", challenge.identifier)))?;
-        let ingress_config = solver.http01.ingress.clone().unwrap_or_default();
+        let route_config = solver.http01.gateway_http_route.as_ref();
+        let workload = match route_config {
+            Some(route) => solver_workload(route),
+            None => solver.http01.ingress.clone().unwrap_or_default(),
+        };
         let stores = &self.ctx.stores.solvers;
         let solver_ctx = &self.ctx.solver_context;
-        let pod = build_solver_pod(self.certificate, challenge, &ingress_config, solver_ctx);
-        let service = build_solver_service(self.certificate, challenge, &ingress_config, solver_ctx);
-        let ingress = build_solver_ingress(self.certificate, challenge, &ingress_config, solver_ctx);
+        let pod = build_solver_pod(self.certificate, challenge, &workload, solver_ctx);
+        let service = build_solver_service(self.certificate, challenge, &workload, solver_ctx);
         let name = pod.name_any();
         let existing_pod = self.ensure(&stores.pods, pod).await?;
         self.ensure(&stores.services, service).await?;
-        self.ensure(&stores.ingresses, ingress).await?;
+        let existing_route = match route_config {
+            Some(route) => {
+                let route = build_solver_http_route(self.certificate, challenge, route, solver_ctx);
+                Some(self.ensure_route(route).await?)
+            }
+            None => {
+                let ingress = build_solver_ingress(self.certificate, challenge, &workload, solver_ctx);
+                self.ensure(&stores.ingresses, ingress).await?;
+                None
+            }
+        };
         let Some(pod) = existing_pod else {
             return Ok(Presentation::NotReady(format!("created solver Pod {name}")));
         };
@@ -129,16 +174,32 @@ impl ChallengeSolver for KubeSolver<'_> {
         let ready = status
             .and_then(|s| s.conditions.as_ref())
             .is_some_and(|c| c.iter().any(|c| c.type_ == POD_READY && c.status == "True"));
-        if ready { Ok(Presentation::Ready) } else { Ok(Presentation::NotReady(unready_pod_message(&pod))) }
+        if !ready {
+            return Ok(Presentation::NotReady(unready_pod_message(&pod)));
+        }
+        // The CA is told only once every parent Gateway routes the challenge to the solver.
+        match existing_route {
+            None => Ok(Presentation::Ready),
+            Some(None) => Ok(Presentation::NotReady(format!("created solver HTTPRoute {name}"))),
+            Some(Some(route)) => match route_acceptance(&route) {
+                RouteAcceptance::Accepted => Ok(Presentation::Ready),
+                RouteAcceptance::Waiting(message) => Ok(Presentation::NotReady(message)),
+            },
+        }
     }
 
     async fn cleanup(&self, challenge: &Http01Challenge) -> Result<(), SolverError> {
         let name = solver_name(&self.certificate.name_any(), challenge);
-        let errors: Vec<String> =
-            [self.delete::<Ingress>(&name).await, self.delete::<Service>(&name).await, self.delete::<Pod>(&name).await]
-                .into_iter()
-                .filter_map(Result::err)
-                .collect();
+        let route = if self.uses_routes() { self.delete::<HTTPRoute>(&name).await } else { Ok(()) };
+        let errors: Vec<String> = [
+            self.delete::<Ingress>(&name).await,
+            route,
+            self.delete::<Service>(&name).await,
+            self.delete::<Pod>(&name).await,
+        ]
+        .into_iter()
+        .filter_map(Result::err)
+        .collect();
         if errors.is_empty() { Ok(()) } else { Err(SolverError(errors.join("; "))) }
     }
 }
@@ -231,6 +292,19 @@ pub async fn cleanup_all_solver_objects(ctx: &Context, certificate: &Certificate
     let ingresses: Api<Ingress> = Api::namespaced(ctx.client.clone(), &namespace);
     if let Err(e) = ingresses.delete_collection(&delete, &params).await {
         errors.push(format!("deleting solver Ingresses: {e}"));
+    }
+    // Solver routes only where the issuer solves through routes (or is gone from the cache). Without the
+    // Gateway API CRDs (not found), or without rights to HTTPRoutes (forbidden: the cluster's RBAC leaves
+    // them out), there are none to delete; the owner reference collects any left anyway.
+    let routes: Api<HTTPRoute> = Api::namespaced(ctx.client.clone(), &namespace);
+    let issuer = ctx.cached_issuer(&certificate.spec.issuer_ref, &namespace);
+    let may_have_routes = issuer.is_none_or(|i| i.acme.solvers.iter().any(|s| s.http01.gateway_http_route.is_some()));
+    if may_have_routes
+        && let Err(e) = routes.delete_collection(&delete, &params).await
+        && !is_not_found(&e)
+        && !is_forbidden(&e)
+    {
+        errors.push(format!("deleting solver HTTPRoutes: {e}"));
     }
     // Services have no deletecollection verb; delete them one by one.
     match services.list_metadata(&params).await {

@@ -51,6 +51,10 @@ pub enum TemplatePlace {
     Pod,
     /// `solvers[i].http01.ingress.ingressTemplate.metadata`.
     Ingress,
+    /// `solvers[i].http01.gatewayHTTPRoute.podTemplate.metadata`.
+    RoutePod,
+    /// `solvers[i].http01.gatewayHTTPRoute.labels`.
+    Route,
 }
 
 /// A solver template key that the operator's rules refuse, and why.
@@ -71,11 +75,13 @@ pub struct SolverTemplateRefusal {
 impl fmt::Display for SolverTemplateRefusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let template = match self.place {
-            TemplatePlace::Pod => "podTemplate",
-            TemplatePlace::Ingress => "ingressTemplate",
+            TemplatePlace::Pod => "ingress.podTemplate",
+            TemplatePlace::Ingress => "ingress.ingressTemplate",
+            TemplatePlace::RoutePod => "gatewayHTTPRoute.podTemplate",
+            TemplatePlace::Route => "gatewayHTTPRoute.labels",
         };
         let key = crate::api::validation::quoted(&self.key);
-        write!(f, "solvers[{}].http01.ingress.{template} sets the {} {key}, which ", self.solver, self.kind)?;
+        write!(f, "solvers[{}].http01.{template} sets the {} {key}, which ", self.solver, self.kind)?;
         match &self.word {
             Some(word) => write!(
                 f,
@@ -93,10 +99,21 @@ impl fmt::Display for SolverTemplateRefusal {
 /// templates) that `rules` refuse, if any.
 pub fn check_solver_templates(acme: &AcmeIssuer, rules: &SolverTemplateRules) -> Result<(), SolverTemplateRefusal> {
     for (index, solver) in acme.solvers.iter().enumerate() {
-        let Some(ingress) = &solver.http01.ingress else { continue };
+        let route_labels = solver
+            .http01
+            .gateway_http_route
+            .as_ref()
+            .map(|r| ObjectMetaTemplate { labels: r.labels.clone(), annotations: Default::default() });
+        let ingress = solver.http01.ingress.as_ref();
+        let route = solver.http01.gateway_http_route.as_ref();
         let templates = [
-            (TemplatePlace::Pod, ingress.pod_template.as_ref().and_then(|t| t.metadata.as_ref())),
-            (TemplatePlace::Ingress, ingress.ingress_template.as_ref().and_then(|t| t.metadata.as_ref())),
+            (TemplatePlace::Pod, ingress.and_then(|i| i.pod_template.as_ref()).and_then(|t| t.metadata.as_ref())),
+            (
+                TemplatePlace::Ingress,
+                ingress.and_then(|i| i.ingress_template.as_ref()).and_then(|t| t.metadata.as_ref()),
+            ),
+            (TemplatePlace::RoutePod, route.and_then(|r| r.pod_template.as_ref()).and_then(|t| t.metadata.as_ref())),
+            (TemplatePlace::Route, route_labels.as_ref()),
         ];
         for (place, metadata) in templates {
             let Some(metadata) = metadata else { continue };
@@ -179,7 +196,7 @@ mod tests {
             };
             Some(ObjectMetaTemplate { labels: keys(labels), annotations: keys(annotations) })
         };
-        let plain = AcmeSolver { selector: None, http01: Http01Solver { ingress: None } };
+        let plain = AcmeSolver { selector: None, http01: Http01Solver::default() };
         let templated = AcmeSolver {
             selector: None,
             http01: Http01Solver {
@@ -188,6 +205,7 @@ mod tests {
                     ingress_template: Some(SolverIngressTemplate { metadata: meta(ingress) }),
                     ..Default::default()
                 }),
+                gateway_http_route: None,
             },
         };
         AcmeIssuer {

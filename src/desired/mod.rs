@@ -29,6 +29,7 @@ mod properties;
 mod requeue;
 mod secret;
 mod solver_objects;
+mod solver_route;
 mod solver_selection;
 mod solver_wait;
 mod status;
@@ -47,6 +48,9 @@ pub use secret::{
 pub use solver_objects::{
     SOLVER_CONTAINER_NAME, SOLVER_PORT, SOLVER_PORT_NAME, SOLVER_USER_ID, SolverContext, build_solver_ingress,
     build_solver_pod, build_solver_service, default_solver_resources, solver_selector_labels,
+};
+pub use solver_route::{
+    RouteAcceptance, build_solver_http_route, route_acceptance, solver_parent_refs, solver_workload,
 };
 pub use solver_selection::select_solver;
 pub use solver_wait::{DEFAULT_AUTHORIZATION_DEADLINE, SolverWait, solver_wait};

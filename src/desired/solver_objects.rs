@@ -186,7 +186,7 @@ fn path_type(path_type: SolverPathType) -> &'static str {
 
 /// Name, namespace, labels, annotations and owner of a solver object. Labels layer up, later ones
 /// winning: the template's, the operator's ([`SolverContext::labels`]), kacme's solver labels.
-fn solver_metadata(
+pub(super) fn solver_metadata(
     certificate: &Certificate,
     challenge: &Http01Challenge,
     template: Option<&ObjectMetaTemplate>,

@@ -101,6 +101,7 @@ mod tests {
             selector,
             http01: Http01Solver {
                 ingress: Some(Http01Ingress { ingress_class_name: Some(id.into()), ..Default::default() }),
+                gateway_http_route: None,
             },
         }
     }

@@ -3,6 +3,9 @@
 use anyhow::{Result, bail};
 use std::path::{Path, PathBuf};
 
+/// The directory (in the bin dir) of the Gateway API CRDs.
+const GATEWAY_API_CRDS: &str = "gateway-api-crds";
+
 /// The directory of the cached test binaries (etcd, kube-apiserver, pebble, step-ca, ...).
 #[derive(Clone, Debug)]
 pub struct Binaries {
@@ -43,6 +46,22 @@ impl Binaries {
             );
         }
         Ok(path)
+    }
+
+    /// The Gateway API standard-channel CRDs (GatewayClass, Gateway, HTTPRoute, GRPCRoute, ReferenceGrant,
+    /// BackendTLSPolicy) that
+    /// `tests/env/install` copies from the pinned `sigs.k8s.io/gateway-api` module, or an error that says how
+    /// to get them.
+    pub fn gateway_api_crds(&self) -> Result<PathBuf> {
+        let dir = self.dir.join(GATEWAY_API_CRDS);
+        if !dir.is_dir() {
+            bail!(
+                "the Gateway API CRDs are missing from {} — run `tests/env/install gateway-api-crds` (from the \
+                 repository root)",
+                dir.display()
+            );
+        }
+        Ok(dir)
     }
 
     /// The paths of several binaries, failing on the first missing one.

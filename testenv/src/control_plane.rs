@@ -41,6 +41,10 @@ pub struct ControlPlaneOptions {
     pub address: Option<LoopbackAddress>,
     /// CRDs (`*.yaml`) to install before the controller-manager starts (see [`ControlPlane::start_with_crds`]).
     pub crds_dir: Option<PathBuf>,
+    /// Install the Gateway API standard-channel CRDs too (GatewayClass, Gateway, HTTPRoute, GRPCRoute,
+    /// ReferenceGrant, BackendTLSPolicy; pinned in `tests/env/install`; see [`Binaries::gateway_api_crds`]), before the controller-manager
+    /// starts like `crds_dir`.
+    pub gateway_api: bool,
     /// Have the apiserver write an audit log (JSON lines, Metadata level) to `audit.log` in the control
     /// plane's directory; read it with [`crate::AuditReader`] to count requests per user and verb.
     pub audit_log: bool,
@@ -137,6 +141,7 @@ impl ControlPlane {
         };
         let crds_dir = options.crds_dir.as_deref();
         let binaries = Binaries::locate()?;
+        let gateway_api_crds = if options.gateway_api { Some(binaries.gateway_api_crds()?) } else { None };
         let [etcd_bin, apiserver_bin, kcm_bin, kubectl] =
             binaries.paths(["etcd", "kube-apiserver", "kube-controller-manager", "kubectl"])?;
         let dir = TempDir::new("control-plane")?;
@@ -344,6 +349,9 @@ impl ControlPlane {
         let apiserver_ready = started.elapsed();
         if let Some(crds_dir) = crds_dir {
             apply_crds(client_from_kubeconfig(&kubeconfig).await?, crds_dir).await?;
+        }
+        if let Some(gateway_api_crds) = &gateway_api_crds {
+            apply_crds(client_from_kubeconfig(&kubeconfig).await?, gateway_api_crds).await?;
         }
 
         let controller_manager = ChildProcess::spawn(

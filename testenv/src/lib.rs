@@ -71,5 +71,5 @@ pub use proc_stats::{
     ProcessSample, machine_busy_seconds, sample_process, tree_cpu_seconds, tree_cpu_seconds_by_command,
 };
 pub use process::{ChildProcess, TempDir, log_tail, poll_until};
-pub use stand_in::{RunningSolver, SOLVER_LABEL, SolverStandIn};
+pub use stand_in::{REFUSE_ROUTES_ANNOTATION, RunningSolver, SOLVER_LABEL, STAND_IN_GATEWAY_CONTROLLER, SolverStandIn};
 pub use step_ca::{StepCa, StepCaOptions, serial_hex};

@@ -91,6 +91,9 @@ pub struct NodeOptions {
     pub images: Vec<ImageSpec>,
     /// CRDs to install before the controller-manager starts (see [`ControlPlane::start_with_crds`]).
     pub crds_dir: Option<PathBuf>,
+    /// Install the Gateway API CRDs too (see [`ControlPlaneOptions::gateway_api`]): Traefik then runs its
+    /// Gateway API provider as well.
+    pub gateway_api: bool,
     /// Run Traefik as a host process: its Kubernetes Ingress provider (and its Gateway API provider when the
     /// Gateway CRDs are installed), the web entry point on [`BRIDGE_ADDRESS`]:[`TRAEFIK_HTTP_PORT`], the
     /// default IngressClass [`TRAEFIK_INGRESS_CLASS`]. A CA on [`Node::address`] whose DNS answers every name
@@ -308,6 +311,7 @@ impl Node {
         // The control plane, its apiserver on the bridge address.
         let control_plane = ControlPlane::start_with_options(ControlPlaneOptions {
             crds_dir: options.crds_dir,
+            gateway_api: options.gateway_api,
             node: Some(NodeAccess { address: BRIDGE_ADDRESS, node_name: NODE_NAME.into() }),
             ..ControlPlaneOptions::default()
         })

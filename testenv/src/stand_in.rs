@@ -9,6 +9,14 @@
 //! Ingress part: serve HTTP on the address the CA dials and route each request like an ingress controller —
 //! Ingress rule host and path (Exact, Prefix, ImplementationSpecific) → backend Service in the same
 //! namespace → Pods matching its selector → proxy to that Pod's local process. No matching rule: 404.
+//!
+//! Gateway part (on request, [`SolverStandIn::serve_gateway_api`], when the Gateway API CRDs are installed):
+//! act as the controller of every Gateway — write each HTTPRoute's `status.parents` (`Accepted` True for a
+//! Gateway that exists, False with reason `NotAllowedByListeners` and the annotation's text when the Gateway
+//! carries [`REFUSE_ROUTES_ANNOTATION`], `NoMatchingParent` for a sectionName it has no listener of;
+//! `ResolvedRefs` True when every backend Service exists, else `BackendNotFound`), and route requests that
+//! no Ingress rule matches by the hostnames and path matches (Exact, PathPrefix) of the routes that every
+//! parent accepted.
 
 use crate::process::{ChildProcess, TempDir};
 use anyhow::{Context as _, Result, bail};
@@ -24,7 +32,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::networking::v1::{Ingress, ServiceBackendPort};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Client, ResourceExt as _};
@@ -36,6 +44,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
+
+/// An annotation on a Gateway that makes the stand-in refuse every route attached to it (Accepted False,
+/// reason `NotAllowedByListeners`, the annotation's value as the message).
+pub const REFUSE_ROUTES_ANNOTATION: &str = "testenv.kacme.dev/refuse-routes";
+/// The controller name the stand-in writes into routes' `status.parents`.
+pub const STAND_IN_GATEWAY_CONTROLLER: &str = "testenv.kacme.dev/stand-in";
 
 /// The label that marks solver Pods (any value).
 pub const SOLVER_LABEL: &str = "kacme.dev/solver";
@@ -80,6 +94,8 @@ struct State {
     ingresses: Store<Ingress>,
     /// How long after its creation an Ingress is routed (see [`SolverStandIn::program_ingresses_after`]).
     programming_delay: Mutex<Duration>,
+    /// HTTPRoutes, once [`SolverStandIn::serve_gateway_api`] runs.
+    routes: Mutex<Option<Store<DynamicObject>>>,
 }
 
 struct SolverPod {
@@ -120,6 +136,7 @@ impl SolverStandIn {
             services: services.clone(),
             ingresses: ingresses.clone(),
             programming_delay: Mutex::new(Duration::ZERO),
+            routes: Mutex::new(None),
         });
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(drive(reflector::reflector(
@@ -156,6 +173,38 @@ impl SolverStandIn {
     /// would with no rule at all. Zero (the default) routes every Ingress at once.
     pub fn program_ingresses_after(&self, delay: Duration) {
         *lock(&self.state.programming_delay) = delay;
+    }
+
+    /// Acts as the controller of every Gateway from now on (see the module's doc): watches Gateways and
+    /// HTTPRoutes, writes the routes' `status.parents`, and routes requests through accepted routes. Needs the
+    /// Gateway API CRDs (`ControlPlaneOptions::gateway_api`). Returns once both watches have listed.
+    pub async fn serve_gateway_api(&mut self) -> Result<()> {
+        let client = self.state.client.clone();
+        let routes_writer = reflector::store::Writer::new(route_resource());
+        let routes = routes_writer.as_reader();
+        let gateways_writer = reflector::store::Writer::new(gateway_resource());
+        let gateways = gateways_writer.as_reader();
+        let route_api: Api<DynamicObject> = Api::all_with(client.clone(), &route_resource());
+        let gateway_api: Api<DynamicObject> = Api::all_with(client.clone(), &gateway_resource());
+        self.tasks.push(tokio::spawn(drive(reflector::reflector(
+            routes_writer,
+            watcher(route_api, watcher::Config::default()).default_backoff(),
+        ))));
+        self.tasks.push(tokio::spawn(drive(reflector::reflector(
+            gateways_writer,
+            watcher(gateway_api, watcher::Config::default()).default_backoff(),
+        ))));
+        let synced = async {
+            routes.wait_until_ready().await.context("the HTTPRoute watch stopped")?;
+            gateways.wait_until_ready().await.context("the Gateway watch stopped")?;
+            Ok::<_, anyhow::Error>(())
+        };
+        tokio::time::timeout(Duration::from_secs(30), synced)
+            .await
+            .context("the stand-in's Gateway and HTTPRoute watches did not list within 30s (Gateway API CRDs?)")??;
+        *lock(&self.state.routes) = Some(routes.clone());
+        self.tasks.push(tokio::spawn(write_route_statuses(self.state.clone(), routes, gateways)));
+        Ok(())
     }
 
     /// Where the stand-in serves HTTP (the ingress controller's address).
@@ -551,8 +600,13 @@ async fn route(state: &State, request: Request<Incoming>) -> Response<Full<Bytes
         delay.is_zero() || created.is_some_and(|created| now.duration_since(created).is_ok_and(|age| age >= delay))
     };
     let ingresses: Vec<Arc<Ingress>> = state.ingresses.state().into_iter().filter(programmed).collect();
-    let Some(backend) = find_backend(&ingresses, &host, &path) else {
-        return text(StatusCode::NOT_FOUND, format!("no Ingress rule matches host {host:?} and path {path:?}\n"));
+    let routes = lock(&state.routes).as_ref().map(|r| r.state()).unwrap_or_default();
+    let backend = find_backend(&ingresses, &host, &path).or_else(|| find_route_backend(&routes, &host, &path));
+    let Some(backend) = backend else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("no Ingress rule or accepted HTTPRoute matches host {host:?} and path {path:?}\n"),
+        );
     };
     let Some(service) = state.services.get(&ObjectRef::new(&backend.service).within(&backend.namespace)) else {
         return text(
@@ -669,6 +723,163 @@ fn path_matches(path_type: &str, rule_path: &str, path: &str) -> bool {
         }
         _ => path.starts_with(rule_path),
     }
+}
+
+// ---- gateway part ---------------------------------------------------------------------------------------
+
+fn route_resource() -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute"))
+}
+
+fn gateway_resource() -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "Gateway"))
+}
+
+/// Every 200 ms, the `status.parents` each HTTPRoute should have, written where it differs.
+async fn write_route_statuses(state: Arc<State>, routes: Store<DynamicObject>, gateways: Store<DynamicObject>) {
+    loop {
+        for route in routes.state() {
+            let desired = route_parents_status(&route, &gateways, &state.services);
+            let current = route.data.pointer("/status/parents").cloned().unwrap_or(serde_json::Value::Null);
+            if verdicts(&current) == verdicts(&desired) {
+                continue;
+            }
+            let namespace = route.namespace().unwrap_or_default();
+            let api: Api<DynamicObject> = Api::namespaced_with(state.client.clone(), &namespace, &route_resource());
+            let patch = serde_json::json!({"status": {"parents": desired}});
+            if let Err(error) =
+                api.patch_status(&route.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await
+            {
+                tracing::warn!(%error, route = %route.name_any(), "the stand-in could not write a route's status");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// (parentRef, [(type, status, reason, message)]) of every entry: what a status says, without times.
+fn verdicts(parents: &serde_json::Value) -> Vec<(String, Vec<(String, String, String, String)>)> {
+    let field = |c: &serde_json::Value, k: &str| c[k].as_str().unwrap_or_default().to_string();
+    parents
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            let conditions = p["conditions"].as_array().into_iter().flatten();
+            let conditions = conditions
+                .map(|c| (field(c, "type"), field(c, "status"), field(c, "reason"), field(c, "message")))
+                .collect();
+            (p["parentRef"].to_string(), conditions)
+        })
+        .collect()
+}
+
+/// The `status.parents` the stand-in gives a route (see the module's doc).
+fn route_parents_status(
+    route: &DynamicObject,
+    gateways: &Store<DynamicObject>,
+    services: &Store<Service>,
+) -> serde_json::Value {
+    let namespace = route.namespace().unwrap_or_default();
+    let generation = route.metadata.generation.unwrap_or(1);
+    let now = now();
+    let condition = |kind: &str, ok: bool, reason: &str, message: &str| {
+        serde_json::json!({
+            "type": kind,
+            "status": if ok { "True" } else { "False" },
+            "reason": reason,
+            "message": message,
+            "lastTransitionTime": now,
+            "observedGeneration": generation,
+        })
+    };
+    let backends = route.data.pointer("/spec/rules").and_then(|r| r.as_array()).into_iter().flatten();
+    let missing: Vec<String> = backends
+        .flat_map(|rule| rule["backendRefs"].as_array().into_iter().flatten())
+        .filter_map(|backend| {
+            let name = backend["name"].as_str()?;
+            let ns = backend["namespace"].as_str().unwrap_or(&namespace);
+            services.get(&ObjectRef::new(name).within(ns)).is_none().then(|| format!("Service {ns}/{name} not found"))
+        })
+        .collect();
+    let resolved = if missing.is_empty() {
+        condition("ResolvedRefs", true, "ResolvedRefs", "")
+    } else {
+        condition("ResolvedRefs", false, "BackendNotFound", &missing.join("; "))
+    };
+    let parents = route.data.pointer("/spec/parentRefs").and_then(|p| p.as_array()).cloned().unwrap_or_default();
+    let mut out = Vec::new();
+    for parent in parents {
+        let Some(name) = parent["name"].as_str() else { continue };
+        let ns = parent["namespace"].as_str().unwrap_or(&namespace);
+        let Some(gateway) = gateways.get(&ObjectRef::new_with(name, gateway_resource()).within(ns)) else { continue };
+        let refusal = gateway.annotations().get(REFUSE_ROUTES_ANNOTATION).cloned();
+        let listeners = gateway.data.pointer("/spec/listeners").and_then(|l| l.as_array()).cloned().unwrap_or_default();
+        let accepted = match (refusal, parent["sectionName"].as_str()) {
+            (Some(message), _) => condition("Accepted", false, "NotAllowedByListeners", &message),
+            (None, Some(section)) if !listeners.iter().any(|l| l["name"].as_str() == Some(section)) => {
+                condition("Accepted", false, "NoMatchingParent", &format!("no listener named {section}"))
+            }
+            (None, _) => condition("Accepted", true, "Accepted", ""),
+        };
+        out.push(serde_json::json!({
+            "parentRef": parent,
+            "controllerName": STAND_IN_GATEWAY_CONTROLLER,
+            "conditions": [accepted, resolved.clone()],
+        }));
+    }
+    serde_json::Value::Array(out)
+}
+
+/// Whether every parent entry of a route says Accepted and ResolvedRefs True (and there is one).
+fn route_is_accepted(route: &DynamicObject) -> bool {
+    let parents = route.data.pointer("/status/parents").and_then(|p| p.as_array()).cloned().unwrap_or_default();
+    let true_condition = |parent: &serde_json::Value, kind: &str| {
+        parent["conditions"].as_array().into_iter().flatten().any(|c| c["type"] == kind && c["status"] == "True")
+    };
+    !parents.is_empty() && parents.iter().all(|p| true_condition(p, "Accepted") && true_condition(p, "ResolvedRefs"))
+}
+
+/// The backend of the best accepted route for (host, path): a route naming the host beats one without
+/// hostnames; then an Exact path beats a prefix, and a longer one a shorter one.
+fn find_route_backend(routes: &[Arc<DynamicObject>], host: &str, path: &str) -> Option<Backend> {
+    let mut best: Option<((bool, bool, usize), Backend)> = None;
+    for route in routes.iter().filter(|r| route_is_accepted(r)) {
+        let namespace = route.namespace().unwrap_or_default();
+        let hostnames: Vec<String> = route.data["spec"]["hostnames"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|h| h.as_str().map(str::to_ascii_lowercase))
+            .collect();
+        let host_named = hostnames.iter().any(|h| h == host);
+        if !hostnames.is_empty() && !host_named {
+            continue;
+        }
+        for rule in route.data["spec"]["rules"].as_array().into_iter().flatten() {
+            let Some(backend) = rule["backendRefs"].as_array().and_then(|b| b.first()) else { continue };
+            let matches = rule["matches"].as_array().cloned().unwrap_or_else(|| vec![serde_json::json!({})]);
+            for matched in matches {
+                let kind = matched["path"]["type"].as_str().unwrap_or("PathPrefix");
+                let value = matched["path"]["value"].as_str().unwrap_or("/");
+                let fits = match kind {
+                    "Exact" => path == value,
+                    _ => path_matches("Prefix", value, path),
+                };
+                if !fits {
+                    continue;
+                }
+                let rank = (host_named, kind == "Exact", value.len());
+                if best.as_ref().is_none_or(|(best_rank, _)| rank > *best_rank) {
+                    let port = ServiceBackendPort { number: backend["port"].as_i64().map(|p| p as i32), name: None };
+                    let service = backend["name"].as_str().unwrap_or_default().to_string();
+                    let ns = backend["namespace"].as_str().map(String::from).unwrap_or_else(|| namespace.clone());
+                    best = Some((rank, Backend { namespace: ns, service, port }));
+                }
+            }
+        }
+    }
+    best.map(|(_, backend)| backend)
 }
 
 const HOP_BY_HOP: &[&str] =

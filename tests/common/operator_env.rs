@@ -166,9 +166,27 @@ impl OperatorEnv {
     /// An environment around `ca` with no operator running yet: start one with
     /// [`OperatorEnv::start_operator_with`] or [`OperatorEnv::launch_operator`].
     pub async fn prepare(ca: Ca, audit_log: bool) -> Result<OperatorEnv> {
+        OperatorEnv::prepare_with(ca, audit_log, false).await
+    }
+
+    /// An environment around Pebble with the Gateway API CRDs installed and the stand-in acting as the
+    /// controller of every Gateway, with the operator running (with `operator_args` besides the usual).
+    pub async fn with_pebble_and_gateway_api(options: PebbleOptions, operator_args: &[&str]) -> Result<OperatorEnv> {
+        let ca = Ca::Pebble(Pebble::start(options).await?);
+        let mut env = OperatorEnv::prepare_with(ca, false, true).await?;
+        env.extra_args.extend(operator_args.iter().map(|a| a.to_string()));
+        if let Some(stand_in) = env.stand_in.as_mut() {
+            stand_in.serve_gateway_api().await?;
+        }
+        env.start_operator()?;
+        Ok(env)
+    }
+
+    async fn prepare_with(ca: Ca, audit_log: bool, gateway_api: bool) -> Result<OperatorEnv> {
         // CRDs before the controller-manager starts, so that its garbage collector knows them at once.
         let control_plane = ControlPlane::start_with_options(ControlPlaneOptions {
             crds_dir: Some(concat!(env!("CARGO_MANIFEST_DIR"), "/crds").into()),
+            gateway_api,
             audit_log,
             users: vec![OPERATOR_USER.into()],
             ..ControlPlaneOptions::default()
@@ -320,7 +338,7 @@ impl OperatorEnv {
         .await
     }
 
-    /// Solver Pods, Services and Ingresses that still exist in `namespace`.
+    /// Solver Pods, Services, Ingresses and HTTPRoutes that still exist in `namespace`.
     pub async fn solver_objects(&self, namespace: &str) -> Result<Vec<String>> {
         let params = ListParams::default().labels("kacme.dev/solver");
         let mut names = Vec::new();
@@ -332,6 +350,11 @@ impl OperatorEnv {
         }
         for ingress in Api::<Ingress>::namespaced(self.client.clone(), namespace).list_metadata(&params).await? {
             names.push(format!("ingress/{}", ingress.name_any()));
+        }
+        // HTTPRoutes where the Gateway API CRDs are installed (elsewhere the list is refused: none).
+        let routes = Api::<kacme::gateway_api::HTTPRoute>::namespaced(self.client.clone(), namespace);
+        for route in routes.list_metadata(&params).await.map(|l| l.items).unwrap_or_default() {
+            names.push(format!("httproute/{}", route.name_any()));
         }
         Ok(names)
     }
