@@ -148,6 +148,7 @@ async fn certificates_are_issued_through_solver_pods_and_traefik_on_pebble_and_s
         images: vec![image],
         crds_dir: Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("crds")),
         traefik: true,
+        ..NodeOptions::default()
     })
     .await?;
     let node_ready = started.elapsed();
@@ -375,6 +376,7 @@ async fn the_chart_runs_kacme_in_the_cluster_and_workloads_get_renewed_certifica
         images: vec![kacme_image(&image_binary(), IMAGE_TAG)?, tls_probe_image(&probe)?],
         crds_dir: None,
         traefik: true,
+        ..NodeOptions::default()
     })
     .await?;
     let pebble = Pebble::start(PebbleOptions {
