@@ -66,6 +66,7 @@ async fn main() -> Result<()> {
         tool: "kacme-bench",
         scenario: args.scenario.as_str().into(),
         ca: args.ca.as_str().into(),
+        solvers: if args.node { "node".into() } else { "stand-in".into() },
         certificates: args.certificates,
         namespaces: args.namespaces,
         rate_per_second: args.rate,
@@ -82,8 +83,13 @@ async fn main() -> Result<()> {
         .with_context(|| format!("writing {}", json_path.display()))?;
     let svg_path = args.out.join(format!("{}.svg", args.stem()));
     let title = format!(
-        "kacme-bench {}: {} Certificates, {} namespaces, {} ({} CPUs)",
-        report.scenario, report.certificates, report.namespaces, report.ca, report.machine.cpus
+        "kacme-bench {}: {} Certificates, {} namespaces, {}{} ({} CPUs)",
+        report.scenario,
+        report.certificates,
+        report.namespaces,
+        report.ca,
+        if args.node { ", real node" } else { "" },
+        report.machine.cpus
     );
     std::fs::write(&svg_path, plot::render(&title, &report.runs))
         .with_context(|| format!("writing {}", svg_path.display()))?;
@@ -125,7 +131,7 @@ async fn run(
     if noise {
         env.create_unrelated_objects(args.noise_secrets, args.noise_secret_bytes, args.noise_pods).await?;
     }
-    let audit_path = env.control_plane.audit_log_path().context("the control plane has no audit log")?;
+    let audit_path = env.control_plane().audit_log_path().context("the control plane has no audit log")?;
     let mut audit = AuditReader::from_end(audit_path)?;
     let operator_start = env.start_operator(args, features).await?;
     let pid = env.operator()?.pid();
