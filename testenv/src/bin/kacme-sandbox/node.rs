@@ -177,7 +177,14 @@ async fn bring_up(args: &Args, steps: &Steps) -> Result<Sandbox> {
     install_chart(args, steps, &sandbox).await?;
     apply_samples(args, steps, &sandbox, &ca_bundle).await?;
     let pods = watch_until_ready(steps, &sandbox).await?;
-    let handshake = handshake_between(steps, &sandbox, &pods).await?;
+    let handshake = if args.ca() == "pebble" {
+        let note = "none: Pebble, like Let's Encrypt, issues server-auth certificates only, which cannot \
+                    authenticate a TLS client (the default CA, step-ca, issues both)";
+        steps.say(format!("Mutual TLS between the web Pods: {note}"));
+        note.to_string()
+    } else {
+        handshake_between(steps, &sandbox, &pods).await?
+    };
     show(args, steps, &mut sandbox, &pods, &handshake).await?;
     Ok(sandbox)
 }
@@ -485,7 +492,7 @@ async fn show(args: &Args, steps: &Steps, sandbox: &mut Sandbox, pods: &[Workloa
         "  kubectl get ingress -A -w                   # solver Ingresses (Traefik routes them) while an order runs"
     );
     println!("  tail -f {}/traefik.log", sandbox.node.dir().display());
-    if let Some(client) = pods.first() {
+    if let Some(client) = pods.first().filter(|_| args.ca() != "pebble") {
         println!(
             "  {}   # mutual TLS through the Service",
             handshake_command(&client.name, &format!("{server_ip}:8443")).join(" ")
