@@ -149,6 +149,7 @@ async fn certificates_are_issued_through_solver_pods_and_traefik_on_pebble_and_s
         crds_dir: Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("crds")),
         gateway_api: false,
         traefik: true,
+        ..NodeOptions::default()
     })
     .await?;
     let node_ready = started.elapsed();
@@ -476,6 +477,7 @@ async fn the_chart_runs_kacme_in_the_cluster_and_workloads_get_renewed_certifica
         crds_dir: None,
         gateway_api: false,
         traefik: true,
+        ..NodeOptions::default()
     })
     .await?;
     let pebble = Pebble::start(PebbleOptions {

@@ -99,6 +99,11 @@ pub struct NodeOptions {
     /// default IngressClass [`TRAEFIK_INGRESS_CLASS`]. A CA on [`Node::address`] whose DNS answers every name
     /// with [`BRIDGE_ADDRESS`] and that dials port 80 validates HTTP-01 through it.
     pub traefik: bool,
+    /// Have the apiserver write an audit log (see [`ControlPlaneOptions::audit_log`]; the benchmark counts
+    /// the operator's requests with it).
+    pub audit_log: bool,
+    /// Further users with a token and a kubeconfig of their own (see [`ControlPlaneOptions::users`]).
+    pub users: Vec<String>,
 }
 
 /// What a node created on the host, written to `NODE_ROOT/node-state.json` before each step so that a
@@ -312,6 +317,8 @@ impl Node {
         let control_plane = ControlPlane::start_with_options(ControlPlaneOptions {
             crds_dir: options.crds_dir,
             gateway_api: options.gateway_api,
+            audit_log: options.audit_log,
+            users: options.users,
             node: Some(NodeAccess { address: BRIDGE_ADDRESS, node_name: NODE_NAME.into() }),
             ..ControlPlaneOptions::default()
         })
@@ -475,6 +482,11 @@ impl Node {
     /// The control plane the node is registered with (its apiserver listens on [`BRIDGE_ADDRESS`]).
     pub fn control_plane(&self) -> &ControlPlane {
         self.control_plane.as_ref().expect("a started node always has its control plane")
+    }
+
+    /// containerd's socket: `ctr -a <socket> -n k8s.io images ls` lists the node's images.
+    pub fn containerd_socket(&self) -> PathBuf {
+        node_dir().join("containerd").join("containerd.sock")
     }
 
     /// The directory with the node's logs (`kubelet.log`, `kube-proxy.log`, `containerd/containerd.log`).

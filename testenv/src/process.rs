@@ -64,6 +64,11 @@ impl ChildProcess {
             Some(setpriv) => {
                 let mut command = Command::new(setpriv);
                 command.args(["--pdeathsig", "KILL", "--"]).arg(program);
+                // A process group of its own: Ctrl-C in a terminal signals the whole foreground group, and
+                // the owner (the sandbox, a test) must tear down in order with its children still running
+                // (a node's teardown deletes workloads through the apiserver first). The parent-death signal
+                // still takes the child along when the owner dies.
+                std::os::unix::process::CommandExt::process_group(&mut command, 0);
                 command
             }
             None => Command::new(program),

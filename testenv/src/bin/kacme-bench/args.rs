@@ -22,6 +22,10 @@ options:
   -n, --certificates N      Certificates to create (default 100)
   --namespaces K            spread them over K namespaces (default: min(N, 10))
   --ca pebble|step-ca       the ACME CA (default pebble; step-ca dials HTTP-01 on port 80: needs root)
+  --node                    on a real node (root, tests/env/install node): solver Pods run in containers
+                            and Traefik routes the CA's HTTP-01 requests; the CA listens on the node's
+                            address; the operator stays a local process (kacme's image is only the
+                            solver Pods')
   --scenario NAME           issue | memory | idle (default issue)
   --rate R                  create R Certificates per second instead of all at once
   --concurrency C           the operator's --concurrency (default: the operator's own default)
@@ -77,6 +81,7 @@ pub struct Args {
     pub certificates: usize,
     pub namespaces: usize,
     pub ca: CaKind,
+    pub node: bool,
     pub scenario: Scenario,
     pub rate: Option<f64>,
     pub concurrency: Option<u16>,
@@ -92,9 +97,10 @@ pub struct Args {
 }
 
 impl Args {
-    /// The file name stem of this run's outputs: `issue-pebble-n100`.
+    /// The file name stem of this run's outputs: `issue-pebble-n100`, on a real node `issue-pebble-node-n100`.
     pub fn stem(&self) -> String {
-        format!("{}-{}-n{}", self.scenario.as_str(), self.ca.as_str(), self.certificates)
+        let node = if self.node { "-node" } else { "" };
+        format!("{}-{}{node}-n{}", self.scenario.as_str(), self.ca.as_str(), self.certificates)
     }
 }
 
@@ -116,6 +122,7 @@ pub fn parse(mut raw: impl Iterator<Item = String>) -> Result<Option<Args>> {
         certificates: 100,
         namespaces: 0,
         ca: CaKind::Pebble,
+        node: false,
         scenario: Scenario::Issue,
         rate: None,
         concurrency: None,
@@ -145,6 +152,7 @@ pub fn parse(mut raw: impl Iterator<Item = String>) -> Result<Option<Args>> {
                     other => bail!("--ca {other:?}: pebble or step-ca"),
                 }
             }
+            "--node" => args.node = true,
             "--scenario" => {
                 args.scenario = match value()?.as_str() {
                     "issue" => Scenario::Issue,
@@ -196,6 +204,7 @@ mod tests {
         assert_eq!(parsed("-n 1").namespaces, 1);
         assert_eq!(parsed("-n 3 --namespaces 8").namespaces, 3);
         assert_eq!(parsed("--scenario memory -n 5").stem(), "memory-pebble-n5");
+        assert_eq!(parsed("--node -n 20").stem(), "issue-pebble-node-n20");
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! The benchmark's world: a control plane with an audit log, a CA, the solver stand-in, unrelated objects
+//! The benchmark's world: a control plane with an audit log, a CA, the solver stand-in (or, with `--node`,
+//! a real node whose containers run the solver Pods and whose Traefik routes HTTP-01), unrelated objects
 //! when asked, a ClusterIssuer, and `kacme controller` as a separate process under a user of its own.
 
 use crate::args::{Args, CaKind};
@@ -7,8 +8,9 @@ use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, Secret};
 use kacme_testenv::{
-    ChildProcess, ControlPlane, ControlPlaneOptions, Pebble, PebbleOptions, SolverStandIn, StepCa, StepCaOptions,
-    TempDir, poll_until,
+    BRIDGE_ADDRESS, ChildProcess, ControlPlane, ControlPlaneOptions, KACME_IMAGE_REPOSITORY, Node, NodeOptions, Pebble,
+    PebbleOptions, SolverStandIn, StepCa, StepCaOptions, TRAEFIK_HTTP_PORT, TRAEFIK_INGRESS_CLASS, TempDir,
+    kacme_image, poll_until,
 };
 use kube::api::{Api, ApiResource, DynamicObject, ObjectMeta, PostParams};
 use kube::{Client, ResourceExt as _};
@@ -75,11 +77,20 @@ impl OperatorFeatures {
     }
 }
 
+/// The tag of the kacme image on the real node: the solver Pods' image (`--solver-image`).
+const NODE_IMAGE_TAG: &str = "bench";
+
+/// Where the Certificates are issued: a control plane with the solver stand-in, or a real node.
+pub enum Cluster {
+    Local(Box<ControlPlane>),
+    Node(Box<Node>),
+}
+
 pub struct BenchEnv {
     pub operator: Option<ChildProcess>,
     pub stand_in: Option<SolverStandIn>,
     pub ca: Ca,
-    pub control_plane: ControlPlane,
+    pub cluster: Cluster,
     pub client: Client,
     pub namespaces: Vec<String>,
     pub metrics_addr: Option<SocketAddr>,
@@ -87,27 +98,35 @@ pub struct BenchEnv {
 }
 
 impl BenchEnv {
-    /// Starts the CA and the control plane and creates the namespaces (and nothing of kacme yet).
+    /// Starts the CA and the control plane (with `--node`: the node, then the CA on its address, dialing
+    /// Traefik for HTTP-01) and creates the namespaces (and nothing of kacme yet).
     pub async fn start(args: &Args) -> Result<BenchEnv> {
-        let ca = match args.ca {
-            CaKind::Pebble => Ca::Pebble(
-                Pebble::start(PebbleOptions {
-                    // A clean protocol cost: no rejected nonces, no authorization reuse.
-                    nonce_reject_percent: 0,
-                    authz_reuse_percent: Some(0),
-                    ..PebbleOptions::default()
-                })
-                .await?,
-            ),
-            CaKind::StepCa => Ca::StepCa(StepCa::start(StepCaOptions::default()).await?),
+        let (ca, cluster) = if args.node {
+            let node = Node::start(NodeOptions {
+                images: vec![kacme_image(&args.kacme, NODE_IMAGE_TAG)?],
+                crds_dir: Some(args.crds.clone()),
+                traefik: true,
+                audit_log: true,
+                users: vec![OPERATOR_USER.into()],
+            })
+            .await?;
+            let ca = start_ca(args.ca, Some((node.address(), TRAEFIK_HTTP_PORT))).await?;
+            (ca, Cluster::Node(Box::new(node)))
+        } else {
+            let ca = start_ca(args.ca, None).await?;
+            let control_plane = ControlPlane::start_with_options(ControlPlaneOptions {
+                crds_dir: Some(args.crds.clone()),
+                audit_log: true,
+                users: vec![OPERATOR_USER.into()],
+                ..ControlPlaneOptions::default()
+            })
+            .await?;
+            (ca, Cluster::Local(Box::new(control_plane)))
         };
-        let control_plane = ControlPlane::start_with_options(ControlPlaneOptions {
-            crds_dir: Some(args.crds.clone()),
-            audit_log: true,
-            users: vec![OPERATOR_USER.into()],
-            ..ControlPlaneOptions::default()
-        })
-        .await?;
+        let control_plane = match &cluster {
+            Cluster::Local(control_plane) => control_plane,
+            Cluster::Node(node) => node.control_plane(),
+        };
         let client = control_plane.client().await?;
         let namespaces: Vec<String> = (0..args.namespaces).map(|i| format!("bench-{i}")).collect();
         let all: Vec<&str> = std::iter::once(OPERATOR_NAMESPACE).chain(namespaces.iter().map(String::as_str)).collect();
@@ -119,12 +138,20 @@ impl BenchEnv {
             operator: None,
             stand_in: None,
             ca,
-            control_plane,
+            cluster,
             client,
             namespaces,
             metrics_addr: None,
             dir: TempDir::new("bench")?,
         })
+    }
+
+    /// The control plane (the node's, with `--node`).
+    pub fn control_plane(&self) -> &ControlPlane {
+        match &self.cluster {
+            Cluster::Local(control_plane) => control_plane,
+            Cluster::Node(node) => node.control_plane(),
+        }
     }
 
     /// Creates `secrets` Secrets of `secret_bytes` each and `pods` Pods that have nothing to do with kacme,
@@ -184,14 +211,18 @@ impl BenchEnv {
         Ok(())
     }
 
-    /// Starts the solver stand-in, creates the ClusterIssuer, starts the operator and waits until the
-    /// ClusterIssuer is Ready (the operator is up and registered its ACME account).
+    /// Starts the solver stand-in (not on a node), creates the ClusterIssuer, starts the operator and waits
+    /// until the ClusterIssuer is Ready (the operator is up and registered its ACME account).
     pub async fn start_operator(&mut self, args: &Args, features: OperatorFeatures) -> Result<Duration> {
         let (directory_url, bundle, http01) = match &self.ca {
             Ca::Pebble(p) => (p.directory_url().to_string(), p.ca_bundle_pem(), p.http01_addr()),
             Ca::StepCa(s) => (s.directory_url().to_string(), s.root_pem().to_string(), s.http01_addr()),
         };
-        self.stand_in = Some(SolverStandIn::start(self.client.clone(), &args.kacme, http01).await?);
+        let on_node = matches!(self.cluster, Cluster::Node(_));
+        if !on_node {
+            self.stand_in = Some(SolverStandIn::start(self.client.clone(), &args.kacme, http01).await?);
+        }
+        let ingress_class = if on_node { TRAEFIK_INGRESS_CLASS } else { "bench" };
         let issuer: DynamicObject = serde_json::from_value(serde_json::json!({
             "apiVersion": "kacme.dev/v1alpha1",
             "kind": "ClusterIssuer",
@@ -200,27 +231,38 @@ impl BenchEnv {
                 "server": directory_url,
                 "caBundle": bundle,
                 "privateKeySecretRef": {"name": "bench-account"},
-                "solvers": [{"http01": {"ingress": {"ingressClassName": "bench"}}}],
+                "solvers": [{"http01": {"ingress": {"ingressClassName": ingress_class}}}],
             }},
         }))?;
         let issuers: Api<DynamicObject> = Api::all_with(self.client.clone(), &cluster_issuer_resource());
         issuers.create(&PostParams::default(), &issuer).await.context("creating the ClusterIssuer")?;
 
+        let solver_image =
+            if on_node { format!("{KACME_IMAGE_REPOSITORY}:{NODE_IMAGE_TAG}") } else { "kacme:bench".to_string() };
         let mut operator_args: Vec<String> =
-            ["controller", "--cluster-resource-namespace", OPERATOR_NAMESPACE, "--solver-image", "kacme:bench"]
+            ["controller", "--cluster-resource-namespace", OPERATOR_NAMESPACE, "--solver-image", &solver_image]
                 .iter()
                 .map(|s| s.to_string())
                 .collect();
+        if on_node {
+            // As tests/node_e2e.rs: Traefik routes a solver Ingress only once its Pod is ready (and after its
+            // configuration throttle); the self-check waits for that before the CA is told to validate.
+            operator_args.extend([
+                "--self-check-deadline=60s".to_string(),
+                format!("--self-check-address={BRIDGE_ADDRESS}:{TRAEFIK_HTTP_PORT}"),
+            ]);
+        }
         if let Some(concurrency) = args.concurrency {
             operator_args.extend(["--concurrency".to_string(), concurrency.to_string()]);
         }
         if features.metrics_address {
-            let addr = self.control_plane.address().socket_addr(self.control_plane.address().free_port()?);
+            let address = self.control_plane().address();
+            let addr = address.socket_addr(address.free_port()?);
             operator_args.extend(["--metrics-address".to_string(), addr.to_string()]);
             self.metrics_addr = Some(addr);
         }
         operator_args.extend(args.operator_args.iter().cloned());
-        let mut envs = self.control_plane.child_env_as(OPERATOR_USER)?;
+        let mut envs = self.control_plane().child_env_as(OPERATOR_USER)?;
         envs.push(("RUST_LOG", std::ffi::OsStr::new("info")));
         let started = Instant::now();
         let operator = ChildProcess::spawn(
@@ -251,6 +293,27 @@ impl BenchEnv {
     pub fn operator(&self) -> Result<&ChildProcess> {
         self.operator.as_ref().context("the operator is not running")
     }
+}
+
+/// The CA, on its own loopback address or, with `on`, at that address dialing that port for HTTP-01.
+async fn start_ca(kind: CaKind, on: Option<(kacme_testenv::LoopbackAddress, u16)>) -> Result<Ca> {
+    let (address, http01_port) = (on.as_ref().map(|(a, _)| a.clone()), on.as_ref().map(|(_, p)| *p));
+    Ok(match kind {
+        CaKind::Pebble => Ca::Pebble(
+            Pebble::start(PebbleOptions {
+                // A clean protocol cost: no rejected nonces, no authorization reuse.
+                nonce_reject_percent: 0,
+                authz_reuse_percent: Some(0),
+                address,
+                http01_port,
+                ..PebbleOptions::default()
+            })
+            .await?,
+        ),
+        CaKind::StepCa => {
+            Ca::StepCa(StepCa::start(StepCaOptions { address, http01_port, ..StepCaOptions::default() }).await?)
+        }
+    })
 }
 
 /// Whether a condition of the object's status holds.

@@ -66,6 +66,7 @@ async fn main() -> Result<()> {
         tool: "kacme-bench",
         scenario: args.scenario.as_str().into(),
         ca: args.ca.as_str().into(),
+        solvers: if args.node { "node".into() } else { "stand-in".into() },
         certificates: args.certificates,
         namespaces: args.namespaces,
         rate_per_second: args.rate,
@@ -82,8 +83,13 @@ async fn main() -> Result<()> {
         .with_context(|| format!("writing {}", json_path.display()))?;
     let svg_path = args.out.join(format!("{}.svg", args.stem()));
     let title = format!(
-        "kacme-bench {}: {} Certificates, {} namespaces, {} ({} CPUs)",
-        report.scenario, report.certificates, report.namespaces, report.ca, report.machine.cpus
+        "kacme-bench {}: {} Certificates, {} namespaces, {}{} ({} CPUs)",
+        report.scenario,
+        report.certificates,
+        report.namespaces,
+        report.ca,
+        if args.node { ", real node" } else { "" },
+        report.machine.cpus
     );
     std::fs::write(&svg_path, plot::render(&title, &report.runs))
         .with_context(|| format!("writing {}", svg_path.display()))?;
@@ -125,7 +131,7 @@ async fn run(
     if noise {
         env.create_unrelated_objects(args.noise_secrets, args.noise_secret_bytes, args.noise_pods).await?;
     }
-    let audit_path = env.control_plane.audit_log_path().context("the control plane has no audit log")?;
+    let audit_path = env.control_plane().audit_log_path().context("the control plane has no audit log")?;
     let mut audit = AuditReader::from_end(audit_path)?;
     let operator_start = env.start_operator(args, features).await?;
     let pid = env.operator()?.pid();
@@ -139,8 +145,11 @@ async fn run(
     let startup_requests = operator_requests(&mut audit)?;
     let before = Counts::take(env.ca.pebble(), env.metrics_addr, pid).await?;
 
-    let cpu_at_origin =
-        (kacme_testenv::machine_busy_seconds()?, kacme_testenv::tree_cpu_seconds_by_command(std::process::id()));
+    let cpu_at_origin = (
+        kacme_testenv::machine_busy_seconds()?,
+        kacme_testenv::tree_cpu_seconds_by_command(std::process::id()),
+        containers_cpu_seconds(),
+    );
     let origin = Instant::now();
     let sampler = Sampler::start(pid, origin, SAMPLE_INTERVAL, ready.clone());
     let applied = create_certificates(&env, args).await?;
@@ -178,6 +187,13 @@ async fn run(
                 let before = cpu_at_origin.1.get(&command).copied().unwrap_or(0.0);
                 (command, ((seconds - before) * 100.0).round() / 100.0)
             })
+            .chain(
+                // On a real node the containers (solver Pods) are not the benchmark's children: count them by
+                // their cgroups.
+                containers_cpu_seconds()
+                    .zip(cpu_at_origin.2)
+                    .map(|(now, before)| (CONTAINERS.to_string(), ((now - before) * 100.0).round() / 100.0)),
+            )
             .filter(|(_, seconds)| *seconds > 0.0)
             .collect();
     let benchmark_cpu: f64 = cpu_by_command.values().sum();
@@ -286,6 +302,23 @@ async fn run(
         operator.kill();
     }
     Ok((report, idle_report))
+}
+
+/// The name under which the containers' CPU time is reported.
+const CONTAINERS: &str = "containers (kubepods cgroups)";
+
+/// The CPU time of everything in the kubelet's `kubepods` cgroups (cgroup v1 `cpuacct.usage`, or v2
+/// `cpu.stat`), which keep the time of removed children: the solver Pods' containers on a real node. `None`
+/// without a node.
+fn containers_cpu_seconds() -> Option<f64> {
+    kacme_testenv::host::cgroup_trees("kubepods").into_iter().find_map(|tree| {
+        if let Ok(text) = std::fs::read_to_string(tree.join("cpuacct.usage")) {
+            return text.trim().parse::<f64>().ok().map(|ns| ns / 1e9);
+        }
+        let text = std::fs::read_to_string(tree.join("cpu.stat")).ok()?;
+        let usec = text.lines().find_map(|l| l.strip_prefix("usage_usec "))?;
+        usec.trim().parse::<f64>().ok().map(|us| us / 1e6)
+    })
 }
 
 /// Creates the Certificates, round-robin over the namespaces, all at once (16 requests in flight) or at

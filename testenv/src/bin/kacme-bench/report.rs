@@ -11,6 +11,9 @@ pub struct Report {
     pub tool: &'static str,
     pub scenario: String,
     pub ca: String,
+    /// Where the solvers ran: `stand-in` (local `kacme solver` processes behind the stand-in's router) or
+    /// `node` (solver Pods in containers on a real node, routed by Traefik).
+    pub solvers: String,
     pub certificates: usize,
     pub namespaces: usize,
     pub rate_per_second: Option<f64>,
@@ -239,11 +242,12 @@ pub fn table(report: &Report) -> String {
     let m = &report.machine;
     let _ = writeln!(
         out,
-        "kacme-bench {}: {} Certificates over {} namespaces, CA {}{}",
+        "kacme-bench {}: {} Certificates over {} namespaces, CA {}, solvers: {}{}",
         report.scenario,
         report.certificates,
         report.namespaces,
         report.ca,
+        report.solvers,
         report.rate_per_second.map(|r| format!(", created at {r}/s")).unwrap_or_default()
     );
     let _ = writeln!(

@@ -1,58 +1,20 @@
-//! The kacme sandbox: a control plane, an ACME CA, the solver-Pod stand-in and `kacme controller` on this
-//! machine (loopback only); applies config/samples with kubectl, waits for the sample Certificate, prints
-//! what was issued, and stays up until Ctrl-C. Run it through `./sandbox` at the repository root.
+//! The stand-in sandbox (`./sandbox --stand-in`, and where this machine cannot run containers): a control
+//! plane, an ACME CA, the solver-Pod stand-in and `kacme controller` on loopback; nothing runs in containers.
 
-use anyhow::{Context as _, Result, bail};
+use crate::{Args, render_samples, wait_for_stop_signal};
+use anyhow::{Result, bail};
 use kacme_testenv::{ChildProcess, ControlPlane, Pebble, PebbleOptions, SolverStandIn, StepCa, StepCaOptions, TempDir};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
-
-struct Args {
-    kacme: PathBuf,
-    ca: String,
-    samples: PathBuf,
-    crds: PathBuf,
-}
-
-fn parse_args() -> Result<Args> {
-    let mut args = Args {
-        kacme: PathBuf::from("target/debug/kacme"),
-        ca: "pebble".into(),
-        samples: PathBuf::from("config/samples"),
-        crds: PathBuf::from("crds"),
-    };
-    let mut rest = std::env::args().skip(1);
-    while let Some(arg) = rest.next() {
-        let mut value = || rest.next().with_context(|| format!("{arg} needs a value"));
-        match arg.as_str() {
-            "--kacme" => args.kacme = value()?.into(),
-            "--ca" => args.ca = value()?,
-            "--samples" => args.samples = value()?.into(),
-            "--crds" => args.crds = value()?.into(),
-            "-h" | "--help" => {
-                println!("usage: kacme-sandbox [--ca pebble|step-ca] [--kacme PATH] [--samples DIR] [--crds DIR]");
-                std::process::exit(0);
-            }
-            other => bail!("unknown argument {other:?} (try --help)"),
-        }
-    }
-    if args.ca != "pebble" && args.ca != "step-ca" {
-        bail!("--ca must be pebble or step-ca");
-    }
-    Ok(args)
-}
 
 enum Ca {
     Pebble(Pebble),
     StepCa(StepCa),
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
-    let args = parse_args()?;
+pub async fn run(args: Args) -> Result<()> {
     let started = Instant::now();
     println!("Starting the kacme sandbox (everything on loopback, nothing leaves this machine)...");
-    let ca = match args.ca.as_str() {
+    let ca = match args.ca() {
         "step-ca" => Ca::StepCa(StepCa::start(StepCaOptions::default()).await?),
         _ => Ca::Pebble(Pebble::start(PebbleOptions::default()).await?),
     };
@@ -105,24 +67,11 @@ async fn main() -> Result<()> {
     }
 
     // Apply the samples, with the CA's URL and bundle filled in.
-    let bundle: String = ca_bundle.lines().map(|l| format!("      {l}\n")).collect();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&args.samples)
-        .with_context(|| format!("reading {}", args.samples.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    files.sort();
-    for file in &files {
-        let text =
-            std::fs::read_to_string(file)?.replace("${ACME_SERVER}", &directory_url).replace("${CA_BUNDLE}\n", &bundle);
-        let rendered = dir.join(file.file_name().context("a file name")?);
-        std::fs::write(&rendered, text)?;
+    for (file, rendered) in render_samples(&args.samples, dir.path(), &directory_url, &ca_bundle)? {
+        control_plane.kubectl(&["apply", "-f", &rendered.display().to_string()]).await?;
         if file.file_name().is_some_and(|n| n.to_string_lossy().starts_with("00-")) {
             // The namespace first, then wait for its default ServiceAccount (Pods need it).
-            control_plane.kubectl(&["apply", "-f", &rendered.display().to_string()]).await?;
             control_plane.create_namespace("sandbox").await.ok();
-        } else {
-            control_plane.kubectl(&["apply", "-f", &rendered.display().to_string()]).await?;
         }
         println!("applied {}", file.display());
     }
@@ -152,7 +101,7 @@ async fn main() -> Result<()> {
     println!(
         "  issuer:   Issuer sandbox/{} ({}, {directory_url})",
         spec["issuerRef"]["name"].as_str().unwrap_or("?"),
-        args.ca
+        args.ca()
     );
     println!("  notAfter: {}", status["notAfter"].as_str().unwrap_or("?"));
     println!("  renewal:  {}", status["renewalTime"].as_str().unwrap_or("?"));
@@ -167,16 +116,19 @@ async fn main() -> Result<()> {
         "  kubectl get secret sample-tls -n sandbox -o jsonpath='{{.data.tls\\.crt}}' | base64 -d | openssl x509 -noout -text"
     );
     println!("  {} renew sample -n sandbox      # renew now", args.kacme.display());
-    println!("The sample Deployment `web` is annotated for a workload certificate (config/samples/30-workload.yaml):");
+    println!("The sample Deployment `web` is annotated for a workload certificate (config/samples/30-workload.yaml);");
+    println!(
+        "in the stand-in no kubelet runs it (its Pods stay Pending): `./sandbox` on a machine that can run containers does."
+    );
     println!("  kubectl get pods -n sandbox -l app=web -o yaml | grep -B2 -A3 kacme   # volume, mount, label");
     println!("  kubectl get kcert web-kacme -n sandbox                                # its Certificate");
     println!("The operator's log: {}", operator_log.display());
     println!("Its metrics: http://{metrics}/metrics (and /healthz, /readyz)");
-    println!("Press Ctrl-C to stop the sandbox (everything it started is stopped).");
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    if !args.exit_when_ready {
+        println!("Press Ctrl-C to stop the sandbox (everything it started is stopped).");
+    }
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+        _ = async { if !args.exit_when_ready { wait_for_stop_signal().await } } => {}
         _ = async { loop { tokio::time::sleep(Duration::from_secs(1)).await; if operator.ensure_running().is_err() { break; } } } => {
             eprintln!("the operator exited:\n{}", operator.log_tail(40));
         }
