@@ -254,6 +254,7 @@ async fn a_certificate_is_issued_through_a_solver_httproute_on_traefiks_gateway(
         crds_dir: Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("crds")),
         gateway_api: true,
         traefik: true,
+        ..NodeOptions::default()
     })
     .await?;
     let node_ready = started.elapsed();

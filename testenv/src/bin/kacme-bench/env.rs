@@ -108,6 +108,7 @@ impl BenchEnv {
                 traefik: true,
                 audit_log: true,
                 users: vec![OPERATOR_USER.into()],
+                ..NodeOptions::default()
             })
             .await?;
             let ca = start_ca(args.ca, Some((node.address(), TRAEFIK_HTTP_PORT))).await?;
