@@ -67,6 +67,8 @@ async fn helm_lint_passes_and_the_chart_renders_a_hardened_operator() {
         let chart = chart_dir().display().to_string();
         helm.run(&["lint", "--strict", &chart]).await.unwrap();
         helm.run(&["lint", "--strict", &chart, "--set", "podDisruptionBudget.enabled=true"]).await.unwrap();
+        let monitoring = "metrics.serviceMonitor.enabled=true,prometheusRule.enabled=true,grafanaDashboard.enabled=true";
+        helm.run(&["lint", "--strict", &chart, "--set", monitoring]).await.unwrap();
 
         let documents = helm.template("kacme", "kacme-system", &[]).await.unwrap();
         assert_eq!(
@@ -82,7 +84,7 @@ async fn helm_lint_passes_and_the_chart_renders_a_hardened_operator() {
                 "Service",
                 "ServiceAccount"
             ],
-            "by default: no ServiceMonitor, no PodDisruptionBudget"
+            "by default: no ServiceMonitor, PrometheusRule, dashboard ConfigMap or PodDisruptionBudget"
         );
         // edit and admin may manage Certificates, not Issuers (an Issuer picks the CA); view reads both.
         let role_rules = |documents: &[Value], name: &str| -> Vec<(String, String)> {
