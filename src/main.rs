@@ -127,7 +127,7 @@ struct TargetArgs {
     /// Namespace (default: the kubeconfig context's namespace).
     #[arg(short, long)]
     namespace: Option<String>,
-    /// The kubeconfig file (default: KUBECONFIG, else ~/.kube/config).
+    /// The kubeconfig file (default: the one kubectl uses: KUBECONFIG, else kubectl's default file).
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
     /// The kubeconfig context (default: its current context).

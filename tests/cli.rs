@@ -4,18 +4,18 @@
 
 mod common;
 
-use common::operator_env::{OperatorEnv, kacme_binary};
+use common::operator_env::{OperatorEnv, kacme_binary, user_command};
 use kacme_testenv::{Binaries, PebbleOptions, TempDir};
 use std::path::Path;
 use std::time::Duration;
 
 const NAMES: [&str; 2] = ["web.example.test", "api.example.test"];
 
-/// Runs `program args` with KUBECONFIG (and nothing else of the caller's kube setup); returns stdout, or
-/// fails with stderr.
+/// Runs `program args` with the control plane's kubeconfig only ([`user_command`]); returns stdout, or fails
+/// with stderr.
 async fn run(program: &Path, args: &[&str], kubeconfig: &Path, path: Option<&Path>) -> String {
-    let mut command = tokio::process::Command::new(program);
-    command.args(args).env("KUBECONFIG", kubeconfig).env_remove("NO_COLOR").kill_on_drop(true);
+    let mut command = user_command(program, kubeconfig);
+    command.args(args);
     if let Some(dir) = path {
         let inherited = std::env::var_os("PATH").unwrap_or_default();
         let mut paths = vec![dir.to_path_buf()];

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::operator_env::kacme_binary;
+use common::operator_env::{kacme_binary, user_command};
 use kacme_testenv::ControlPlane;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -31,12 +31,7 @@ fn cert_manager_crds() -> String {
 async fn import(control_plane: &ControlPlane, args: &[&str]) -> (String, String) {
     let output = tokio::time::timeout(
         Duration::from_secs(60),
-        tokio::process::Command::new(kacme_binary())
-            .arg("import")
-            .args(args)
-            .env("KUBECONFIG", control_plane.kubeconfig_path())
-            .kill_on_drop(true)
-            .output(),
+        user_command(&kacme_binary(), control_plane.kubeconfig_path()).arg("import").args(args).output(),
     )
     .await
     .expect("kacme import finished within 60 s")

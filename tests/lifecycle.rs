@@ -257,12 +257,12 @@ async fn revoked_at_ca(env: &OperatorEnv, serial: &str) -> bool {
 
 /// Runs `kacme ARGS` as a user would, with the control plane's kubeconfig.
 async fn kacme_cli(env: &OperatorEnv, args: &[&str]) -> String {
-    let output = tokio::process::Command::new(common::operator_env::kacme_binary())
-        .args(args)
-        .env("KUBECONFIG", env.control_plane.kubeconfig_path())
-        .output()
-        .await
-        .expect("running kacme");
+    let output =
+        common::operator_env::user_command(&common::operator_env::kacme_binary(), env.control_plane.kubeconfig_path())
+            .args(args)
+            .output()
+            .await
+            .expect("running kacme");
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(output.status.success(), "kacme {args:?}: {stdout}{}", String::from_utf8_lossy(&output.stderr));
     stdout

@@ -9,14 +9,14 @@ mod common;
 
 use anyhow::{Context as _, Result, bail};
 use common::helm::{Helm, chart_dir};
-use common::operator_env::condition;
+use common::operator_env::{condition, kacme_binary, user_command};
 use k8s_openapi::api::core::v1::Pod;
 use kacme::api::Certificate;
 use kacme::api::names::{CA_CRT, TLS_CRT};
 use kacme::pki::{parse_ca_bundle, parse_chain, verify_chain};
 use kacme_testenv::{
     ChildProcess, KACME_IMAGE_REPOSITORY, Node, NodeOptions, Pebble, PebbleOptions, StepCa, StepCaOptions,
-    TLS_PROBE_IMAGE, TRAEFIK_HTTP_PORT, TRAEFIK_INGRESS_CLASS, TempDir, kacme_image, node_unavailable_reason,
+    TLS_PROBE_IMAGE, TRAEFIK_HTTP_PORT, TRAEFIK_INGRESS_CLASS, TempDir, kacme_image, node_tests_skip_reason,
     poll_until, tls_probe_image,
 };
 use kube::ResourceExt as _;
@@ -25,27 +25,38 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+/// `kacme controller` as a local process against the node's control plane (the chart's in-cluster run is the
+/// helm test's): its solver Pods use the local image, and its self-check dials Traefik, which routes a solver
+/// only once its Service has a ready endpoint and its configuration reached the router (without it the CA asks
+/// before the route exists: 404).
+fn start_local_operator(node: &Node, dir: &TempDir) -> Result<ChildProcess> {
+    let control_plane = node.control_plane();
+    let metrics = node.address().socket_addr(node.address().free_port()?);
+    ChildProcess::spawn(
+        "kacme-controller",
+        Path::new(env!("CARGO_BIN_EXE_kacme")),
+        [
+            "controller".to_string(),
+            "--cluster-resource-namespace=kacme".into(),
+            format!("--solver-image={}", image_reference()),
+            format!("--metrics-address={metrics}"),
+            "--leader-elect=false".into(),
+            "--backoff-initial=2s".into(),
+            "--backoff-max=8s".into(),
+            "--self-check-deadline=60s".into(),
+            format!("--self-check-address={}:{TRAEFIK_HTTP_PORT}", kacme_testenv::BRIDGE_ADDRESS),
+        ],
+        &[("KUBECONFIG", control_plane.kubeconfig_path().as_os_str()), ("RUST_LOG", "info,kacme=debug".as_ref())],
+        dir.join("kacme-controller.log"),
+    )
+}
+
 /// The tests of this binary take turns: there is one node per machine.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Why the node tests cannot run here, if they cannot.
 fn skip_reason() -> Option<String> {
-    if std::env::var_os("KACME_SKIP_NODE_TESTS").is_some_and(|v| !v.is_empty() && v != "0") {
-        return Some("KACME_SKIP_NODE_TESTS is set".into());
-    }
-    if let Some(reason) = node_unavailable_reason() {
-        return Some(reason);
-    }
-    let install = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/env/install");
-    match std::process::Command::new(&install).arg("--check-node").output() {
-        Ok(output) if output.status.success() => None,
-        Ok(output) => Some(format!(
-            "tests/env/install --check-node: {}{}",
-            String::from_utf8_lossy(&output.stdout).trim(),
-            String::from_utf8_lossy(&output.stderr).trim()
-        )),
-        Err(error) => Some(format!("running {}: {error}", install.display())),
-    }
+    node_tests_skip_reason()
 }
 
 /// The kacme binary of the image: `$KACME_IMAGE_BINARY`, else a release build, else this test's debug build
@@ -171,28 +182,8 @@ async fn certificates_are_issued_through_solver_pods_and_traefik_on_pebble_and_s
     control_plane.create_namespace("apps").await?;
     let client = control_plane.client().await?;
 
-    // kacme as a local process (the chart's in-cluster run is the helm test's); its solver Pods use the image.
     let dir = TempDir::new("node-e2e")?;
-    let metrics = node.address().socket_addr(node.address().free_port()?);
-    let operator = ChildProcess::spawn(
-        "kacme-controller",
-        Path::new(env!("CARGO_BIN_EXE_kacme")),
-        [
-            "controller".to_string(),
-            "--cluster-resource-namespace=kacme".into(),
-            format!("--solver-image={}", image_reference()),
-            format!("--metrics-address={metrics}"),
-            "--leader-elect=false".into(),
-            "--backoff-initial=2s".into(),
-            "--backoff-max=8s".into(),
-            // Traefik routes a solver Ingress only once its Service has a ready endpoint (and then after its
-            // configuration throttle): without the self-check, the CA asks before the route exists (404).
-            "--self-check-deadline=60s".into(),
-            format!("--self-check-address={}:{TRAEFIK_HTTP_PORT}", kacme_testenv::BRIDGE_ADDRESS),
-        ],
-        &[("KUBECONFIG", control_plane.kubeconfig_path().as_os_str()), ("RUST_LOG", "info,kacme=debug".as_ref())],
-        dir.join("kacme-controller.log"),
-    )?;
+    let operator = start_local_operator(&node, &dir)?;
 
     apply(&node, &dir, &issuer_yaml("apps", "pebble", pebble.directory_url(), &pebble.ca_bundle_pem())).await?;
     apply(&node, &dir, &issuer_yaml("apps", "step-ca", step_ca.directory_url(), step_ca.root_pem())).await?;
@@ -269,25 +260,7 @@ async fn a_certificate_is_issued_through_a_solver_httproute_on_traefiks_gateway(
     control_plane.create_namespace("apps").await?;
     let client = control_plane.client().await?;
     let dir = TempDir::new("node-gateway")?;
-    let metrics = node.address().socket_addr(node.address().free_port()?);
-    let operator = ChildProcess::spawn(
-        "kacme-controller",
-        Path::new(env!("CARGO_BIN_EXE_kacme")),
-        [
-            "controller".to_string(),
-            "--cluster-resource-namespace=kacme".into(),
-            format!("--solver-image={}", image_reference()),
-            format!("--metrics-address={metrics}"),
-            "--leader-elect=false".into(),
-            "--backoff-initial=2s".into(),
-            "--backoff-max=8s".into(),
-            // Traefik accepts a route before its configuration reaches the router: the self-check waits for it.
-            "--self-check-deadline=60s".into(),
-            format!("--self-check-address={}:{TRAEFIK_HTTP_PORT}", kacme_testenv::BRIDGE_ADDRESS),
-        ],
-        &[("KUBECONFIG", control_plane.kubeconfig_path().as_os_str()), ("RUST_LOG", "info,kacme=debug".as_ref())],
-        dir.join("kacme-controller.log"),
-    )?;
+    let operator = start_local_operator(&node, &dir)?;
     let gateway = format!(
         "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata:\n  name: traefik\nspec:\n  controllerName: traefik.io/gateway-controller\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata:\n  name: web\n  namespace: apps\nspec:\n  gatewayClassName: traefik\n  listeners:\n  - name: http\n    protocol: HTTP\n    port: {TRAEFIK_HTTP_PORT}\n"
     );
@@ -630,9 +603,8 @@ async fn the_chart_runs_kacme_in_the_cluster_and_workloads_get_renewed_certifica
     // Renewal: the Secret changes, the kubelet refreshes the files in the running Pods, and new handshakes
     // present the new certificates.
     let renewal_started = Instant::now();
-    let kacme_renew = tokio::process::Command::new(env!("CARGO_BIN_EXE_kacme"))
+    let kacme_renew = user_command(&kacme_binary(), control_plane.kubeconfig_path())
         .args(["renew", "server-kacme", "-n", "apps"])
-        .env("KUBECONFIG", control_plane.kubeconfig_path())
         .output()
         .await?;
     assert!(kacme_renew.status.success(), "kacme renew: {}", String::from_utf8_lossy(&kacme_renew.stderr));

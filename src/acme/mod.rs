@@ -44,7 +44,7 @@ pub use account::{
     decode_eab_hmac_key,
 };
 pub use challenge::{CHALLENGE_PATH_PREFIX, Http01Challenge, check_challenge, check_identifier, check_token};
-pub use error::{AcmeError, DEFAULT_RETRY_DELAY, PROBLEM_PREFIX, ProblemDetail, Retry};
+pub use error::{AcmeError, DEFAULT_RETRY_DELAY, PROBLEM_PREFIX, ProblemDetail, Retry, ca_text};
 pub use http::CaTrust;
 pub use issue::{IssueOptions, Issued, issue, issue_with};
 pub use lifetime::rfc3339;

@@ -27,7 +27,7 @@ pub enum ReadError {
     Read { kind: &'static str, namespace: String, name: String, source: kube::Error },
 }
 
-/// Where to connect: the kubeconfig of KUBECONFIG (or ~/.kube/config) unless `kubeconfig` names one, with
+/// Where to connect: the kubeconfig kubectl would use (KUBECONFIG, else kubectl's default) unless `kubeconfig` names one, with
 /// its current context unless `context` names another.
 #[derive(Clone, Debug, Default)]
 pub struct Connection {

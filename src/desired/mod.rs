@@ -42,8 +42,8 @@ pub use names::{
 pub use order_status::{order_progress, order_status};
 pub use requeue::requeue_at;
 pub use secret::{
-    additional_outputs, build_certificate_secret, build_next_key_secret, keystore_password_key, outputs_annotation,
-    pkcs12_wanted, secret_rewrite_needed,
+    MAX_KEYSTORE_PASSWORD_BYTES, additional_outputs, build_certificate_secret, build_next_key_secret,
+    keystore_password, keystore_password_key, outputs_annotation, pkcs12_wanted, secret_rewrite_needed,
 };
 pub use solver_objects::{
     SOLVER_CONTAINER_NAME, SOLVER_PORT, SOLVER_PORT_NAME, SOLVER_USER_ID, SolverContext, build_solver_ingress,

@@ -9,6 +9,7 @@ use crate::api::names::{
     DEFAULT_KEYSTORE_PASSWORD_KEY, KEY_DER, KEYSTORE_P12, LABEL_CERTIFICATE, LABEL_MANAGED_BY, MANAGED_BY,
     TLS_COMBINED_PEM, TLS_CRT, TLS_KEY, TRUSTSTORE_P12,
 };
+use crate::api::validation::quoted;
 use crate::api::{Certificate, CertificateSpec, IssuerRef, OutputFormatType, Pkcs12Keystore};
 use crate::pki::{PkiError, PrivateKey};
 use k8s_openapi::ByteString;
@@ -80,6 +81,24 @@ pub fn keystore_password_key(keystore: &Pkcs12Keystore) -> &str {
     keystore.password_secret_ref.key.as_deref().unwrap_or(DEFAULT_KEYSTORE_PASSWORD_KEY)
 }
 
+/// The longest keystore password kacme uses (bytes): a password Secret is the tenant's, and its value is fed
+/// to the key derivation of every keystore written.
+pub const MAX_KEYSTORE_PASSWORD_BYTES: usize = 1024;
+
+/// The keystore password from the value of its Secret key, or why it cannot be used (the words never quote
+/// the value): absent, empty, not UTF-8 text, or longer than [`MAX_KEYSTORE_PASSWORD_BYTES`].
+pub fn keystore_password(value: Option<&[u8]>) -> Result<String, String> {
+    let Some(value) = value else { return Err("cannot be read: the Secret has no such key".into()) };
+    if value.len() > MAX_KEYSTORE_PASSWORD_BYTES {
+        return Err(format!("is longer than {MAX_KEYSTORE_PASSWORD_BYTES} bytes ({} bytes)", value.len()));
+    }
+    match std::str::from_utf8(value) {
+        Ok("") => Err("is empty".into()),
+        Ok(password) => Ok(password.to_string()),
+        Err(_) => Err("is not UTF-8 text".into()),
+    }
+}
+
 /// What `spec` asks the Secret to carry besides tls.crt, tls.key and ca.crt, as its `kacme.dev/outputs`
 /// annotation records it (empty: nothing more), for example `CombinedPEM,DER,PKCS12/Modern2023/store-pass/password`.
 /// When it differs from the Secret's, the Secret is written again from its own certificate and key.
@@ -141,10 +160,12 @@ pub fn secret_rewrite_needed(certificate: &Certificate, secret: &Secret) -> Opti
     let wanted = outputs_annotation(&certificate.spec);
     let written = secret.metadata.annotations.as_ref().and_then(|a| a.get(ANNOTATION_OUTPUTS)).map(String::as_str);
     if written.unwrap_or_default() != wanted {
+        // The Secret's annotation is whatever someone wrote there: quoted, bounded.
+        let shown = |outputs: &str| if outputs.is_empty() { "none".to_string() } else { quoted(outputs) };
         return Some(format!(
             "the Secret's additional outputs ({}) differ from the spec's ({})",
-            if written.unwrap_or_default().is_empty() { "none" } else { written.unwrap_or_default() },
-            if wanted.is_empty() { "none" } else { &wanted }
+            shown(written.unwrap_or_default()),
+            shown(&wanted)
         ));
     }
     let template = certificate.spec.secret_template.as_ref()?;
@@ -544,5 +565,32 @@ mod tests {
             None,
             "keys kacme writes itself never make it rewrite (no loop)"
         );
+    }
+
+    #[test]
+    fn a_keystore_password_is_used_only_when_it_is_bounded_text() {
+        assert_eq!(keystore_password(Some(b"s3cret")), Ok("s3cret".to_string()));
+        // (value, why)
+        let long = vec![b'a'; MAX_KEYSTORE_PASSWORD_BYTES + 1];
+        for (value, why) in [
+            (None, "no such key"),
+            (Some(&b""[..]), "is empty"),
+            (Some(&[0xff, 0xfe][..]), "not UTF-8"),
+            (Some(&long[..]), "longer than 1024 bytes"),
+        ] {
+            let error = keystore_password(value).unwrap_err();
+            assert!(error.contains(why), "{error}");
+            assert!(!error.contains("aaaa"), "the value is never quoted: {error}");
+        }
+        assert!(keystore_password(Some(&long[..MAX_KEYSTORE_PASSWORD_BYTES])).is_ok(), "the bound itself is fine");
+    }
+
+    #[test]
+    fn a_huge_outputs_annotation_is_quoted_bounded() {
+        let mut written =
+            build_certificate_secret(&certificate(), &issuer(), CHAIN, KEY, None, "server auth", BTreeMap::new());
+        written.metadata.annotations.as_mut().unwrap().insert(ANNOTATION_OUTPUTS.into(), "x".repeat(200_000));
+        let why = secret_rewrite_needed(&certificate(), &written).unwrap();
+        assert!(why.len() < 300, "{} bytes", why.len());
     }
 }

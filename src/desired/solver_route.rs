@@ -152,15 +152,13 @@ pub fn route_acceptance(route: &HTTPRoute) -> RouteAcceptance {
     if waits.is_empty() { RouteAcceptance::Accepted } else { RouteAcceptance::Waiting(waits.join("; ")) }
 }
 
-/// `reason: message` of a condition, cut to a readable length (a controller's messages can be long).
+/// `reason: message` of a condition, as another controller (whoever may write the route's status) wrote it:
+/// made safe and cut to a readable length like a CA's words ([`crate::acme::ca_text`]).
 fn verdict(condition: &Condition) -> String {
     const MAX: usize = 300;
     let message = condition.message.trim();
-    let message = match message.char_indices().nth(MAX) {
-        Some((cut, _)) => format!("{}...", &message[..cut]),
-        None => message.to_string(),
-    };
-    if message.is_empty() { condition.reason.clone() } else { format!("{}: {message}", condition.reason) }
+    let text = if message.is_empty() { condition.reason.clone() } else { format!("{}: {message}", condition.reason) };
+    crate::acme::ca_text(&text, MAX)
 }
 
 /// `Gateway ns/name` (with `listener x` and `port n` when given).

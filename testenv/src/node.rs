@@ -172,6 +172,28 @@ impl std::fmt::Debug for Node {
     }
 }
 
+/// Why the tests that need a real node cannot run here, if they cannot: `KACME_SKIP_NODE_TESTS` is set, the
+/// machine cannot start a [`Node`] ([`node_unavailable_reason`]), or `tests/env/install --check-node`
+/// refuses it. Tests print it and skip.
+pub fn node_tests_skip_reason() -> Option<String> {
+    if std::env::var_os("KACME_SKIP_NODE_TESTS").is_some_and(|v| !v.is_empty() && v != "0") {
+        return Some("KACME_SKIP_NODE_TESTS is set".into());
+    }
+    if let Some(reason) = node_unavailable_reason() {
+        return Some(reason);
+    }
+    let install = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/env/install");
+    match std::process::Command::new(&install).arg("--check-node").output() {
+        Ok(output) if output.status.success() => None,
+        Ok(output) => Some(format!(
+            "tests/env/install --check-node: {}{}",
+            String::from_utf8_lossy(&output.stdout).trim(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        )),
+        Err(error) => Some(format!("running {}: {error}", install.display())),
+    }
+}
+
 /// Why this machine cannot start a [`Node`] (not root, or the parts of `tests/env/install node` missing),
 /// or `None` when it can. Tests print it and skip.
 pub fn node_unavailable_reason() -> Option<String> {

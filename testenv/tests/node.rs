@@ -9,7 +9,7 @@
 use anyhow::{Context as _, Result, bail};
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use kacme_testenv::{
-    Node, NodeOptions, TLS_PROBE_IMAGE, host, node_is_running, node_leftovers, node_unavailable_reason, poll_until,
+    Node, NodeOptions, TLS_PROBE_IMAGE, host, node_is_running, node_leftovers, node_tests_skip_reason, poll_until,
     tls_probe_image,
 };
 use kube::api::{Api, PostParams};
@@ -20,22 +20,7 @@ use tokio::io::AsyncBufReadExt as _;
 
 /// Why the node tests cannot run here, if they cannot.
 fn skip_reason() -> Option<String> {
-    if std::env::var_os("KACME_SKIP_NODE_TESTS").is_some_and(|v| !v.is_empty() && v != "0") {
-        return Some("KACME_SKIP_NODE_TESTS is set".into());
-    }
-    if let Some(reason) = node_unavailable_reason() {
-        return Some(reason);
-    }
-    let install = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/env/install");
-    match std::process::Command::new(&install).arg("--check-node").output() {
-        Ok(output) if output.status.success() => None,
-        Ok(output) => Some(format!(
-            "tests/env/install --check-node: {}{}",
-            String::from_utf8_lossy(&output.stdout).trim(),
-            String::from_utf8_lossy(&output.stderr).trim()
-        )),
-        Err(error) => Some(format!("running {}: {error}", install.display())),
-    }
+    node_tests_skip_reason()
 }
 
 /// Host directories that containerd, CNI or the kubelet create outside the node's directory: which exist.

@@ -8,7 +8,7 @@
 //! and passes.
 
 use anyhow::Result;
-use kacme_testenv::{node_leftovers, node_unavailable_reason};
+use kacme_testenv::{node_leftovers, node_tests_skip_reason};
 use std::path::{Path, PathBuf};
 
 fn workspace() -> PathBuf {
@@ -26,23 +26,8 @@ fn kacme_release_binary() -> Option<PathBuf> {
 
 /// Why the sandbox cannot run on a real node here, if it cannot.
 fn skip_reason() -> Option<String> {
-    if std::env::var_os("KACME_SKIP_NODE_TESTS").is_some_and(|v| !v.is_empty() && v != "0") {
-        return Some("KACME_SKIP_NODE_TESTS is set".into());
-    }
-    if let Some(reason) = node_unavailable_reason() {
+    if let Some(reason) = node_tests_skip_reason() {
         return Some(reason);
-    }
-    let install = workspace().join("tests/env/install");
-    match std::process::Command::new(&install).arg("--check-node").output() {
-        Ok(output) if output.status.success() => {}
-        Ok(output) => {
-            return Some(format!(
-                "tests/env/install --check-node: {}{}",
-                String::from_utf8_lossy(&output.stdout).trim(),
-                String::from_utf8_lossy(&output.stderr).trim()
-            ));
-        }
-        Err(error) => return Some(format!("running {}: {error}", install.display())),
     }
     if kacme_release_binary().is_none() {
         return Some("no kacme release binary: `cargo build --release --bin kacme` or set KACME_IMAGE_BINARY".into());

@@ -140,6 +140,16 @@ pub fn kacme_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_kacme"))
 }
 
+/// `program` (kacme, or kubectl running the kacme plugin) pointed only at `kubeconfig`, the kubeconfig of a
+/// control plane the test started: KUBECONFIG names it and HOME is its directory, so no kubeconfig of the
+/// machine's user can be read, whatever the program's defaults.
+pub fn user_command(program: &std::path::Path, kubeconfig: &std::path::Path) -> tokio::process::Command {
+    let home = kubeconfig.parent().expect("a kubeconfig lives in a directory");
+    let mut command = tokio::process::Command::new(program);
+    command.env("KUBECONFIG", kubeconfig).env("HOME", home).env_remove("NO_COLOR").kill_on_drop(true);
+    command
+}
+
 impl OperatorEnv {
     pub async fn with_pebble(options: PebbleOptions) -> Result<OperatorEnv> {
         let ca = Ca::Pebble(Pebble::start(options).await?);

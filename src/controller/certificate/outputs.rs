@@ -6,7 +6,8 @@ use super::{NEXT_STEP, Pass};
 use crate::api::names::{ANNOTATION_USAGES, CA_CRT, TLS_CRT, TLS_KEY};
 use crate::controller::ReconcileError;
 use crate::desired::{
-    EventNote, EventReason, additional_outputs, build_certificate_secret, keystore_password_key, pkcs12_wanted,
+    EventNote, EventReason, additional_outputs, build_certificate_secret, keystore_password, keystore_password_key,
+    pkcs12_wanted,
 };
 use crate::pki::{PrivateKey, parse_private_key};
 use k8s_openapi::ByteString;
@@ -38,13 +39,9 @@ impl Pass<'_> {
             Ok(None) => return refuse("cannot be read: the Secret does not exist"),
             Err(error) => return refuse(&format!("cannot be read: {error}")),
         };
-        let Some(value) = secret.data.as_ref().and_then(|d| d.get(key)) else {
-            return refuse("cannot be read: the Secret has no such key");
-        };
-        match std::str::from_utf8(&value.0) {
-            Ok("") => refuse("is empty"),
-            Ok(password) => Ok(Some(password.to_string())),
-            Err(_) => refuse("is not UTF-8 text"),
+        match keystore_password(secret.data.as_ref().and_then(|d| d.get(key)).map(|v| v.0.as_slice())) {
+            Ok(password) => Ok(Some(password)),
+            Err(why) => refuse(&why),
         }
     }
 
