@@ -208,3 +208,96 @@ pub struct SecretObjectReference {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
 }
+
+/// The spec of a ReferenceGrant (`v1beta1`): objects of the kinds in `from`, in those namespaces, may refer to
+/// objects of the kinds in `to` in the ReferenceGrant's own namespace.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "gateway.networking.k8s.io",
+    version = "v1beta1",
+    kind = "ReferenceGrant",
+    plural = "referencegrants",
+    namespaced,
+    schema = "disabled"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ReferenceGrantSpec {
+    /// Who may refer.
+    #[serde(default)]
+    pub from: Vec<ReferenceGrantFrom>,
+    /// To what.
+    #[serde(default)]
+    pub to: Vec<ReferenceGrantTo>,
+}
+
+/// Objects that a ReferenceGrant allows to refer: a group, a kind and a namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReferenceGrantFrom {
+    /// The group (`""` is the core group).
+    #[serde(default)]
+    pub group: String,
+    /// The kind.
+    #[serde(default)]
+    pub kind: String,
+    /// The namespace.
+    #[serde(default)]
+    pub namespace: String,
+}
+
+/// Objects that a ReferenceGrant allows to be referred to: a group, a kind, and one name or all.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReferenceGrantTo {
+    /// The group (`""` is the core group).
+    #[serde(default)]
+    pub group: String,
+    /// The kind.
+    #[serde(default)]
+    pub kind: String,
+    /// One object; every object of the kind when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// The API group of the Gateway API's experimental resources (`XListenerSet`).
+pub const GATEWAY_API_EXPERIMENTAL_GROUP: &str = "gateway.networking.x-k8s.io";
+
+/// The spec of an XListenerSet (experimental channel, `v1alpha1`): more listeners for one Gateway, kept in
+/// another object (and possibly another namespace) than the Gateway.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "gateway.networking.x-k8s.io",
+    version = "v1alpha1",
+    kind = "XListenerSet",
+    plural = "xlistenersets",
+    namespaced,
+    schema = "disabled"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct XListenerSetSpec {
+    /// The Gateway the listeners join.
+    #[serde(default)]
+    pub parent_ref: ParentGatewayReference,
+    /// The listeners (the same fields as a Gateway's).
+    #[serde(default)]
+    pub listeners: Vec<Listener>,
+}
+
+/// The Gateway an XListenerSet belongs to.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ParentGatewayReference {
+    /// The group; `gateway.networking.k8s.io` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// The kind; `Gateway` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// The Gateway's name.
+    #[serde(default)]
+    pub name: String,
+    /// The Gateway's namespace; the XListenerSet's when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}

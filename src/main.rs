@@ -225,6 +225,11 @@ struct ControllerArgs {
     /// Create Certificates for Ingresses annotated kacme.dev/issuer or kacme.dev/cluster-issuer.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     ingress_certificates: bool,
+    /// Create Certificates for Gateways (and XListenerSets) annotated kacme.dev/issuer or
+    /// kacme.dev/cluster-issuer: one per Secret their HTTPS listeners name. Only where the Gateway API CRDs are
+    /// installed when kacme starts.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    gateway_certificates: bool,
     /// Keep one Certificate per workload whose Pods the admission webhook marked (kacme.dev/workload), in the
     /// namespaces the webhook selects (only with --webhook-address).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
@@ -496,6 +501,7 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     let webhook = webhook_config(&args)?;
     let automation = kacme::controller::AutomationConfig {
         ingresses: args.ingress_certificates,
+        gateways: args.gateway_certificates,
         // Only with the webhook: the workload controller acts in the namespaces it selects.
         workloads: webhook.as_ref().filter(|_| args.workload_certificates).map(|webhook| {
             kacme::controller::WorkloadConfig {

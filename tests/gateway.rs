@@ -159,3 +159,145 @@ async fn a_gateway_that_refuses_the_solver_route_is_named_on_the_certificate_unt
     })
     .await
 }
+
+/// A Gateway annotated `kacme.dev/issuer` with an HTTP listener (where the solver routes attach) and HTTPS
+/// listeners: `https` (shop.example.test, Secret shop-tls), `api` (api.example.test, Secret api-tls in the
+/// namespace `certs`) and `taken` (a Secret whose Certificate name someone else holds).
+fn annotated_gateway_yaml(https_listener: bool) -> String {
+    let https = if https_listener {
+        "  - name: https\n    port: 443\n    protocol: HTTPS\n    hostname: shop.example.test\n    tls:\n      certificateRefs:\n      - name: shop-tls\n"
+    } else {
+        ""
+    };
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata:\n  name: shop\n  namespace: apps\n  annotations:\n    kacme.dev/issuer: gw\nspec:\n  gatewayClassName: stand-in\n  listeners:\n  - name: http\n    port: 80\n    protocol: HTTP\n{https}  - name: api\n    port: 443\n    protocol: HTTPS\n    hostname: api.example.test\n    tls:\n      certificateRefs:\n      - name: api-tls\n        namespace: certs\n  - name: taken\n    port: 8443\n    protocol: HTTPS\n    hostname: taken.example.test\n    tls:\n      certificateRefs:\n      - name: taken\n"
+    )
+}
+
+const REFERENCE_GRANT: &str = "apiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\nmetadata:\n  name: gateways-from-apps\n  namespace: certs\nspec:\n  from:\n  - group: gateway.networking.k8s.io\n    kind: Gateway\n    namespace: apps\n  to:\n  - group: \"\"\n    kind: Secret\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn annotated_gateways_get_a_certificate_per_listener_secret_and_other_namespaces_need_a_reference_grant() {
+    within(240, async {
+        let env = OperatorEnv::with_pebble_and_gateway_api(PebbleOptions::default(), &[]).await.unwrap();
+        env.control_plane.create_namespace("certs").await.unwrap();
+        env.apply(&route_issuer_yaml(&env, "          - name: shop\n            sectionName: http\n")).await.unwrap();
+        // The Certificate in `certs` is issued by the Issuer `gw` there (an Ingress solver, on the stand-in).
+        env.apply(&env.issuer_yaml("certs", "gw")).await.unwrap();
+        // Someone else's Certificate named like the `taken` listener's Secret: left alone.
+        let other = certificate_yaml("taken", &["someone.example.test"], &env.ca.ip().to_string())
+            .replace("secretName: taken-tls", "secretName: theirs");
+        env.apply(&other).await.unwrap();
+        let started = Instant::now();
+        env.apply(&annotated_gateway_yaml(true)).await.unwrap();
+
+        // The HTTPS listener's Secret: a Certificate controlled by the Gateway, issued through an HTTPRoute.
+        let shop = env.wait_ready("apps", "shop-tls", Duration::from_secs(60)).await.unwrap();
+        eprintln!("annotated Gateway: apply -> Ready in {:.2}s", started.elapsed().as_secs_f64());
+        assert_eq!(shop.spec.dns_names, ["shop.example.test"]);
+        assert_eq!(shop.spec.secret_name, "shop-tls");
+        let owner = &shop.owner_references()[0];
+        assert_eq!((owner.kind.as_str(), owner.name.as_str(), owner.controller), ("Gateway", "shop", Some(true)));
+        assert_eq!(shop.labels().get("kacme.dev/source").map(String::as_str), Some("gateway"));
+        let secret = env.secrets("apps").get("shop-tls").await.unwrap();
+        let leaf = parse_chain(&secret.data.unwrap()[TLS_CRT].0).unwrap().leaf;
+        assert_eq!(leaf.dns_names, ["shop.example.test"]);
+
+        // The Secret in `certs` needs a ReferenceGrant there; until then the Gateway says why it has none.
+        let gateway_events = |reason: &'static str, text: &'static str| {
+            let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(env.client.clone(), "apps");
+            async move {
+                events.list(&ListParams::default()).await.unwrap().items.into_iter().any(|e| {
+                    e.regarding.as_ref().is_some_and(|r| r.kind.as_deref() == Some("Gateway"))
+                        && e.reason.as_deref() == Some(reason)
+                        && e.note.as_deref().is_some_and(|n| n.contains(text))
+                })
+            }
+        };
+        poll_until("a ListenerSkipped Event naming the missing grant", Duration::from_secs(20), || async {
+            gateway_events("ListenerSkipped", "no ReferenceGrant in certs").await
+        })
+        .await;
+        poll_until("a CertificateConflict Event for the taken name", Duration::from_secs(20), || async {
+            gateway_events("CertificateConflict", "apps/taken exists and is not controlled by this Gateway").await
+        })
+        .await;
+        assert!(env.certificates("certs").get_opt("api-tls").await.unwrap().is_none());
+        let theirs = env.certificates("apps").get("taken").await.unwrap();
+        assert_eq!(theirs.spec.dns_names, ["someone.example.test"], "someone else's Certificate is left alone");
+
+        // With the grant: a Certificate in `certs`, no owner reference (none can cross namespaces), the
+        // Gateway's UID recorded, issued by the Issuer of `certs`.
+        env.apply(REFERENCE_GRANT).await.unwrap();
+        let api = env.wait_ready("certs", "api-tls", Duration::from_secs(60)).await.unwrap();
+        let gateway_uid = Api::<kacme::gateway_api::Gateway>::namespaced(env.client.clone(), "apps")
+            .get("shop")
+            .await
+            .unwrap()
+            .uid()
+            .unwrap();
+        assert_eq!(api.spec.dns_names, ["api.example.test"]);
+        assert!(api.owner_references().is_empty());
+        assert_eq!(api.labels().get("kacme.dev/owner-uid"), Some(&gateway_uid));
+        assert_eq!(api.annotations().get("kacme.dev/owner").map(String::as_str), Some("Gateway apps/shop"));
+
+        // The grant withdrawn: the Certificate it allowed goes.
+        Api::<kacme::gateway_api::ReferenceGrant>::namespaced(env.client.clone(), "certs")
+            .delete("gateways-from-apps", &Default::default())
+            .await
+            .unwrap();
+        env.wait_certificate_gone("certs", "api-tls", Duration::from_secs(20)).await.unwrap();
+
+        // A listener removed: its Certificate goes; the Gateway deleted: the one in `certs` goes too.
+        env.apply(REFERENCE_GRANT).await.unwrap();
+        env.wait_certificate("certs", "api-tls", Duration::from_secs(20), "the grant is back", |_| true).await.unwrap();
+        env.apply(&annotated_gateway_yaml(false)).await.unwrap();
+        env.wait_certificate_gone("apps", "shop-tls", Duration::from_secs(20)).await.unwrap();
+        Api::<kacme::gateway_api::Gateway>::namespaced(env.client.clone(), "apps")
+            .delete("shop", &Default::default())
+            .await
+            .unwrap();
+        env.wait_certificate_gone("certs", "api-tls", Duration::from_secs(40)).await.unwrap();
+        let theirs = env.certificates("apps").get("taken").await.unwrap();
+        assert_eq!(theirs.spec.dns_names, ["someone.example.test"], "someone else's Certificate is still there");
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_annotated_xlistenerset_gets_certificates_like_a_gateway_and_loses_them_with_the_annotation() {
+    within(180, async {
+        let env = OperatorEnv::with_pebble_and_gateway_api(PebbleOptions::default(), &[]).await.unwrap();
+        env.apply(&gateway_yaml("web", "")).await.unwrap();
+        env.apply(&route_issuer_yaml(&env, "          - name: web\n            sectionName: http\n")).await.unwrap();
+        let listener_set = |annotation: &str| {
+            format!(
+                "apiVersion: gateway.networking.x-k8s.io/v1alpha1\nkind: XListenerSet\nmetadata:\n  name: team\n  namespace: apps\n{annotation}spec:\n  parentRef:\n    name: web\n  listeners:\n  - name: team\n    port: 443\n    protocol: HTTPS\n    hostname: team.example.test\n    tls:\n      certificateRefs:\n      - name: team-tls\n"
+            )
+        };
+        env.apply(&listener_set("  annotations:\n    kacme.dev/issuer: gw\n")).await.unwrap();
+        let team = env.wait_ready("apps", "team-tls", Duration::from_secs(60)).await.unwrap();
+        assert_eq!(team.spec.dns_names, ["team.example.test"]);
+        let owner = &team.owner_references()[0];
+        assert_eq!((owner.kind.as_str(), owner.name.as_str()), ("XListenerSet", "team"));
+        assert_eq!(team.labels().get("kacme.dev/source").map(String::as_str), Some("listenerset"));
+        // The annotation removed (a merge patch setting it to null).
+        let mut without: serde_json::Value = serde_yaml::from_str(&listener_set("")).unwrap();
+        without["metadata"]["annotations"] = serde_json::json!({ "kacme.dev/issuer": null });
+        Api::<kacme::gateway_api::XListenerSet>::namespaced(env.client.clone(), "apps")
+            .patch("team", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&without))
+            .await
+            .unwrap();
+        env.wait_certificate_gone("apps", "team-tls", Duration::from_secs(20)).await.unwrap();
+    })
+    .await
+}
+
+/// Polls `check` every 200 ms until it holds, failing after `timeout`.
+async fn poll_until<F: std::future::Future<Output = bool>>(what: &str, timeout: Duration, check: impl Fn() -> F) {
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

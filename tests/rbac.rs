@@ -87,6 +87,12 @@ const NOT_SEEN_AS_REQUESTS: &[(&str, &str)] = &[
         "deletecollection httproutes",
         "the gatewayHTTPRoute solver's rights (tests/gateway.rs); no Gateway API CRDs here",
     ),
+    ("list gateways", "annotated Gateways (tests/gateway.rs, tests/node_e2e.rs); this run has no Gateway API CRDs"),
+    ("watch gateways", "annotated Gateways (tests/gateway.rs, tests/node_e2e.rs); no Gateway API CRDs here"),
+    ("list referencegrants", "Gateways' cross-namespace Secrets (tests/gateway.rs); no Gateway API CRDs here"),
+    ("watch referencegrants", "Gateways' cross-namespace Secrets (tests/gateway.rs); no Gateway API CRDs here"),
+    ("list xlistenersets", "annotated XListenerSets (tests/gateway.rs); no Gateway API CRDs here"),
+    ("watch xlistenersets", "annotated XListenerSets (tests/gateway.rs); no Gateway API CRDs here"),
     ("get certificates", "a Certificate is read afresh when the cache may predate kacme's own status write"),
     (
         "get issuers",

@@ -1,4 +1,4 @@
-//! The reconcilers behind automatic certificates: annotated Ingresses, workloads marked by the admission
+//! The reconcilers behind automatic certificates: annotated Ingresses and Gateways, workloads marked by the admission
 //! webhook, and the CA bundle ConfigMaps. They run with the Certificate reconcilers, under the same leader
 //! Lease, and only create, update or delete Certificates and ConfigMaps: issuance stays with the
 //! Certificate reconciler.
@@ -12,6 +12,9 @@ use std::future::Future;
 pub struct AutomationConfig {
     /// Certificates for Ingresses annotated `kacme.dev/issuer` / `kacme.dev/cluster-issuer`.
     pub ingresses: bool,
+    /// Certificates for Gateways (and XListenerSets) annotated `kacme.dev/issuer` / `kacme.dev/cluster-issuer`,
+    /// where the Gateway API is served.
+    pub gateways: bool,
     /// One Certificate per workload whose Pods the admission webhook marked `kacme.dev/workload`, in the
     /// namespaces the webhook selects; off unless set.
     pub workloads: Option<super::workload::WorkloadConfig>,
@@ -28,6 +31,7 @@ pub async fn run_automation(
     let shutdown = crate::shutdown::Shutdown::on(shutdown);
     let stopped = || shutdown.stopped();
     let ingresses = config.ingresses.then(|| super::ingress::run_ingress_controller(client.clone(), stopped()));
+    let gateways = config.gateways.then(|| super::gateway::run_gateway_controllers(client.clone(), shutdown.clone()));
     let workloads =
         config.workloads.clone().map(|c| super::workload::run_workload_controller(client.clone(), c, stopped()));
     let ca_bundle =
@@ -39,6 +43,7 @@ pub async fn run_automation(
     };
     tokio::join!(
         optional(ingresses.map(futures::FutureExt::boxed)),
+        optional(gateways.map(futures::FutureExt::boxed)),
         optional(workloads.map(futures::FutureExt::boxed)),
         optional(ca_bundle.map(futures::FutureExt::boxed))
     );

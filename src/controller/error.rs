@@ -37,6 +37,9 @@ pub enum ReconcileError {
     /// An issuer's policy could not be checked (its issuer or namespace could not be read).
     #[error("{0}")]
     PolicyUnchecked(String),
+    /// A watch cache a reconcile reads did not fill in time (its list keeps failing, or kacme lacks the right).
+    #[error("the cache of {0} is not filled yet")]
+    CacheNotReady(String),
     /// A revocation the issuer's policy asks for could not be done yet.
     #[error("{0}")]
     Revocation(String),
@@ -79,9 +82,10 @@ impl ReconcileError {
     /// The metric label of the error kind.
     pub fn metric_label(&self) -> &'static str {
         match self {
-            ReconcileError::Kube { .. } | ReconcileError::PolicyUnchecked(_) | ReconcileError::SecretVanished(_) => {
-                "kube"
-            }
+            ReconcileError::Kube { .. }
+            | ReconcileError::PolicyUnchecked(_)
+            | ReconcileError::SecretVanished(_)
+            | ReconcileError::CacheNotReady(_) => "kube",
             ReconcileError::Acme(_) | ReconcileError::Revocation(_) => "acme",
             ReconcileError::MissingField(_) | ReconcileError::Serialize { .. } => "invalid_object",
             ReconcileError::Finalizer(_) | ReconcileError::RemoveSolverObjects(_) => "finalizer",

@@ -7,14 +7,12 @@
 
 use super::ReconcileError;
 use super::events::EventPublisher;
-use super::owned_certificates::{apply_certificate, delete_certificate, same_request};
-use super::sweep::{plan_sweep, run_sweep};
+use super::owned_certificates::Requester;
 use crate::api::Certificate;
 use crate::api::names::LABEL_SOLVER;
 use crate::automatic::annotations::{ANNOTATION_CLUSTER_ISSUER, ANNOTATION_ISSUER, LABEL_SOURCE, SOURCE_INGRESS};
 use crate::automatic::certificate::controlled_by;
 use crate::automatic::ingress::desired_ingress_certificates;
-use crate::issuer_policy::{PolicyRefusal, check_certificate_policy};
 use futures::StreamExt;
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{Api, PartialObjectMeta};
@@ -115,75 +113,18 @@ async fn reconcile_ingress(
     } else {
         Vec::new()
     };
-    let desired = permitted_by_policy(&ctx, &meta, desired, &owned).await?;
-    let certificates: Api<Certificate> = Api::namespaced(ctx.client.clone(), &namespace);
-    let (ctx, meta, uid, namespace, owned_now) = (&ctx, &meta, &uid, &namespace, &owned);
-    run_sweep(
-        plan_sweep(&desired, &owned, same_request),
-        |certificate| {
-            let certificates = certificates.clone();
-            async move {
-                let name = certificate.name_any();
-                if !owned_now.iter().any(|c| c.name_any() == name) {
-                    // Not ours (yet): never take over a Certificate that something else created.
-                    let existing = certificates
-                        .get_opt(&name)
-                        .await
-                        .map_err(|e| ReconcileError::kube(format!("reading Certificate {namespace}/{name}"), e))?;
-                    if let Some(existing) = existing
-                        && !controlled_by(existing.metadata.owner_references.as_deref(), uid)
-                    {
-                        tracing::warn!(certificate = %name, "a Certificate of that name exists and is not this Ingress's; leaving it");
-                        let message =
-                            format!("Certificate {name} exists and is not controlled by this Ingress; leaving it alone");
-                        publish(ctx, meta, true, "CertificateConflict", message).await;
-                        return Ok(());
-                    }
-                }
-                apply_certificate(&ctx.client, certificate).await?;
-                tracing::info!(certificate = %name, dns_names = ?certificate.spec.dns_names, "Certificate for Ingress applied");
-                Ok(())
-            }
-        },
-        |leftover| async move {
-            delete_certificate(&ctx.client, namespace, &leftover.name_any(), leftover.uid()).await?;
-            tracing::info!(certificate = %leftover.name_any(), "Certificate the Ingress no longer asks for deleted");
-            let message = format!("Deleted Certificate {}: the Ingress no longer asks for it", leftover.name_any());
-            publish(ctx, meta, false, "CertificateDeleted", message).await;
-            Ok(())
-        },
-    )
-    .await?;
+    let requester = requester(&ctx, &meta);
+    let desired = requester.permitted(desired, &owned).await?;
+    requester
+        .sync(&desired, &owned, |existing| controlled_by(existing.metadata.owner_references.as_deref(), &uid))
+        .await?;
     Ok(Action::await_change())
 }
 
-/// The Certificates of `desired` that their issuers' policies permit. A refused one gets an Event on the
-/// Ingress and is not created; one that exists already stays as it is (its status says `NotPermitted`).
-async fn permitted_by_policy(
-    ctx: &IngressContext,
-    meta: &PartialObjectMeta<Ingress>,
-    desired: Vec<Certificate>,
-    owned: &[Arc<Certificate>],
-) -> Result<Vec<Certificate>, ReconcileError> {
-    let mut permitted = Vec::with_capacity(desired.len());
-    for certificate in desired {
-        match check_certificate_policy(&ctx.client, &certificate).await {
-            Ok(()) => permitted.push(certificate),
-            Err(PolicyRefusal::NotPermitted(message)) => {
-                let name = certificate.name_any();
-                publish(ctx, meta, true, "NotPermitted", format!("no Certificate {name}: {message}")).await;
-                if let Some(existing) = owned.iter().find(|c| c.name_any() == name) {
-                    permitted.push(existing.as_ref().clone());
-                }
-            }
-            Err(unchecked @ PolicyRefusal::Unchecked(_)) => {
-                return Err(ReconcileError::PolicyUnchecked(unchecked.to_string()));
-            }
-        }
-    }
-    Ok(permitted)
+fn requester<'a>(ctx: &'a IngressContext, meta: &PartialObjectMeta<Ingress>) -> Requester<'a> {
+    Requester { client: &ctx.client, events: &ctx.events, object: meta.object_ref(&()), kind: "Ingress" }
 }
 
 async fn publish(ctx: &IngressContext, meta: &PartialObjectMeta<Ingress>, warning: bool, reason: &str, note: String) {
-    ctx.events.publish_to(&meta.object_ref(&()), "Certificates", warning, reason, note).await;
+    requester(ctx, meta).publish(warning, reason, note).await;
 }

@@ -11,6 +11,7 @@ mod certificate;
 mod context;
 mod error;
 mod events;
+mod gateway;
 mod ingress;
 mod isolation;
 mod issuer;
