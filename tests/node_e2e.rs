@@ -16,13 +16,14 @@ use kacme::api::names::{CA_CRT, TLS_CRT};
 use kacme::pki::{parse_ca_bundle, parse_chain, verify_chain};
 use kacme_testenv::{
     ChildProcess, KACME_IMAGE_REPOSITORY, Node, NodeOptions, Pebble, PebbleOptions, StepCa, StepCaOptions,
-    TLS_PROBE_IMAGE, TRAEFIK_HTTP_PORT, TRAEFIK_INGRESS_CLASS, TempDir, kacme_image, node_tests_skip_reason,
-    poll_until, tls_probe_image,
+    TLS_PROBE_IMAGE, TRAEFIK_HTTP_PORT, TRAEFIK_HTTPS_PORT, TRAEFIK_INGRESS_CLASS, TempDir, kacme_image,
+    node_tests_skip_reason, poll_until, tls_probe_image,
 };
 use kube::ResourceExt as _;
 use kube::api::{Api, ListParams};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// `kacme controller` as a local process against the node's control plane (the chart's in-cluster run is the
@@ -296,11 +297,44 @@ async fn a_certificate_is_issued_through_a_solver_httproute_on_traefiks_gateway(
         Ok(if left.is_empty() { Ok(()) } else { Err(format!("{} left", left.len())) })
     })
     .await?;
+
+    // The user's path for a Gateway's own certificate: annotate the Gateway and give it an HTTPS listener
+    // naming a Secret; kacme issues it (through the same Gateway's HTTP listener) and Traefik serves it.
+    let annotated_started = Instant::now();
+    let annotated = format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata:\n  name: web\n  namespace: apps\n  annotations:\n    kacme.dev/issuer: pebble\nspec:\n  gatewayClassName: traefik\n  listeners:\n  - name: http\n    protocol: HTTP\n    port: {TRAEFIK_HTTP_PORT}\n  - name: https\n    protocol: HTTPS\n    port: {TRAEFIK_HTTPS_PORT}\n    hostname: secure.gateway.node.test\n    tls:\n      certificateRefs:\n      - name: secure-tls\n"
+    );
+    apply(&node, &dir, &annotated).await?;
+    wait_ready_watching_solvers(&client, "apps", "secure-tls", &mut solver_containers, &operator).await?;
+    let secret =
+        Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), "apps").get("secure-tls").await?;
+    let data = secret.data.context("the Secret has data")?;
+    let issued = leaf_fingerprint(&data[TLS_CRT].0)?;
+    let address = std::net::SocketAddr::from((kacme_testenv::BRIDGE_ADDRESS, TRAEFIK_HTTPS_PORT));
+    let ca_crt = data[CA_CRT].0.clone();
+    // Traefik loads the Secret from its watch: until then it presents its own default certificate, which
+    // does not verify against ca.crt.
+    let served = poll_until(
+        "Traefik to serve the issued certificate",
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        || async {
+            Ok(match served_leaf(address, "secure.gateway.node.test", &ca_crt).await {
+                Ok(served) if served == issued => Ok(served),
+                Ok(other) => Err(format!("Traefik presents {other}, not the issued {issued}")),
+                Err(e) => Err(format!("{e:#}")),
+            })
+        },
+    )
+    .await?;
     eprintln!(
         "node gateway e2e: node with Traefik and the Gateway API Ready after {:.1}s; issued through Traefik's \
-         Gateway {:.1}s after the Certificate was created; solver containers: {solver_containers:?}",
+         Gateway {:.1}s after the Certificate was created; the annotated Gateway's listener served its issued \
+         certificate (leaf {served}, verified against ca.crt for secure.gateway.node.test) {:.1}s after the \
+         annotation; solver containers: {solver_containers:?}",
         node_ready.as_secs_f64(),
-        issued_after.as_secs_f64()
+        issued_after.as_secs_f64(),
+        annotated_started.elapsed().as_secs_f64(),
     );
     drop(operator);
     drop(pebble);
@@ -309,6 +343,31 @@ async fn a_certificate_is_issued_through_a_solver_httproute_on_traefiks_gateway(
     let left = kacme_testenv::node_leftovers();
     assert!(left.is_empty(), "left on the host: {left:?}");
     Ok(())
+}
+
+/// The SHA-256 of the leaf certificate that the TLS server at `address` presents for `server_name`, after
+/// verifying its chain and name against the PEM roots `ca_pem` (no client certificate).
+async fn served_leaf(address: std::net::SocketAddr, server_name: &str, ca_pem: &[u8]) -> Result<String> {
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem) {
+        roots.add(certificate?)?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from(server_name.to_string())?;
+    let handshake = async {
+        let stream = tokio::net::TcpStream::connect(address).await?;
+        anyhow::Ok(tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, stream).await?)
+    };
+    let tls = tokio::time::timeout(Duration::from_secs(5), handshake)
+        .await
+        .with_context(|| format!("the TLS handshake with {address} timed out"))??;
+    let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).context("no server certificate")?;
+    let pem = pem::encode(&pem::Pem::new("CERTIFICATE", leaf.to_vec()));
+    leaf_fingerprint(pem.as_bytes())
 }
 
 /// The probe binary of kacme-testenv, built beside this test (`cargo test --workspace` builds it; alone:

@@ -63,8 +63,8 @@ pub use image::{
 pub use loopback::LoopbackAddress;
 pub use node::{
     BRIDGE, BRIDGE_ADDRESS, CrashedNodeCleanup, GUARD_CHAIN, NODE_NAME, NODE_ROOT, Node, NodeOptions, POD_SUBNET,
-    TRAEFIK_HTTP_PORT, TRAEFIK_INGRESS_CLASS, clean_up_crashed_node, last_node_logs_dir, node_is_running,
-    node_leftovers, node_tests_skip_reason, node_unavailable_reason,
+    TRAEFIK_HTTP_PORT, TRAEFIK_HTTPS_PORT, TRAEFIK_INGRESS_CLASS, clean_up_crashed_node, last_node_logs_dir,
+    node_is_running, node_leftovers, node_tests_skip_reason, node_unavailable_reason,
 };
 pub use pebble::{EabCredentials, Pebble, PebbleOptions};
 pub use proc_stats::{

@@ -34,6 +34,9 @@ pub const POD_SUBNET: &str = "10.213.0.0/24";
 /// The port of Traefik's `web` entry point on [`BRIDGE_ADDRESS`]: port 80, where the CAs dial HTTP-01 (their DNS
 /// answers every name with [`BRIDGE_ADDRESS`]).
 pub const TRAEFIK_HTTP_PORT: u16 = 80;
+/// The port of Traefik's `websecure` entry point on [`BRIDGE_ADDRESS`]: Gateway listeners on this port (HTTPS,
+/// TLS) are served there, with the certificates their `certificateRefs` name.
+pub const TRAEFIK_HTTPS_PORT: u16 = 443;
 /// The port of Traefik's `/ping` on [`BRIDGE_ADDRESS`] (its readiness check).
 const TRAEFIK_PING_PORT: u16 = 9000;
 /// The IngressClass the node creates for Traefik (the default class: Ingresses without a class get it).
@@ -677,7 +680,7 @@ fn cni_config(ipam_dir: &Path) -> String {
     .expect("a JSON value always serializes")
 }
 
-/// Traefik's static configuration: the web entry point on the bridge address, `/ping` for readiness, the
+/// Traefik's static configuration: the web and websecure entry points on the bridge address, `/ping` for readiness, the
 /// Kubernetes Ingress provider (publishing the bridge address in Ingress status), the Gateway API provider
 /// when `gateway_crds`, nothing sent home.
 fn traefik_config_yaml(gateway_crds: bool) -> String {
@@ -691,6 +694,7 @@ fn traefik_config_yaml(gateway_crds: bool) -> String {
         "global": { "checkNewVersion": false, "sendAnonymousUsage": false },
         "entryPoints": {
             "web": { "address": format!("{BRIDGE_ADDRESS}:{TRAEFIK_HTTP_PORT}") },
+            "websecure": { "address": format!("{BRIDGE_ADDRESS}:{TRAEFIK_HTTPS_PORT}") },
             "traefik": { "address": format!("{BRIDGE_ADDRESS}:{TRAEFIK_PING_PORT}") },
         },
         "ping": { "entryPoint": "traefik" },
