@@ -69,15 +69,15 @@ enum Command {
         #[arg(short, long, value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,
     },
-    /// Convert cert-manager ACME Issuers, ClusterIssuers, Certificates and ingress-shim annotations of
-    /// Ingresses to kacme's, from files (-f) or from the cluster (--from-cluster); prints the kacme manifests
+    /// Convert cert-manager ACME Issuers, ClusterIssuers, Certificates and the ingress-shim and gateway-shim
+    /// annotations of Ingresses and Gateways to kacme's, from files (-f) or from the cluster (--from-cluster); prints the kacme manifests
     /// on stdout, with what could not be converted, and why, as comments at the top (and on stderr).
     /// Nothing is applied: review, then `kubectl apply -f`.
     Import {
         /// Files or directories of YAML manifests (`-` for stdin); repeatable.
         #[arg(short = 'f', long = "filename")]
         files: Vec<PathBuf>,
-        /// Read cert-manager's objects and annotated Ingresses from the cluster (with your kubeconfig).
+        /// Read cert-manager's objects and annotated Ingresses and Gateways from the cluster (with your kubeconfig).
         #[arg(long)]
         from_cluster: bool,
         /// With --from-cluster: every namespace instead of one.

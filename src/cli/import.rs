@@ -1,5 +1,5 @@
-//! `kacme import`: cert-manager's ACME Issuers and ClusterIssuers, its Certificates and the ingress-shim
-//! annotations of Ingresses, converted to kacme's objects, with a list of what cannot be converted and why.
+//! `kacme import`: cert-manager's ACME Issuers and ClusterIssuers, its Certificates and the ingress-shim and
+//! gateway-shim annotations of Ingresses and Gateways, converted to kacme's objects, with a list of what cannot be converted and why.
 //!
 //! Pure code: manifests in (as cert-manager's documentation writes them, or as read from a cluster), kacme
 //! manifests and notes out. Whatever kacme cannot do the same way is never converted silently: an object
@@ -65,7 +65,7 @@ pub fn parse_manifests(text: &str) -> Result<Vec<Value>, serde_yaml::Error> {
 }
 
 /// Converts every cert-manager object of `manifests`; other objects are left out without a note, except
-/// Ingresses, whose cert-manager annotations are converted.
+/// Ingresses and Gateways, whose cert-manager annotations (ingress-shim, gateway-shim) are converted.
 pub fn convert(manifests: &[Value]) -> Conversion {
     let mut conversion = Conversion::default();
     for manifest in manifests {
@@ -81,7 +81,8 @@ pub fn convert(manifests: &[Value]) -> Conversion {
                 Outcome::Skipped,
                 "kacme keeps this state in the Certificate's status; nothing to convert",
             ),
-            ("networking.k8s.io", "Ingress") => convert_ingress(manifest, &mut conversion),
+            ("networking.k8s.io", "Ingress") => convert_annotated(manifest, "Ingress", &mut conversion),
+            ("gateway.networking.k8s.io", "Gateway") => convert_annotated(manifest, "Gateway", &mut conversion),
             _ => {}
         }
     }
@@ -250,7 +251,11 @@ fn convert_issuer(manifest: &Value, cluster: bool, conversion: &mut Conversion) 
         }
     }
     if solvers.is_empty() {
-        conversion.note(&object, Outcome::Skipped, "no solver kacme can use (kacme solves HTTP-01 through Ingresses)");
+        conversion.note(
+            &object,
+            Outcome::Skipped,
+            "no solver kacme can use (kacme solves HTTP-01 through Ingresses or Gateway API HTTPRoutes)",
+        );
         return;
     }
     out.insert("solvers".into(), Value::Array(solvers));
@@ -285,12 +290,16 @@ fn convert_solver(solver: &Value, object: &str, index: usize, conversion: &mut C
         conversion.note(object, Outcome::Dropped, format!("{path}: neither http01 nor dns01"));
         return None;
     };
+    let selector = solver.get("selector").map(|selector| {
+        let mut kept = Map::new();
+        copy(selector, &mut kept, &["dnsNames", "dnsZones", "matchLabels"]);
+        Value::Object(kept)
+    });
+    if let Some(route) = http01.get("gatewayHTTPRoute") {
+        return convert_route_solver(route, selector, object, &path, conversion);
+    }
     let Some(ingress) = http01.get("ingress") else {
-        conversion.note(
-            object,
-            Outcome::Dropped,
-            format!("{path}.http01: only the ingress solver has a kacme equivalent (gatewayHTTPRoute is planned)"),
-        );
+        conversion.note(object, Outcome::Dropped, format!("{path}.http01: neither ingress nor gatewayHTTPRoute"));
         return None;
     };
     if ingress.get("name").is_some() {
@@ -325,28 +334,10 @@ fn convert_solver(solver: &Value, object: &str, index: usize, conversion: &mut C
         out.insert("ingressTemplate".into(), Value::Object(kept));
     }
     if let Some(template) = ingress.get("podTemplate") {
-        let mut kept = Map::new();
-        if let Some(meta) = template.get("metadata") {
-            let mut metadata = Map::new();
-            copy(meta, &mut metadata, &["labels", "annotations"]);
-            kept.insert("metadata".into(), Value::Object(metadata));
-        }
-        if let Some(spec) = template.get("spec") {
-            let known =
-                ["nodeSelector", "tolerations", "affinity", "priorityClassName", "imagePullSecrets", "resources"];
-            let mut pod_spec = Map::new();
-            copy(spec, &mut pod_spec, &known);
-            kept.insert("spec".into(), Value::Object(pod_spec));
-            drop_unknown(
-                spec,
-                &known,
-                object,
-                &format!("{path}.http01.ingress.podTemplate.spec"),
-                "kacme's solver Pod is hardened and takes only scheduling fields",
-                conversion,
-            );
-        }
-        out.insert("podTemplate".into(), Value::Object(kept));
+        out.insert(
+            "podTemplate".into(),
+            convert_pod_template(template, object, &format!("{path}.http01.ingress"), conversion),
+        );
     }
     drop_unknown(
         ingress,
@@ -356,14 +347,86 @@ fn convert_solver(solver: &Value, object: &str, index: usize, conversion: &mut C
         "no kacme equivalent",
         conversion,
     );
+    Some(solver_value(selector, json!({"ingress": Value::Object(out)})))
+}
+
+fn solver_value(selector: Option<Value>, http01: Value) -> Value {
     let mut converted = Map::new();
-    if let Some(selector) = solver.get("selector") {
-        let mut kept = Map::new();
-        copy(selector, &mut kept, &["dnsNames", "dnsZones", "matchLabels"]);
-        converted.insert("selector".into(), Value::Object(kept));
+    if let Some(selector) = selector {
+        converted.insert("selector".into(), selector);
     }
-    converted.insert("http01".into(), json!({"ingress": Value::Object(out)}));
-    Some(Value::Object(converted))
+    converted.insert("http01".into(), http01);
+    Value::Object(converted)
+}
+
+/// cert-manager's `http01.gatewayHTTPRoute` solver: the same fields in kacme (parentRefs to Gateways,
+/// labels, serviceType, podTemplate).
+fn convert_route_solver(
+    route: &Value,
+    selector: Option<Value>,
+    object: &str,
+    path: &str,
+    conversion: &mut Conversion,
+) -> Option<Value> {
+    let path = format!("{path}.http01.gatewayHTTPRoute");
+    let mut parents = Vec::new();
+    for (index, parent) in route.get("parentRefs").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        let group = text(parent, &["group"]).unwrap_or("gateway.networking.k8s.io");
+        let kind = text(parent, &["kind"]).unwrap_or("Gateway");
+        if group != "gateway.networking.k8s.io" || kind != "Gateway" {
+            let why =
+                format!("{path}.parentRefs[{index}]: a {group}/{kind}; kacme attaches its routes to Gateways only");
+            conversion.note(object, Outcome::Dropped, why);
+            continue;
+        }
+        let mut kept = Map::new();
+        copy(parent, &mut kept, &["name", "namespace", "sectionName", "port"]);
+        parents.push(Value::Object(kept));
+    }
+    if parents.is_empty() {
+        conversion.note(object, Outcome::Dropped, format!("{path}: no parentRefs to a Gateway"));
+        return None;
+    }
+    let mut out = Map::new();
+    out.insert("parentRefs".into(), Value::Array(parents));
+    copy(route, &mut out, &["labels", "serviceType"]);
+    if let Some(template) = route.get("podTemplate") {
+        out.insert("podTemplate".into(), convert_pod_template(template, object, &path, conversion));
+    }
+    drop_unknown(
+        route,
+        &["parentRefs", "labels", "serviceType", "podTemplate"],
+        object,
+        &path,
+        "no kacme equivalent",
+        conversion,
+    );
+    Some(solver_value(selector, json!({"gatewayHTTPRoute": Value::Object(out)})))
+}
+
+/// A solver's podTemplate: labels, annotations and the scheduling fields (the rest is named as dropped).
+fn convert_pod_template(template: &Value, object: &str, path: &str, conversion: &mut Conversion) -> Value {
+    let mut kept = Map::new();
+    if let Some(meta) = template.get("metadata") {
+        let mut metadata = Map::new();
+        copy(meta, &mut metadata, &["labels", "annotations"]);
+        kept.insert("metadata".into(), Value::Object(metadata));
+    }
+    if let Some(spec) = template.get("spec") {
+        let known = ["nodeSelector", "tolerations", "affinity", "priorityClassName", "imagePullSecrets", "resources"];
+        let mut pod_spec = Map::new();
+        copy(spec, &mut pod_spec, &known);
+        kept.insert("spec".into(), Value::Object(pod_spec));
+        drop_unknown(
+            spec,
+            &known,
+            object,
+            &format!("{path}.podTemplate.spec"),
+            "kacme's solver Pod is hardened and takes only scheduling fields",
+            conversion,
+        );
+    }
+    Value::Object(kept)
 }
 
 fn convert_certificate(manifest: &Value, conversion: &mut Conversion) {
@@ -514,8 +577,8 @@ const INGRESS_ANNOTATIONS: [(&str, &str); 6] = [
     ("cert-manager.io/usages", "kacme.dev/usages"),
 ];
 
-fn convert_ingress(manifest: &Value, conversion: &mut Conversion) {
-    let object = describe("Ingress", manifest);
+fn convert_annotated(manifest: &Value, kind_name: &str, conversion: &mut Conversion) {
+    let object = describe(kind_name, manifest);
     let Some(Value::Object(annotations)) = at(manifest, &["metadata", "annotations"]) else { return };
     let shim = |key: &String| key.starts_with("cert-manager.io/") || key.starts_with("acme.cert-manager.io/");
     let acme_flag = annotations.get("kubernetes.io/tls-acme").and_then(Value::as_str) == Some("true");
@@ -572,8 +635,8 @@ fn convert_ingress(manifest: &Value, conversion: &mut Conversion) {
         meta.insert("annotations".into(), Value::Object(kept));
     }
     conversion.objects.push(json!({
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "Ingress",
+        "apiVersion": manifest.get("apiVersion").cloned().unwrap_or(Value::Null),
+        "kind": kind_name,
         "metadata": metadata,
         "spec": manifest.get("spec").cloned().unwrap_or(Value::Null),
     }));
@@ -610,7 +673,9 @@ mod tests {
                 "ClusterIssuer letsencrypt-staging",
                 "Issuer apps/zerossl",
                 "Certificate apps/example-com",
-                "Ingress apps/my-ingress"
+                "Ingress apps/my-ingress",
+                "Issuer apps/letsencrypt-gateway",
+                "Gateway apps/example"
             ]
         );
         let skipped: Vec<&str> =
@@ -626,7 +691,8 @@ mod tests {
         );
         for object in &conversion.objects {
             let api_version = text(object, &["apiVersion"]).unwrap();
-            assert!(api_version == KACME_API_VERSION || api_version == "networking.k8s.io/v1", "{api_version}");
+            let kept = ["networking.k8s.io/v1", "gateway.networking.k8s.io/v1"];
+            assert!(api_version == KACME_API_VERSION || kept.contains(&api_version), "{api_version}");
         }
     }
 
@@ -711,6 +777,33 @@ mod tests {
             parse_manifests("apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: b\nspec: {}\n")
                 .unwrap();
         assert!(convert(&unrelated).objects.is_empty(), "an Ingress without cert-manager annotations is left alone");
+    }
+
+    #[test]
+    fn gateway_api_solvers_and_gateway_shim_annotations_become_kacmes() {
+        let conversion = converted();
+        let issuer = object(&conversion, "Issuer", "letsencrypt-gateway").unwrap();
+        let solver = &issuer["spec"]["acme"]["solvers"][0]["http01"]["gatewayHTTPRoute"];
+        assert_eq!(solver["parentRefs"], json!([{"name": "traefik", "namespace": "traefik"}]));
+        let notes = notes_of(&conversion, "Issuer apps/letsencrypt-gateway");
+        assert!(notes.iter().all(|(outcome, _)| *outcome == Outcome::Changed), "nothing dropped: {notes:?}");
+        let gateway = object(&conversion, "Gateway", "example").unwrap();
+        assert_eq!(gateway["apiVersion"], "gateway.networking.k8s.io/v1");
+        assert_eq!(gateway["metadata"]["annotations"], json!({"kacme.dev/issuer": "letsencrypt-gateway"}));
+        assert_eq!(gateway["spec"]["listeners"][0]["tls"]["certificateRefs"][0]["name"], "example-com-tls");
+
+        let other_parent = parse_manifests(
+            "apiVersion: cert-manager.io/v1\nkind: Issuer\nmetadata: {name: x}\nspec:\n  acme:\n    server: https://ca.test/dir\n    privateKeySecretRef: {name: k}\n    solvers:\n    - http01:\n        gatewayHTTPRoute:\n          parentRefs:\n          - {name: gw, sectionName: http}\n          - {name: mesh, kind: Service, group: \"\"}\n          labels: {a: b}\n          podTemplate:\n            spec: {nodeSelector: {n: m}, serviceAccountName: s}\n",
+        )
+        .unwrap();
+        let converted = convert(&other_parent);
+        let route = &converted.objects[0]["spec"]["acme"]["solvers"][0]["http01"]["gatewayHTTPRoute"];
+        assert_eq!(route["parentRefs"], json!([{"name": "gw", "sectionName": "http"}]));
+        assert_eq!(route["labels"], json!({"a": "b"}));
+        assert_eq!(route["podTemplate"]["spec"], json!({"nodeSelector": {"n": "m"}}));
+        let notes: Vec<String> = converted.notes.iter().map(|n| n.message.clone()).collect();
+        assert!(notes.iter().any(|n| n.contains("parentRefs[1]: a /Service")), "{notes:?}");
+        assert!(notes.iter().any(|n| n.contains("gatewayHTTPRoute.podTemplate.spec.serviceAccountName")), "{notes:?}");
     }
 
     #[test]

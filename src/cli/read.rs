@@ -140,8 +140,8 @@ fn error_words(error: &kube::Error) -> String {
     }
 }
 
-/// cert-manager's Issuers, ClusterIssuers and Certificates (of `namespace`, or of every namespace) and the
-/// Ingresses with annotations, as manifests for [`super::import::convert`]. A cluster without cert-manager's
+/// cert-manager's Issuers, ClusterIssuers and Certificates (of `namespace`, or of every namespace), and the
+/// Ingresses and Gateways with annotations, as manifests for [`super::import::convert`]. A cluster without cert-manager's
 /// CRDs has none of its objects: that is not an error.
 pub async fn read_cert_manager_objects(
     client: &Client,
@@ -149,13 +149,15 @@ pub async fn read_cert_manager_objects(
 ) -> Result<Vec<serde_json::Value>, ReadError> {
     use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
     let mut out = Vec::new();
+    // Gateways (gateway-shim annotations) only where the Gateway API is installed, like cert-manager's kinds.
     let kinds = [
-        ("Issuer", "issuers", true),
-        ("ClusterIssuer", "clusterissuers", false),
-        ("Certificate", "certificates", true),
+        ("cert-manager.io", "Issuer", "issuers", true),
+        ("cert-manager.io", "ClusterIssuer", "clusterissuers", false),
+        ("cert-manager.io", "Certificate", "certificates", true),
+        ("gateway.networking.k8s.io", "Gateway", "gateways", true),
     ];
-    for (kind, plural, namespaced) in kinds {
-        let resource = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("cert-manager.io", "v1", kind), plural);
+    for (group, kind, plural, namespaced) in kinds {
+        let resource = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, "v1", kind), plural);
         let api: Api<DynamicObject> = match (namespaced, namespace) {
             (true, Some(namespace)) => Api::namespaced_with(client.clone(), namespace, &resource),
             _ => Api::all_with(client.clone(), &resource),
@@ -174,7 +176,7 @@ pub async fn read_cert_manager_objects(
         };
         for item in list.items {
             let mut value = serde_json::to_value(&item).unwrap_or_default();
-            value["apiVersion"] = "cert-manager.io/v1".into();
+            value["apiVersion"] = format!("{group}/v1").into();
             value["kind"] = kind.into();
             out.push(value);
         }

@@ -41,8 +41,8 @@ pub struct ControlPlaneOptions {
     pub address: Option<LoopbackAddress>,
     /// CRDs (`*.yaml`) to install before the controller-manager starts (see [`ControlPlane::start_with_crds`]).
     pub crds_dir: Option<PathBuf>,
-    /// Install the Gateway API standard-channel CRDs too (GatewayClass, Gateway, HTTPRoute, GRPCRoute,
-    /// ReferenceGrant, BackendTLSPolicy; pinned in `tests/env/install`; see [`Binaries::gateway_api_crds`]), before the controller-manager
+    /// Install the Gateway API CRDs too (the standard channel: GatewayClass, Gateway, HTTPRoute, GRPCRoute,
+    /// ReferenceGrant, BackendTLSPolicy; and the experimental XListenerSet; pinned in `tests/env/install`; see [`Binaries::gateway_api_crds`]), before the controller-manager
     /// starts like `crds_dir`.
     pub gateway_api: bool,
     /// Have the apiserver write an audit log (JSON lines, Metadata level) to `audit.log` in the control
