@@ -301,3 +301,35 @@ async fn poll_until<F: std::future::Future<Output = bool>>(what: &str, timeout: 
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gateway_gets_no_certificate_for_a_name_its_issuers_policy_does_not_permit() {
+    within(120, async {
+        let env = OperatorEnv::with_pebble_and_gateway_api(PebbleOptions::default(), &[]).await.unwrap();
+        let issuer = route_issuer_yaml(&env, "          - name: shop\n            sectionName: http\n");
+        let issuer = issuer.replace("spec:\n", "spec:\n  policy:\n    dnsNames: [\"{label}.{namespace}.example.test\"]\n");
+        env.apply(&issuer).await.unwrap();
+        let listener = |name: &str, hostname: &str| {
+            format!("  - name: {name}\n    port: 443\n    protocol: HTTPS\n    hostname: {hostname}\n    tls:\n      certificateRefs:\n      - name: {name}-tls\n")
+        };
+        let gateway = format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata:\n  name: shop\n  namespace: apps\n  annotations:\n    kacme.dev/issuer: gw\nspec:\n  gatewayClassName: stand-in\n  listeners:\n  - name: http\n    port: 80\n    protocol: HTTP\n{}{}",
+            listener("own", "shop.apps.example.test"),
+            listener("other", "shop.team-b.example.test")
+        );
+        env.apply(&gateway).await.unwrap();
+        let own = env.wait_ready("apps", "own-tls", Duration::from_secs(60)).await.unwrap();
+        assert_eq!(own.spec.dns_names, ["shop.apps.example.test"]);
+        let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(env.client.clone(), "apps");
+        poll_until("a NotPermitted Event on the Gateway", Duration::from_secs(20), || async {
+            events.list(&ListParams::default()).await.unwrap().items.iter().any(|e| {
+                e.regarding.as_ref().is_some_and(|r| r.kind.as_deref() == Some("Gateway"))
+                    && e.reason.as_deref() == Some("NotPermitted")
+                    && e.note.as_deref().is_some_and(|n| n.contains("other-tls") && n.contains("shop.team-b.example.test"))
+            })
+        })
+        .await;
+        assert!(env.certificates("apps").get_opt("other-tls").await.unwrap().is_none(), "no Certificate for team-b's name");
+    })
+    .await
+}
