@@ -131,15 +131,21 @@ async fn wait_ready_watching_solvers(
                 }
             }
         }
-        let certificate = certificates.get(name).await?;
-        let ready = condition(&certificate, "Ready").is_some_and(|(status, _, _)| status == "True");
-        if ready && certificate.status.as_ref().is_some_and(|s| s.order.is_none()) {
-            return Ok(certificate);
+        // A Certificate that kacme creates (for an annotated Gateway) may not exist yet.
+        let certificate = certificates.get_opt(name).await?;
+        if let Some(certificate) = &certificate {
+            let ready = condition(certificate, "Ready").is_some_and(|(status, _, _)| status == "True");
+            if ready && certificate.status.as_ref().is_some_and(|s| s.order.is_none()) {
+                return Ok(certificate.clone());
+            }
         }
         if Instant::now() > deadline {
+            let status = match &certificate {
+                Some(certificate) => serde_json::to_string(&certificate.status)?,
+                None => "it does not exist".into(),
+            };
             bail!(
-                "Certificate {namespace}/{name} not Ready within 180s: {}\noperator log:\n{}",
-                serde_json::to_string(&certificate.status)?,
+                "Certificate {namespace}/{name} not Ready within 180s: {status}\noperator log:\n{}",
                 operator.log_tail(60)
             );
         }
