@@ -151,7 +151,7 @@ enum Answer {
 
 /// The HTTPS client of the endpoint: one kept-alive connection (so that a replica that started an order is
 /// the one asked again), reopened when it breaks.
-struct EndpointClient {
+pub struct EndpointClient {
     tls: tokio_rustls::TlsConnector,
     server_name: rustls_pki_types::ServerName<'static>,
     host_header: String,
@@ -161,7 +161,8 @@ struct EndpointClient {
 }
 
 impl EndpointClient {
-    fn new(config: &AgentConfig) -> Result<EndpointClient, AgentError> {
+    /// A client for `config`'s URL, trusting only `config`'s CA.
+    pub fn new(config: &AgentConfig) -> Result<EndpointClient, AgentError> {
         let bad = |why: String| AgentError::Configuration(why);
         let uri: hyper::Uri = config.url.parse().map_err(|e| bad(format!("KACME_AGENT_URL {:?}: {e}", config.url)))?;
         if uri.scheme_str() != Some("https") {
@@ -218,15 +219,27 @@ impl EndpointClient {
     async fn ask(&self, config: &AgentConfig, csr_pem: &str) -> Result<Answer, String> {
         let token = std::fs::read_to_string(&config.token_path)
             .map_err(|e| format!("reading the token {}: {e}", config.token_path.display()))?;
+        let (status, answer, retry_after) = self.post(token.trim(), csr_pem).await?;
+        match (status, answer.certificate) {
+            (StatusCode::OK, Some(certificate)) => Ok(Answer::Issued { certificate, ca: answer.ca }),
+            (StatusCode::ACCEPTED, _) => Ok(Answer::Pending(retry_after)),
+            _ => Err(format!("{status}: {}", answer.message.unwrap_or_default())),
+        }
+    }
+
+    /// POSTs `csr_pem` with `token` (empty: no Authorization header) and returns the status, the answer and
+    /// the Retry-After it carries (2 s when none).
+    pub async fn post(&self, token: &str, csr_pem: &str) -> Result<(StatusCode, AgentResponse, Duration), String> {
         let body = serde_json::to_vec(&AgentRequest { csr: csr_pem.to_string() }).map_err(|e| e.to_string())?;
-        let request = Request::builder()
+        let mut request = Request::builder()
             .method(Method::POST)
             .uri(&self.path)
             .header(HOST, &self.host_header)
-            .header(CONTENT_TYPE, "application/json")
-            .header(AUTHORIZATION, format!("Bearer {}", token.trim()))
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| e.to_string())?;
+            .header(CONTENT_TYPE, "application/json");
+        if !token.is_empty() {
+            request = request.header(AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let request = request.body(Full::new(Bytes::from(body))).map_err(|e| e.to_string())?;
         let mut slot = self.connection.lock().await;
         let mut sender = match slot.take() {
             Some(sender) if !sender.is_closed() => sender,
@@ -253,11 +266,7 @@ impl EndpointClient {
             .to_bytes();
         let answer: AgentResponse = serde_json::from_slice(&body)
             .map_err(|_| format!("the operator answered {status} with a body that is not kacme's"))?;
-        match (status, answer.certificate) {
-            (StatusCode::OK, Some(certificate)) => Ok(Answer::Issued { certificate, ca: answer.ca }),
-            (StatusCode::ACCEPTED, _) => Ok(Answer::Pending(retry_after)),
-            _ => Err(format!("{status}: {}", answer.message.unwrap_or_default())),
-        }
+        Ok((status, answer, retry_after))
     }
 }
 
