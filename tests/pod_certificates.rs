@@ -249,6 +249,15 @@ async fn a_pod_gets_its_own_certificate_and_key_and_nothing_else() {
         assert!(answer.certificate.is_none(), "{case}");
     }
 
+    // Their owners see it in `kubectl describe pod`: Events on the Pods.
+    poll_until("the Pods' Events", WAIT, POLL, || async {
+        let (issued, refused) = (env.event_reasons("apps", "web-0").await?, env.event_reasons("apps", "web-1").await?);
+        let seen = issued.iter().any(|r| r == "CertificateIssued") && refused.iter().any(|r| r == "CertificateRefused");
+        Ok(if seen { Ok(()) } else { Err(format!("web-0: {issued:?}, web-1: {refused:?}")) })
+    })
+    .await
+    .unwrap();
+
     // Renewal in place (30-second certificates: due after 20 s), with a new key, the agent still running.
     poll_until("the renewed certificate", Duration::from_secs(45), Duration::from_millis(250), || async {
         Ok(match leaf(&files) {

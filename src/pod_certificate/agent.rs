@@ -54,6 +54,8 @@ pub enum AgentError {
 
 /// The longest wait between two attempts after failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How long one CSR may stay pending before the agent starts over.
+const MAX_PENDING: Duration = Duration::from_secs(600);
 
 /// Runs until `shutdown` resolves: a certificate now (unless a current one is on disk), then renewals.
 pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output = ()>) -> Result<(), AgentError> {
@@ -121,8 +123,14 @@ async fn obtain(config: &AgentConfig, client: &EndpointClient) -> Result<(), Age
         };
         let csr = build_csr(&request, &key).map_err(|e| AgentError::Configuration(e.to_string()))?;
         let csr_pem = pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", csr));
-        // The same CSR while the operator works on it; a new key only after a failure.
+        // The same CSR while the operator works on it; a new key only after a failure, or when the operator
+        // seems to have lost the order (a restarted replica behind the same Service answers for it anyway).
+        let asked = std::time::Instant::now();
         loop {
+            if asked.elapsed() > MAX_PENDING {
+                tracing::warn!(after = ?MAX_PENDING, "still pending; starting over with a new key");
+                break;
+            }
             match client.ask(config, &csr_pem).await {
                 Ok(Answer::Issued { certificate, ca }) => {
                     write_files(&config.dir, &certificate, key.pem(), ca.as_deref().unwrap_or(""))?;

@@ -26,7 +26,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -186,12 +186,27 @@ impl PodCertificates {
             .to_bytes();
         let body: AgentRequest = serde_json::from_slice(&body)
             .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, format!("expected {{\"csr\": \"<PEM>\"}}: {e}")))?;
-        let checked = self.check(&token, &body.csr).await?;
-        Ok(self.issue_or_report(checked))
+        let pod = self.identify(&token).await?;
+        match self.check_request(pod.clone(), &body.csr).await {
+            Ok(checked) => Ok(self.issue_or_report(checked)),
+            Err(refusal) => {
+                // The Pod's owner sees why in `kubectl describe pod` (the agent logs it too).
+                if matches!(refusal.status, StatusCode::BAD_REQUEST | StatusCode::FORBIDDEN) {
+                    self.publish(&pod, true, "CertificateRefused", refusal.message.clone()).await;
+                }
+                Err(refusal)
+            }
+        }
     }
 
-    /// Everything that decides whether this Pod may have this CSR signed, from scratch.
-    async fn check(&self, token: &str, csr_pem: &str) -> Result<Checked, Refusal> {
+    /// An Event about `pod` (reporting action `PodCertificate`).
+    async fn publish(&self, pod: &Pod, warning: bool, reason: &str, message: String) {
+        let regarding = kube::Resource::object_ref(pod, &());
+        self.ctx.events.publish_to(&regarding, "PodCertificate", warning, reason, message).await;
+    }
+
+    /// The Pod the bearer token speaks for: a TokenReview for kacme's audience, then the very Pod it is bound to.
+    async fn identify(&self, token: &str) -> Result<Pod, Refusal> {
         let client = &self.ctx.client;
         let review = TokenReview {
             spec: TokenReviewSpec {
@@ -214,13 +229,19 @@ impl PodCertificates {
                 IdentityRefusal::NotThePod(format!("Pod {}/{} does not exist", bound.namespace, bound.pod_name))
             })?;
         check_pod_is_bound(&pod, &bound)?;
+        Ok(pod)
+    }
+
+    /// Everything else that decides whether this Pod may have this CSR signed, from scratch.
+    async fn check_request(&self, pod: Pod, csr_pem: &str) -> Result<Checked, Refusal> {
+        let client = &self.ctx.client;
+        let (namespace, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
         let forbidden = |message: String| Refusal::new(StatusCode::FORBIDDEN, message);
         let annotations = pod.metadata.annotations.clone().unwrap_or_default();
-        let request = parse_pod_request(&annotations)
-            .map_err(|e| forbidden(format!("Pod {}/{}: {e}", bound.namespace, bound.pod_name)))?
-            .ok_or_else(|| {
-                forbidden(format!("Pod {}/{} does not ask for per-Pod certificates", bound.namespace, bound.pod_name))
-            })?;
+        let request =
+            parse_pod_request(&annotations)
+                .map_err(|e| forbidden(format!("Pod {namespace}/{name}: {e}")))?
+                .ok_or_else(|| forbidden(format!("Pod {namespace}/{name} does not ask for per-Pod certificates")))?;
         let facts = pod_facts(&pod);
         let names = expand_names(&request.names, &facts).map_err(|e| forbidden(format!("kacme.dev/names: {}", e.0)))?;
         if names.is_empty() {
@@ -251,7 +272,8 @@ impl PodCertificates {
         let Ok(mut entries) = self.entries.lock() else {
             return (StatusCode::INTERNAL_SERVER_ERROR, pending("internal error: retry"));
         };
-        entries.retain(|_, entry| entry.since.elapsed() < KEEP_RESULTS || matches!(entry.state, State::Issuing));
+        // An order ends within ISSUE_DEADLINE (plus a minute), well before KEEP_RESULTS: nothing stays forever.
+        entries.retain(|_, entry| entry.since.elapsed() < KEEP_RESULTS);
         match entries.get(&key).map(|e| e.state.clone()) {
             Some(State::Issuing) => return (StatusCode::ACCEPTED, pending("the certificate is being issued")),
             Some(State::Issued { certificate, ca }) => {
@@ -282,13 +304,23 @@ impl PodCertificates {
         tokio::spawn(async move {
             let namespace = checked.pod.namespace().unwrap_or_default();
             let name = checked.pod.name_any();
-            let state = match issue_for_pod(&this.ctx, &checked).await {
+            let issued =
+                tokio::time::timeout(ISSUE_DEADLINE + Duration::from_secs(60), issue_for_pod(&this.ctx, &checked))
+                    .await
+                    .unwrap_or_else(|_| Err(format!("no certificate within {ISSUE_DEADLINE:?}")));
+            let state = match issued {
                 Ok((certificate, ca)) => {
                     tracing::info!(%namespace, pod = %name, "issued a per-Pod certificate");
+                    let names = checked.names.dns_names.iter().cloned();
+                    let names: Vec<String> =
+                        names.chain(checked.names.ip_addresses.iter().map(ToString::to_string)).collect();
+                    let message = format!("Issued the Pod's certificate for {}", names.join(", "));
+                    this.publish(&checked.pod, false, "CertificateIssued", message).await;
                     State::Issued { certificate, ca }
                 }
                 Err(message) => {
                     tracing::warn!(%namespace, pod = %name, %message, "per-Pod certificate not issued");
+                    this.publish(&checked.pod, true, "CertificateFailed", format!("No certificate: {message}")).await;
                     State::Failed(message)
                 }
             };
@@ -367,6 +399,10 @@ async fn issue_for_pod(ctx: &Context, checked: &Checked) -> Result<(String, Opti
         replaces: None,
     };
     let names = &checked.names;
+    // Solver objects of an earlier order of this Pod that a restart interrupted (only one order per Pod runs).
+    if let Err(errors) = remove_pod_solver_objects(&ctx.client, &checked.pod, &checked.certificate).await {
+        tracing::warn!(errors = ?errors, "removing leftover solver objects of the Pod failed");
+    }
     let session = OrderSession::create(&account, &names.dns_names, &names.ip_addresses, &options)
         .await
         .map_err(|e| e.to_string())?;
@@ -409,4 +445,44 @@ async fn issue_for_pod(ctx: &Context, checked: &Checked) -> Result<(String, Opti
     }
     let ca = issuer.issuing_trust().ca_crt_for(&chain, jiff::Timestamp::now())?;
     Ok((issued.chain_pem, ca))
+}
+
+/// Deletes the solver Pods, Services and Ingresses of the Pod's earlier orders: those with the label of its
+/// in-memory Certificate and the Pod as owner. Tries all; returns every failure.
+async fn remove_pod_solver_objects(client: &Client, pod: &Pod, certificate: &Certificate) -> Result<(), Vec<String>> {
+    use crate::api::names::{LABEL_CERTIFICATE, LABEL_SOLVER};
+    use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::api::networking::v1::Ingress;
+    use kube::api::DeleteParams;
+    let namespace = pod.namespace().unwrap_or_default();
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let label = crate::desired::certificate_label_value(&certificate.name_any());
+    let params = ListParams::default().labels(&format!("{LABEL_SOLVER},{LABEL_CERTIFICATE}={label}"));
+    let owned = |meta: &kube::api::ObjectMeta| meta.owner_references.iter().flatten().any(|o| o.uid == uid);
+    let mut errors = Vec::new();
+    macro_rules! sweep {
+        ($kind:ty) => {{
+            let api: Api<$kind> = Api::namespaced(client.clone(), &namespace);
+            match api.list_metadata(&params).await {
+                Ok(list) => {
+                    for object in list.items.iter().filter(|o| owned(&o.metadata)) {
+                        if let Err(e) = api.delete(&object.name_any(), &DeleteParams::background()).await
+                            && !crate::kube_errors::is_not_found(&e)
+                        {
+                            errors.push(format!(
+                                "deleting {} {}: {e}",
+                                <$kind as kube::Resource>::kind(&()),
+                                object.name_any()
+                            ));
+                        }
+                    }
+                }
+                Err(e) => errors.push(format!("listing solver {}s: {e}", <$kind as kube::Resource>::kind(&()))),
+            }
+        }};
+    }
+    sweep!(Ingress);
+    sweep!(Service);
+    sweep!(Pod);
+    if errors.is_empty() { Ok(()) } else { Err(errors) }
 }
