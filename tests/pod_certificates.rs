@@ -285,3 +285,98 @@ async fn a_pod_gets_its_own_certificate_and_key_and_nothing_else() {
     std::fs::remove_dir_all(&dir).unwrap();
     eprintln!("test took {:.1}s", started.elapsed().as_secs_f64());
 }
+
+/// The operator keeps orders in memory only: one killed mid-order loses it, and the Pod's next request (the
+/// agent keeps asking) starts a new order on the restarted operator, which also removes what the lost order
+/// left behind. An agent started while the operator is down waits for it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_operator_issues_on_the_next_request_and_leaves_nothing_behind() {
+    let mut env = OperatorEnv::with_pebble(PebbleOptions::default()).await.unwrap();
+    env.kill_operator();
+    env.extra_args = webhook_args(env.ca.ip());
+    env.start_operator().unwrap();
+    env.control_plane.kubectl(&["label", "namespace", "apps", "kacme.dev/webhook=enabled"]).await.unwrap();
+    env.apply(&env.issuer_yaml("apps", "ca")).await.unwrap();
+    let issuers: Api<Issuer> = Api::namespaced(env.client.clone(), "apps");
+    poll_until("the Issuer Ready", WAIT, POLL, || async {
+        let ready = issuers
+            .get_opt("ca")
+            .await?
+            .and_then(|i| i.status)
+            .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        Ok(if ready { Ok(()) } else { Err("not yet".to_string()) })
+    })
+    .await
+    .unwrap();
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), "apps");
+    let web_0 = poll_until("the per-Pod Pod admitted", WAIT, POLL, || async {
+        Ok(pods.create(&PostParams::default(), &pod("web-0", true)).await.map_err(|e| e.to_string()))
+    })
+    .await
+    .unwrap();
+    let sidecar_env = agent_env(&web_0);
+    let token = pod_token(&env, &web_0, DEFAULT_AUDIENCE).await;
+    let csr = csr_pem(&["web-0.pods.test", "web.apps.test"]);
+
+    // The order starts; the operator is killed at once, before it could finish.
+    let client = client_for(&sidecar_env);
+    let (status, answer, _) = client.post(&token, &csr).await.unwrap();
+    assert_eq!(status.as_u16(), 202, "{answer:?}");
+    env.kill_operator();
+    env.start_operator().unwrap();
+    let restarted = Instant::now();
+    let client = client_for(&sidecar_env);
+    let chain = poll_until("the certificate from the restarted operator", WAIT, Duration::from_millis(250), || async {
+        Ok(match client.post(&token, &csr).await {
+            Ok((status, answer, _)) if status.as_u16() == 200 => Ok(answer.certificate.unwrap_or_default()),
+            Ok((status, answer, _)) if matches!(status.as_u16(), 202 | 503) => Err(format!("{status}: {answer:?}")),
+            Ok((status, answer, _)) => panic!("{status}: {answer:?}\n{}", env.operator_log()),
+            // Connection refused while the operator starts.
+            Err(error) => Err(error),
+        })
+    })
+    .await
+    .unwrap();
+    eprintln!("issued {:.2}s after the restart", restarted.elapsed().as_secs_f64());
+    let issued = kacme::pki::parse_chain(chain.as_bytes()).unwrap().leaf;
+    let mut names = issued.dns_names.clone();
+    names.sort();
+    assert_eq!(names, ["web-0.pods.test", "web.apps.test"]);
+    poll_until("no solver objects", WAIT, POLL, || async {
+        let left = env.solver_objects("apps").await?;
+        Ok(if left.is_empty() { Ok(()) } else { Err(left.join(", ")) })
+    })
+    .await
+    .unwrap();
+
+    // An agent started while the operator is down waits for it.
+    env.kill_operator();
+    let dir = std::env::temp_dir().join(format!("kacme-pod-certificates-restart-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("files")).unwrap();
+    std::fs::write(dir.join("token"), &token).unwrap();
+    let log = std::fs::File::create(dir.join("agent.log")).unwrap();
+    let mut agent = tokio::process::Command::new(kacme_binary())
+        .arg("agent")
+        .env_clear()
+        .envs(&sidecar_env)
+        .env("POD_NAME", "web-0")
+        .env("POD_NAMESPACE", "apps")
+        .env("KACME_AGENT_DIR", dir.join("files"))
+        .env("KACME_AGENT_TOKEN", dir.join("token"))
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(leaf(&dir.join("files")).is_none(), "no certificate while the operator is down");
+    env.start_operator().unwrap();
+    poll_until("the waiting agent's certificate", WAIT, POLL, || async {
+        Ok(leaf(&dir.join("files")).map(|_| ()).ok_or_else(|| "not yet".to_string()))
+    })
+    .await
+    .with_context(|| std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default())
+    .unwrap();
+    agent.kill().await.unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
