@@ -645,11 +645,16 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
             audience: args.pod_certificate_audience.clone(),
         };
         let observers = kacme::controller::Observers { acme: telemetry.clone(), reconcile: telemetry.clone() };
+        let scope = kacme::pod_certificate::endpoint::NamespaceScope {
+            selector: webhook.policy.namespace_selector.clone(),
+            excluded: webhook.policy.excluded_namespaces.clone(),
+        };
         webhook.pod_certificates = Some(Arc::new(kacme::pod_certificate::endpoint::PodCertificates::new(
             client.clone(),
             config.clone(),
             observers,
             agent,
+            scope,
         )));
     }
     let webhook = match webhook {

@@ -216,7 +216,43 @@ async fn a_pod_gets_its_own_certificate_and_key_and_nothing_else() {
     // Refusals, each with a clear message.
     let client = client_for(&sidecar_env);
     let web_1_token = pod_token(&env, &web_1, DEFAULT_AUDIENCE).await;
+    // A Pod asking from a namespace the webhook does not serve (no sidecar was added, but anyone can mount a
+    // projected token for any audience).
+    env.control_plane.create_namespace("elsewhere").await.unwrap();
+    let mut outside = pod("web-9", true);
+    outside.metadata.namespace = Some("elsewhere".into());
+    let outside =
+        Api::<Pod>::namespaced(env.client.clone(), "elsewhere").create(&PostParams::default(), &outside).await.unwrap();
+    let outside_token = {
+        let accounts: Api<ServiceAccount> = Api::namespaced(env.client.clone(), "elsewhere");
+        poll_until("the default ServiceAccount of elsewhere", WAIT, POLL, || async {
+            Ok(accounts.get_opt("default").await?.map(|_| ()).ok_or_else(|| "not yet".to_string()))
+        })
+        .await
+        .unwrap();
+        let request = TokenRequest {
+            spec: TokenRequestSpec {
+                audiences: vec![DEFAULT_AUDIENCE.into()],
+                bound_object_ref: Some(BoundObjectReference {
+                    api_version: Some("v1".into()),
+                    kind: Some("Pod".into()),
+                    name: Some("web-9".into()),
+                    uid: outside.metadata.uid.clone(),
+                }),
+                expiration_seconds: Some(3600),
+            },
+            ..TokenRequest::default()
+        };
+        accounts.create_token_request("default", &PostParams::default(), &request).await.unwrap().status.unwrap().token
+    };
     let cases = [
+        (
+            "a namespace the webhook does not serve",
+            outside_token,
+            csr_pem(&["web-9.pods.test", "web.apps.test"]),
+            403,
+            "not one whose Pods kacme serves",
+        ),
         (
             "another Pod's names",
             web_1_token.clone(),

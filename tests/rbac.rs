@@ -160,7 +160,7 @@ spec:
     hosts: [shop.example.test]
 ";
 
-/// A Pod asking for a per-Pod certificate (created as is: this namespace is not the webhook's), its bound token,
+/// A Pod asking for a per-Pod certificate (created before its namespace is the webhook's), its bound token,
 /// and a CSR sent to the operator's endpoint until the chain comes back.
 async fn per_pod_certificate(env: &OperatorEnv, connect: &str) {
     use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
@@ -175,6 +175,9 @@ async fn per_pod_certificate(env: &OperatorEnv, connect: &str) {
     }))
     .unwrap();
     let pod = Api::<Pod>::namespaced(env.client.clone(), "apps").create(&PostParams::default(), &pod).await.unwrap();
+    // Only Pods of the namespaces the webhook serves may ask (labelled after the Pod's creation: no Pod of this
+    // test could reach the webhook through the chart's Service).
+    env.control_plane.kubectl(&["label", "namespace", "apps", "kacme.dev/webhook=enabled"]).await.unwrap();
     let accounts: Api<ServiceAccount> = Api::namespaced(env.client.clone(), "apps");
     poll_until("the default ServiceAccount of apps", Duration::from_secs(30), Duration::from_millis(100), || async {
         Ok(accounts.get_opt("default").await?.map(|_| ()).ok_or_else(|| "not yet".to_string()))

@@ -89,10 +89,20 @@ pub struct AgentRun {
     pub audience: String,
 }
 
+/// The namespaces whose Pods may ask: those the webhook serves (as for workload certificates).
+#[derive(Clone, Debug, PartialEq)]
+pub struct NamespaceScope {
+    /// The webhook's namespace selector.
+    pub selector: k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+    /// Namespaces never served (kacme's own, kube-system).
+    pub excluded: Vec<String>,
+}
+
 /// The endpoint's state and what it needs to issue.
 pub struct PodCertificates {
     ctx: Arc<Context>,
     agent: AgentRun,
+    scope: NamespaceScope,
     /// By (Pod UID, hex SHA-256 of the CSR).
     entries: Mutex<HashMap<(String, String), Entry>>,
 }
@@ -137,12 +147,40 @@ struct Checked {
 
 impl PodCertificates {
     /// The endpoint, issuing with `config`'s rules through `client`, for agents that run as `agent` says.
-    pub fn new(client: Client, config: ControllerConfig, observers: Observers, agent: AgentRun) -> PodCertificates {
+    /// Only Pods in namespaces of `scope` may ask.
+    pub fn new(
+        client: Client,
+        config: ControllerConfig,
+        observers: Observers,
+        agent: AgentRun,
+        scope: NamespaceScope,
+    ) -> PodCertificates {
         PodCertificates {
             ctx: Arc::new(Context::new(client, config, observers, Stores::empty())),
             agent,
+            scope,
             entries: Mutex::default(),
         }
+    }
+
+    /// Whether the webhook serves `namespace` (read now: a namespace that leaves the selection stops at once).
+    async fn check_namespace(&self, namespace: &str) -> Result<(), Refusal> {
+        use kube::core::{Selector, SelectorExt};
+        let outside = || {
+            Refusal::new(
+                StatusCode::FORBIDDEN,
+                format!("namespace {namespace} is not one whose Pods kacme serves (the webhook's namespace selector)"),
+            )
+        };
+        if self.scope.excluded.iter().any(|n| n == namespace) {
+            return Err(outside());
+        }
+        let selector = Selector::try_from(self.scope.selector.clone())
+            .map_err(|e| Refusal::new(StatusCode::SERVICE_UNAVAILABLE, format!("the namespace selector: {e}")))?;
+        let labels = self.ctx.namespace_labels(namespace).await.map_err(|e| {
+            Refusal::new(StatusCode::SERVICE_UNAVAILABLE, format!("reading namespace {namespace}: {e}"))
+        })?;
+        if selector.matches(&labels) { Ok(()) } else { Err(outside()) }
     }
 
     /// How agents run.
@@ -236,6 +274,7 @@ impl PodCertificates {
     async fn check_request(&self, pod: Pod, csr_pem: &str) -> Result<Checked, Refusal> {
         let client = &self.ctx.client;
         let (namespace, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
+        self.check_namespace(&namespace).await?;
         let forbidden = |message: String| Refusal::new(StatusCode::FORBIDDEN, message);
         let annotations = pod.metadata.annotations.clone().unwrap_or_default();
         let request =
