@@ -103,6 +103,9 @@ pub struct PodCertificates {
     ctx: Arc<Context>,
     agent: AgentRun,
     scope: NamespaceScope,
+    /// Orders running at once (`--concurrency`, like the Certificate reconciler's workers): a scale-up of many
+    /// replicas queues here rather than flooding the CA and the cluster with solver objects.
+    orders: Arc<tokio::sync::Semaphore>,
     /// By (Pod UID, hex SHA-256 of the CSR).
     entries: Mutex<HashMap<(String, String), Entry>>,
 }
@@ -156,6 +159,7 @@ impl PodCertificates {
         scope: NamespaceScope,
     ) -> PodCertificates {
         PodCertificates {
+            orders: Arc::new(tokio::sync::Semaphore::new(usize::from(config.concurrency.max(1)))),
             ctx: Arc::new(Context::new(client, config, observers, Stores::empty())),
             agent,
             scope,
@@ -343,10 +347,14 @@ impl PodCertificates {
         tokio::spawn(async move {
             let namespace = checked.pod.namespace().unwrap_or_default();
             let name = checked.pod.name_any();
-            let issued =
-                tokio::time::timeout(ISSUE_DEADLINE + Duration::from_secs(60), issue_for_pod(&this.ctx, &checked))
-                    .await
-                    .unwrap_or_else(|_| Err(format!("no certificate within {ISSUE_DEADLINE:?}")));
+            // Waiting for a turn counts against the deadline: the agent starts over after a failure anyway.
+            let turn_and_order = async {
+                let _turn = this.orders.acquire().await.map_err(|e| e.to_string())?;
+                issue_for_pod(&this.ctx, &checked).await
+            };
+            let issued = tokio::time::timeout(ISSUE_DEADLINE + Duration::from_secs(60), turn_and_order)
+                .await
+                .unwrap_or_else(|_| Err(format!("no certificate within {ISSUE_DEADLINE:?}")));
             let state = match issued {
                 Ok((certificate, ca)) => {
                     tracing::info!(%namespace, pod = %name, "issued a per-Pod certificate");
