@@ -231,6 +231,41 @@ async fn replicas_get_their_own_keys_and_certificates_that_stay_in_their_pods() 
     };
     let replicas_running = applied.elapsed();
 
+    // The agent runs beside the app as a native sidecar, and the app container started only once the Pod's
+    // certificate was issued (the sidecar's startup probe held it back).
+    let events: Vec<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(client.clone(), "apps").list(&ListParams::default()).await?.items;
+    for pod in &web {
+        let status = pod.status.as_ref().context("status")?;
+        let agent = status.init_container_statuses.iter().flatten().find(|c| c.name == AGENT_CONTAINER);
+        assert!(
+            agent.is_some_and(|c| c.started == Some(true) && c.state.as_ref().is_some_and(|s| s.running.is_some())),
+            "{}: the agent sidecar runs: {agent:?}",
+            pod.name_any()
+        );
+        let app_started = status
+            .container_statuses
+            .iter()
+            .flatten()
+            .find(|c| c.name == "probe")
+            .and_then(|c| c.state.as_ref()?.running.as_ref()?.started_at.clone())
+            .context("the app container's start")?
+            .0;
+        let issued = events
+            .iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.uid.as_ref()) == pod.metadata.uid.as_ref())
+            .filter(|e| e.reason.as_deref() == Some("CertificateIssued"))
+            .filter_map(|e| e.event_time.as_ref().map(|t| t.0))
+            .min()
+            .context("a CertificateIssued Event on the Pod")?;
+        // startedAt has whole seconds.
+        assert!(
+            app_started.as_second() >= issued.as_second(),
+            "{}: the app started at {app_started}, before its certificate was issued at {issued}",
+            pod.name_any()
+        );
+    }
+
     // Each Pod's files: its own names, its own key, verifying to step-ca; the key only in the Pod's tmpfs.
     let mut keys = Vec::new();
     for pod in &web {
