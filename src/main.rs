@@ -332,16 +332,6 @@ struct AgentArgs {
     /// The projected ServiceAccount token (bound to this Pod, for kacme's audience).
     #[arg(long, env = "KACME_AGENT_TOKEN", default_value = "/var/run/secrets/kacme.dev/token")]
     token: PathBuf,
-    /// The names to certify, as kacme.dev/names has them (${POD_NAME}, ${POD_NAMESPACE}, ${POD_IP}).
-    #[arg(long, env = "KACME_AGENT_NAMES")]
-    names: Option<String>,
-    #[arg(long, env = "POD_NAME")]
-    pod_name: Option<String>,
-    #[arg(long, env = "POD_NAMESPACE")]
-    pod_namespace: Option<String>,
-    /// The Pod's addresses, comma-separated (status.podIPs).
-    #[arg(long, env = "POD_IPS", default_value = "")]
-    pod_ips: String,
     /// ECDSA (default), RSA or Ed25519.
     #[arg(long, env = "KACME_AGENT_KEY_ALGORITHM", default_value = "ECDSA")]
     key_algorithm: String,
@@ -350,13 +340,6 @@ struct AgentArgs {
 /// The agent's configuration from its arguments, or what is missing.
 fn agent_config(args: AgentArgs) -> anyhow::Result<kacme::pod_certificate::agent::AgentConfig> {
     let missing = |what: &str| anyhow::anyhow!("kacme agent: {what} is not set (the webhook sets it)");
-    let ips = args
-        .pod_ips
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|ip| ip.parse().with_context(|| format!("POD_IPS: {ip:?}")))
-        .collect::<anyhow::Result<Vec<std::net::IpAddr>>>()?;
     let algorithm = kacme::api::validation::key_algorithm(&args.key_algorithm)
         .map_err(|e| anyhow::anyhow!("KACME_AGENT_KEY_ALGORITHM: {}", e.0))?;
     Ok(kacme::pod_certificate::agent::AgentConfig {
@@ -365,12 +348,6 @@ fn agent_config(args: AgentArgs) -> anyhow::Result<kacme::pod_certificate::agent
         ca_pem: args.ca.ok_or_else(|| missing("KACME_AGENT_CA"))?,
         token_path: args.token,
         dir: args.dir,
-        names: args.names.ok_or_else(|| missing("KACME_AGENT_NAMES"))?,
-        pod: kacme::pod_certificate::names::PodFacts {
-            name: args.pod_name.ok_or_else(|| missing("POD_NAME"))?,
-            namespace: args.pod_namespace.ok_or_else(|| missing("POD_NAMESPACE"))?,
-            ips,
-        },
         algorithm,
     })
 }
@@ -437,7 +414,7 @@ fn main() -> anyhow::Result<()> {
             let config = agent_config(*args)?;
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(async {
-                tracing::info!(pod = %config.pod.name, namespace = %config.pod.namespace, "agent started");
+                tracing::info!(url = %config.url, "agent started");
                 kacme::pod_certificate::agent::run(config, kacme::solver::termination_signal()).await?;
                 tracing::info!("agent stopped");
                 Ok(())

@@ -13,7 +13,6 @@ use anyhow::{Context as _, Result, bail};
 use common::helm::{Helm, chart_dir};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kacme::pod_certificate::agent::{AgentConfig, EndpointClient};
-use kacme::pod_certificate::names::PodFacts;
 use kacme::pod_certificate::sidecar::AGENT_CONTAINER;
 use kacme_testenv::{
     Node, NodeOptions, StepCa, StepCaOptions, TLS_PROBE_IMAGE, TRAEFIK_HTTP_PORT, TRAEFIK_INGRESS_CLASS, TempDir,
@@ -314,8 +313,6 @@ async fn replicas_get_their_own_keys_and_certificates_that_stay_in_their_pods() 
         ca_pem: env["KACME_AGENT_CA"].clone(),
         token_path,
         dir: PathBuf::from("/nonexistent"),
-        names: String::new(),
-        pod: PodFacts { name: String::new(), namespace: String::new(), ips: vec![] },
         algorithm: kacme::api::KeyAlgorithm::Ecdsa,
     })?;
     let stolen = kacme::pki::CsrRequest {

@@ -13,7 +13,6 @@ use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
 use kacme::api::Issuer;
 use kacme::api::names::{CA_CRT, TLS_CRT, TLS_KEY};
 use kacme::pod_certificate::agent::{AgentConfig, EndpointClient};
-use kacme::pod_certificate::names::PodFacts;
 use kacme::pod_certificate::sidecar::{AGENT_CONTAINER, DEFAULT_AUDIENCE};
 use kacme_testenv::{PebbleOptions, poll_until};
 use kube::ResourceExt;
@@ -24,7 +23,7 @@ use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(100);
-const NAMES: &str = "${POD_NAME}.pods.test, web.apps.test";
+const NAMES: &str = "${POD_NAME}.pods.test, ${SERVICE_NAMES}";
 
 fn webhook_args(env_ip: std::net::IpAddr) -> Vec<String> {
     let port = std::net::TcpListener::bind((env_ip, 0)).unwrap().local_addr().unwrap().port();
@@ -47,7 +46,7 @@ fn pod(name: &str, per_pod: bool) -> Pod {
     serde_json::from_value(serde_json::json!({
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": name, "namespace": "apps", "annotations": annotations},
+        "metadata": {"name": name, "namespace": "apps", "annotations": annotations, "labels": {"app": "web"}},
         "spec": {"containers": [{"name": "app", "image": "registry.test/app:1"}]}
     }))
     .unwrap()
@@ -78,6 +77,16 @@ async fn pod_token(env: &OperatorEnv, pod: &Pod, audience: &str) -> String {
     issued.status.unwrap().token
 }
 
+/// The Service `web` selecting the Pods (`app: web`).
+async fn web_service(env: &OperatorEnv) {
+    let service: k8s_openapi::api::core::v1::Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "web", "namespace": "apps"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"port": 8443}]},
+    }))
+    .unwrap();
+    Api::namespaced(env.client.clone(), "apps").create(&PostParams::default(), &service).await.unwrap();
+}
+
 fn agent_env(pod: &Pod) -> BTreeMap<String, String> {
     let spec = pod.spec.as_ref().unwrap();
     let agent = spec.init_containers.iter().flatten().find(|c| c.name == AGENT_CONTAINER).expect("the agent sidecar");
@@ -91,8 +100,6 @@ fn client_for(env: &BTreeMap<String, String>) -> EndpointClient {
         ca_pem: env["KACME_AGENT_CA"].clone(),
         token_path: "/nonexistent".into(),
         dir: "/nonexistent".into(),
-        names: env["KACME_AGENT_NAMES"].clone(),
-        pod: PodFacts { name: String::new(), namespace: String::new(), ips: vec![] },
         algorithm: kacme::api::KeyAlgorithm::Ecdsa,
     };
     EndpointClient::new(&config).unwrap()
@@ -148,7 +155,8 @@ async fn a_pod_gets_its_own_certificate_and_key_and_nothing_else() {
     let web_1 = pods.create(&PostParams::default(), &pod("web-1", true)).await.unwrap();
     let plain = pods.create(&PostParams::default(), &pod("plain-0", false)).await.unwrap();
     let sidecar_env = agent_env(&created);
-    assert_eq!(sidecar_env["KACME_AGENT_NAMES"], NAMES);
+    // ${SERVICE_NAMES}: the Service that selects the Pods.
+    web_service(&env).await;
     assert!(sidecar_env["KACME_AGENT_URL"].ends_with("/pod-certificate"), "{sidecar_env:?}");
     let init = &created.spec.as_ref().unwrap().init_containers.as_ref().unwrap()[0];
     assert_eq!(init.restart_policy.as_deref(), Some("Always"));
@@ -170,7 +178,6 @@ async fn a_pod_gets_its_own_certificate_and_key_and_nothing_else() {
         .envs(&sidecar_env)
         .env("POD_NAME", "web-0")
         .env("POD_NAMESPACE", "apps")
-        .env("POD_IPS", "")
         .env("KACME_AGENT_DIR", &files)
         .env("KACME_AGENT_TOKEN", &token_path)
         .env("RUST_LOG", "info")
@@ -189,7 +196,7 @@ async fn a_pod_gets_its_own_certificate_and_key_and_nothing_else() {
     let first = leaf(&files).unwrap();
     let mut names = first.dns_names.clone();
     names.sort();
-    assert_eq!(names, ["web-0.pods.test", "web.apps.test"]);
+    assert_eq!(names, ["web-0.pods.test", "web.apps.svc"]);
     let key_pem = std::fs::read_to_string(files.join(TLS_KEY)).unwrap();
     let key = kacme::pki::parse_private_key(key_pem.as_bytes()).unwrap();
     assert!(kacme::pki::key_matches_certificate(&key, &first));
@@ -216,6 +223,9 @@ async fn a_pod_gets_its_own_certificate_and_key_and_nothing_else() {
     // Refusals, each with a clear message.
     let client = client_for(&sidecar_env);
     let web_1_token = pod_token(&env, &web_1, DEFAULT_AUDIENCE).await;
+    let (status, answer, _) = client.get_names(&web_1_token).await.unwrap();
+    assert_eq!(status.as_u16(), 200, "{answer:?}");
+    assert_eq!(answer.names.unwrap(), ["web-1.pods.test", "web.apps.svc"], "the names web-1 may have");
     // A Pod asking from a namespace the webhook does not serve (no sidecar was added, but anyone can mount a
     // projected token for any audience).
     env.control_plane.create_namespace("elsewhere").await.unwrap();
@@ -249,22 +259,22 @@ async fn a_pod_gets_its_own_certificate_and_key_and_nothing_else() {
         (
             "a namespace the webhook does not serve",
             outside_token,
-            csr_pem(&["web-9.pods.test", "web.apps.test"]),
+            csr_pem(&["web-9.pods.test", "web.apps.svc"]),
             403,
             "not one whose Pods kacme serves",
         ),
         (
             "another Pod's names",
             web_1_token.clone(),
-            csr_pem(&["web-0.pods.test", "web.apps.test"]),
+            csr_pem(&["web-0.pods.test", "web.apps.svc"]),
             400,
             "may not have",
         ),
-        ("no token", String::new(), csr_pem(&["web-1.pods.test", "web.apps.test"]), 401, "bearer token"),
+        ("no token", String::new(), csr_pem(&["web-1.pods.test", "web.apps.svc"]), 401, "bearer token"),
         (
             "a token for the apiserver's audience",
             pod_token(&env, &web_1, "https://kubernetes.default.svc.cluster.local").await,
-            csr_pem(&["web-1.pods.test", "web.apps.test"]),
+            csr_pem(&["web-1.pods.test", "web.apps.svc"]),
             401,
             "not valid",
         ),
@@ -351,8 +361,10 @@ async fn a_restarted_operator_issues_on_the_next_request_and_leaves_nothing_behi
     .await
     .unwrap();
     let sidecar_env = agent_env(&web_0);
+    // ${SERVICE_NAMES}: the Service that selects the Pods.
+    web_service(&env).await;
     let token = pod_token(&env, &web_0, DEFAULT_AUDIENCE).await;
-    let csr = csr_pem(&["web-0.pods.test", "web.apps.test"]);
+    let csr = csr_pem(&["web-0.pods.test", "web.apps.svc"]);
 
     // The order starts; the operator is killed at once, before it could finish.
     let client = client_for(&sidecar_env);
@@ -377,7 +389,7 @@ async fn a_restarted_operator_issues_on_the_next_request_and_leaves_nothing_behi
     let issued = kacme::pki::parse_chain(chain.as_bytes()).unwrap().leaf;
     let mut names = issued.dns_names.clone();
     names.sort();
-    assert_eq!(names, ["web-0.pods.test", "web.apps.test"]);
+    assert_eq!(names, ["web-0.pods.test", "web.apps.svc"]);
     poll_until("no solver objects", WAIT, POLL, || async {
         let left = env.solver_objects("apps").await?;
         Ok(if left.is_empty() { Ok(()) } else { Err(left.join(", ")) })

@@ -207,8 +207,6 @@ async fn per_pod_certificate(env: &OperatorEnv, connect: &str) {
         ca_pem,
         token_path: "/nonexistent".into(),
         dir: "/nonexistent".into(),
-        names: String::new(),
-        pod: kacme::pod_certificate::names::PodFacts { name: String::new(), namespace: String::new(), ips: vec![] },
         algorithm: kacme::api::KeyAlgorithm::Ecdsa,
     };
     let client = kacme::pod_certificate::agent::EndpointClient::new(&config).unwrap();

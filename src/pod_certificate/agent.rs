@@ -7,7 +7,6 @@
 //! `..data`, so a reader never sees a key from one version and a certificate from another.
 
 use super::endpoint::{AgentRequest, AgentResponse};
-use super::names::{PodFacts, expand_names};
 use crate::api::names::{CA_CRT, TLS_CRT, TLS_KEY};
 use crate::api::{KeyAlgorithm, KeyUsage};
 use crate::pki::{CsrRequest, KeySpec, build_csr, effective_usages, generate_private_key, parse_chain};
@@ -33,10 +32,6 @@ pub struct AgentConfig {
     pub token_path: PathBuf,
     /// Where to write the files.
     pub dir: PathBuf,
-    /// `kacme.dev/names`, with placeholders.
-    pub names: String,
-    /// The Pod's name, namespace and addresses.
-    pub pod: PodFacts,
     /// The key to generate.
     pub algorithm: KeyAlgorithm,
 }
@@ -106,8 +101,16 @@ pub fn renewal_time(not_before: jiff::Timestamp, not_after: jiff::Timestamp) -> 
 async fn obtain(config: &AgentConfig, client: &EndpointClient) -> Result<(), AgentError> {
     let mut backoff = Duration::from_secs(1);
     loop {
-        let names = expand_names(&config.names, &config.pod)
-            .map_err(|e| AgentError::Configuration(format!("kacme.dev/names: {}", e.0)))?;
+        // The names come from the operator, which reads the Pod (its addresses, the Services selecting it).
+        let names = match client.names(config).await {
+            Ok(names) => names,
+            Err(message) => {
+                tracing::warn!(%message, retry_in = ?backoff, "no names yet");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
         let spec = KeySpec::from_spec(Some(&crate::api::PrivateKeySpec {
             algorithm: Some(config.algorithm),
             ..Default::default()
@@ -115,12 +118,10 @@ async fn obtain(config: &AgentConfig, client: &EndpointClient) -> Result<(), Age
         let key = generate_private_key(&spec).map_err(|e| AgentError::Configuration(e.to_string()))?;
         let mut usages = effective_usages(&[], config.algorithm);
         usages.insert(KeyUsage::ClientAuth);
-        let request = CsrRequest {
-            dns_names: names.dns_names.clone(),
-            ip_addresses: names.ip_addresses.clone(),
-            common_name: None,
-            usages,
-        };
+        let (ip_addresses, dns_names): (Vec<String>, Vec<String>) =
+            names.into_iter().partition(|n| n.parse::<std::net::IpAddr>().is_ok());
+        let ip_addresses = ip_addresses.iter().filter_map(|ip| ip.parse().ok()).collect();
+        let request = CsrRequest { dns_names, ip_addresses, common_name: None, usages };
         let csr = build_csr(&request, &key).map_err(|e| AgentError::Configuration(e.to_string()))?;
         let csr_pem = pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", csr));
         // The same CSR while the operator works on it; a new key only after a failure, or when the operator
@@ -223,11 +224,18 @@ impl EndpointClient {
         Ok(sender)
     }
 
+    /// The names the Pod may have now, as the operator says.
+    async fn names(&self, config: &AgentConfig) -> Result<Vec<String>, String> {
+        let (status, answer, _) = self.get_names(&read_token(config)?).await?;
+        match (status, answer.names) {
+            (StatusCode::OK, Some(names)) if !names.is_empty() => Ok(names),
+            _ => Err(format!("{status}: {}", answer.message.unwrap_or_default())),
+        }
+    }
+
     /// One request: the answer, or why there is none (never the token, never the key).
     async fn ask(&self, config: &AgentConfig, csr_pem: &str) -> Result<Answer, String> {
-        let token = std::fs::read_to_string(&config.token_path)
-            .map_err(|e| format!("reading the token {}: {e}", config.token_path.display()))?;
-        let (status, answer, retry_after) = self.post(token.trim(), csr_pem).await?;
+        let (status, answer, retry_after) = self.post(&read_token(config)?, csr_pem).await?;
         match (status, answer.certificate) {
             (StatusCode::OK, Some(certificate)) => Ok(Answer::Issued { certificate, ca: answer.ca }),
             (StatusCode::ACCEPTED, _) => Ok(Answer::Pending(retry_after)),
@@ -239,8 +247,22 @@ impl EndpointClient {
     /// the Retry-After it carries (2 s when none).
     pub async fn post(&self, token: &str, csr_pem: &str) -> Result<(StatusCode, AgentResponse, Duration), String> {
         let body = serde_json::to_vec(&AgentRequest { csr: csr_pem.to_string() }).map_err(|e| e.to_string())?;
+        self.send(Method::POST, token, body).await
+    }
+
+    /// GETs the names the token's Pod may have (`names` of the answer).
+    pub async fn get_names(&self, token: &str) -> Result<(StatusCode, AgentResponse, Duration), String> {
+        self.send(Method::GET, token, Vec::new()).await
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        token: &str,
+        body: Vec<u8>,
+    ) -> Result<(StatusCode, AgentResponse, Duration), String> {
         let mut request = Request::builder()
-            .method(Method::POST)
+            .method(method)
             .uri(&self.path)
             .header(HOST, &self.host_header)
             .header(CONTENT_TYPE, "application/json");
@@ -276,6 +298,13 @@ impl EndpointClient {
             .map_err(|_| format!("the operator answered {status} with a body that is not kacme's"))?;
         Ok((status, answer, retry_after))
     }
+}
+
+/// The projected token, read afresh (the kubelet rotates it).
+fn read_token(config: &AgentConfig) -> Result<String, String> {
+    let token = std::fs::read_to_string(&config.token_path)
+        .map_err(|e| format!("reading the token {}: {e}", config.token_path.display()))?;
+    Ok(token.trim().to_string())
 }
 
 /// Writes one version of the files and makes it current with a single rename (see the module's doc).

@@ -1,6 +1,8 @@
 //! The operator's side of per-Pod certificates: `POST /pod-certificate` on the webhook's HTTPS server.
 //!
-//! The agent sends `{"csr": "<PEM>"}` with its projected token as a bearer token. Each request is checked
+//! The agent first GETs the names its Pod may have (`{"names": [...]}`: the Pod's annotation with its name,
+//! namespace, addresses and the Services selecting it put in), then sends `{"csr": "<PEM>"}` for exactly those,
+//! each time with its projected token as a bearer token. Each request is checked
 //! afresh (TokenReview, the Pod as the apiserver has it, its names, the CSR, the issuer's policy); then the
 //! order runs in the background and the agent asks again with the same CSR: `202` while it runs, `200` with
 //! the chain once issued, an error with the reason once it failed (the next request starts over).
@@ -10,7 +12,7 @@
 
 use super::csr::{CheckedCsr, check_csr, csr_der_from_pem};
 use super::identity::{IdentityRefusal, bound_pod, check_pod_is_bound};
-use super::names::{PodFacts, PodNames, expand_names};
+use super::names::{PodFacts, PodNames, SERVICE_NAMES, expand_names, selecting_services};
 use super::sidecar::{AGENT_PATH, PodRequest, parse_pod_request};
 use super::solver::PodSolver;
 use crate::acme::{AdvanceOptions, IssueOptions, OrderOptions, OrderSession, issue_with_csr};
@@ -24,7 +26,7 @@ use hyper::body::{Bytes, Incoming};
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, ListParams, PostParams};
 use kube::{Client, ResourceExt};
@@ -53,7 +55,7 @@ pub struct AgentRequest {
 /// What the agent gets back (every status code carries one).
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct AgentResponse {
-    /// `issued`, `pending` or `refused`.
+    /// `issued`, `pending`, `refused`, or `names` (the answer to a GET).
     pub status: String,
     /// The chain, leaf first (PEM), when issued.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -61,6 +63,9 @@ pub struct AgentResponse {
     /// The issuer's CA bundle for `ca.crt` (PEM), when issued and known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca: Option<String>,
+    /// The names the Pod may have now (the answer to a GET): DNS names, then IP addresses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub names: Option<Vec<String>>,
     /// Why pending or refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
@@ -210,8 +215,11 @@ impl PodCertificates {
         if request.uri().path() != AGENT_PATH {
             return Err(Refusal::new(StatusCode::NOT_FOUND, "not found"));
         }
-        if request.method() != Method::POST {
-            return Err(Refusal::new(StatusCode::METHOD_NOT_ALLOWED, "POST {\"csr\": \"<PEM>\"}"));
+        if request.method() != Method::POST && request.method() != Method::GET {
+            return Err(Refusal::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "GET the Pod's names, or POST {\"csr\": \"<PEM>\"}",
+            ));
         }
         let token = request
             .headers()
@@ -221,6 +229,13 @@ impl PodCertificates {
             .map(|t| t.trim().to_string())
             .filter(|t| !t.is_empty())
             .ok_or_else(|| Refusal::new(StatusCode::UNAUTHORIZED, "no bearer token (the Pod's projected token)"))?;
+        if request.method() == Method::GET {
+            let pod = self.identify(&token).await?;
+            let (_, _, names) = self.permitted_names(&pod).await?;
+            let names = names.dns_names.iter().cloned().chain(names.ip_addresses.iter().map(ToString::to_string));
+            let body = AgentResponse { status: "names".into(), names: Some(names.collect()), ..Default::default() };
+            return Ok((StatusCode::OK, body));
+        }
         let body = Limited::new(request.into_body(), MAX_BODY)
             .collect()
             .await
@@ -277,19 +292,8 @@ impl PodCertificates {
     /// Everything else that decides whether this Pod may have this CSR signed, from scratch.
     async fn check_request(&self, pod: Pod, csr_pem: &str) -> Result<Checked, Refusal> {
         let client = &self.ctx.client;
-        let (namespace, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
-        self.check_namespace(&namespace).await?;
         let forbidden = |message: String| Refusal::new(StatusCode::FORBIDDEN, message);
-        let annotations = pod.metadata.annotations.clone().unwrap_or_default();
-        let request =
-            parse_pod_request(&annotations)
-                .map_err(|e| forbidden(format!("Pod {namespace}/{name}: {e}")))?
-                .ok_or_else(|| forbidden(format!("Pod {namespace}/{name} does not ask for per-Pod certificates")))?;
-        let facts = pod_facts(&pod);
-        let names = expand_names(&request.names, &facts).map_err(|e| forbidden(format!("kacme.dev/names: {}", e.0)))?;
-        if names.is_empty() {
-            return Err(Refusal::new(StatusCode::CONFLICT, "the Pod has no names yet (no IP address): retry"));
-        }
+        let (request, facts, names) = self.permitted_names(&pod).await?;
         let der = csr_der_from_pem(csr_pem).map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, e.0))?;
         let csr = check_csr(&der, &names).map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, e.0))?;
         let certificate = pod_certificate(&facts, &request, &names);
@@ -300,6 +304,38 @@ impl PodCertificates {
             }
         })?;
         Ok(Checked { pod, request, names, csr, certificate })
+    }
+
+    /// What the Pod asks for and the names it may have now: its namespace served, its annotations, its facts
+    /// (addresses, the Services that select it) as the apiserver has them.
+    async fn permitted_names(&self, pod: &Pod) -> Result<(PodRequest, PodFacts, PodNames), Refusal> {
+        let (namespace, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
+        self.check_namespace(&namespace).await?;
+        let forbidden = |message: String| Refusal::new(StatusCode::FORBIDDEN, message);
+        let annotations = pod.metadata.annotations.clone().unwrap_or_default();
+        let request =
+            parse_pod_request(&annotations)
+                .map_err(|e| forbidden(format!("Pod {namespace}/{name}: {e}")))?
+                .ok_or_else(|| forbidden(format!("Pod {namespace}/{name} does not ask for per-Pod certificates")))?;
+        let services = if request.names.contains(SERVICE_NAMES) {
+            let api: Api<Service> = Api::namespaced(self.ctx.client.clone(), &namespace);
+            let list = api
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| Refusal::new(StatusCode::SERVICE_UNAVAILABLE, format!("listing Services: {e}")))?;
+            selecting_services(pod.metadata.labels.as_ref().unwrap_or(&BTreeMap::new()), &list.items)
+        } else {
+            Vec::new()
+        };
+        let facts = pod_facts(pod, services);
+        let names = expand_names(&request.names, &facts).map_err(|e| forbidden(format!("kacme.dev/names: {}", e.0)))?;
+        if names.is_empty() {
+            return Err(Refusal::new(
+                StatusCode::CONFLICT,
+                "the Pod has no names yet (no IP address, no Service selecting it): retry",
+            ));
+        }
+        Ok((request, facts, names))
     }
 
     /// The answer for a checked request: the result kept for it, or a new order started in the background.
@@ -320,7 +356,8 @@ impl PodCertificates {
         match entries.get(&key).map(|e| e.state.clone()) {
             Some(State::Issuing) => return (StatusCode::ACCEPTED, pending("the certificate is being issued")),
             Some(State::Issued { certificate, ca }) => {
-                let body = AgentResponse { status: "issued".into(), certificate: Some(certificate), ca, message: None };
+                let body =
+                    AgentResponse { status: "issued".into(), certificate: Some(certificate), ca, ..Default::default() };
                 return (StatusCode::OK, body);
             }
             Some(State::Failed(message)) => {
@@ -390,8 +427,8 @@ fn json_response(status: StatusCode, body: &AgentResponse) -> Response<Full<Byte
     response
 }
 
-/// What the placeholders stand for, from the Pod as read.
-pub fn pod_facts(pod: &Pod) -> PodFacts {
+/// What the placeholders stand for, from the Pod as read and the Services that select it.
+pub fn pod_facts(pod: &Pod, services: Vec<String>) -> PodFacts {
     let status = pod.status.as_ref();
     let mut ips: Vec<IpAddr> =
         status.and_then(|s| s.pod_ips.as_ref()).into_iter().flatten().filter_map(|ip| ip.ip.parse().ok()).collect();
@@ -400,7 +437,7 @@ pub fn pod_facts(pod: &Pod) -> PodFacts {
     {
         ips.push(ip);
     }
-    PodFacts { name: pod.name_any(), namespace: pod.namespace().unwrap_or_default(), ips }
+    PodFacts { name: pod.name_any(), namespace: pod.namespace().unwrap_or_default(), ips, services }
 }
 
 /// The in-memory Certificate describing a Pod's request (for the policy check and the solver objects'
@@ -498,7 +535,6 @@ async fn issue_for_pod(ctx: &Context, checked: &Checked) -> Result<(String, Opti
 /// in-memory Certificate and the Pod as owner. Tries all; returns every failure.
 async fn remove_pod_solver_objects(client: &Client, pod: &Pod, certificate: &Certificate) -> Result<(), Vec<String>> {
     use crate::api::names::{LABEL_CERTIFICATE, LABEL_SOLVER};
-    use k8s_openapi::api::core::v1::Service;
     use k8s_openapi::api::networking::v1::Ingress;
     use kube::api::DeleteParams;
     let namespace = pod.namespace().unwrap_or_default();

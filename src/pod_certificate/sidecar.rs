@@ -108,13 +108,9 @@ fn conflict(problem: String) -> AnnotationError {
 /// The agent's init container.
 pub fn agent_container(request: &PodRequest, settings: &AgentSettings) -> Value {
     let field = |name: &str, path: &str| json!({"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}});
-    let mut env = vec![
-        field("POD_NAME", "metadata.name"),
-        field("POD_NAMESPACE", "metadata.namespace"),
-        field("POD_IPS", "status.podIPs"),
-    ];
+    // The Pod's name for its logs; the names to certify come from the operator, which reads the Pod.
+    let mut env = vec![field("POD_NAME", "metadata.name"), field("POD_NAMESPACE", "metadata.namespace")];
     let mut plain = vec![
-        ("KACME_AGENT_NAMES", request.names.clone()),
         ("KACME_AGENT_URL", settings.url.clone()),
         ("KACME_AGENT_CA", settings.ca_bundle.clone()),
         ("KACME_AGENT_DIR", MOUNT_PATH.to_string()),
