@@ -23,6 +23,7 @@ pub mod leader;
 pub mod liveness;
 pub mod metrics;
 pub mod pki;
+pub mod pod_certificate;
 pub mod shutdown;
 pub mod solver;
 #[cfg(test)]

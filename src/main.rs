@@ -101,6 +101,9 @@ enum Command {
         #[arg(long)]
         dir: Vec<PathBuf>,
     },
+    /// Keep this Pod's own certificate: generate the key here, send only a CSR to the operator, write
+    /// tls.crt, tls.key and ca.crt atomically, renew at two thirds of the lifetime (the per-Pod sidecar).
+    Agent(Box<AgentArgs>),
     /// Serve one HTTP-01 challenge (what solver Pods run).
     Solver {
         /// Address to listen on.
@@ -296,6 +299,62 @@ struct ControllerArgs {
     /// Ready=False, SkipTLSVerifyNotAllowed.
     #[arg(long, env = "KACME_ISSUER_ALLOW_SKIP_TLS_VERIFY", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     issuer_allow_skip_tls_verify: bool,
+    /// Per-Pod certificates (pod templates annotated kacme.dev/per-pod: "true"): the webhook adds the
+    /// `kacme agent` sidecar and serves POST /pod-certificate to agents. Only with --webhook-address; needs
+    /// the rights to create TokenReviews and read Pods.
+    #[arg(long, env = "KACME_POD_CERTIFICATES", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pod_certificates: bool,
+    /// The audience of the agents' projected ServiceAccount tokens.
+    #[arg(long, default_value = kacme::pod_certificate::sidecar::DEFAULT_AUDIENCE)]
+    pod_certificate_audience: String,
+    /// The agents' image (default: --solver-image, the operator's own).
+    #[arg(long)]
+    agent_image: Option<String>,
+    /// imagePullPolicy of the agents' container (default: the cluster's).
+    #[arg(long)]
+    agent_image_pull_policy: Option<String>,
+}
+
+/// `kacme agent`: what the per-Pod sidecar runs (the webhook sets its environment).
+#[derive(clap::Args, Debug)]
+struct AgentArgs {
+    /// Only check that the files hold a certificate that has not expired (exit 0) or not (exit 1): the
+    /// sidecar's startup and readiness probe.
+    #[arg(long)]
+    check: bool,
+    /// Where to write tls.crt, tls.key and ca.crt.
+    #[arg(long, env = "KACME_AGENT_DIR", default_value = "/var/run/kacme")]
+    dir: PathBuf,
+    /// The operator's endpoint, https://<host>:<port>/pod-certificate.
+    #[arg(long, env = "KACME_AGENT_URL")]
+    url: Option<String>,
+    /// Connect here (ip:port) instead of resolving the URL's host.
+    #[arg(long, env = "KACME_AGENT_CONNECT")]
+    connect: Option<String>,
+    /// The CA (PEM text) of the endpoint's serving certificate.
+    #[arg(long, env = "KACME_AGENT_CA", hide_env_values = true)]
+    ca: Option<String>,
+    /// The projected ServiceAccount token (bound to this Pod, for kacme's audience).
+    #[arg(long, env = "KACME_AGENT_TOKEN", default_value = "/var/run/secrets/kacme.dev/token")]
+    token: PathBuf,
+    /// ECDSA (default), RSA or Ed25519.
+    #[arg(long, env = "KACME_AGENT_KEY_ALGORITHM", default_value = "ECDSA")]
+    key_algorithm: String,
+}
+
+/// The agent's configuration from its arguments, or what is missing.
+fn agent_config(args: AgentArgs) -> anyhow::Result<kacme::pod_certificate::agent::AgentConfig> {
+    let missing = |what: &str| anyhow::anyhow!("kacme agent: {what} is not set (the webhook sets it)");
+    let algorithm = kacme::api::validation::key_algorithm(&args.key_algorithm)
+        .map_err(|e| anyhow::anyhow!("KACME_AGENT_KEY_ALGORITHM: {}", e.0))?;
+    Ok(kacme::pod_certificate::agent::AgentConfig {
+        url: args.url.ok_or_else(|| missing("KACME_AGENT_URL"))?,
+        connect: args.connect.filter(|c| !c.is_empty()),
+        ca_pem: args.ca.ok_or_else(|| missing("KACME_AGENT_CA"))?,
+        token_path: args.token,
+        dir: args.dir,
+        algorithm,
+    })
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -349,6 +408,23 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Crds { dir } => dir.iter().try_for_each(|dir| write_crds(dir)),
+        Command::Agent(args) if args.check => {
+            if kacme::pod_certificate::agent::files_are_current(&args.dir) {
+                Ok(())
+            } else {
+                std::process::exit(1)
+            }
+        }
+        Command::Agent(args) => {
+            let config = agent_config(*args)?;
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(async {
+                tracing::info!(url = %config.url, "agent started");
+                kacme::pod_certificate::agent::run(config, kacme::solver::termination_signal()).await?;
+                tracing::info!("agent stopped");
+                Ok(())
+            })
+        }
         Command::Solver { listen, domain, token, key_authorization, drain } => {
             let challenge = kacme::solver::Challenge { domain, token, key_authorization };
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -542,6 +618,28 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     tracing::info!(address = %listener.local_addr()?, "serving /metrics, /healthz and /readyz");
     let endpoints = tokio::spawn(kacme::endpoints::serve(listener, telemetry.clone(), stopped()));
     let observers = kacme::controller::Observers { acme: telemetry.clone(), reconcile: telemetry.clone() };
+    let mut webhook = webhook;
+    if let Some(webhook) = webhook.as_mut()
+        && args.pod_certificates
+    {
+        let agent = kacme::pod_certificate::endpoint::AgentRun {
+            image: args.agent_image.clone().unwrap_or_else(|| config.solver_image.clone()),
+            image_pull_policy: args.agent_image_pull_policy.clone(),
+            audience: args.pod_certificate_audience.clone(),
+        };
+        let observers = kacme::controller::Observers { acme: telemetry.clone(), reconcile: telemetry.clone() };
+        let scope = kacme::pod_certificate::endpoint::NamespaceScope {
+            selector: webhook.policy.namespace_selector.clone(),
+            excluded: webhook.policy.excluded_namespaces.clone(),
+        };
+        webhook.pod_certificates = Some(Arc::new(kacme::pod_certificate::endpoint::PodCertificates::new(
+            client.clone(),
+            config.clone(),
+            observers,
+            agent,
+            scope,
+        )));
+    }
     let webhook = match webhook {
         Some(config) => {
             let listener = kacme::webhook::bind(&config).await?;
@@ -655,6 +753,7 @@ fn webhook_config(args: &ControllerArgs) -> anyhow::Result<Option<kacme::webhook
             timeout_seconds: 5,
         },
         serving: kacme::webhook::serving::ServingPolicy::default(),
+        pod_certificates: None,
     }))
 }
 

@@ -166,6 +166,72 @@ spec:
     hosts: [shop.example.test]
 ";
 
+/// A Pod asking for a per-Pod certificate (created before its namespace is the webhook's), its bound token,
+/// and a CSR sent to the operator's endpoint until the chain comes back.
+async fn per_pod_certificate(env: &OperatorEnv, connect: &str) {
+    use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
+    use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+    use kube::ResourceExt;
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "agent-0", "namespace": "apps", "annotations": {
+            "kacme.dev/per-pod": "true", "kacme.dev/issuer": "ca", "kacme.dev/names": "${POD_NAME}.pods.test",
+        }},
+        "spec": {"containers": [{"name": "app", "image": "registry.test/app:1"}]}
+    }))
+    .unwrap();
+    let pod = Api::<Pod>::namespaced(env.client.clone(), "apps").create(&PostParams::default(), &pod).await.unwrap();
+    // Only Pods of the namespaces the webhook serves may ask (labelled after the Pod's creation: no Pod of this
+    // test could reach the webhook through the chart's Service).
+    env.control_plane.kubectl(&["label", "namespace", "apps", "kacme.dev/webhook=enabled"]).await.unwrap();
+    let accounts: Api<ServiceAccount> = Api::namespaced(env.client.clone(), "apps");
+    poll_until("the default ServiceAccount of apps", Duration::from_secs(30), Duration::from_millis(100), || async {
+        Ok(accounts.get_opt("default").await?.map(|_| ()).ok_or_else(|| "not yet".to_string()))
+    })
+    .await
+    .unwrap();
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: vec!["kacme.dev/agent".into()],
+            bound_object_ref: Some(BoundObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: Some(pod.name_any()),
+                uid: pod.metadata.uid.clone(),
+            }),
+            expiration_seconds: Some(3600),
+        },
+        ..TokenRequest::default()
+    };
+    let token = accounts.create_token_request("default", &PostParams::default(), &request).await.unwrap();
+    let token = token.status.unwrap().token;
+    let serving = env.secrets("kacme").get("kacme-webhook-tls").await.unwrap();
+    let ca_pem = String::from_utf8(serving.data.unwrap()["ca.crt"].0.clone()).unwrap();
+    let config = kacme::pod_certificate::agent::AgentConfig {
+        url: "https://kacme-webhook.kacme.svc:443/pod-certificate".into(),
+        connect: Some(connect.into()),
+        ca_pem,
+        token_path: "/nonexistent".into(),
+        dir: "/nonexistent".into(),
+        algorithm: kacme::api::KeyAlgorithm::Ecdsa,
+    };
+    let client = kacme::pod_certificate::agent::EndpointClient::new(&config).unwrap();
+    let key = kacme::pki::generate_private_key(&kacme::pki::KeySpec::from_spec(None)).unwrap();
+    let csr = kacme::pki::CsrRequest { dns_names: vec!["agent-0.pods.test".into()], ..Default::default() };
+    let csr = pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", kacme::pki::build_csr(&csr, &key).unwrap()));
+    poll_until("the per-Pod certificate", Duration::from_secs(60), Duration::from_millis(500), || async {
+        let (status, answer, _) = client.post(&token, &csr).await.map_err(anyhow::Error::msg)?;
+        Ok(match (status.as_u16(), answer.certificate) {
+            (200, Some(_)) => Ok(()),
+            (202, _) => Err("pending".to_string()),
+            (code, _) => panic!("{code}: {:?}\n{}", answer.message, env.operator_log()),
+        })
+    })
+    .await
+    .unwrap();
+    env.wait_no_solver_objects("apps").await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_charts_service_account_issues_certificates_and_may_do_nothing_more() {
     tokio::time::timeout(Duration::from_secs(150), run()).await.expect("the test did not finish within 150s");
@@ -179,7 +245,16 @@ async fn run() {
     let helm = Helm::for_cluster(env.control_plane.kubeconfig_path()).unwrap();
     let chart = chart_dir().display().to_string();
     // With the webhook: the chart installs its MutatingWebhookConfiguration, the operator fills in its caBundle.
-    let install = ["install", "kacme", &chart, "--namespace", "kacme", "--skip-crds", "--set", "webhook.enabled=true"];
+    let install = [
+        "install",
+        "kacme",
+        &chart,
+        "--namespace",
+        "kacme",
+        "--skip-crds",
+        "--set",
+        "webhook.enabled=true,webhook.podCertificates.enabled=true",
+    ];
     helm.run(&install).await.expect("helm install");
     let manifest = helm.run(&["get", "manifest", "kacme", "--namespace", "kacme"]).await.unwrap();
     let granted = granted_rights(&manifest);
@@ -202,6 +277,8 @@ async fn run() {
         "--webhook-namespace=kacme".into(),
         "--webhook-configuration=kacme".into(),
         "--webhook-manage-configuration=false".into(),
+        "--pod-certificates".into(),
+        "--pod-certificate-audience=kacme.dev/agent".into(),
     ];
     env.start_operator_with(&OperatorLaunch {
         kubeconfig: Some(kubeconfig.clone()),
@@ -254,6 +331,10 @@ async fn run() {
     env.wait_ready("apps", "shop-tls", Duration::from_secs(60)).await.expect("the annotated Ingress's Certificate");
     env.control_plane.kubectl(&["annotate", "ingress", "shop", "-n", "apps", "kacme.dev/issuer-"]).await.unwrap();
     env.wait_certificate_gone("apps", "shop-tls", Duration::from_secs(30)).await.unwrap();
+
+    // A per-Pod certificate: the endpoint reviews the Pod's token, reads the Pod and its solver objects.
+    // The agent's URL names the chart's Service (the serving certificate's name); it connects to the address.
+    per_pod_certificate(&env, &format!("{ip}:{port}")).await;
 
     // Deleting a Certificate runs the finalizer's cleanup.
     env.certificates("apps").delete("api", &DeleteParams::default()).await.unwrap();

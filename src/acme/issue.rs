@@ -52,18 +52,31 @@ pub async fn issue<S: ChallengeSolver>(
 
 /// Drives an existing (created or resumed) order to its certificate.
 pub async fn issue_with<S: ChallengeSolver>(
-    mut session: OrderSession,
+    session: OrderSession,
     account: &AcmeAccount,
     request: &CsrRequest,
     key: &PrivateKey,
     solver: &S,
     options: &IssueOptions,
 ) -> Result<Issued, AcmeError> {
-    let started = Instant::now();
     let csr = build_csr(request, key).map_err(|e| AcmeError::fatal(AcmeAction::Finalize, e.to_string()))?;
+    issue_with_csr(session, account, &csr, solver, options).await
+}
+
+/// Drives an existing order to its certificate, finalizing with `csr_der` (a CSR made elsewhere, for
+/// example by a Pod that keeps its key: its names must be exactly the order's identifiers).
+pub async fn issue_with_csr<S: ChallengeSolver>(
+    mut session: OrderSession,
+    account: &AcmeAccount,
+    csr_der: &[u8],
+    solver: &S,
+    options: &IssueOptions,
+) -> Result<Issued, AcmeError> {
+    let started = Instant::now();
+    let csr = csr_der;
     let mut bad_nonces = 0;
     loop {
-        match session.advance(account, solver, &csr, &options.advance).await {
+        match session.advance(account, solver, csr, &options.advance).await {
             Ok(Advance::Issued(chain_pem)) => {
                 return Ok(Issued { chain_pem, order_url: session.progress().url.clone() });
             }

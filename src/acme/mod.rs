@@ -46,7 +46,7 @@ pub use account::{
 pub use challenge::{CHALLENGE_PATH_PREFIX, Http01Challenge, check_challenge, check_identifier, check_token};
 pub use error::{AcmeError, DEFAULT_RETRY_DELAY, PROBLEM_PREFIX, ProblemDetail, Retry, ca_text};
 pub use http::CaTrust;
-pub use issue::{IssueOptions, Issued, issue, issue_with};
+pub use issue::{IssueOptions, Issued, issue, issue_with, issue_with_csr};
 pub use lifetime::rfc3339;
 pub use observe::{AcmeAction, AcmeObserver, AcmeOutcome, NoObserver, RequestCounter};
 pub use order::{

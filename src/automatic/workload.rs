@@ -42,10 +42,14 @@ pub struct WorkloadRequest {
 }
 
 /// The workload certificate request of a Pod's annotations; `None` when the Pod asks for nothing
-/// (neither `kacme.dev/names` nor an issuer annotation).
+/// (neither `kacme.dev/names` nor an issuer annotation) or for per-Pod certificates (`kacme.dev/per-pod`).
 pub fn parse_workload_request(
     annotations: &BTreeMap<String, String>,
 ) -> Result<Option<WorkloadRequest>, AnnotationError> {
+    // Per-Pod certificates are the agent's, not a Secret per workload.
+    if crate::pod_certificate::sidecar::is_per_pod(annotations) {
+        return Ok(None);
+    }
     let names = annotations.get(ANNOTATION_NAMES);
     let issuance = parse_issuance(annotations)?;
     let (names, issuance) = match (names, issuance) {

@@ -95,6 +95,21 @@ pub struct Stores {
 }
 
 impl Stores {
+    /// Stores that stay empty (no watch fills them): for a [`Context`] that reads through the apiserver only,
+    /// such as the per-Pod certificate endpoint's, which every replica serves.
+    pub fn empty() -> Stores {
+        Stores {
+            secrets: kube::runtime::reflector::store().0,
+            issuers: kube::runtime::reflector::store().0,
+            cluster_issuers: kube::runtime::reflector::store().0,
+            solvers: kube_solver::SolverStores {
+                pods: kube::runtime::reflector::store().0,
+                services: kube::runtime::reflector::store().0,
+                ingresses: kube::runtime::reflector::store().0,
+            },
+        }
+    }
+
     /// Empty stores and the writers that fill them, for unit tests that play the watches themselves.
     #[cfg(test)]
     pub(crate) fn with_writers() -> (Stores, StoreWriters) {

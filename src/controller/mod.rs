@@ -29,7 +29,7 @@ mod sweep;
 mod testing;
 mod workload;
 
-pub use accounts::{AccountCache, IssuerInfo};
+pub use accounts::{AccountCache, IssuerInfo, ensure_account};
 pub use automation::{AutomationConfig, run_automation};
 pub use ca_bundle::CaBundleConfig;
 pub use certificate::FINALIZER;

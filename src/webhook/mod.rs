@@ -16,6 +16,8 @@ use crate::api::names::{LABEL_MANAGED_BY, MANAGED_BY};
 use crate::automatic::workload::{PodAdmission, admit_pod};
 use crate::http_server::ServeOptions;
 use crate::issuer_policy::check_certificate_policy;
+use crate::pod_certificate::endpoint::PodCertificates;
+use crate::pod_certificate::sidecar::{AGENT_PATH, AgentSettings, parse_pod_request, per_pod_patch};
 use configuration::{
     WEBHOOK_NAME, WEBHOOK_PATH, WebhookEndpoint, WebhookPolicy, build_webhook_configuration, current_ca_bundle,
 };
@@ -66,6 +68,9 @@ pub struct WebhookConfig {
     pub policy: WebhookPolicy,
     /// Lifetimes of the serving CA and certificate.
     pub serving: ServingPolicy,
+    /// Per-Pod certificates (`kacme.dev/per-pod`): the endpoint agents ask, and how their sidecar runs; `None`
+    /// refuses Pods that ask for them.
+    pub pod_certificates: Option<Arc<PodCertificates>>,
 }
 
 /// Errors of the webhook's setup (serving errors per request are answered, not returned).
@@ -293,9 +298,11 @@ pub async fn run_on(
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     let mut excluded = config.policy.excluded_namespaces.clone();
     excluded.push(config.namespace.clone());
+    let ca_bundle = Arc::new(RwLock::new(material.ca_bundle.clone()));
     let (stop_server, server_stopped) = crate::shutdown::Shutdown::new();
     tracing::info!(address = %listener.local_addr().map_err(|source| WebhookError::Listen { address: config.listen, source })?, "serving the admission webhook");
-    let server = tokio::spawn(serve(listener, Arc::new(tls), Arc::new(excluded), client.clone(), server_stopped));
+    let shared = Arc::new(Shared { excluded, config: config.clone(), ca_bundle: ca_bundle.clone() });
+    let server = tokio::spawn(serve(listener, Arc::new(tls), shared, client.clone(), server_stopped));
 
     let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     let watch_config = watcher::Config::default().fields(&format!("metadata.name={}", config.configuration_name));
@@ -319,6 +326,9 @@ pub async fn run_on(
                                     *slot = key;
                                 }
                                 configured = configured && current.ca_bundle == material.ca_bundle;
+                                if let Ok(mut bundle) = ca_bundle.write() {
+                                    bundle.clone_from(&current.ca_bundle);
+                                }
                                 material = current;
                             }
                             Err(error) => tracing::warn!(%error, "the renewed serving certificate does not load"),
@@ -344,10 +354,19 @@ pub async fn run_on(
     Ok(())
 }
 
+/// What every request of the webhook's server may need.
+struct Shared {
+    /// Namespaces whose Pods are never mutated.
+    excluded: Vec<String>,
+    config: WebhookConfig,
+    /// The serving CA (PEM), current: per-Pod agents trust it.
+    ca_bundle: Arc<RwLock<String>>,
+}
+
 async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
-    excluded: Arc<Vec<String>>,
+    shared: Arc<Shared>,
     client: Client,
     shutdown: crate::shutdown::Shutdown,
 ) {
@@ -360,9 +379,14 @@ async fn serve(
         ..ServeOptions::plain("webhook")
     };
     let handler = move |request: Request<Incoming>| {
-        let excluded = excluded.clone();
+        let shared = shared.clone();
         let client = client.clone();
-        async move { respond(request, &excluded, &client).await }
+        async move {
+            match &shared.config.pod_certificates {
+                Some(endpoint) if request.uri().path() == AGENT_PATH => endpoint.respond(request).await,
+                _ => respond(request, &shared, &client).await,
+            }
+        }
     };
     crate::http_server::serve(listener, options, handler, shutdown.stopped()).await;
 }
@@ -376,7 +400,11 @@ fn plain(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
 
 /// [`admission_response`], then, for a Pod that asks for a workload certificate, the policy of its issuer:
 /// a Pod that asks for names its namespace may not have is refused here, before any Certificate exists.
-async fn admit(request: &AdmissionRequest<DynamicObject>, excluded: &[String], client: &Client) -> AdmissionResponse {
+async fn admit(request: &AdmissionRequest<DynamicObject>, shared: &Shared, client: &Client) -> AdmissionResponse {
+    let excluded = &shared.excluded;
+    if let Some(response) = per_pod_admission(request, excluded, shared, client).await {
+        return response;
+    }
     let response = admission_response(request, excluded);
     if !response.allowed || response.patch.is_none() {
         return response;
@@ -411,7 +439,83 @@ fn workload_certificate_of(request: &AdmissionRequest<DynamicObject>) -> Option<
     Some(build_workload_certificate(&namespace, &label, &identity, &workload_request))
 }
 
-async fn respond(request: Request<Incoming>, excluded: &[String], client: &Client) -> Response<Full<Bytes>> {
+/// The answer for a Pod being created that asks for per-Pod certificates (`None` for any other request):
+/// patched with the agent sidecar as [`per_pod_patch`] says, or denied with the reason.
+async fn per_pod_admission(
+    request: &AdmissionRequest<DynamicObject>,
+    excluded: &[String],
+    shared: &Shared,
+    client: &Client,
+) -> Option<AdmissionResponse> {
+    let is_pod_create = request.kind.group.is_empty()
+        && request.kind.kind == "Pod"
+        && request.operation == Operation::Create
+        && request.sub_resource.is_none();
+    if !is_pod_create || request.namespace.as_ref().is_some_and(|ns| excluded.contains(ns)) {
+        return None;
+    }
+    let pod: Pod = serde_json::to_value(request.object.as_ref()?).and_then(serde_json::from_value).ok()?;
+    let deny = |message: String| {
+        tracing::info!(namespace = request.namespace.as_deref(), %message, "admission: Pod denied");
+        Some(AdmissionResponse::from(request).deny(message))
+    };
+    let pod_request = match parse_pod_request(pod.metadata.annotations.as_ref()?) {
+        Ok(None) => return None,
+        Ok(Some(pod_request)) => pod_request,
+        Err(error) => return deny(format!("kacme: {error}")),
+    };
+    let Some(endpoint) = &shared.config.pod_certificates else {
+        return deny("kacme: per-Pod certificates (kacme.dev/per-pod) are not enabled in this operator".into());
+    };
+    let ca_bundle = shared.ca_bundle.read().map(|b| b.clone()).unwrap_or_default();
+    let settings = agent_settings(&shared.config.endpoint, endpoint, ca_bundle, client).await;
+    match per_pod_patch(&pod, &pod_request, &settings) {
+        Ok(patch) => Some(AdmissionResponse::from(request).with_patch(patch).unwrap_or_else(|error| {
+            AdmissionResponse::from(request).deny(format!("kacme: internal error building the patch: {error}"))
+        })),
+        Err(error) => deny(format!("kacme: {error}")),
+    }
+}
+
+/// How the agent reaches this webhook's server: its URL with the agent's path, and for a Service its cluster
+/// IP (read now; agents then need no cluster DNS).
+async fn agent_settings(
+    endpoint: &WebhookEndpoint,
+    pod_certificates: &PodCertificates,
+    ca_bundle: String,
+    client: &Client,
+) -> AgentSettings {
+    let (url, connect) = match endpoint {
+        WebhookEndpoint::Url(url) => {
+            let authority = url.parse::<http::Uri>().ok().and_then(|u| u.authority().map(|a| a.to_string()));
+            (format!("https://{}{AGENT_PATH}", authority.unwrap_or_default()), None)
+        }
+        WebhookEndpoint::Service { namespace, name, port } => {
+            let services: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(client.clone(), namespace);
+            let read = tokio::time::timeout(Duration::from_secs(2), services.get_opt(name)).await;
+            let cluster_ip = match read {
+                Ok(Ok(Some(service))) => service.spec.and_then(|s| s.cluster_ip).filter(|ip| ip != "None"),
+                _ => None,
+            };
+            let connect = cluster_ip.map(|ip| match ip.parse::<std::net::IpAddr>() {
+                Ok(std::net::IpAddr::V6(v6)) => format!("[{v6}]:{port}"),
+                _ => format!("{ip}:{port}"),
+            });
+            (format!("https://{name}.{namespace}.svc:{port}{AGENT_PATH}"), connect)
+        }
+    };
+    let agent = pod_certificates.agent();
+    AgentSettings {
+        image: agent.image.clone(),
+        image_pull_policy: agent.image_pull_policy.clone(),
+        url,
+        connect,
+        ca_bundle,
+        audience: agent.audience.clone(),
+    }
+}
+
+async fn respond(request: Request<Incoming>, shared: &Shared, client: &Client) -> Response<Full<Bytes>> {
     if request.uri().path() != WEBHOOK_PATH {
         return plain(StatusCode::NOT_FOUND, "not found\n");
     }
@@ -428,7 +532,7 @@ async fn respond(request: Request<Incoming>, excluded: &[String], client: &Clien
     };
     let admission: Result<AdmissionRequest<DynamicObject>, _> = review.try_into();
     let response = match admission {
-        Ok(admission) => admit(&admission, excluded, client).await,
+        Ok(admission) => admit(&admission, shared, client).await,
         Err(error) => AdmissionResponse::invalid(error.to_string()),
     };
     match serde_json::to_vec(&response.into_review()) {
