@@ -60,21 +60,6 @@ fn skip_reason() -> Option<String> {
     node_tests_skip_reason()
 }
 
-/// The kacme binary of the image: `$KACME_IMAGE_BINARY`, else a release build, else this test's debug build
-/// (larger, same behaviour).
-fn image_binary() -> PathBuf {
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let candidates = [
-        std::env::var_os("KACME_IMAGE_BINARY").map(PathBuf::from),
-        Some(workspace.join("target/release/kacme")),
-        std::env::var_os("CARGO_TARGET_DIR").map(|d| PathBuf::from(d).join("release/kacme")),
-    ];
-    candidates.into_iter().flatten().find(|p| p.is_file()).unwrap_or_else(|| {
-        eprintln!("no kacme release binary (KACME_IMAGE_BINARY, target/release/kacme): the image has the debug build");
-        PathBuf::from(env!("CARGO_BIN_EXE_kacme"))
-    })
-}
-
 /// The tag of the local kacme image: the crate's version (the chart's default tag is its appVersion).
 const IMAGE_TAG: &str = env!("CARGO_PKG_VERSION");
 
@@ -161,7 +146,7 @@ async fn certificates_are_issued_through_solver_pods_and_traefik_on_pebble_and_s
         return Ok(());
     }
     let started = Instant::now();
-    let image = kacme_image(&image_binary(), IMAGE_TAG)?;
+    let image = kacme_image(&common::image_binary(), IMAGE_TAG)?;
     let node = Node::start(NodeOptions {
         images: vec![image],
         crds_dir: Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("crds")),
@@ -248,7 +233,7 @@ async fn a_certificate_is_issued_through_a_solver_httproute_on_traefiks_gateway(
     }
     let started = Instant::now();
     let node = Node::start(NodeOptions {
-        images: vec![kacme_image(&image_binary(), IMAGE_TAG)?],
+        images: vec![kacme_image(&common::image_binary(), IMAGE_TAG)?],
         crds_dir: Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("crds")),
         gateway_api: true,
         traefik: true,
@@ -512,7 +497,7 @@ async fn the_chart_runs_kacme_in_the_cluster_and_workloads_get_renewed_certifica
     };
     let started = Instant::now();
     let node = Node::start(NodeOptions {
-        images: vec![kacme_image(&image_binary(), IMAGE_TAG)?, tls_probe_image(&probe)?],
+        images: vec![kacme_image(&common::image_binary(), IMAGE_TAG)?, tls_probe_image(&probe)?],
         crds_dir: None,
         gateway_api: false,
         traefik: true,

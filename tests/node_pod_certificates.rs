@@ -26,17 +26,6 @@ use std::time::{Duration, Instant};
 
 const IMAGE_TAG: &str = env!("CARGO_PKG_VERSION");
 
-/// The kacme binary of the image: `$KACME_IMAGE_BINARY`, else a release build, else this test's debug build.
-fn image_binary() -> PathBuf {
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let candidates = [
-        std::env::var_os("KACME_IMAGE_BINARY").map(PathBuf::from),
-        Some(workspace.join("target/release/kacme")),
-        std::env::var_os("CARGO_TARGET_DIR").map(|d| PathBuf::from(d).join("release/kacme")),
-    ];
-    candidates.into_iter().flatten().find(|p| p.is_file()).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_kacme")))
-}
-
 fn tls_probe_binary() -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
     Some(exe.parent()?.parent()?.join("kacme-tls-probe")).filter(|p| p.is_file())
@@ -150,7 +139,7 @@ async fn replicas_get_their_own_keys_and_certificates_that_stay_in_their_pods() 
     };
     let started = Instant::now();
     let node = Node::start(NodeOptions {
-        images: vec![kacme_image(&image_binary(), IMAGE_TAG)?, tls_probe_image(&probe)?],
+        images: vec![kacme_image(&common::image_binary(), IMAGE_TAG)?, tls_probe_image(&probe)?],
         traefik: true,
         ..NodeOptions::default()
     })

@@ -12,3 +12,29 @@ pub async fn within<T>(seconds: u64, body: impl std::future::Future<Output = T>)
         Err(_) => panic!("the test did not finish within {seconds}s"),
     }
 }
+
+/// The `kacme` binary the real-node tests put in the kacme image: `KACME_IMAGE_BINARY` (tests/run builds a
+/// release for it), else the release build of this target directory when it is at least as new as the debug
+/// build these tests run with (an older one would lack what the tests exercise), else the debug build.
+pub fn image_binary() -> std::path::PathBuf {
+    use std::path::{Path, PathBuf};
+    if let Some(path) = std::env::var_os("KACME_IMAGE_BINARY").map(PathBuf::from) {
+        return path;
+    }
+    let debug = PathBuf::from(env!("CARGO_BIN_EXE_kacme"));
+    let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    // target/debug/kacme -> target/release/kacme
+    let release = debug.parent().and_then(Path::parent).map(|target| target.join("release/kacme"));
+    match release {
+        Some(release) if modified(&release).is_some() && modified(&release) >= modified(&debug) => release,
+        Some(release) => {
+            eprintln!(
+                "{} is missing or older than the debug build: the kacme image has the debug build {}",
+                release.display(),
+                debug.display()
+            );
+            debug
+        }
+        None => debug,
+    }
+}
