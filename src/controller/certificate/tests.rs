@@ -168,7 +168,7 @@ async fn a_new_certificate_becomes_ready_in_a_few_passes_once_its_solver_objects
         (None, None, None)
     );
     assert_eq!(harness.condition_reason("Ready"), condition("True", "Ready"));
-    assert_eq!(harness.event_reasons(), ["OrderCreated", "Presented", "Validated", "Issued"]);
+    assert_eq!(harness.event_reasons(), ["OrderCreated", "Issued"]);
     assert_eq!(harness.solver_objects(), Vec::<String>::new(), "the solver objects are gone");
     assert!(harness.next_key_secret().is_none(), "the next-key Secret is gone");
 }
