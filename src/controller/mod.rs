@@ -245,11 +245,18 @@ pub async fn run_observed(
     let cluster_issuer_store = store.clone();
     // A Certificate waiting for a slot of its issuer is reconciled as soon as one is offered to it.
     let slot_wakes = ctx.issuer_slots.take_wakes();
+    let service_pods = ctx.stores.solvers.pods.clone();
+    let ingress_pods = ctx.stores.solvers.pods.clone();
     let certificate_controller = certificates
         .reconcile_on(slot_wakes)
         .owns(Api::<Pod>::all(client.clone()), solver_objects())
-        .owns(Api::<Service>::all(client.clone()), solver_objects())
-        .owns(Api::<Ingress>::all(client.clone()), solver_objects())
+        // A solver Service or Ingress belongs to its solver Pod (which belongs to the Certificate).
+        .watches(Api::<Service>::all(client.clone()), solver_objects(), move |service| {
+            kube_solver::certificate_of_solver_object(&service.metadata, &service_pods)
+        })
+        .watches(Api::<Ingress>::all(client.clone()), solver_objects(), move |ingress| {
+            kube_solver::certificate_of_solver_object(&ingress.metadata, &ingress_pods)
+        })
         .watches_stream(secret_events, |secret| {
             let name = secret.annotations().get(ANNOTATION_CERTIFICATE_NAME)?.clone();
             Some(ObjectRef::<Certificate>::new(&name).within(&secret.namespace()?))

@@ -47,7 +47,7 @@ pub use secret::{
 };
 pub use solver_objects::{
     SOLVER_CONTAINER_NAME, SOLVER_PORT, SOLVER_PORT_NAME, SOLVER_USER_ID, SolverContext, build_solver_ingress,
-    build_solver_pod, build_solver_service, default_solver_resources, solver_selector_labels,
+    build_solver_pod, build_solver_service, default_solver_resources, hand_to_solver_pod, solver_selector_labels,
 };
 pub use solver_route::{
     RouteAcceptance, build_solver_http_route, route_acceptance, solver_parent_refs, solver_workload,
