@@ -195,6 +195,29 @@ async fn an_up_to_date_certificate_is_left_alone_without_a_request_to_the_apiser
 }
 
 #[tokio::test]
+async fn a_pass_that_waits_for_its_own_solver_asks_the_ca_nothing() {
+    let mut harness = IssuanceHarness::ready_to_issue().await;
+    harness.sync_caches();
+    harness.pass().await; // the order
+    harness.sync_caches();
+    harness.pass().await; // the solver objects
+    assert!(!harness.solver_objects().is_empty(), "solver objects exist");
+    let acme_requests = harness.acme_requests();
+
+    // The solver Pod is not ready yet (the kubelet has not started it), pass after pass.
+    for _ in 0..3 {
+        harness.sync_caches();
+        harness.pass().await;
+    }
+
+    assert_eq!(harness.acme_requests(), acme_requests, "nothing changes at the CA while kacme's own solver starts");
+    let order = harness.certificate().status.and_then(|s| s.order).expect("the order is in flight");
+    let message = order.authorizations[0].message.clone().unwrap_or_default();
+    assert!(message.contains("to be ready"), "the wait is shown: {message}");
+    harness.run_until_ready(MAX_PASSES).await;
+}
+
+#[tokio::test]
 async fn a_certificate_past_its_renewal_time_is_renewed_while_it_stays_ready() {
     let mut harness = IssuanceHarness::ready_to_issue().await;
     // Issued 1 minute back-dated and valid for 15 s: its renewal time (2/3 of the lifetime) has passed.
