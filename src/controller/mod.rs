@@ -44,7 +44,7 @@ pub use workload::WorkloadConfig;
 use crate::acme::AcmeObserver;
 use crate::api::names::{ANNOTATION_CERTIFICATE_NAME, LABEL_MANAGED_BY, LABEL_SOLVER, MANAGED_BY};
 use crate::api::{Certificate, ClusterIssuer, Issuer, IssuerKind};
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::Api;
@@ -233,12 +233,15 @@ pub async fn run_observed(
 
     // The Certificates' cache, stripped like the others: at 10,000 Certificates every byte counts.
     let (certificate_cache, certificate_writer) = reflector::store();
+    // The stale-cache guard learns from the watch when kacme's own status writes are in the cache.
+    let delivered_ctx = ctx.clone();
     let certificate_events =
         watcher(Api::<Certificate>::all(client.clone()), watcher::Config::default().any_semantic())
             .default_backoff()
             .modify(strip_for_cache)
             .reflect(certificate_writer)
-            .applied_objects();
+            .applied_objects()
+            .inspect_ok(move |certificate| delivered_ctx.certificate_delivered(certificate));
     let certificates = Controller::for_stream(certificate_events, certificate_cache);
     let store = certificates.store();
     let issuer_store = store.clone();
