@@ -208,11 +208,15 @@ impl ChallengeSolver for KubeSolver<'_> {
 
     async fn cleanup(&self, challenge: &Http01Challenge) -> Result<(), SolverError> {
         let name = solver_name(&self.certificate.name_any(), challenge);
-        // The Service and Ingress belong to the Pod: the garbage collector removes them with it. A Service or
-        // Ingress of an older kacme (owned by the Certificate) is removed by the sweep of leftovers.
+        // The Service and Ingress belong to the Pod: the garbage collector removes them with it. The Service
+        // is deleted at once all the same: it holds a ClusterIP, and the collector may lag behind by seconds
+        // when the cluster is busy (1,000 issuances at once exhausted a /24 service range). An Ingress or
+        // Service of an older kacme (owned by the Certificate) is removed by the sweep of leftovers.
         let route = if self.uses_routes() { self.delete::<HTTPRoute>(&name).await } else { Ok(()) };
-        let errors: Vec<String> =
-            [route, self.delete::<Pod>(&name).await].into_iter().filter_map(Result::err).collect();
+        let errors: Vec<String> = [route, self.delete::<Service>(&name).await, self.delete::<Pod>(&name).await]
+            .into_iter()
+            .filter_map(Result::err)
+            .collect();
         if errors.is_empty() { Ok(()) } else { Err(SolverError(errors.join("; "))) }
     }
 }
