@@ -53,7 +53,7 @@ pub use solver_route::{
     RouteAcceptance, build_solver_http_route, route_acceptance, solver_parent_refs, solver_workload,
 };
 pub use solver_selection::select_solver;
-pub use solver_wait::{DEFAULT_AUTHORIZATION_DEADLINE, SolverWait, solver_wait};
+pub use solver_wait::{DEFAULT_AUTHORIZATION_DEADLINE, SolverWait, first_look_at_new_solvers, solver_wait};
 pub use status::{IssuerWait, StatusTransition, UP_TO_DATE_MESSAGE, Validity};
 
 #[cfg(test)]
