@@ -58,7 +58,7 @@ async fn issue_one(env: &OperatorEnv, ca: &str) {
     assert!(status.not_after.is_some() && status.renewal_time.is_some());
     env.wait_no_solver_objects("apps").await.unwrap();
     let events = env.event_reasons("apps", "web").await.unwrap();
-    for reason in ["OrderCreated", "Presented", "Issued"] {
+    for reason in ["OrderCreated", "Issued"] {
         assert!(events.iter().any(|e| e == reason), "{ca}: event {reason} in {events:?}");
     }
     let table = env.control_plane.kubectl(&["get", "kcert", "-n", "apps"]).await.unwrap();

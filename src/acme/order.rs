@@ -339,7 +339,13 @@ impl OrderSession {
         csr_der: &[u8],
         options: &AdvanceOptions,
     ) -> Result<Advance, AcmeError> {
-        if !std::mem::take(&mut self.fresh) {
+        let fresh = std::mem::take(&mut self.fresh);
+        // While kacme's own solvers are not serving yet, nothing changes at the CA: look at the solvers
+        // only, and ask the CA again (order, authorizations) once they serve.
+        if !fresh && let Some(wait) = Box::pin(self.wait_for_own_solvers(account, solver, options)).await {
+            return Ok(wait);
+        }
+        if !fresh {
             self.refresh().await?;
         }
         if self.progress.state == OrderState::Pending {
@@ -393,6 +399,64 @@ impl OrderSession {
             .map_err(|e| AcmeError::classify(AcmeAction::Order, e))?;
         self.progress.state = OrderState::from_acme(state.status);
         Ok(())
+    }
+
+    /// A pass that only waits for kacme's own solvers, without a request to the CA: when every
+    /// authorization of a pending order is valid or presented (its challenge known from an earlier pass of
+    /// this session) and a presented one's solver does not serve yet (or its self-check fails, within the
+    /// self-check's deadline), `Some(wait)`. `None` when the CA must be asked: nothing awaited of a solver,
+    /// a solver serves, or a self-check is overdue (the full pass reports it).
+    async fn wait_for_own_solvers<S: ChallengeSolver>(
+        &mut self,
+        account: &AcmeAccount,
+        solver: &S,
+        options: &AdvanceOptions,
+    ) -> Option<Advance> {
+        let authorizations = &self.progress.authorizations;
+        let only_solvers_awaited = self.progress.state == OrderState::Pending
+            && authorizations.iter().any(|a| a.step == AuthorizationStep::Presented)
+            && authorizations.iter().all(|a| match a.step {
+                AuthorizationStep::Valid => true,
+                AuthorizationStep::Presented => a.token.is_some() && a.challenge_url.is_some(),
+                _ => false,
+            });
+        if !only_solvers_awaited {
+            return None;
+        }
+        let mut waits = Vec::new();
+        for entry in &mut self.progress.authorizations {
+            if entry.step != AuthorizationStep::Presented {
+                continue;
+            }
+            let identifier = entry.identifier.clone();
+            let http01 = challenge_of(entry, account);
+            let problem = match solver.present(&http01).await {
+                Ok(Presentation::Ready) => match &options.self_check {
+                    None => None,
+                    Some(check) => match check.check(&http01).await {
+                        Ok(()) => None,
+                        Err(problem) => {
+                            let since =
+                                Duration::from_secs(now_seconds().saturating_sub(entry.presented_at.unwrap_or(0)));
+                            if since >= check.deadline {
+                                return None;
+                            }
+                            Some(format!("self-check: {problem}"))
+                        }
+                    },
+                },
+                Ok(Presentation::NotReady(reason)) => Some(reason),
+                Err(error) => Some(error.0),
+            };
+            if let Some(problem) = problem {
+                waits.push(format!("{identifier}: {problem}"));
+                entry.message = Some(problem);
+            }
+        }
+        if waits.is_empty() {
+            return None;
+        }
+        Some(Advance::Wait { after: Duration::from_secs(1), reason: waits.join("; ") })
     }
 
     /// Presents and submits every pending authorization; `Some(wait)` when one is not ready yet.

@@ -25,7 +25,7 @@ use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How the operator runs.
 #[derive(Clone, Debug)]
@@ -191,10 +191,11 @@ pub struct Context {
     pub stores: Stores,
     pub solver_context: SolverContext,
     orders: Mutex<HashMap<String, KeptOrder>>,
-    /// The resourceVersion each Certificate had after kacme last wrote its status.
-    written: Mutex<HashMap<String, String>>,
+    /// The resourceVersion each Certificate had after kacme last wrote its status (or last read it afresh),
+    /// and when, until the watch delivers that version.
+    written: Mutex<HashMap<String, (String, Instant)>>,
     /// Secrets kacme wrote or deleted whose change the cache may not show yet, by namespace/name.
-    secret_writes: Mutex<HashMap<String, SecretWrite>>,
+    secret_writes: Mutex<HashMap<String, (SecretWrite, Instant)>>,
     /// Tests only: the Certificates (namespace/name) whose reconcile panics at once.
     #[cfg(test)]
     pub(crate) panic_for: Mutex<std::collections::HashSet<String>>,
@@ -253,26 +254,33 @@ impl Context {
     /// not hold is read from the apiserver (it may be foreign), and so is one kacme changed since the cache
     /// last heard of it (acting on a stale Secret could issue twice).
     pub(crate) async fn read_secret(&self, namespace: &str, name: &str) -> Result<Option<Arc<Secret>>, kube::Error> {
+        match self.cached_secret(namespace, name) {
+            Some(Some(secret)) => Ok(Some(secret)),
+            _ => self.read_secret_afresh(namespace, name).await,
+        }
+    }
+
+    /// What the cache can tell of a Secret: `Some(Some(_))` it holds the Secret, current as far as kacme's
+    /// own writes go; `Some(None)` kacme deleted it and the cache shows that; `None` the cache cannot tell
+    /// (it does not hold the Secret, which may then be someone else's or not exist, or it predates kacme's
+    /// last write).
+    pub(crate) fn cached_secret(&self, namespace: &str, name: &str) -> Option<Option<Arc<Secret>>> {
         let key = format!("{namespace}/{name}");
         let cached = self.stores.secrets.get(&ObjectRef::new(name).within(namespace));
-        let pending = self.secret_writes.lock().ok().and_then(|w| w.get(&key).cloned());
-        let current = match (&cached, pending) {
-            (Some(secret), None) => Some(secret.clone()),
+        let pending = self.secret_writes.lock().ok().and_then(|w| w.get(&key).map(|(write, _)| write.clone()));
+        match (cached, pending) {
+            (Some(secret), None) => Some(Some(secret)),
             (Some(secret), Some(SecretWrite::Written(version)))
                 if secret.resource_version().as_ref() == Some(&version) =>
             {
                 self.forget_secret_write(&key);
-                Some(secret.clone())
+                Some(Some(secret))
             }
             (None, Some(SecretWrite::Deleted)) => {
                 self.forget_secret_write(&key);
-                None
+                Some(None)
             }
             _ => None,
-        };
-        match current {
-            Some(secret) => Ok(Some(secret)),
-            None => self.read_secret_afresh(namespace, name).await,
         }
     }
 
@@ -388,8 +396,22 @@ impl Context {
 
     fn remember_secret_write(&self, namespace: &str, name: &str, write: Option<SecretWrite>) {
         if let (Ok(mut writes), Some(write)) = (self.secret_writes.lock(), write) {
-            writes.insert(format!("{namespace}/{name}"), write);
+            writes.insert(format!("{namespace}/{name}"), (write, Instant::now()));
         }
+    }
+
+    /// How long the watch may still take to show a Secret kacme has just written that the cache does not
+    /// hold at all yet (`None`: the cache holds a version of it, kacme deleted it, or kacme wrote it longer
+    /// than [`OWN_WRITE_DELIVERY`] ago). A pass may wait instead of reading it: the watch event of the
+    /// Secret wakes its Certificate. (A cache holding another version is read afresh as before: it may be
+    /// someone else's later change.)
+    pub(crate) fn secret_write_in_flight(&self, namespace: &str, name: &str) -> Option<Duration> {
+        if self.stores.secrets.get(&ObjectRef::new(name).within(namespace)).is_some() {
+            return None;
+        }
+        let writes = self.secret_writes.lock().ok()?;
+        let (SecretWrite::Written(_), at) = writes.get(&format!("{namespace}/{name}"))? else { return None };
+        OWN_WRITE_DELIVERY.checked_sub(at.elapsed()).filter(|left| !left.is_zero())
     }
 
     fn forget_secret_write(&self, key: &str) {
@@ -442,18 +464,36 @@ impl Context {
         }
     }
 
-    /// Remembers the resourceVersion a status write produced.
+    /// Remembers the resourceVersion a status write produced (or a fresh read returned).
     pub(super) fn remember_write(&self, certificate: &Certificate, resource_version: Option<String>) {
         if let (Ok(mut written), Some(version)) = (self.written.lock(), resource_version) {
-            written.insert(object_key(certificate), version);
+            written.insert(object_key(certificate), (version, Instant::now()));
         }
     }
 
-    /// Whether the cached copy may predate kacme's own last status write (then it must be read afresh:
-    /// acting on a stale status could repeat a step, such as storing a certificate twice).
-    pub(super) fn may_be_stale(&self, certificate: &Certificate) -> bool {
-        let Ok(written) = self.written.lock() else { return true };
-        written.get(&object_key(certificate)).is_some_and(|v| certificate.resource_version().as_ref() != Some(v))
+    /// The Certificate watch delivered `certificate`: once it delivers the version kacme wrote, the cache is
+    /// at least that new (a watch delivers every version in order; a re-list, the latest), and a later
+    /// version in the cache is someone else's newer write, not an older status.
+    pub(crate) fn certificate_delivered(&self, certificate: &Certificate) {
+        let Ok(mut written) = self.written.lock() else { return };
+        let key = object_key(certificate);
+        if written.get(&key).is_some_and(|(version, _)| certificate.resource_version().as_ref() == Some(version)) {
+            written.remove(&key);
+        }
+    }
+
+    /// Whether the cached copy may predate kacme's own last status write (acting on a stale status could
+    /// repeat a step, such as storing a certificate twice), and if so, what to do about it.
+    pub(super) fn freshness(&self, certificate: &Certificate) -> Freshness {
+        let Ok(written) = self.written.lock() else { return Freshness::ReadAfresh };
+        match written.get(&object_key(certificate)) {
+            None => Freshness::Current,
+            Some((version, _)) if certificate.resource_version().as_ref() == Some(version) => Freshness::Current,
+            Some((_, at)) => match OWN_WRITE_DELIVERY.checked_sub(at.elapsed()) {
+                Some(left) if !left.is_zero() => Freshness::AwaitWatch(left),
+                _ => Freshness::ReadAfresh,
+            },
+        }
     }
 
     pub(super) fn forget_written(&self, certificate: &Certificate) {
@@ -461,6 +501,23 @@ impl Context {
             written.remove(&object_key(certificate));
         }
     }
+}
+
+/// How long a pass waits for the watch to deliver kacme's own status write before it reads the Certificate
+/// from the apiserver instead: the watch usually delivers it within milliseconds, and its event starts the
+/// next pass at once. Longer (a watch restarting, or a version the watch skipped), one read settles it.
+pub(super) const OWN_WRITE_DELIVERY: Duration = Duration::from_secs(2);
+
+/// Whether a pass may act on the Certificate the cache holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Freshness {
+    /// The cache holds kacme's last write, or kacme wrote nothing since it started.
+    Current,
+    /// The cache is older than kacme's last write, which was a moment ago: the watch will deliver it and
+    /// start a pass; look again after this long only if it does not.
+    AwaitWatch(Duration),
+    /// The cache still differs from kacme's last write a while after it: read the Certificate afresh.
+    ReadAfresh,
 }
 
 /// Whether a create found an object of that name (409 AlreadyExists, not another conflict).

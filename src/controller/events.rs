@@ -301,13 +301,13 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn each_name_presented_is_its_own_event_and_a_repeat_counts_up() {
+    async fn each_name_refused_is_its_own_event_and_a_repeat_counts_up() {
         let fake = FakeApiserver::new();
         let certificate = fake.put(&crate::desired::testing::certificate());
         let publisher = EventPublisher::new(fake.client(), "kacme");
 
         for name in ["a.example", "b.example", "a.example"] {
-            let note = EventNote::normal(EventReason::Presented, format!("Presented the HTTP-01 challenge for {name}"));
+            let note = EventNote::warning(EventReason::ValidationFailed, format!("The CA could not validate {name}"));
             publisher.publish(&certificate, "Issuance", &note).await;
         }
 
@@ -316,8 +316,8 @@ mod tests {
         assert_eq!(
             events,
             [
-                ("Presented the HTTP-01 challenge for a.example".to_string(), 2),
-                ("Presented the HTTP-01 challenge for b.example".to_string(), 1),
+                ("The CA could not validate a.example".to_string(), 2),
+                ("The CA could not validate b.example".to_string(), 1),
             ]
         );
         assert_eq!(fake.count("POST", "/apis/events.k8s.io/v1/namespaces/apps/events"), 2);

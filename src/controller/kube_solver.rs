@@ -11,7 +11,7 @@ use crate::api::names::{LABEL_CERTIFICATE, LABEL_SOLVER};
 use crate::api::{AcmeIssuer, Certificate};
 use crate::desired::{
     RouteAcceptance, build_solver_http_route, build_solver_ingress, build_solver_pod, build_solver_service,
-    certificate_label_value, route_acceptance, select_solver, solver_name, solver_workload,
+    certificate_label_value, hand_to_solver_pod, route_acceptance, select_solver, solver_name, solver_workload,
 };
 use crate::gateway_api::HTTPRoute;
 use crate::kube_errors::{is_conflict, is_forbidden, is_not_found};
@@ -27,6 +27,14 @@ use std::fmt::Debug;
 
 /// The Pod condition that says its containers are ready (a Kubernetes name, not one of kacme's).
 const POD_READY: &str = "Ready";
+
+/// What [`KubeSolver::ensure`] found or did.
+enum Ensured<K> {
+    /// The cache holds the object.
+    Existing(std::sync::Arc<K>),
+    /// Created now (as the apiserver returned it), or by someone else meanwhile (`None`).
+    Created(Option<K>),
+}
 
 /// Caches of the solver objects (watched through the `kacme.dev/solver` label only).
 #[derive(Clone)]
@@ -68,7 +76,7 @@ impl<'a> KubeSolver<'a> {
     }
 
     /// Creates `object` unless the cache already has it; a concurrent creation counts as success.
-    async fn ensure<K>(&self, store: &Store<K>, object: K) -> Result<Option<std::sync::Arc<K>>, SolverError>
+    async fn ensure<K>(&self, store: &Store<K>, object: K) -> Result<Ensured<K>, SolverError>
     where
         K: kube::Resource<Scope = NamespaceResourceScope, DynamicType = ()>
             + Clone
@@ -78,11 +86,11 @@ impl<'a> KubeSolver<'a> {
     {
         let name = object.name_any();
         if let Some(existing) = store.get(&ObjectRef::new(&name).within(&self.namespace())) {
-            return Ok(Some(existing));
+            return Ok(Ensured::Existing(existing));
         }
         match self.api::<K>().create(&PostParams::default(), &object).await {
-            Ok(_) => Ok(None),
-            Err(error) if is_conflict(&error) => Ok(None),
+            Ok(created) => Ok(Ensured::Created(Some(created))),
+            Err(error) if is_conflict(&error) => Ok(Ensured::Created(None)),
             Err(error) => Err(SolverError(format!("creating {} {name}: {error}", K::kind(&())))),
         }
     }
@@ -147,9 +155,18 @@ impl ChallengeSolver for KubeSolver<'_> {
         let stores = &self.ctx.stores.solvers;
         let solver_ctx = &self.ctx.solver_context;
         let pod = build_solver_pod(self.certificate, challenge, &workload, solver_ctx);
-        let service = build_solver_service(self.certificate, challenge, &workload, solver_ctx);
         let name = pod.name_any();
-        let existing_pod = self.ensure(&stores.pods, pod).await?;
+        // The Service and Ingress belong to the Pod (one delete removes all three: see
+        // [`hand_to_solver_pod`]), so they are created once the Pod's uid is known.
+        let (existing_pod, owner) = match self.ensure(&stores.pods, pod).await? {
+            Ensured::Existing(pod) => (Some(pod.clone()), pod.as_ref().clone()),
+            Ensured::Created(Some(created)) => (None, created),
+            Ensured::Created(None) => {
+                return Ok(Presentation::NotReady(format!("solver Pod {name} was created meanwhile")));
+            }
+        };
+        let mut service = build_solver_service(self.certificate, challenge, &workload, solver_ctx);
+        hand_to_solver_pod(&mut service.metadata, &owner);
         self.ensure(&stores.services, service).await?;
         let existing_route = match route_config {
             Some(route) => {
@@ -157,7 +174,8 @@ impl ChallengeSolver for KubeSolver<'_> {
                 Some(self.ensure_route(route).await?)
             }
             None => {
-                let ingress = build_solver_ingress(self.certificate, challenge, &workload, solver_ctx);
+                let mut ingress = build_solver_ingress(self.certificate, challenge, &workload, solver_ctx);
+                hand_to_solver_pod(&mut ingress.metadata, &owner);
                 self.ensure(&stores.ingresses, ingress).await?;
                 None
             }
@@ -190,16 +208,15 @@ impl ChallengeSolver for KubeSolver<'_> {
 
     async fn cleanup(&self, challenge: &Http01Challenge) -> Result<(), SolverError> {
         let name = solver_name(&self.certificate.name_any(), challenge);
+        // The Service and Ingress belong to the Pod: the garbage collector removes them with it. The Service
+        // is deleted at once all the same: it holds a ClusterIP, and the collector may lag behind by seconds
+        // when the cluster is busy (1,000 issuances at once exhausted a /24 service range). An Ingress or
+        // Service of an older kacme (owned by the Certificate) is removed by the sweep of leftovers.
         let route = if self.uses_routes() { self.delete::<HTTPRoute>(&name).await } else { Ok(()) };
-        let errors: Vec<String> = [
-            self.delete::<Ingress>(&name).await,
-            route,
-            self.delete::<Service>(&name).await,
-            self.delete::<Pod>(&name).await,
-        ]
-        .into_iter()
-        .filter_map(Result::err)
-        .collect();
+        let errors: Vec<String> = [route, self.delete::<Service>(&name).await, self.delete::<Pod>(&name).await]
+            .into_iter()
+            .filter_map(Result::err)
+            .collect();
         if errors.is_empty() { Ok(()) } else { Err(SolverError(errors.join("; "))) }
     }
 }
@@ -264,12 +281,14 @@ fn unready_pod_message(pod: &Pod) -> String {
 /// An object being deleted is left alone while its grace period runs (a running Pod stays, terminating, for
 /// it), but not once the period is over: a DELETE whose client died half-way (the operator killed) can
 /// leave an object marked for deletion that nothing removes, and deleting it again lets the apiserver finish.
+/// A Service or Ingress that belongs to its solver Pod is the garbage collector's once the Pod goes.
 pub fn has_cached_solver_objects(ctx: &Context, certificate: &Certificate, just_removed: &HashSet<String>) -> bool {
     let namespace = certificate.namespace();
     let label = certificate_label_value(&certificate.name_any());
     let now = jiff::Timestamp::now();
     let belongs = |meta: &kube::api::ObjectMeta| {
-        meta.namespace == namespace
+        !owned_by_pod(meta)
+            && meta.namespace == namespace
             && meta.deletion_timestamp.as_ref().is_none_or(|deleted_at| deleted_at.0 <= now)
             && meta.labels.as_ref().and_then(|l| l.get(LABEL_CERTIFICATE)) == Some(&label)
             && meta.name.as_ref().is_none_or(|name| !just_removed.contains(name))
@@ -278,6 +297,28 @@ pub fn has_cached_solver_objects(ctx: &Context, certificate: &Certificate, just_
     stores.pods.state().iter().any(|o| belongs(&o.metadata))
         || stores.services.state().iter().any(|o| belongs(&o.metadata))
         || stores.ingresses.state().iter().any(|o| belongs(&o.metadata))
+}
+
+/// Whether a solver object belongs to its solver Pod (see [`hand_to_solver_pod`]): the garbage collector
+/// removes it with the Pod.
+fn owned_by_pod(meta: &kube::api::ObjectMeta) -> bool {
+    meta.owner_references.iter().flatten().any(|o| o.controller == Some(true) && o.kind == "Pod")
+}
+
+/// The Certificate a solver object serves, for the watches that wake it: its owner, or its Pod's owner.
+pub fn certificate_of_solver_object(meta: &kube::api::ObjectMeta, pods: &Store<Pod>) -> Option<ObjectRef<Certificate>> {
+    let namespace = meta.namespace.as_deref()?;
+    let controller = meta.owner_references.iter().flatten().find(|o| o.controller == Some(true))?;
+    let certificate_kind = <Certificate as kube::Resource>::kind(&());
+    if controller.kind == certificate_kind {
+        return Some(ObjectRef::new(&controller.name).within(namespace));
+    }
+    if controller.kind != "Pod" {
+        return None;
+    }
+    let pod = pods.get(&ObjectRef::new(&controller.name).within(namespace))?;
+    let owner = pod.metadata.owner_references.iter().flatten().find(|o| o.controller == Some(true))?;
+    (owner.kind == certificate_kind).then(|| ObjectRef::new(&owner.name).within(namespace))
 }
 
 /// Deletes every solver object of a Certificate (by label), trying all and reporting every failure.

@@ -45,7 +45,7 @@ pub use workload::WorkloadConfig;
 use crate::acme::AcmeObserver;
 use crate::api::names::{ANNOTATION_CERTIFICATE_NAME, LABEL_MANAGED_BY, LABEL_SOLVER, MANAGED_BY};
 use crate::api::{Certificate, ClusterIssuer, Issuer, IssuerKind};
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::Api;
@@ -234,23 +234,33 @@ pub async fn run_observed(
 
     // The Certificates' cache, stripped like the others: at 10,000 Certificates every byte counts.
     let (certificate_cache, certificate_writer) = reflector::store();
+    // The stale-cache guard learns from the watch when kacme's own status writes are in the cache.
+    let delivered_ctx = ctx.clone();
     let certificate_events =
         watcher(Api::<Certificate>::all(client.clone()), watcher::Config::default().any_semantic())
             .default_backoff()
             .modify(strip_for_cache)
             .reflect(certificate_writer)
-            .applied_objects();
+            .applied_objects()
+            .inspect_ok(move |certificate| delivered_ctx.certificate_delivered(certificate));
     let certificates = Controller::for_stream(certificate_events, certificate_cache);
     let store = certificates.store();
     let issuer_store = store.clone();
     let cluster_issuer_store = store.clone();
     // A Certificate waiting for a slot of its issuer is reconciled as soon as one is offered to it.
     let slot_wakes = ctx.issuer_slots.take_wakes();
+    let service_pods = ctx.stores.solvers.pods.clone();
+    let ingress_pods = ctx.stores.solvers.pods.clone();
     let certificate_controller = certificates
         .reconcile_on(slot_wakes)
         .owns(Api::<Pod>::all(client.clone()), solver_objects())
-        .owns(Api::<Service>::all(client.clone()), solver_objects())
-        .owns(Api::<Ingress>::all(client.clone()), solver_objects())
+        // A solver Service or Ingress belongs to its solver Pod (which belongs to the Certificate).
+        .watches(Api::<Service>::all(client.clone()), solver_objects(), move |service| {
+            kube_solver::certificate_of_solver_object(&service.metadata, &service_pods)
+        })
+        .watches(Api::<Ingress>::all(client.clone()), solver_objects(), move |ingress| {
+            kube_solver::certificate_of_solver_object(&ingress.metadata, &ingress_pods)
+        })
         .watches_stream(secret_events, |secret| {
             let name = secret.annotations().get(ANNOTATION_CERTIFICATE_NAME)?.clone();
             Some(ObjectRef::<Certificate>::new(&name).within(&secret.namespace()?))

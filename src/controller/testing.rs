@@ -193,7 +193,12 @@ impl IssuanceHarness {
     pub async fn try_pass(&self) -> Result<Action, ReconcileError> {
         // A pass is the requeue coming due: whatever a CA asked the Certificate to wait for has passed.
         self.ctx.retry_gate.release_all();
-        reconcile_certificate(Arc::new(self.certificate()), self.ctx.clone()).await
+        let result = reconcile_certificate(Arc::new(self.certificate()), self.ctx.clone()).await;
+        // The watch delivers what the pass wrote (the next pass reads the Certificate as it is now).
+        if let Some(written) = self.apiserver.get::<Certificate>(NAMESPACE, CERTIFICATE) {
+            self.ctx.certificate_delivered(&written);
+        }
+        result
     }
 
     /// Syncs the caches, runs a pass and plays the kubelet, until the Certificate is Ready with nothing
@@ -219,6 +224,9 @@ impl IssuanceHarness {
             reconcile_certificate(Arc::new(certificate), self.ctx.clone())
                 .await
                 .unwrap_or_else(|e| panic!("the pass over {namespace}/{name} failed: {e}"));
+            if let Some(written) = self.apiserver.get::<Certificate>(namespace, name) {
+                self.ctx.certificate_delivered(&written);
+            }
             self.mark_solver_pods_ready();
             let certificate: Certificate = self.apiserver.get(namespace, name).expect("the Certificate exists");
             let status = certificate.status.unwrap_or_default();

@@ -7,10 +7,6 @@ use crate::acme::{AuthorizationStep, OrderProgress};
 pub enum EventReason {
     /// A new ACME order was created.
     OrderCreated,
-    /// A challenge is served and the CA was told to validate it.
-    Presented,
-    /// The CA validated an identifier.
-    Validated,
     /// The CA could not validate an identifier.
     ValidationFailed,
     /// The certificate was issued and stored.
@@ -39,8 +35,6 @@ impl EventReason {
     pub const fn as_str(self) -> &'static str {
         match self {
             EventReason::OrderCreated => "OrderCreated",
-            EventReason::Presented => "Presented",
-            EventReason::Validated => "Validated",
             EventReason::ValidationFailed => "ValidationFailed",
             EventReason::Issued => "Issued",
             EventReason::Failed => "Failed",
@@ -78,39 +72,24 @@ impl EventNote {
     }
 }
 
-/// The Events for the authorizations that changed between two positions of an order: a challenge
-/// presented to the CA, then validated or refused. One per authorization and change, so that no name's
-/// Event hides another's.
+/// The Events for the authorizations that changed between two positions of an order: one Warning per
+/// authorization the CA refused, with its reason, so that no name's Event hides another's.
+///
+/// Progress (a challenge presented, a name validated) is not an Event: each would cost a request per name
+/// and issuance, and `kubectl describe` shows it in the status (the order's authorizations and the Issuing
+/// condition). What a user looks for in Events is the outcome: Issued, or why not.
 pub fn authorization_events(before: &OrderProgress, after: &OrderProgress) -> Vec<EventNote> {
     let mut notes = Vec::new();
     for authorization in &after.authorizations {
         let previous = before.authorizations.iter().find(|a| a.url == authorization.url).map(|a| a.step);
-        if previous == Some(authorization.step) {
+        if previous == Some(authorization.step) || authorization.step != AuthorizationStep::Invalid {
             continue;
         }
-        let identifier = &authorization.identifier;
-        let was_unsubmitted =
-            matches!(previous, None | Some(AuthorizationStep::Pending) | Some(AuthorizationStep::Presented));
-        let now_submitted = matches!(authorization.step, AuthorizationStep::Submitted | AuthorizationStep::Valid);
-        if was_unsubmitted && now_submitted && authorization.token.is_some() {
-            notes.push(EventNote::normal(
-                EventReason::Presented,
-                format!("Presented the HTTP-01 challenge for {identifier}"),
-            ));
-        }
-        match authorization.step {
-            AuthorizationStep::Valid => {
-                notes.push(EventNote::normal(EventReason::Validated, format!("The CA validated {identifier}")))
-            }
-            AuthorizationStep::Invalid => {
-                let why = authorization.message.clone().unwrap_or_default();
-                notes.push(EventNote::warning(
-                    EventReason::ValidationFailed,
-                    format!("The CA could not validate {identifier}: {why}"),
-                ));
-            }
-            _ => {}
-        }
+        let why = authorization.message.clone().unwrap_or_default();
+        notes.push(EventNote::warning(
+            EventReason::ValidationFailed,
+            format!("The CA could not validate {}: {why}", authorization.identifier),
+        ));
     }
     notes
 }
@@ -146,7 +125,7 @@ mod tests {
     }
 
     #[test]
-    fn each_authorization_that_changed_gets_its_own_events() {
+    fn only_an_authorization_the_ca_refused_gets_an_event() {
         use AuthorizationStep::*;
         // (case, before, after, expected events)
         let cases: Vec<(&str, Vec<AuthorizationProgress>, Vec<AuthorizationProgress>, Vec<(EventReason, &str)>)> = vec![
@@ -157,34 +136,31 @@ mod tests {
                 vec![],
             ),
             (
-                "two names presented at once",
+                "presenting is progress, shown in status only",
                 vec![authorization("a", Pending, Some("t")), authorization("b", Presented, Some("u"))],
                 vec![authorization("a", Submitted, Some("t")), authorization("b", Submitted, Some("u"))],
-                vec![
-                    (EventReason::Presented, "Presented the HTTP-01 challenge for a"),
-                    (EventReason::Presented, "Presented the HTTP-01 challenge for b"),
-                ],
+                vec![],
             ),
             (
-                "presented and validated in one pass",
+                "validating is progress, shown in status only",
                 vec![authorization("a", Pending, Some("t"))],
                 vec![authorization("a", Valid, Some("t"))],
-                vec![
-                    (EventReason::Presented, "Presented the HTTP-01 challenge for a"),
-                    (EventReason::Validated, "The CA validated a"),
-                ],
-            ),
-            (
-                "an authorization the CA had already validated is not presented",
                 vec![],
-                vec![authorization("a", Valid, None)],
-                vec![(EventReason::Validated, "The CA validated a")],
             ),
             (
                 "a refused challenge is a warning with the CA's words",
                 vec![authorization("a", Submitted, Some("t"))],
                 vec![authorization("a", Invalid, Some("t"))],
                 vec![(EventReason::ValidationFailed, "The CA could not validate a: connection refused")],
+            ),
+            (
+                "each refused name has its own warning",
+                vec![authorization("a", Submitted, Some("t")), authorization("b", Submitted, Some("u"))],
+                vec![authorization("a", Invalid, Some("t")), authorization("b", Invalid, Some("u"))],
+                vec![
+                    (EventReason::ValidationFailed, "The CA could not validate a: connection refused"),
+                    (EventReason::ValidationFailed, "The CA could not validate b: connection refused"),
+                ],
             ),
         ];
         for (case, before, after, expected) in cases {

@@ -47,13 +47,13 @@ pub use secret::{
 };
 pub use solver_objects::{
     SOLVER_CONTAINER_NAME, SOLVER_PORT, SOLVER_PORT_NAME, SOLVER_USER_ID, SolverContext, build_solver_ingress,
-    build_solver_pod, build_solver_service, default_solver_resources, solver_selector_labels,
+    build_solver_pod, build_solver_service, default_solver_resources, hand_to_solver_pod, solver_selector_labels,
 };
 pub use solver_route::{
     RouteAcceptance, build_solver_http_route, route_acceptance, solver_parent_refs, solver_workload,
 };
 pub use solver_selection::select_solver;
-pub use solver_wait::{DEFAULT_AUTHORIZATION_DEADLINE, SolverWait, solver_wait};
+pub use solver_wait::{DEFAULT_AUTHORIZATION_DEADLINE, SolverWait, first_look_at_new_solvers, solver_wait};
 pub use status::{IssuerWait, StatusTransition, UP_TO_DATE_MESSAGE, Validity};
 
 #[cfg(test)]

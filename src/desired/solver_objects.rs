@@ -207,6 +207,17 @@ pub(super) fn solver_metadata(
     }
 }
 
+/// Hands a solver Service or Ingress to its solver Pod: the Pod becomes its only owner (the controller), so
+/// that deleting the Pod removes them too (the garbage collector of kube-controller-manager does), one delete
+/// instead of three. The Pod is owned by the Certificate, so deleting the Certificate still removes all three.
+/// Without blockOwnerDeletion, which would need the right to update the Pod's finalizers. Leaves `meta` as
+/// it is and returns false when the Pod has no name or uid (one never read from the apiserver).
+pub fn hand_to_solver_pod(meta: &mut ObjectMeta, pod: &Pod) -> bool {
+    let Some(owner) = pod.controller_owner_ref(&()) else { return false };
+    meta.owner_references = Some(vec![OwnerReference { block_owner_deletion: None, ..owner }]);
+    true
+}
+
 /// The Certificate's name; empty only for a Certificate that never came from the apiserver.
 pub(super) fn certificate_name(certificate: &Certificate) -> String {
     certificate.metadata.name.clone().unwrap_or_default()
@@ -654,6 +665,31 @@ mod tests {
         assert!(built.metadata.annotations.unwrap().contains_key("nginx.ingress.kubernetes.io/whitelist-source-range"));
         assert_eq!(built.metadata.owner_references, pod.metadata.owner_references);
         assert!(!labels_of(&pod.metadata).contains_key("team"), "the ingress template is the Ingress's");
+    }
+
+    #[test]
+    fn a_solver_service_and_ingress_are_handed_to_the_solver_pod_alone() {
+        let certificate = crate::desired::testing::certificate();
+        let ingress = Http01Ingress::default();
+        let mut pod = build_solver_pod(&certificate, &web_challenge(), &ingress, &ctx());
+        let mut service = build_solver_service(&certificate, &web_challenge(), &ingress, &ctx());
+        assert!(!hand_to_solver_pod(&mut service.metadata, &pod), "a Pod not yet created has no uid");
+        assert_eq!(service.metadata.owner_references, pod.metadata.owner_references, "still the Certificate's");
+        pod.metadata.uid = Some("pod-uid".into());
+        assert!(hand_to_solver_pod(&mut service.metadata, &pod));
+        let owners = service.metadata.owner_references.expect("an owner");
+        assert_eq!(owners.len(), 1, "the Pod alone: the collector removes an object only once all owners are gone");
+        let owner = &owners[0];
+        assert_eq!(
+            (
+                owner.kind.as_str(),
+                owner.name.as_str(),
+                owner.uid.as_str(),
+                owner.controller,
+                owner.block_owner_deletion
+            ),
+            ("Pod", pod.metadata.name.as_deref().unwrap(), "pod-uid", Some(true), None)
+        );
     }
 
     #[test]

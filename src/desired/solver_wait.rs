@@ -44,6 +44,22 @@ pub enum SolverWait {
     },
 }
 
+/// Whether a pass that waits for solvers it has only just set up may leave the status as it was: it
+/// presented a challenge for the first time (`before`, the position it started from, shows it not yet
+/// presented) and now every authorization that is not valid is presented and awaits its solver. The next
+/// look writes the wait if it lasts (usually a second later), or the pass that submits the challenges
+/// writes their position; a restarted operator resumes from the order URL and presents again (idempotent).
+/// Saves one status write per issuance whose solvers are ready at the next look.
+pub fn first_look_at_new_solvers(before: &OrderProgress, after: &OrderProgress) -> bool {
+    let newly_presented = after.authorizations.iter().any(|a| {
+        a.step == AuthorizationStep::Presented
+            && before.authorizations.iter().find(|b| b.url == a.url).is_none_or(|b| b.presented_at.is_none())
+    });
+    let only_solvers_awaited =
+        after.authorizations.iter().all(|a| matches!(a.step, AuthorizationStep::Presented | AuthorizationStep::Valid));
+    before.url == after.url && newly_presented && only_solvers_awaited
+}
+
 /// The solver wait of `progress` at `now` (seconds since the epoch, as `presentedAt` is kept), with
 /// `deadline` per authorization. The authorization that waited longest decides whether the deadline passed
 /// (presented or submitted ones: both are not valid yet); the presented one that waited least how soon to
@@ -213,5 +229,55 @@ mod tests {
         let mut entry = authorization("web.example.test", AuthorizationStep::Presented, Some(0));
         entry.presented_at = Some(NOW + 60);
         assert_eq!(solver_wait(&order(vec![entry]), NOW, DEADLINE), SolverWait::LookAgainAfter(FIRST_LOOK));
+    }
+
+    #[test]
+    fn only_the_first_look_at_solvers_just_set_up_leaves_the_status_as_it_was() {
+        use AuthorizationStep::*;
+        let position = |steps: &[(AuthorizationStep, Option<u64>)]| {
+            order(
+                steps
+                    .iter()
+                    .zip(["a", "b"])
+                    .map(|((step, waited), name)| authorization(name, *step, *waited))
+                    .collect(),
+            )
+        };
+        // (case, position before the pass, after it, status left as it was)
+        let cases = [
+            (
+                "just presented, solver not ready yet",
+                position(&[(Pending, None)]),
+                position(&[(Presented, Some(0))]),
+                true,
+            ),
+            (
+                "just presented, the other name already valid",
+                position(&[(Pending, None), (Valid, None)]),
+                position(&[(Presented, Some(0)), (Valid, None)]),
+                true,
+            ),
+            (
+                "a wait that lasts is written",
+                position(&[(Presented, Some(1))]),
+                position(&[(Presented, Some(2))]),
+                false,
+            ),
+            (
+                "a submitted challenge is written",
+                position(&[(Pending, None)]),
+                position(&[(Submitted, Some(0))]),
+                false,
+            ),
+            (
+                "one presented, one submitted",
+                position(&[(Pending, None), (Pending, None)]),
+                position(&[(Presented, Some(0)), (Submitted, Some(0))]),
+                false,
+            ),
+        ];
+        for (case, before, after, expected) in cases {
+            assert_eq!(first_look_at_new_solvers(&before, &after), expected, "{case}");
+        }
     }
 }

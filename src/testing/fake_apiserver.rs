@@ -30,7 +30,9 @@
 //!   merges some lists by key, such as `conditions` by `type`); strategic merge patch is a JSON merge patch;
 //! - no watch: a watch request gets 405 (tests feed `reflector::store()` writers directly);
 //! - no admission, schema validation, defaulting, `stringData` conversion, dry run, paging (`limit` is
-//!   ignored: one page), namespace existence checks, or garbage collection through ownerReferences.
+//!   ignored: one page), or namespace existence checks;
+//! - garbage collection through ownerReferences happens at once, within the delete of the owner (the real
+//!   collector works in kube-controller-manager, moments later).
 //!
 //! For tests it also keeps a log of requests ([`FakeApiserver::requests`]), reads Events back
 //! ([`FakeApiserver::events`]), reads and seeds objects without a client ([`FakeApiserver::get`],
@@ -935,6 +937,7 @@ impl State {
         let Some(stored) = self.objects.get(key) else { return (Value::Null, true) };
         if finalizers(&stored.object).is_empty() {
             let stored = self.objects.remove(key).map(|s| s.object).unwrap_or_default();
+            self.collect_dependents(stored["metadata"]["uid"].as_str().unwrap_or_default());
             return (stored, true);
         }
         if stored.object["metadata"]["deletionTimestamp"].is_string() {
@@ -948,6 +951,32 @@ impl State {
         metadata["generation"] = (metadata["generation"].as_i64().unwrap_or(0) + 1).into();
         metadata["resourceVersion"] = revision.to_string().into();
         (stored.object.clone(), false)
+    }
+
+    /// The garbage collector's part: deletes the objects whose every owner is gone, once the object with
+    /// `uid` is (an object with another owner still there stays).
+    fn collect_dependents(&mut self, uid: &str) {
+        if uid.is_empty() {
+            return;
+        }
+        let owners_of = |object: &Value| -> Vec<String> {
+            let references = object["metadata"]["ownerReferences"].as_array().cloned().unwrap_or_default();
+            references.iter().filter_map(|r| r["uid"].as_str().map(String::from)).collect()
+        };
+        let live: std::collections::HashSet<String> =
+            self.objects.values().filter_map(|s| s.object["metadata"]["uid"].as_str().map(String::from)).collect();
+        let orphans: Vec<ObjectKey> = self
+            .objects
+            .iter()
+            .filter(|(_, s)| {
+                let owners = owners_of(&s.object);
+                owners.iter().any(|o| o == uid) && owners.iter().all(|o| !live.contains(o))
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in orphans {
+            self.delete_object(&key);
+        }
     }
 
     fn delete_collection(&mut self, call: &Call) -> Result<Reply, ApiError> {

@@ -12,7 +12,7 @@ use crate::controller::kube_solver::KubeSolver;
 use crate::decision::{
     SecretOwnership, next_key_ownership, order_is_for_another_issuer, same_identifiers, secret_ownership,
 };
-use crate::desired::{SolverWait, authorization_events, next_key_secret_name, solver_wait};
+use crate::desired::{SolverWait, authorization_events, first_look_at_new_solvers, next_key_secret_name, solver_wait};
 use crate::pki::{build_csr, key_matches_certificate, parse_chain, parse_private_key};
 use kube::runtime::controller::Action;
 
@@ -123,7 +123,12 @@ impl Pass<'_> {
                         return self.fail(error).await;
                     }
                 };
-                self.transition().order_waiting(order, &reason);
+                if first_look_at_new_solvers(&before, &after) {
+                    // Usually ready at the next look, which writes what it finds: no write for this one.
+                    self.status = self.certificate.status.clone().unwrap_or_default();
+                } else {
+                    self.transition().order_waiting(order, &reason);
+                }
                 let issuer = spec.issuer_ref.clone();
                 self.ctx.keep_order(self.certificate, KeptOrder { session, key, issuer });
                 Ok(Action::requeue(wait.max(NEXT_STEP)))

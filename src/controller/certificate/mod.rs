@@ -23,6 +23,7 @@ mod store;
 mod tests;
 
 use super::accounts::{IssuerInfo, ensure_account};
+use super::context::Freshness;
 use super::error::ReconcileError;
 use super::issuer_slots::{IssuerSlot, Turn};
 use super::kube_solver::{cleanup_all_solver_objects, has_cached_solver_objects};
@@ -74,18 +75,24 @@ pub async fn reconcile_certificate(certificate: Arc<Certificate>, ctx: Arc<Conte
     #[cfg(test)]
     ctx.panic_if_asked(&certificate);
     let api: Api<Certificate> = Api::namespaced(ctx.client.clone(), &namespace);
-    let certificate = if ctx.may_be_stale(&certificate) {
-        match api.get_opt(&certificate.name_any()).await {
-            Ok(Some(fresh)) => Arc::new(fresh),
+    let certificate = match ctx.freshness(&certificate) {
+        Freshness::Current => certificate,
+        // Without a request: the watch event of kacme's own write starts the next pass (a slot offered to
+        // this Certificate stays offered meanwhile).
+        Freshness::AwaitWatch(left) => return Ok(Action::requeue(left)),
+        Freshness::ReadAfresh => match api.get_opt(&certificate.name_any()).await {
+            Ok(Some(fresh)) => {
+                // The cache shows this version (or a later one) soon; until then it may be older.
+                ctx.remember_write(&fresh, fresh.resource_version());
+                Arc::new(fresh)
+            }
             Ok(None) => {
                 ctx.forget_written(&certificate);
                 ctx.issuer_slots.leave(&slot_waiter(&certificate));
                 return Ok(Action::await_change());
             }
             Err(e) => return Err(ReconcileError::kube(format!("reading Certificate {}", certificate.name_any()), e)),
-        }
-    } else {
-        certificate
+        },
     };
     finalizer(&api, FINALIZER, certificate, |event| async {
         match event {
@@ -97,7 +104,8 @@ pub async fn reconcile_certificate(certificate: Arc<Certificate>, ctx: Arc<Conte
                 if let Some(wait) = ctx.retry_gate.remaining(&key, &wishes, std::time::Instant::now()) {
                     return Ok(Action::requeue(wait));
                 }
-                Pass::new(&ctx, &certificate).run().await
+                // On the heap: a pass is a large future, and a test runs it on its thread's stack.
+                Box::pin(Pass::new(&ctx, &certificate).run()).await
             }
             FinalizerEvent::Cleanup(certificate) => {
                 ctx.forget_written(&certificate);
@@ -191,9 +199,14 @@ impl<'a> Pass<'a> {
     async fn run(mut self) -> Result<Action, ReconcileError> {
         // An order in flight reads the Secret only when it needs it (rarely): until the certificate is
         // stored, a Secret that does not exist yet would cost a read on every pass.
-        let action = match self.status.order.clone() {
-            Some(order) => self.continue_order(crate::desired::order_progress(&order)).await,
-            None => match self.read_certificate_secret().await {
+        // The pass right after storing a certificate (woken by its own status write) may find the Secret it
+        // wrote not yet in the cache: the Secret's watch event wakes it again, without a read.
+        let secret_in_flight = self.ctx.secret_write_in_flight(&self.namespace, &self.certificate.spec.secret_name);
+        let action = match (self.status.order.clone(), secret_in_flight) {
+            (Some(order), _) => self.continue_order(crate::desired::order_progress(&order)).await,
+            (None, Some(left)) => Ok(Action::requeue(left)),
+            (None, None) if self.waits_in_line_before_reading() => self.wait_for_issuer(&IssuerUnusable::Busy).await,
+            (None, None) => match self.read_certificate_secret().await {
                 Ok(secret) => match revoke::pending_revocation(self.certificate) {
                     Some(pending) => self.revoke_requested(secret.as_deref(), pending).await,
                     None => self.decide(secret.as_deref()).await,
@@ -284,12 +297,8 @@ impl<'a> Pass<'a> {
             None => self.read_issuer().await.map_err(IssuerUnusable::NotReady)?,
         };
         self.check_policy(&issuer).await?;
-        if self.issuer_slot.is_none() {
-            let key = format!("{}/{}/{}", issuer.kind, issuer.secret_namespace, issuer.name);
-            let turn = if self.status.order.is_some() { Turn::Continuing } else { Turn::Starting };
-            let slot = self.ctx.issuer_slots.try_take(&key, &slot_waiter(self.certificate), turn);
-            self.waits_for_slot = slot.is_none();
-            self.issuer_slot = Some(slot.ok_or(IssuerUnusable::Busy)?);
+        if self.issuer_slot.is_none() && !self.take_issuer_slot(&issuer) {
+            return Err(IssuerUnusable::Busy);
         }
         let location = issuer.account_for(&self.namespace);
         let account = ensure_account(self.ctx, &issuer, &location).await.map_err(|error| {
@@ -302,6 +311,29 @@ impl<'a> Pass<'a> {
             IssuerUnusable::NotReady(IssuerWait { reason: CertificateReason::IssuerNotReady, message })
         })?;
         Ok((issuer, account))
+    }
+
+    /// Takes a slot of `issuer` for this pass, or a place in its line (false: every slot is taken).
+    fn take_issuer_slot(&mut self, issuer: &IssuerInfo) -> bool {
+        let key = format!("{}/{}/{}", issuer.kind, issuer.secret_namespace, issuer.name);
+        let turn = if self.status.order.is_some() { Turn::Continuing } else { Turn::Starting };
+        let slot = self.ctx.issuer_slots.try_take(&key, &slot_waiter(self.certificate), turn);
+        self.waits_for_slot = slot.is_none();
+        self.issuer_slot = slot;
+        !self.waits_for_slot
+    }
+
+    /// Whether this pass, with no order in flight, waits in its issuer's line before it reads anything: a
+    /// Certificate whose Secret the cache does not hold (absent, so most likely about to order, or someone
+    /// else's) takes its issuer's slot first, so that waiting for one costs no request. Only with the issuer
+    /// Ready in the cache; otherwise the pass goes on as usual (and finds out why it cannot order).
+    fn waits_in_line_before_reading(&mut self) -> bool {
+        let secret_cached = self.ctx.cached_secret(&self.namespace, &self.certificate.spec.secret_name).is_some();
+        let reference = &self.certificate.spec.issuer_ref;
+        match self.ctx.cached_issuer(reference, &self.namespace).filter(|issuer| issuer.ready) {
+            Some(issuer) if !secret_cached => !self.take_issuer_slot(&issuer),
+            _ => false,
+        }
     }
 
     /// Whether the issuer's policy permits this Certificate: checked before any ACME request and before any

@@ -39,14 +39,15 @@ impl Pass<'_> {
             Ok(ca_crt) => ca_crt,
             Err(message) => return self.fail(IssuanceError::ChainNotTrusted(message)).await,
         };
-        // Look once more, at the apiserver, right before writing: never take over a Secret that appeared
-        // meanwhile (the cache sees only kacme's own Secrets).
+        // Never take over a Secret that appeared meanwhile (the cache sees only kacme's own Secrets). One the
+        // cache does not hold is created (a POST never overwrites: it fails when the Secret exists), and only
+        // then read to learn whose it is; one the cache holds is looked at once more at the apiserver.
         let name = self.certificate.spec.secret_name.clone();
-        let current = self
-            .ctx
-            .read_secret_afresh(&self.namespace, &name)
-            .await
-            .map_err(|e| ReconcileError::kube(format!("reading Secret {name}"), e))?;
+        let reading = |e| ReconcileError::kube(format!("reading Secret {name}"), e);
+        let mut current = match self.ctx.cached_secret(&self.namespace, &name) {
+            Some(Some(_)) => self.ctx.read_secret_afresh(&self.namespace, &name).await.map_err(reading)?,
+            Some(None) | None => None,
+        };
         if let Some(current) = &current
             && let SecretOwnership::Foreign(message) = secret_ownership(current, self.certificate)
         {
@@ -66,22 +67,26 @@ impl Pass<'_> {
             &usages,
             outputs,
         );
-        // A new Secret is created (a POST never overwrites: one that appeared since the read is someone
-        // else's); an existing one of ours is replaced only while it is the very Secret just read.
+        // A new Secret is created (a POST never overwrites: one that appeared since is looked at and is either
+        // someone else's or ours from an earlier pass); an existing one of ours is replaced only while it is the
+        // very Secret just read.
         let writing = |e| ReconcileError::kube(format!("writing Secret {name}"), e);
-        match &current {
-            None => {
-                if self.ctx.create_secret(&self.namespace, &secret).await.map_err(writing)?
-                    == SecretCreation::AlreadyExists
-                {
-                    let message = format!(
-                        "Secret {name:?} was created by someone else while kacme was issuing; kacme will not \
-                         overwrite it: delete it or choose another secretName"
-                    );
-                    return self.fail(IssuanceError::SecretNotOwned(message)).await;
+        if current.is_none()
+            && self.ctx.create_secret(&self.namespace, &secret).await.map_err(writing)? == SecretCreation::AlreadyExists
+        {
+            current = self.ctx.read_secret_afresh(&self.namespace, &name).await.map_err(reading)?;
+            match &current {
+                // Deleted again since: the next pass creates it.
+                None => return Err(ReconcileError::SecretVanished(name)),
+                Some(existing) => {
+                    if let SecretOwnership::Foreign(message) = secret_ownership(existing, self.certificate) {
+                        return self.fail(IssuanceError::SecretNotOwned(message)).await;
+                    }
                 }
             }
-            Some(current) => self.ctx.replace_secret(&self.namespace, &secret, current).await.map_err(writing)?,
+        }
+        if let Some(existing) = &current {
+            self.ctx.replace_secret(&self.namespace, &secret, existing).await.map_err(writing)?;
         }
         let replaced = current
             .as_ref()

@@ -168,7 +168,7 @@ async fn a_new_certificate_becomes_ready_in_a_few_passes_once_its_solver_objects
         (None, None, None)
     );
     assert_eq!(harness.condition_reason("Ready"), condition("True", "Ready"));
-    assert_eq!(harness.event_reasons(), ["OrderCreated", "Presented", "Validated", "Issued"]);
+    assert_eq!(harness.event_reasons(), ["OrderCreated", "Issued"]);
     assert_eq!(harness.solver_objects(), Vec::<String>::new(), "the solver objects are gone");
     assert!(harness.next_key_secret().is_none(), "the next-key Secret is gone");
 }
@@ -192,6 +192,52 @@ async fn an_up_to_date_certificate_is_left_alone_without_a_request_to_the_apiser
         assert_eq!(harness.acme_requests(), acme_requests, "restarted: {restart}");
         assert_eq!(harness.condition_reason("Ready"), condition("True", "Ready"), "restarted: {restart}");
     }
+}
+
+#[tokio::test]
+async fn a_pass_over_a_cached_copy_older_than_kacmes_own_write_waits_for_the_watch_without_a_request() {
+    let mut harness = IssuanceHarness::ready_to_issue().await;
+    let before_the_order = harness.certificate();
+    harness.sync_caches();
+    harness.pass().await;
+    assert!(harness.certificate().status.and_then(|s| s.order).is_some(), "the first pass wrote its order");
+    harness.sync_caches();
+    harness.apiserver.clear_requests();
+    let acme_requests = harness.acme_requests();
+
+    // The watch has not delivered the status write yet: the cache still holds the Certificate from before.
+    let written = harness.certificate();
+    harness.ctx.remember_write(&written, written.resource_version());
+    let action = super::reconcile_certificate(Arc::new(before_the_order), harness.ctx.clone()).await.expect("a pass");
+
+    assert_eq!(harness.apiserver.requests(), [], "no read: the watch event of the write starts the next pass");
+    assert_eq!(harness.acme_requests(), acme_requests, "and nothing at the CA");
+    assert_ne!(action, Action::await_change(), "a look again in case the event is lost");
+    // Once the cache shows the write, the order goes on.
+    harness.run_until_ready(MAX_PASSES).await;
+}
+
+#[tokio::test]
+async fn a_pass_that_waits_for_its_own_solver_asks_the_ca_nothing() {
+    let mut harness = IssuanceHarness::ready_to_issue().await;
+    harness.sync_caches();
+    harness.pass().await; // the order
+    harness.sync_caches();
+    harness.pass().await; // the solver objects
+    assert!(!harness.solver_objects().is_empty(), "solver objects exist");
+    let acme_requests = harness.acme_requests();
+
+    // The solver Pod is not ready yet (the kubelet has not started it), pass after pass.
+    for _ in 0..3 {
+        harness.sync_caches();
+        harness.pass().await;
+    }
+
+    assert_eq!(harness.acme_requests(), acme_requests, "nothing changes at the CA while kacme's own solver starts");
+    let order = harness.certificate().status.and_then(|s| s.order).expect("the order is in flight");
+    let message = order.authorizations[0].message.clone().unwrap_or_default();
+    assert!(message.contains("to be ready"), "the wait is shown: {message}");
+    harness.run_until_ready(MAX_PASSES).await;
 }
 
 #[tokio::test]
@@ -730,7 +776,12 @@ fn another_certificate(name: &str, issuer: &str) -> Certificate {
 /// One pass over Certificate `apps/<name>` as the fake apiserver holds it now.
 async fn pass_of(harness: &IssuanceHarness, name: &str) -> Action {
     let certificate: Certificate = harness.apiserver.get(NAMESPACE, name).expect("the Certificate exists");
-    super::reconcile_certificate(Arc::new(certificate), harness.ctx.clone()).await.expect("the pass succeeds")
+    let action =
+        super::reconcile_certificate(Arc::new(certificate), harness.ctx.clone()).await.expect("the pass succeeds");
+    // The watch delivers what the pass wrote.
+    let written: Certificate = harness.apiserver.get(NAMESPACE, name).expect("the Certificate exists");
+    harness.ctx.certificate_delivered(&written);
+    action
 }
 
 #[tokio::test]
@@ -755,6 +806,7 @@ async fn a_certificate_whose_issuer_has_no_free_slot_waits_without_a_write_or_a_
         assert_eq!(action, Action::requeue(super::ISSUER_BUSY_FALLBACK), "woken, not polled; a long fallback");
     }
     assert!(harness.apiserver.writes().is_empty(), "waiting writes nothing: {:?}", harness.apiserver.writes());
+    assert_eq!(harness.apiserver.requests(), [], "nor reads: its Secret is read once it has a slot");
     assert_eq!(harness.acme_requests(), acme_before, "no request to the CA");
     assert_eq!(woken(&mut wakes), Vec::<String>::new(), "not woken while every slot is held");
     held.pop();
@@ -827,6 +879,9 @@ async fn while_a_slow_cas_certificates_hold_all_its_slots_a_fast_issuers_certifi
                 for _ in 0..MAX_PASSES {
                     let certificate: Certificate = apiserver.get(NAMESPACE, &name).expect("the Certificate exists");
                     let _ = super::reconcile_certificate(Arc::new(certificate), ctx.clone()).await;
+                    if let Some(written) = apiserver.get::<Certificate>(NAMESPACE, &name) {
+                        ctx.certificate_delivered(&written);
+                    }
                 }
             })
         })
@@ -1023,6 +1078,10 @@ async fn controller_pass(
     let ctx = harness.ctx.clone();
     let reconcile = super::reconcile_certificate(Arc::new(certificate.clone()), ctx.clone());
     let result = observed(ctx.clone(), ControllerKind::Certificate, &certificate, reconcile).await;
+    // The watch delivers what the pass wrote.
+    if let Some(written) = harness.apiserver.get::<Certificate>(NAMESPACE, name) {
+        ctx.certificate_delivered(&written);
+    }
     let action = match &result {
         Ok(action) => action.clone(),
         Err(error) => error_policy(Arc::new(certificate), error, ctx),
