@@ -286,7 +286,11 @@ impl<'a> Pass<'a> {
         self.check_policy(&issuer).await?;
         if self.issuer_slot.is_none() {
             let key = format!("{}/{}/{}", issuer.kind, issuer.secret_namespace, issuer.name);
-            let turn = if self.status.order.is_some() { Turn::Continuing } else { Turn::Starting };
+            let turn = match (&self.status.order, &self.status.revision) {
+                (Some(_), _) => Turn::Continuing,
+                (None, Some(_)) => Turn::Renewing,
+                (None, None) => Turn::Starting,
+            };
             let slot = self.ctx.issuer_slots.try_take(&key, &slot_waiter(self.certificate), turn);
             self.waits_for_slot = slot.is_none();
             self.issuer_slot = Some(slot.ok_or(IssuerUnusable::Busy)?);
