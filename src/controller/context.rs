@@ -435,10 +435,20 @@ impl Context {
     }
 
     /// Whether the cached copy may predate kacme's own last status write (then it must be read afresh:
-    /// acting on a stale status could repeat a step, such as storing a certificate twice).
+    /// acting on a stale status could repeat a step, such as storing a certificate twice). A copy that shows
+    /// the write ends the guard: the cache never goes back, so nothing is kept per Certificate between
+    /// passes once the watch has caught up.
     pub(super) fn may_be_stale(&self, certificate: &Certificate) -> bool {
-        let Ok(written) = self.written.lock() else { return true };
-        written.get(&object_key(certificate)).is_some_and(|v| certificate.resource_version().as_ref() != Some(v))
+        let Ok(mut written) = self.written.lock() else { return true };
+        let key = object_key(certificate);
+        match written.get(&key) {
+            None => false,
+            Some(version) if certificate.resource_version().as_ref() == Some(version) => {
+                written.remove(&key);
+                false
+            }
+            Some(_) => true,
+        }
     }
 
     pub(super) fn forget_written(&self, certificate: &Certificate) {

@@ -76,7 +76,13 @@ pub async fn reconcile_certificate(certificate: Arc<Certificate>, ctx: Arc<Conte
     let api: Api<Certificate> = Api::namespaced(ctx.client.clone(), &namespace);
     let certificate = if ctx.may_be_stale(&certificate) {
         match api.get_opt(&certificate.name_any()).await {
-            Ok(Some(fresh)) => Arc::new(fresh),
+            Ok(Some(fresh)) => {
+                // The apiserver's copy shows kacme's write (or a later change): guard until the cache
+                // shows this version, rather than kacme's own, which someone else's change may have
+                // passed (every pass would read afresh until kacme writes again).
+                ctx.remember_write(&fresh, fresh.resource_version());
+                Arc::new(fresh)
+            }
             Ok(None) => {
                 ctx.forget_written(&certificate);
                 ctx.issuer_slots.leave(&slot_waiter(&certificate));
