@@ -7,7 +7,10 @@
 //! a stream the controller reconciles on. Waiters are served in arrival order, those with an order in flight
 //! ([`Turn::Continuing`]) before those that would start one: a slot is held for one pass, not for a whole
 //! order, and serving everyone strictly in turn would start every order before finishing any (1,000 solver
-//! Pods at once in `./bench -n 1000`). A Certificate is in a queue at most once, so the queues are bounded by the Certificates that exist, and the wake channel by
+//! Pods at once in `./bench -n 1000`). Of those that would start one, a Certificate that has no certificate
+//! yet ([`Turn::Starting`]) goes before one that renews ([`Turn::Renewing`]): a renewal has until its
+//! certificate expires, a new Certificate's workload waits for it now, and in a renewal storm thousands of
+//! renewals would otherwise stand ahead of it. A Certificate is in a queue at most once, so the queues are bounded by the Certificates that exist, and the wake channel by
 //! [`WAKE_CAPACITY`]. A wake that is lost (the channel full) or an offer that is not taken within
 //! [`OFFER_TIMEOUT`] (the Certificate was deleted, or no longer needs the CA) costs no slot: the offer passes
 //! to the next in line, and a waiter that was passed over looks again at its fallback requeue.
@@ -50,8 +53,11 @@ struct State {
 pub enum Turn {
     /// Move on an order in flight: served first.
     Continuing,
-    /// Start something new (an order, a revocation).
+    /// Start something new (an order, a revocation) for a Certificate that has no certificate yet.
     Starting,
+    /// Start something new for a Certificate that has its certificate (a renewal): served after
+    /// [`Turn::Starting`].
+    Renewing,
 }
 
 /// One issuer's slots.
@@ -61,8 +67,11 @@ struct Issuer {
     taken: usize,
     /// Certificates with an order in flight waiting for a slot, first come first served.
     continuing: VecDeque<ObjectRef<Certificate>>,
-    /// Other Certificates waiting for a slot, first come first served, after the continuing ones.
+    /// Certificates without a certificate waiting for a slot, first come first served, after the continuing
+    /// ones.
     queue: VecDeque<ObjectRef<Certificate>>,
+    /// Certificates that renew waiting for a slot, first come first served, after all the others.
+    renewing: VecDeque<ObjectRef<Certificate>>,
     /// Slots kept for woken Certificates, since when.
     offered: HashMap<ObjectRef<Certificate>, Instant>,
 }
@@ -77,11 +86,11 @@ impl Issuer {
     }
 
     fn nobody_waits(&self) -> bool {
-        self.continuing.is_empty() && self.queue.is_empty()
+        self.continuing.is_empty() && self.queue.is_empty() && self.renewing.is_empty()
     }
 
     fn next_in_line(&mut self) -> Option<ObjectRef<Certificate>> {
-        self.continuing.pop_front().or_else(|| self.queue.pop_front())
+        self.continuing.pop_front().or_else(|| self.queue.pop_front()).or_else(|| self.renewing.pop_front())
     }
 }
 
@@ -190,6 +199,7 @@ impl IssuerSlots {
                 match turn {
                     Turn::Continuing => slots.continuing.push_back(certificate.clone()),
                     Turn::Starting => slots.queue.push_back(certificate.clone()),
+                    Turn::Renewing => slots.renewing.push_back(certificate.clone()),
                 }
                 waiting_for.insert(certificate.clone(), issuer.to_string());
             }
@@ -216,6 +226,7 @@ impl IssuerSlots {
         if let Some(issuer) = state.issuers.get_mut(&issuer_key) {
             issuer.continuing.retain(|waiting| waiting != certificate);
             issuer.queue.retain(|waiting| waiting != certificate);
+            issuer.renewing.retain(|waiting| waiting != certificate);
             issuer.offered.remove(certificate);
         }
         self.shared.hand_on(state, &issuer_key, now);
@@ -361,6 +372,28 @@ mod tests {
         assert_eq!(wakes_now(&mut wakes), ["stays"], "the slot offered to a deleted one passes on");
         assert!(slots.try_take(SLOW, &certificate("stays"), Turn::Starting).is_some());
         assert_eq!(slots.waiting(), 0, "nothing is left of the deleted ones");
+    }
+
+    #[test]
+    fn a_certificate_without_a_certificate_goes_before_renewals_that_came_first() {
+        let slots = IssuerSlots::new(1);
+        let mut wakes = Box::pin(slots.take_wakes());
+        let held = slots.try_take(SLOW, &certificate("holder"), Turn::Starting);
+        for renewal in ["renewal-1", "renewal-2"] {
+            assert!(slots.try_take(SLOW, &certificate(renewal), Turn::Renewing).is_none());
+        }
+        assert!(slots.try_take(SLOW, &certificate("new"), Turn::Starting).is_none());
+        assert!(slots.try_take(SLOW, &certificate("in-flight"), Turn::Continuing).is_none());
+        drop(held);
+        let mut served = Vec::new();
+        for _ in 0..4 {
+            let woken = wakes_now(&mut wakes);
+            assert_eq!(woken.len(), 1, "one slot, one wake at a time");
+            let turn = if woken[0].starts_with("renewal") { Turn::Renewing } else { Turn::Starting };
+            drop(slots.try_take(SLOW, &certificate(&woken[0]), turn).expect("the woken one takes its slot"));
+            served.extend(woken);
+        }
+        assert_eq!(served, ["in-flight", "new", "renewal-1", "renewal-2"]);
     }
 
     #[test]

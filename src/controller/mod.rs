@@ -43,7 +43,7 @@ pub use observe::{Caches, ControllerKind, NoReconcileObserver, Observers, Reconc
 pub use workload::WorkloadConfig;
 
 use crate::acme::AcmeObserver;
-use crate::api::names::{ANNOTATION_CERTIFICATE_NAME, LABEL_MANAGED_BY, LABEL_SOLVER, MANAGED_BY};
+use crate::api::names::{ANNOTATION_CERTIFICATE_NAME, LABEL_MANAGED_BY, LABEL_SOLVER, MANAGED_BY, TLS_CRT, TLS_KEY};
 use crate::api::{Certificate, ClusterIssuer, Issuer, IssuerKind};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
@@ -92,19 +92,47 @@ fn strip_for_cache<K: Resource>(object: &mut K) {
 /// The annotation in which `kubectl apply` (client side) keeps the last object it applied.
 const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
+/// What the cache keeps of a Secret: as [`strip_for_cache`], and of a Certificate's Secret (type
+/// `kubernetes.io/tls`, naming its Certificate) only what passes read from the cache: `tls.crt` cut to its
+/// leaf certificate, and `tls.key` (the issuance decision, key reuse, revocation). The intermediates,
+/// `ca.crt` and the additional outputs (keystores, combined PEM, DER key) go: about two thirds of such a
+/// Secret, and at 10,000 Certificates the largest thing kacme kept. Code that writes a Secret from its
+/// content (rewriting the outputs) reads it afresh from the apiserver; storing a certificate does anyway.
+fn strip_secret_for_cache(secret: &mut Secret) {
+    strip_for_cache(secret);
+    let of_a_certificate = secret.type_.as_deref() == Some(crate::desired::TLS_SECRET_TYPE)
+        && secret.annotations().contains_key(ANNOTATION_CERTIFICATE_NAME);
+    let Some(data) = secret.data.as_mut().filter(|_| of_a_certificate) else { return };
+    data.retain(|key, _| key == TLS_CRT || key == TLS_KEY);
+    if let Some(crt) = data.get_mut(TLS_CRT) {
+        cut_to_leaf(&mut crt.0);
+    }
+}
+
+/// Cuts a PEM chain after its first certificate (left as it is when it has none).
+fn cut_to_leaf(pem: &mut Vec<u8>) {
+    const END: &[u8] = b"-----END CERTIFICATE-----";
+    if let Some(at) = pem.windows(END.len()).position(|window| window == END) {
+        pem.truncate(at + END.len());
+        pem.push(b'\n');
+        pem.shrink_to_fit();
+    }
+}
+
 /// A watch of `K` (filtered by `config`) that fills a cache as it is polled: the stream triggers a
 /// controller, the store serves reads, from one watch. What the caches never need is dropped first
 /// ([`strip_for_cache`]); nothing kacme writes is built from a cached object's metadata.
 fn cached_watch<K>(
     client: &Client,
     config: watcher::Config,
+    strip: fn(&mut K),
 ) -> (Store<K>, impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static)
 where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
     let (reader, writer) = reflector::store();
     let api: Api<K> = Api::all(client.clone());
-    let stream = watcher(api, config).default_backoff().modify(strip_for_cache).reflect(writer).touched_objects();
+    let stream = watcher(api, config).default_backoff().modify(strip).reflect(writer).touched_objects();
     (reader, stream)
 }
 
@@ -202,9 +230,9 @@ pub async fn run_observed(
     // Solver objects are cached by reflectors of their own, complete before the first reconcile: sweeping
     // the leftovers of a killed pass relies on the cache (an empty cache would hide them).
     let solver_objects = || watcher::Config::default().labels(LABEL_SOLVER);
-    let (pods, pods_task) = cached_watch::<Pod>(&client, solver_objects());
-    let (services, services_task) = cached_watch::<Service>(&client, solver_objects());
-    let (ingresses, ingresses_task) = cached_watch::<Ingress>(&client, solver_objects());
+    let (pods, pods_task) = cached_watch::<Pod>(&client, solver_objects(), strip_for_cache);
+    let (services, services_task) = cached_watch::<Service>(&client, solver_objects(), strip_for_cache);
+    let (ingresses, ingresses_task) = cached_watch::<Ingress>(&client, solver_objects(), strip_for_cache);
     let solver_reflectors = tokio::spawn(async move {
         tokio::join!(
             pods_task.for_each(|_| std::future::ready(())),
@@ -218,9 +246,10 @@ pub async fn run_observed(
         }
     }
     let managed = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
-    let (secrets, secret_events) = cached_watch::<Secret>(&client, managed);
-    let (issuers, issuer_events) = cached_watch::<Issuer>(&client, watcher::Config::default());
-    let (cluster_issuers, cluster_issuer_events) = cached_watch::<ClusterIssuer>(&client, watcher::Config::default());
+    let (secrets, secret_events) = cached_watch::<Secret>(&client, managed, strip_secret_for_cache);
+    let (issuers, issuer_events) = cached_watch::<Issuer>(&client, watcher::Config::default(), strip_for_cache);
+    let (cluster_issuers, cluster_issuer_events) =
+        cached_watch::<ClusterIssuer>(&client, watcher::Config::default(), strip_for_cache);
     let stores =
         Stores { secrets, issuers, cluster_issuers, solvers: kube_solver::SolverStores { pods, services, ingresses } };
     let ctx = Arc::new(Context::new(
@@ -370,5 +399,39 @@ mod cache_tests {
             (&expected.metadata, &expected.spec),
             "only those two go; kacme's own annotations stay"
         );
+    }
+
+    #[test]
+    fn the_secret_cache_keeps_of_a_certificates_secret_only_the_leaf_and_the_key() {
+        let leaf = "-----BEGIN CERTIFICATE-----\nTEFG\n-----END CERTIFICATE-----\n";
+        let chain = format!("{leaf}-----BEGIN CERTIFICATE-----\nSU5U\n-----END CERTIFICATE-----\n");
+        let data = |pairs: &[(&str, &str)]| {
+            Some(pairs.iter().map(|(k, v)| (k.to_string(), k8s_openapi::ByteString(v.as_bytes().to_vec()))).collect())
+        };
+        let mut secret = Secret {
+            metadata: kube::api::ObjectMeta {
+                annotations: Some(BTreeMap::from([(ANNOTATION_CERTIFICATE_NAME.to_string(), "web".to_string())])),
+                managed_fields: Some(vec![ManagedFieldsEntry::default()]),
+                ..Default::default()
+            },
+            type_: Some(crate::desired::TLS_SECRET_TYPE.to_string()),
+            data: data(&[(TLS_CRT, &chain), (TLS_KEY, "KEY"), ("ca.crt", "CA"), ("keystore.p12", "P12")]),
+            ..Default::default()
+        };
+        let mut other = secret.clone();
+        other.type_ = Some("Opaque".to_string());
+        strip_secret_for_cache(&mut secret);
+        assert_eq!(secret.data, data(&[(TLS_CRT, leaf), (TLS_KEY, "KEY")]));
+        assert_eq!(secret.metadata.managed_fields, None);
+        let kept = other.data.clone();
+        strip_secret_for_cache(&mut other);
+        assert_eq!(other.data, kept, "a next-key or account Secret (not kubernetes.io/tls) keeps everything");
+    }
+
+    #[test]
+    fn a_pem_without_a_certificate_is_left_as_it_is() {
+        let mut garbage = b"not a certificate".to_vec();
+        cut_to_leaf(&mut garbage);
+        assert_eq!(garbage, b"not a certificate");
     }
 }

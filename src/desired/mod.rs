@@ -42,7 +42,7 @@ pub use names::{
 pub use order_status::{order_progress, order_status};
 pub use requeue::requeue_at;
 pub use secret::{
-    MAX_KEYSTORE_PASSWORD_BYTES, additional_outputs, build_certificate_secret, build_next_key_secret,
+    MAX_KEYSTORE_PASSWORD_BYTES, TLS_SECRET_TYPE, additional_outputs, build_certificate_secret, build_next_key_secret,
     keystore_password, keystore_password_key, outputs_annotation, pkcs12_wanted, secret_rewrite_needed,
 };
 pub use solver_objects::{

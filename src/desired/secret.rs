@@ -18,7 +18,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use std::collections::BTreeMap;
 
 /// The type of the Certificate's Secret.
-const TLS_SECRET_TYPE: &str = "kubernetes.io/tls";
+pub const TLS_SECRET_TYPE: &str = "kubernetes.io/tls";
 /// The type of the next-key Secret.
 const OPAQUE_SECRET_TYPE: &str = "Opaque";
 

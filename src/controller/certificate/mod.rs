@@ -316,7 +316,11 @@ impl<'a> Pass<'a> {
     /// Takes a slot of `issuer` for this pass, or a place in its line (false: every slot is taken).
     fn take_issuer_slot(&mut self, issuer: &IssuerInfo) -> bool {
         let key = format!("{}/{}/{}", issuer.kind, issuer.secret_namespace, issuer.name);
-        let turn = if self.status.order.is_some() { Turn::Continuing } else { Turn::Starting };
+        let turn = match (&self.status.order, &self.status.revision) {
+            (Some(_), _) => Turn::Continuing,
+            (None, Some(_)) => Turn::Renewing,
+            (None, None) => Turn::Starting,
+        };
         let slot = self.ctx.issuer_slots.try_take(&key, &slot_waiter(self.certificate), turn);
         self.waits_for_slot = slot.is_none();
         self.issuer_slot = slot;

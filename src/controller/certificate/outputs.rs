@@ -66,6 +66,17 @@ impl Pass<'_> {
         secret: &Secret,
         why: &str,
     ) -> Result<Option<Action>, ReconcileError> {
+        // The cache keeps only the leaf and the key of a Certificate's Secret: read all of it.
+        let name = &self.certificate.spec.secret_name;
+        let fresh = self
+            .ctx
+            .read_secret_afresh(&self.namespace, name)
+            .await
+            .map_err(|e| ReconcileError::kube(format!("reading Secret {name}"), e))?;
+        let Some(secret) = fresh.as_deref().filter(|fresh| fresh.metadata.uid == secret.metadata.uid) else {
+            // Gone or replaced since the cache saw it: the next pass decides again.
+            return Ok(Some(Action::requeue(NEXT_STEP)));
+        };
         let text =
             |key: &str| secret.data.as_ref().and_then(|d| d.get(key)).and_then(|v| String::from_utf8(v.0.clone()).ok());
         let (Some(chain_pem), Some(key_pem)) = (text(TLS_CRT), text(TLS_KEY)) else { return Ok(None) };
@@ -93,7 +104,6 @@ impl Pass<'_> {
             usages.as_deref().unwrap_or_default(),
             outputs,
         );
-        let name = &self.certificate.spec.secret_name;
         self.ctx
             .replace_secret(&self.namespace, &rewritten, secret)
             .await

@@ -17,6 +17,9 @@ scenarios:
            (--noise-secrets Secrets of --noise-secret-bytes each, --noise-pods Pods) created before
            the operator starts; compares the operator's memory
   idle     the issue run, then --idle-duration with nothing due: the operator's requests and CPU time
+  storm    the issue run, then every Certificate's renewBefore set so that all renew at one moment T
+           (Pebble only): time until all are renewed, ACME and apiserver requests per second from T,
+           and the apply->Ready latency of a new Certificate applied --storm-new-after T
 
 options:
   -n, --certificates N      Certificates to create (default 100)
@@ -26,10 +29,13 @@ options:
                             and Traefik routes the CA's HTTP-01 requests; the CA listens on the node's
                             address; the operator stays a local process (kacme's image is only the
                             solver Pods')
-  --scenario NAME           issue | memory | idle (default issue)
+  --scenario NAME           issue | memory | idle | storm (default issue)
   --rate R                  create R Certificates per second instead of all at once
   --concurrency C           the operator's --concurrency (default: the operator's own default)
   --idle-duration D         idle scenario: how long to watch (default 3m; 90s, 5m, ...)
+  --storm-lead D            storm scenario: from the first renewBefore patch to T (default 30s plus
+                            10ms per Certificate)
+  --storm-new-after D       storm scenario: when the new Certificate is applied after T (default 20s)
   --noise-secrets N         memory scenario: unrelated Secrets (default 10000)
   --noise-secret-bytes B    memory scenario: size of each (default 2048)
   --noise-pods N            memory scenario: unrelated Pods (default 1000)
@@ -48,6 +54,7 @@ pub enum Scenario {
     Issue,
     Memory,
     Idle,
+    Storm,
 }
 
 impl Scenario {
@@ -56,6 +63,7 @@ impl Scenario {
             Scenario::Issue => "issue",
             Scenario::Memory => "memory",
             Scenario::Idle => "idle",
+            Scenario::Storm => "storm",
         }
     }
 }
@@ -86,6 +94,8 @@ pub struct Args {
     pub rate: Option<f64>,
     pub concurrency: Option<u16>,
     pub idle_duration: Duration,
+    pub storm_lead: Option<Duration>,
+    pub storm_new_after: Duration,
     pub noise_secrets: usize,
     pub noise_secret_bytes: usize,
     pub noise_pods: usize,
@@ -127,6 +137,8 @@ pub fn parse(mut raw: impl Iterator<Item = String>) -> Result<Option<Args>> {
         rate: None,
         concurrency: None,
         idle_duration: Duration::from_secs(180),
+        storm_lead: None,
+        storm_new_after: Duration::from_secs(20),
         noise_secrets: 10_000,
         noise_secret_bytes: 2048,
         noise_pods: 1000,
@@ -158,12 +170,15 @@ pub fn parse(mut raw: impl Iterator<Item = String>) -> Result<Option<Args>> {
                     "issue" => Scenario::Issue,
                     "memory" => Scenario::Memory,
                     "idle" => Scenario::Idle,
-                    other => bail!("--scenario {other:?}: issue, memory or idle"),
+                    "storm" => Scenario::Storm,
+                    other => bail!("--scenario {other:?}: issue, memory, idle or storm"),
                 }
             }
             "--rate" => args.rate = Some(value()?.parse().context("--rate")?).filter(|r: &f64| *r > 0.0),
             "--concurrency" => args.concurrency = Some(value()?.parse().context("--concurrency")?),
             "--idle-duration" => args.idle_duration = parse_duration(&value()?)?,
+            "--storm-lead" => args.storm_lead = Some(parse_duration(&value()?)?),
+            "--storm-new-after" => args.storm_new_after = parse_duration(&value()?)?,
             "--noise-secrets" => args.noise_secrets = value()?.parse().context("--noise-secrets")?,
             "--noise-secret-bytes" => args.noise_secret_bytes = value()?.parse().context("--noise-secret-bytes")?,
             "--noise-pods" => args.noise_pods = value()?.parse().context("--noise-pods")?,
@@ -205,6 +220,8 @@ mod tests {
         assert_eq!(parsed("-n 3 --namespaces 8").namespaces, 3);
         assert_eq!(parsed("--scenario memory -n 5").stem(), "memory-pebble-n5");
         assert_eq!(parsed("--node -n 20").stem(), "issue-pebble-node-n20");
+        let storm = parsed("--scenario storm -n 10000 --namespaces 100 --storm-new-after 30s");
+        assert_eq!((storm.stem().as_str(), storm.storm_new_after), ("storm-pebble-n10000", Duration::from_secs(30)));
     }
 
     #[test]

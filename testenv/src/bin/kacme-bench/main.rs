@@ -11,6 +11,7 @@ mod env;
 mod measure;
 mod plot;
 mod report;
+mod storm;
 
 use anyhow::{Context as _, Result, bail};
 use args::{Args, Scenario};
@@ -50,16 +51,21 @@ async fn main() -> Result<()> {
     let started_at_unix = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let mut runs = Vec::new();
     let mut idle = None;
+    let mut storm = None;
     match args.scenario {
         Scenario::Issue => runs.push(run(&args, features, false, false).await?.0),
         Scenario::Memory => {
             runs.push(run(&args, features, false, false).await?.0);
             runs.push(run(&args, features, true, false).await?.0);
         }
-        Scenario::Idle => {
-            let (report, idle_report) = run(&args, features, false, true).await?;
+        Scenario::Idle | Scenario::Storm => {
+            let (report, after) = run(&args, features, false, true).await?;
             runs.push(report);
-            idle = idle_report;
+            match after {
+                Some(After::Idle(report)) => idle = Some(report),
+                Some(After::Storm(report)) => storm = Some(*report),
+                None => {}
+            }
         }
     }
     let report = Report {
@@ -76,6 +82,7 @@ async fn main() -> Result<()> {
         machine,
         runs,
         idle,
+        storm,
     };
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let json_path = args.out.join(format!("{}.json", args.stem()));
@@ -111,14 +118,16 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
+/// What a run measured after all were Ready.
+enum After {
+    Idle(IdleReport),
+    Storm(Box<storm::StormReport>),
+}
+
 /// One measured run on a fresh environment; with `noise`, unrelated Secrets and Pods exist before the
-/// operator starts; with `idle`, the operator is then watched for `--idle-duration`.
-async fn run(
-    args: &Args,
-    features: OperatorFeatures,
-    noise: bool,
-    idle: bool,
-) -> Result<(RunReport, Option<IdleReport>)> {
+/// operator starts; with `then`, the scenario's second part follows (idle: the operator is watched for
+/// `--idle-duration`; storm: all renew at once).
+async fn run(args: &Args, features: OperatorFeatures, noise: bool, then: bool) -> Result<(RunReport, Option<After>)> {
     let label = if noise {
         format!("with {} Secrets + {} Pods", args.noise_secrets, args.noise_pods)
     } else if args.scenario == Scenario::Memory {
@@ -267,7 +276,9 @@ async fn run(
         timeline: Vec::new(),
     };
 
-    let idle_report = if idle {
+    let after = if then && args.scenario == Scenario::Storm {
+        Some(After::Storm(Box::new(storm::run_storm(&env, args, &mut audit, pid, &ready).await?)))
+    } else if then {
         eprintln!("kacme-bench: watching the idle operator for {:?}", args.idle_duration);
         let idle_started = Instant::now();
         while idle_started.elapsed() < args.idle_duration {
@@ -281,7 +292,7 @@ async fn run(
                      b: &Option<std::collections::BTreeMap<String, u64>>| {
             a.as_ref().zip(b.as_ref()).map(|(a, b)| count_growth(a, b).values().sum::<u64>())
         };
-        Some(IdleReport {
+        Some(After::Idle(IdleReport {
             duration_seconds: idle_started.elapsed().as_secs_f64(),
             writes_other_than_leases: report::writes_other_than_leases(&requests),
             apiserver: ApiserverCounts::of(&requests, n),
@@ -291,7 +302,7 @@ async fn run(
                 - after.process.map(|p| p.cpu_seconds).unwrap_or(0.0),
             rss_start_kib: after.process.map(|p| p.rss_kib).unwrap_or(0),
             rss_end_kib: end.process.map(|p| p.rss_kib).unwrap_or(0),
-        })
+        }))
     } else {
         None
     };
@@ -301,7 +312,7 @@ async fn run(
     if let Some(operator) = env.operator.take() {
         operator.kill();
     }
-    Ok((report, idle_report))
+    Ok((report, after))
 }
 
 /// The name under which the containers' CPU time is reported.

@@ -26,6 +26,11 @@ pub struct ReadyTimes {
 impl ReadyTimes {
     /// Watches every Certificate until dropped (the task is aborted with the returned handle).
     pub fn watch(client: Client) -> (ReadyTimes, tokio::task::JoinHandle<()>) {
+        ReadyTimes::watch_where(client, certificate_ready)
+    }
+
+    /// The same for another state than Ready: when each Certificate was first seen in a state `seen` tells.
+    pub fn watch_where(client: Client, seen: fn(&DynamicObject) -> bool) -> (ReadyTimes, tokio::task::JoinHandle<()>) {
         let times = ReadyTimes::default();
         let recorder = times.clone();
         let api: Api<DynamicObject> = Api::all_with(client, &certificate_resource());
@@ -34,7 +39,7 @@ impl ReadyTimes {
             let mut stream = std::pin::pin!(stream);
             while let Some(event) = stream.next().await {
                 if let Ok(object) = event
-                    && certificate_ready(&object)
+                    && seen(&object)
                     && let Ok(mut times) = recorder.inner.lock()
                 {
                     times.entry(key_of(&object)).or_insert_with(Instant::now);

@@ -24,6 +24,7 @@ pub struct Report {
     pub machine: Machine,
     pub runs: Vec<RunReport>,
     pub idle: Option<IdleReport>,
+    pub storm: Option<crate::storm::StormReport>,
 }
 
 #[derive(Debug, Serialize)]
@@ -320,6 +321,52 @@ pub fn table(report: &Report) -> String {
             mib(idle.rss_start_kib),
             mib(idle.rss_end_kib)
         );
+    }
+    if let Some(storm) = &report.storm {
+        let _ = writeln!(
+            out,
+            "renewal storm: {} renewals due at T (renewBefore patched in {:.0}s); all renewed {:.1}s after T \
+             (renewed p50/p99 {:.1} / {:.1}s after T); a new Certificate applied {:.0}s after T Ready in {} \
+             ({} renewals still pending then)",
+            storm.renewed,
+            storm.patch_seconds,
+            storm.all_renewed_seconds,
+            storm.renewed_after_seconds.p50,
+            storm.renewed_after_seconds.p99,
+            storm.new_certificate_applied_after_seconds,
+            storm.new_certificate_latency_seconds.map(|s| format!("{s:.2}s")).unwrap_or_else(|| "never".into()),
+            storm.renewals_pending_when_new_was_ready.map(|n| n.to_string()).unwrap_or_else(|| "n/a".into()),
+        );
+        let _ = writeln!(
+            out,
+            "  ACME at the CA: {:.2} requests and {:.2} orders per renewal, {:.1}/s mean, {}/s max; apiserver \
+             (operator): {:.2} per renewal (reads {:.2}, writes {:.2}), {:.1}/s mean, {}/s max",
+            storm.acme_requests_per_renewal,
+            storm.orders_per_renewal,
+            storm.acme_requests_per_second_mean,
+            storm.acme_requests_per_second_max,
+            storm.apiserver.per_issuance,
+            storm.apiserver.reads_per_issuance,
+            storm.apiserver.writes_per_issuance,
+            storm.apiserver_requests_per_second_mean,
+            storm.apiserver_requests_per_second_max,
+        );
+        let mut commands: Vec<(&String, &f64)> = storm.benchmark_cpu_seconds_by_command.iter().collect();
+        commands.sort_by(|a, b| b.1.total_cmp(a.1));
+        let _ = writeln!(
+            out,
+            "  operator CPU {:.1}s ({:.1} ms per renewal), RSS {} → {} MiB (peak {}); CPU by command: {}; other \
+             processes {:.1}s; load average {:.2} at the end",
+            storm.operator_cpu_seconds,
+            1000.0 * storm.operator_cpu_seconds / storm.renewed.max(1) as f64,
+            mib(storm.rss_at_start_kib),
+            mib(storm.rss_at_end_kib),
+            mib(storm.rss_peak_kib),
+            commands.iter().take(6).map(|(c, s)| format!("{c} {s:.1}")).collect::<Vec<_>>().join(", "),
+            storm.other_processes_cpu_seconds,
+            storm.load_average_at_end,
+        );
+        let _ = writeln!(out, "  apiserver by verb: {}", verbs_line(&storm.apiserver, storm.renewed.max(1)));
     }
     out
 }
