@@ -183,17 +183,14 @@ impl ChallengeSolver for KubeSolver<'_> {
         let Some(pod) = existing_pod else {
             return Ok(Presentation::NotReady(format!("created solver Pod {name}")));
         };
-        let status = pod.status.as_ref();
-        if status.and_then(|s| s.phase.as_deref()) == Some("Failed") {
-            // A failed solver Pod is replaced; the next pass recreates it.
-            self.delete::<Pod>(&name).await.map_err(SolverError)?;
-            return Ok(Presentation::NotReady(format!("solver Pod {name} failed; replacing it")));
-        }
-        let ready = status
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|c| c.iter().any(|c| c.type_ == POD_READY && c.status == "True"));
-        if !ready {
-            return Ok(Presentation::NotReady(unready_pod_message(&pod)));
+        match solver_pod_state(&pod) {
+            SolverPodState::Ready => {}
+            SolverPodState::NotReady(why) => return Ok(Presentation::NotReady(why)),
+            SolverPodState::Failed => {
+                // A failed solver Pod is replaced; the next pass recreates it.
+                self.delete::<Pod>(&name).await.map_err(SolverError)?;
+                return Ok(Presentation::NotReady(format!("solver Pod {name} failed; replacing it")));
+            }
         }
         // The CA is told only once every parent Gateway routes the challenge to the solver.
         match existing_route {
@@ -219,6 +216,28 @@ impl ChallengeSolver for KubeSolver<'_> {
             .collect();
         if errors.is_empty() { Ok(()) } else { Err(SolverError(errors.join("; "))) }
     }
+}
+
+/// What an existing solver Pod's status says.
+pub(crate) enum SolverPodState {
+    /// It failed: delete it, and the next pass makes a new one.
+    Failed,
+    /// Not ready yet, and what its status tells of why.
+    NotReady(String),
+    /// Ready: it serves the challenge.
+    Ready,
+}
+
+/// The state of an existing solver Pod, from its status.
+pub(crate) fn solver_pod_state(pod: &Pod) -> SolverPodState {
+    let status = pod.status.as_ref();
+    if status.and_then(|s| s.phase.as_deref()) == Some("Failed") {
+        return SolverPodState::Failed;
+    }
+    let ready = status
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == POD_READY && c.status == "True"));
+    if ready { SolverPodState::Ready } else { SolverPodState::NotReady(unready_pod_message(pod)) }
 }
 
 /// The longest piece of a Pod's status quoted in a message (the kubelet's messages can be long).

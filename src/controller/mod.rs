@@ -16,7 +16,7 @@ mod ingress;
 mod isolation;
 mod issuer;
 pub(crate) mod issuer_slots;
-mod kube_solver;
+pub(crate) mod kube_solver;
 mod observe;
 mod owned_certificates;
 mod panic_status;

@@ -4,6 +4,7 @@
 
 use crate::acme::{ChallengeSolver, Http01Challenge, Presentation, SolverError};
 use crate::api::{AcmeIssuer, Certificate};
+use crate::controller::kube_solver::{SolverPodState, solver_pod_state};
 use crate::desired::{
     SolverContext, build_solver_ingress, build_solver_pod, build_solver_service, select_solver, solver_name,
 };
@@ -87,18 +88,13 @@ impl ChallengeSolver for PodSolver<'_> {
         let Some(pod) = existing else {
             return Ok(Presentation::NotReady(format!("created solver Pod {name}")));
         };
-        let status = pod.status.as_ref();
-        if status.and_then(|s| s.phase.as_deref()) == Some("Failed") {
-            self.delete::<Pod>(&name).await.map_err(SolverError)?;
-            return Ok(Presentation::NotReady(format!("solver Pod {name} failed; replacing it")));
-        }
-        let ready = status
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-        if ready {
-            Ok(Presentation::Ready)
-        } else {
-            Ok(Presentation::NotReady(format!("waiting for solver Pod {name} to be ready")))
+        match solver_pod_state(&pod) {
+            SolverPodState::Ready => Ok(Presentation::Ready),
+            SolverPodState::NotReady(why) => Ok(Presentation::NotReady(why)),
+            SolverPodState::Failed => {
+                self.delete::<Pod>(&name).await.map_err(SolverError)?;
+                Ok(Presentation::NotReady(format!("solver Pod {name} failed; replacing it")))
+            }
         }
     }
 
