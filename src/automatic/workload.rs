@@ -143,12 +143,37 @@ pub fn admit_pod(pod: &Pod) -> PodAdmission {
     }
 }
 
-fn pointer(tokens: &[&str]) -> PointerBuf {
+/// A JSON pointer from its tokens (escaped as JSON pointers need).
+pub(crate) fn pointer(tokens: &[&str]) -> PointerBuf {
     PointerBuf::from_tokens(tokens.iter().copied())
 }
 
-fn add(path: PointerBuf, value: Value) -> PatchOperation {
+/// A JSON patch `add` operation.
+pub(crate) fn add(path: PointerBuf, value: Value) -> PatchOperation {
     PatchOperation::Add(AddOperation { path, value })
+}
+
+/// The operations that mount the volume [`VOLUME_NAME`] read-only at [`MOUNT_PATH`] in the containers of
+/// `spec` at `selected`; the problem, naming the container, when one mounts something there already.
+pub(crate) fn mount_in_containers(
+    spec: &k8s_openapi::api::core::v1::PodSpec,
+    selected: impl IntoIterator<Item = usize>,
+) -> Result<Vec<PatchOperation>, String> {
+    let mut operations = Vec::new();
+    let mount = json!({"name": VOLUME_NAME, "mountPath": MOUNT_PATH, "readOnly": true});
+    for index in selected {
+        let container = &spec.containers[index];
+        if container.volume_mounts.iter().flatten().any(|m| m.mount_path.trim_end_matches('/') == MOUNT_PATH) {
+            return Err(format!("container {:?} already mounts something at {MOUNT_PATH}", container.name));
+        }
+        let index = index.to_string();
+        if container.volume_mounts.is_none() {
+            operations.push(add(pointer(&["spec", "containers", &index, "volumeMounts"]), json!([mount])));
+        } else {
+            operations.push(add(pointer(&["spec", "containers", &index, "volumeMounts", "-"]), mount.clone()));
+        }
+    }
+    Ok(operations)
 }
 
 /// The JSON patch that adds the volume, the mounts and the label to `pod`.
@@ -193,22 +218,10 @@ pub fn pod_patch(pod: &Pod, request: &WorkloadRequest) -> Result<Patch, Annotati
     } else {
         operations.push(add(pointer(&["spec", "volumes", "-"]), volume));
     }
-    let mount = json!({"name": VOLUME_NAME, "mountPath": MOUNT_PATH, "readOnly": true});
-    for index in selected {
-        let container = &spec.containers[index];
-        if container.volume_mounts.iter().flatten().any(|m| m.mount_path.trim_end_matches('/') == MOUNT_PATH) {
-            return Err(AnnotationError {
-                annotation: ANNOTATION_NAMES,
-                problem: format!("container {:?} already mounts something at {MOUNT_PATH}", container.name),
-            });
-        }
-        let index = index.to_string();
-        if container.volume_mounts.is_none() {
-            operations.push(add(pointer(&["spec", "containers", &index, "volumeMounts"]), json!([mount])));
-        } else {
-            operations.push(add(pointer(&["spec", "containers", &index, "volumeMounts", "-"]), mount.clone()));
-        }
-    }
+    operations.extend(
+        mount_in_containers(&spec, selected)
+            .map_err(|problem| AnnotationError { annotation: ANNOTATION_NAMES, problem })?,
+    );
     Ok(Patch(operations))
 }
 

@@ -273,13 +273,7 @@ async fn sweep_orphans<K: ListenerSource>(ctx: Arc<GatewayContext<K>>) {
             continue;
         }
         let live: Vec<String> = ctx.sources.state().iter().filter_map(|s| s.uid()).collect();
-        for certificate in ctx.owned.state() {
-            let orphan = certificate.owner_references().is_empty()
-                && certificate.metadata.deletion_timestamp.is_none()
-                && certificate.labels().get(LABEL_OWNER_UID).is_some_and(|uid| !live.contains(uid));
-            if !orphan {
-                continue;
-            }
+        for certificate in ctx.owned.state().into_iter().filter(|c| orphaned(c, &live)) {
             let (namespace, name) = (certificate.namespace().unwrap_or_default(), certificate.name_any());
             match delete_certificate(&ctx.client, &namespace, &name, certificate.uid()).await {
                 Ok(()) => {
@@ -287,6 +281,54 @@ async fn sweep_orphans<K: ListenerSource>(ctx: Arc<GatewayContext<K>>) {
                 }
                 Err(error) => tracing::warn!(%error, "deleting the Certificate of a {} that is gone", K::kind(&())),
             }
+        }
+    }
+}
+
+/// Whether `certificate`, made for a Gateway in another namespace (no owner reference, the Gateway's UID in
+/// its label), outlived that Gateway: none of the `live` UIDs is its, and it is not being deleted already.
+/// A Certificate with an owner reference is left to the garbage collector.
+fn orphaned(certificate: &Certificate, live: &[String]) -> bool {
+    certificate.owner_references().is_empty()
+        && certificate.metadata.deletion_timestamp.is_none()
+        && certificate.labels().get(LABEL_OWNER_UID).is_some_and(|uid| !live.contains(uid))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+
+    #[test]
+    fn only_a_certificate_in_another_namespace_whose_gateway_is_gone_is_an_orphan() {
+        let certificate = |uid: Option<&str>, owned: bool, deleting: bool| {
+            let mut c: Certificate = serde_json::from_value(serde_json::json!({
+                "apiVersion": "kacme.dev/v1alpha1", "kind": "Certificate", "metadata": {"name": "web-tls"},
+                "spec": {"secretName": "web-tls", "issuerRef": {"name": "ca"}},
+            }))
+            .unwrap();
+            if let Some(uid) = uid {
+                c.labels_mut().insert(LABEL_OWNER_UID.into(), uid.into());
+            }
+            if owned {
+                c.metadata.owner_references = Some(vec![OwnerReference { uid: "gone".into(), ..Default::default() }]);
+            }
+            if deleting {
+                c.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::UNIX_EPOCH));
+            }
+            c
+        };
+        let live = vec!["here".to_string()];
+        // (case, certificate, orphaned)
+        let cases = [
+            ("its Gateway is gone", certificate(Some("gone"), false, false), true),
+            ("its Gateway is there", certificate(Some("here"), false, false), false),
+            ("owned: the garbage collector's", certificate(Some("gone"), true, false), false),
+            ("being deleted already", certificate(Some("gone"), false, true), false),
+            ("no UID label: not kacme's to judge", certificate(None, false, false), false),
+        ];
+        for (case, certificate, expected) in cases {
+            assert_eq!(orphaned(&certificate, &live), expected, "{case}");
         }
     }
 }

@@ -10,9 +10,8 @@
 use crate::automatic::annotations::{
     ANNOTATION_CONTAINERS, ANNOTATION_NAMES, AnnotationError, IssuanceAnnotations, parse_containers, parse_issuance,
 };
-use crate::automatic::workload::{MOUNT_PATH, VOLUME_NAME};
-use json_patch::jsonptr::PointerBuf;
-use json_patch::{AddOperation, Patch, PatchOperation};
+use crate::automatic::workload::{MOUNT_PATH, VOLUME_NAME, add, mount_in_containers, pointer};
+use json_patch::Patch;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -91,14 +90,6 @@ pub struct AgentSettings {
     pub ca_bundle: String,
     /// The audience of the projected token.
     pub audience: String,
-}
-
-fn pointer(tokens: &[&str]) -> PointerBuf {
-    PointerBuf::from_tokens(tokens.iter().copied())
-}
-
-fn add(path: PointerBuf, value: Value) -> PatchOperation {
-    PatchOperation::Add(AddOperation { path, value })
 }
 
 fn conflict(problem: String) -> AnnotationError {
@@ -207,19 +198,7 @@ pub fn per_pod_patch(pod: &Pod, request: &PodRequest, settings: &AgentSettings) 
     } else {
         operations.push(add(pointer(&["spec", "initContainers", "0"]), agent));
     }
-    let mount = json!({"name": VOLUME_NAME, "mountPath": MOUNT_PATH, "readOnly": true});
-    for index in selected {
-        let container = &spec.containers[index];
-        if container.volume_mounts.iter().flatten().any(|m| m.mount_path.trim_end_matches('/') == MOUNT_PATH) {
-            return Err(conflict(format!("container {:?} already mounts something at {MOUNT_PATH}", container.name)));
-        }
-        let index = index.to_string();
-        if container.volume_mounts.is_none() {
-            operations.push(add(pointer(&["spec", "containers", &index, "volumeMounts"]), json!([mount])));
-        } else {
-            operations.push(add(pointer(&["spec", "containers", &index, "volumeMounts", "-"]), mount.clone()));
-        }
-    }
+    operations.extend(mount_in_containers(&spec, selected).map_err(conflict)?);
     Ok(Patch(operations))
 }
 
