@@ -417,6 +417,22 @@ impl Context {
     fn forget_secret_write(&self, key: &str) {
         if let Ok(mut writes) = self.secret_writes.lock() {
             writes.remove(key);
+            shrink_when_drained(&mut writes);
+        }
+    }
+
+    /// The Secret watch delivered `secret`: a write of kacme's that the cache now shows needs no more
+    /// remembering (without this, the entry of every Secret kacme created stayed until its next read, which
+    /// for an issued certificate is its renewal: one entry per Certificate).
+    pub(crate) fn secret_delivered(&self, secret: &Secret) {
+        let Some(namespace) = secret.metadata.namespace.as_deref() else { return };
+        let key = format!("{namespace}/{}", secret.name_any());
+        let Ok(mut writes) = self.secret_writes.lock() else { return };
+        let shown = matches!(writes.get(&key), Some((SecretWrite::Written(version), _))
+            if secret.resource_version().as_ref() == Some(version));
+        if shown {
+            writes.remove(&key);
+            shrink_when_drained(&mut writes);
         }
     }
 
@@ -479,6 +495,7 @@ impl Context {
         let key = object_key(certificate);
         if written.get(&key).is_some_and(|(version, _)| certificate.resource_version().as_ref() == Some(version)) {
             written.remove(&key);
+            shrink_when_drained(&mut written);
         }
     }
 
@@ -500,6 +517,17 @@ impl Context {
         if let Ok(mut written) = self.written.lock() {
             written.remove(&object_key(certificate));
         }
+    }
+}
+
+/// Gives back most of a map's table once it holds under a quarter of what it has room for: hash tables
+/// keep their largest size, and the maps of Certificates in some state (waiting for a slot, a write the
+/// watch has not shown yet) fill up while thousands are issued at once, then hold a few. Halving at most
+/// each time the length falls by four keeps the rehashing amortised.
+pub(crate) fn shrink_when_drained<K: Eq + std::hash::Hash, V, S: std::hash::BuildHasher>(map: &mut HashMap<K, V, S>) {
+    const SMALL: usize = 64;
+    if map.capacity() > SMALL && map.len() < map.capacity() / 4 {
+        map.shrink_to(map.len() * 2);
     }
 }
 

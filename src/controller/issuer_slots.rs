@@ -145,6 +145,7 @@ impl Shared {
         if issuer.idle() {
             issuers.remove(issuer_key);
         }
+        crate::controller::context::shrink_when_drained(waiting_for);
     }
 }
 

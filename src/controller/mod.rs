@@ -43,7 +43,10 @@ pub use observe::{Caches, ControllerKind, NoReconcileObserver, Observers, Reconc
 pub use workload::WorkloadConfig;
 
 use crate::acme::AcmeObserver;
-use crate::api::names::{ANNOTATION_CERTIFICATE_NAME, LABEL_MANAGED_BY, LABEL_SOLVER, MANAGED_BY, TLS_CRT, TLS_KEY};
+use crate::api::names::{
+    ANNOTATION_CERTIFICATE_NAME, ANNOTATION_DNS_NAMES, ANNOTATION_IP_ADDRESSES, LABEL_MANAGED_BY, LABEL_SOLVER,
+    MANAGED_BY, TLS_CRT, TLS_KEY,
+};
 use crate::api::{Certificate, ClusterIssuer, Issuer, IssuerKind};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
@@ -94,7 +97,8 @@ const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-config
 
 /// What the cache keeps of a Secret: as [`strip_for_cache`], and of a Certificate's Secret (type
 /// `kubernetes.io/tls`, naming its Certificate) only what passes read from the cache: `tls.crt` cut to its
-/// leaf certificate, and `tls.key` (the issuance decision, key reuse, revocation). The intermediates,
+/// leaf certificate, and `tls.key` (the issuance decision, key reuse, revocation), and not the
+/// `kacme.dev/dns-names` and `kacme.dev/ip-addresses` annotations (for people; nothing reads them). The intermediates,
 /// `ca.crt` and the additional outputs (keystores, combined PEM, DER key) go: about two thirds of such a
 /// Secret, and at 10,000 Certificates the largest thing kacme kept. Code that writes a Secret from its
 /// content (rewriting the outputs) reads it afresh from the apiserver; storing a certificate does anyway.
@@ -104,6 +108,11 @@ fn strip_secret_for_cache(secret: &mut Secret) {
         && secret.annotations().contains_key(ANNOTATION_CERTIFICATE_NAME);
     let Some(data) = secret.data.as_mut().filter(|_| of_a_certificate) else { return };
     data.retain(|key, _| key == TLS_CRT || key == TLS_KEY);
+    // What the Secret was issued for is read from its certificate; these two annotations are for people.
+    if let Some(annotations) = secret.metadata.annotations.as_mut() {
+        annotations.remove(ANNOTATION_DNS_NAMES);
+        annotations.remove(ANNOTATION_IP_ADDRESSES);
+    }
     if let Some(crt) = data.get_mut(TLS_CRT) {
         cut_to_leaf(&mut crt.0);
     }
@@ -265,6 +274,7 @@ pub async fn run_observed(
     let (certificate_cache, certificate_writer) = reflector::store();
     // The stale-cache guard learns from the watch when kacme's own status writes are in the cache.
     let delivered_ctx = ctx.clone();
+    let delivered_secret_ctx = ctx.clone();
     let certificate_events =
         watcher(Api::<Certificate>::all(client.clone()), watcher::Config::default().any_semantic())
             .default_backoff()
@@ -290,10 +300,13 @@ pub async fn run_observed(
         .watches(Api::<Ingress>::all(client.clone()), solver_objects(), move |ingress| {
             kube_solver::certificate_of_solver_object(&ingress.metadata, &ingress_pods)
         })
-        .watches_stream(secret_events, |secret| {
-            let name = secret.annotations().get(ANNOTATION_CERTIFICATE_NAME)?.clone();
-            Some(ObjectRef::<Certificate>::new(&name).within(&secret.namespace()?))
-        })
+        .watches_stream(
+            secret_events.inspect_ok(move |secret| delivered_secret_ctx.secret_delivered(secret)),
+            |secret| {
+                let name = secret.annotations().get(ANNOTATION_CERTIFICATE_NAME)?.clone();
+                Some(ObjectRef::<Certificate>::new(&name).within(&secret.namespace()?))
+            },
+        )
         .watches_stream(issuer_events, move |issuer| {
             certificates_of(&issuer_store, IssuerKind::Issuer, issuer.namespace(), &issuer.name_any())
         })
@@ -410,7 +423,12 @@ mod cache_tests {
         };
         let mut secret = Secret {
             metadata: kube::api::ObjectMeta {
-                annotations: Some(BTreeMap::from([(ANNOTATION_CERTIFICATE_NAME.to_string(), "web".to_string())])),
+                annotations: Some(BTreeMap::from([
+                    (ANNOTATION_CERTIFICATE_NAME.to_string(), "web".to_string()),
+                    (ANNOTATION_DNS_NAMES.to_string(), "web.example".to_string()),
+                    (ANNOTATION_IP_ADDRESSES.to_string(), "10.0.0.1".to_string()),
+                    ("team".to_string(), "a".to_string()),
+                ])),
                 managed_fields: Some(vec![ManagedFieldsEntry::default()]),
                 ..Default::default()
             },
@@ -423,6 +441,8 @@ mod cache_tests {
         strip_secret_for_cache(&mut secret);
         assert_eq!(secret.data, data(&[(TLS_CRT, leaf), (TLS_KEY, "KEY")]));
         assert_eq!(secret.metadata.managed_fields, None);
+        let annotations: Vec<&str> = secret.annotations().keys().map(String::as_str).collect();
+        assert_eq!(annotations, [ANNOTATION_CERTIFICATE_NAME, "team"], "the names annotations go, the rest stays");
         let kept = other.data.clone();
         strip_secret_for_cache(&mut other);
         assert_eq!(other.data, kept, "a next-key or account Secret (not kubernetes.io/tls) keeps everything");
