@@ -4,6 +4,7 @@
 //! sleep, rejected nonces or authorization reuse; or step-ca), the solver-Pod stand-in and the operator as
 //! a separate process under a user of its own; creates N Certificates and measures. Run it through `./bench`
 //! at the repository root, which builds what it needs. See `kacme-bench --help` and BENCHMARKS.md.
+//! `--against cert-manager` measures cert-manager's controller the same way, side by side.
 #![forbid(unsafe_code)]
 
 mod args;
@@ -14,7 +15,7 @@ mod report;
 mod storm;
 
 use anyhow::{Context as _, Result, bail};
-use args::{Args, Scenario};
+use args::{Args, OperatorKind, Scenario};
 use env::{BenchEnv, OperatorFeatures};
 use futures::StreamExt as _;
 use kacme_testenv::{AuditReader, count_growth};
@@ -39,10 +40,13 @@ async fn main() -> Result<()> {
     if !args.kacme.is_file() {
         bail!("the kacme binary {} does not exist (build it: cargo build --release)", args.kacme.display());
     }
-    if !args.crds.is_dir() {
+    if args.operator == OperatorKind::Kacme && !args.crds.is_dir() {
         bail!("the CRD directory {} does not exist (run from the repository root or pass --crds)", args.crds.display());
     }
-    let features = OperatorFeatures::detect(&args.kacme)?;
+    let (features, operator_binary) = match args.operator {
+        OperatorKind::Kacme => (OperatorFeatures::detect(&args.kacme)?, args.kacme.clone()),
+        OperatorKind::CertManager => (OperatorFeatures { metrics_address: true }, env::cert_manager_paths(&args)?.0),
+    };
     if !features.metrics_address {
         eprintln!("kacme-bench: this kacme has no --metrics-address: ACME requests are counted from the CA's log only");
     }
@@ -76,6 +80,8 @@ async fn main() -> Result<()> {
         certificates: args.certificates,
         namespaces: args.namespaces,
         rate_per_second: args.rate,
+        operator: args.operator.as_str().into(),
+        operator_binary: operator_binary.display().to_string(),
         kacme_binary: args.kacme.display().to_string(),
         operator_args: args.operator_args.clone(),
         started_at_unix,
@@ -90,8 +96,12 @@ async fn main() -> Result<()> {
         .with_context(|| format!("writing {}", json_path.display()))?;
     let svg_path = args.out.join(format!("{}.svg", args.stem()));
     let title = format!(
-        "kacme-bench {}: {} Certificates, {} namespaces, {}{} ({} CPUs)",
+        "kacme-bench {}{}: {} Certificates, {} namespaces, {}{} ({} CPUs)",
         report.scenario,
+        match args.operator {
+            OperatorKind::Kacme => String::new(),
+            OperatorKind::CertManager => " (cert-manager)".to_string(),
+        },
         report.certificates,
         report.namespaces,
         report.ca,
@@ -149,10 +159,11 @@ async fn run(args: &Args, features: OperatorFeatures, noise: bool, then: bool) -
         operator_start.as_secs_f64()
     );
     // Let the operator's caches and the first reconciles settle before measuring.
-    let (ready, watch_task) = ReadyTimes::watch(env.client.clone());
+    let kind = env.kind;
+    let (ready, watch_task) = ReadyTimes::watch(env.client.clone(), kind);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let startup_requests = operator_requests(&mut audit)?;
-    let before = Counts::take(env.ca.pebble(), env.metrics_addr, pid).await?;
+    let startup_requests = operator_requests(&mut audit, kind)?;
+    let before = Counts::take(env.ca.pebble(), env.metrics_addr, kind, pid).await?;
 
     let cpu_at_origin = (
         kacme_testenv::machine_busy_seconds()?,
@@ -217,8 +228,8 @@ async fn run(args: &Args, features: OperatorFeatures, noise: bool, then: bool) -
     }
     eprintln!("kacme-bench: all {} Ready after {all_ready:.2}s; settling for {SETTLE:?}", args.certificates);
     tokio::time::sleep(SETTLE).await;
-    let after = Counts::take(env.ca.pebble(), env.metrics_addr, pid).await?;
-    let issuance_requests = operator_requests(&mut audit)?;
+    let after = Counts::take(env.ca.pebble(), env.metrics_addr, kind, pid).await?;
+    let issuance_requests = operator_requests(&mut audit, kind)?;
 
     let mut latencies: Vec<LatencyPoint> = applied
         .iter()
@@ -286,8 +297,8 @@ async fn run(args: &Args, features: OperatorFeatures, noise: bool, then: bool) -
             tokio::time::sleep(Duration::from_secs(1).min(args.idle_duration.saturating_sub(idle_started.elapsed())))
                 .await;
         }
-        let end = Counts::take(env.ca.pebble(), env.metrics_addr, pid).await?;
-        let requests = operator_requests(&mut audit)?;
+        let end = Counts::take(env.ca.pebble(), env.metrics_addr, kind, pid).await?;
+        let requests = operator_requests(&mut audit, kind)?;
         let total = |a: &Option<std::collections::BTreeMap<String, u64>>,
                      b: &Option<std::collections::BTreeMap<String, u64>>| {
             a.as_ref().zip(b.as_ref()).map(|(a, b)| count_growth(a, b).values().sum::<u64>())
@@ -336,13 +347,13 @@ fn containers_cpu_seconds() -> Option<f64> {
 /// `--rate`; returns each one's `namespace/name` with the moment its create request was sent.
 async fn create_certificates(env: &BenchEnv, args: &Args) -> Result<Vec<(String, Instant)>> {
     let api = |namespace: &str| -> Api<DynamicObject> {
-        Api::namespaced_with(env.client.clone(), namespace, &env::certificate_resource())
+        Api::namespaced_with(env.client.clone(), namespace, &env.kind.certificate_resource())
     };
     let create = |index: usize| {
         let namespace = env.namespaces[index % env.namespaces.len()].clone();
         let api = api(&namespace);
         async move {
-            let certificate = env::certificate(&namespace, index)?;
+            let certificate = env.kind.certificate(&namespace, index)?;
             let key = env::key_of(&certificate);
             let at = Instant::now();
             api.create(&PostParams::default(), &certificate).await.with_context(|| format!("creating {key}"))?;
