@@ -6,7 +6,7 @@
 //! [`ApiRequest`] per request, counted when it is first seen, and reads only what was appended since its
 //! last call, so that a caller can count the requests of a time window.
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
