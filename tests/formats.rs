@@ -83,7 +83,15 @@ async fn keystores_and_other_formats_read_back_with_openssl_and_follow_the_spec(
     .await
     .expect("password Secret");
     env.apply(&certificate_yaml(&["CombinedPEM", "DER"], "Modern2023", Some("1"))).await.expect("renewal request");
-    env.wait_ready(NAMESPACE, "store", WAIT).await.expect("Ready");
+    // Ready with the renewal request handled: a retry of the failed attempt can start an order between the
+    // two applies, before the operator has seen the request; the request then gets an order of its own.
+    env.wait_certificate(NAMESPACE, "store", WAIT, "Ready with the renewal request handled", |c| {
+        let status = c.status.as_ref();
+        condition(c, "Ready").is_some_and(|(ready, _, _)| ready == "True")
+            && status.is_some_and(|s| s.last_renewal_request.as_deref() == Some("1") && s.order.is_none())
+    })
+    .await
+    .expect("Ready");
     let files = secret_files(&env, dir).await;
     assert_eq!(
         files,

@@ -85,7 +85,7 @@ impl ControllerConfig {
 #[derive(Clone)]
 pub struct Stores {
     /// Secrets labelled `app.kubernetes.io/managed-by: kacme` (Certificates' Secrets, next keys, account keys).
-    pub secrets: Store<Secret>,
+    pub secrets: super::secret_cache::SecretCache,
     /// Issuers.
     pub issuers: Store<Issuer>,
     /// ClusterIssuers.
@@ -99,7 +99,7 @@ impl Stores {
     /// such as the per-Pod certificate endpoint's, which every replica serves.
     pub fn empty() -> Stores {
         Stores {
-            secrets: kube::runtime::reflector::store().0,
+            secrets: Default::default(),
             issuers: kube::runtime::reflector::store().0,
             cluster_issuers: kube::runtime::reflector::store().0,
             solvers: kube_solver::SolverStores {
@@ -113,7 +113,8 @@ impl Stores {
     /// Empty stores and the writers that fill them, for unit tests that play the watches themselves.
     #[cfg(test)]
     pub(crate) fn with_writers() -> (Stores, StoreWriters) {
-        let (secrets, secrets_writer) = reflector::store();
+        let secrets = super::secret_cache::SecretCache::default();
+        let secrets_writer = secrets.clone();
         let (issuers, issuers_writer) = reflector::store();
         let (cluster_issuers, cluster_issuers_writer) = reflector::store();
         let (pods, pods_writer) = reflector::store();
@@ -140,7 +141,7 @@ impl Stores {
 /// The writing ends of [`Stores`], for unit tests that feed the caches instead of watches.
 #[cfg(test)]
 pub(crate) struct StoreWriters {
-    pub secrets: reflector::store::Writer<Secret>,
+    pub secrets: super::secret_cache::SecretCache,
     pub issuers: reflector::store::Writer<Issuer>,
     pub cluster_issuers: reflector::store::Writer<ClusterIssuer>,
     pub pods: reflector::store::Writer<Pod>,
@@ -266,7 +267,7 @@ impl Context {
     /// last write).
     pub(crate) fn cached_secret(&self, namespace: &str, name: &str) -> Option<Option<Arc<Secret>>> {
         let key = format!("{namespace}/{name}");
-        let cached = self.stores.secrets.get(&ObjectRef::new(name).within(namespace));
+        let cached = self.stores.secrets.get(namespace, name);
         let pending = self.secret_writes.lock().ok().and_then(|w| w.get(&key).map(|(write, _)| write.clone()));
         match (cached, pending) {
             (Some(secret), None) => Some(Some(secret)),
@@ -395,6 +396,13 @@ impl Context {
     }
 
     fn remember_secret_write(&self, namespace: &str, name: &str, write: Option<SecretWrite>) {
+        // The watch often delivers a write before its request returns: then there is nothing to remember
+        // (and nothing would forget it until the Secret's next read, its renewal).
+        if let Some(SecretWrite::Written(version)) = &write
+            && self.stores.secrets.resource_version(namespace, name).as_ref() == Some(version)
+        {
+            return;
+        }
         if let (Ok(mut writes), Some(write)) = (self.secret_writes.lock(), write) {
             writes.insert(format!("{namespace}/{name}"), (write, Instant::now()));
         }
@@ -406,7 +414,7 @@ impl Context {
     /// Secret wakes its Certificate. (A cache holding another version is read afresh as before: it may be
     /// someone else's later change.)
     pub(crate) fn secret_write_in_flight(&self, namespace: &str, name: &str) -> Option<Duration> {
-        if self.stores.secrets.get(&ObjectRef::new(name).within(namespace)).is_some() {
+        if self.stores.secrets.contains(namespace, name) {
             return None;
         }
         let writes = self.secret_writes.lock().ok()?;

@@ -19,7 +19,7 @@ use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use serde::{Serialize, de::DeserializeOwned};
 use std::collections::HashSet;
@@ -95,6 +95,34 @@ impl<'a> KubeSolver<'a> {
         }
     }
 
+    /// Makes `owner` (the solver Pod) the controller of an existing solver Service or Ingress that another
+    /// owner controls: one left by an earlier solver Pod of the same name (a failed one replaced, a challenge
+    /// presented again) that the garbage collector has not removed yet, and would remove once its Pod is
+    /// gone, taking the route away while the CA validates. Whether it had to (the object is then patched,
+    /// guarded by its resourceVersion; a conflict or a deletion meanwhile is for the next pass).
+    async fn adopt<K>(&self, ensured: Ensured<K>, owner: &Pod) -> Result<bool, SolverError>
+    where
+        K: kube::Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Clone + Debug + DeserializeOwned,
+    {
+        let Ensured::Existing(existing) = ensured else { return Ok(false) };
+        let Some(uid) = owner.metadata.uid.as_deref() else { return Ok(false) };
+        let controller = existing.owner_references().iter().find(|o| o.controller == Some(true));
+        if controller.is_some_and(|o| o.uid == uid) {
+            return Ok(false);
+        }
+        let mut meta = kube::api::ObjectMeta::default();
+        hand_to_solver_pod(&mut meta, owner);
+        let patch = serde_json::json!({
+            "metadata": {"ownerReferences": meta.owner_references, "resourceVersion": existing.resource_version()}
+        });
+        let name = existing.name_any();
+        match self.api::<K>().patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Ok(_) => Ok(true),
+            Err(error) if is_conflict(&error) || is_not_found(&error) => Ok(true),
+            Err(error) => Err(SolverError(format!("handing {} {name} to its solver Pod: {error}", K::kind(&())))),
+        }
+    }
+
     /// Reads the solver route (no cache: see the module's doc), creating it when missing; returns it when
     /// it existed.
     async fn ensure_route(&self, route: HTTPRoute) -> Result<Option<HTTPRoute>, SolverError> {
@@ -167,7 +195,7 @@ impl ChallengeSolver for KubeSolver<'_> {
         };
         let mut service = build_solver_service(self.certificate, challenge, &workload, solver_ctx);
         hand_to_solver_pod(&mut service.metadata, &owner);
-        self.ensure(&stores.services, service).await?;
+        let mut handed_on = self.adopt(self.ensure(&stores.services, service).await?, &owner).await?;
         let existing_route = match route_config {
             Some(route) => {
                 let route = build_solver_http_route(self.certificate, challenge, route, solver_ctx);
@@ -176,10 +204,15 @@ impl ChallengeSolver for KubeSolver<'_> {
             None => {
                 let mut ingress = build_solver_ingress(self.certificate, challenge, &workload, solver_ctx);
                 hand_to_solver_pod(&mut ingress.metadata, &owner);
-                self.ensure(&stores.ingresses, ingress).await?;
+                handed_on |= self.adopt(self.ensure(&stores.ingresses, ingress).await?, &owner).await?;
                 None
             }
         };
+        if handed_on {
+            return Ok(Presentation::NotReady(format!(
+                "handed the solver Service and Ingress of an earlier solver Pod {name} to the new one"
+            )));
+        }
         let Some(pod) = existing_pod else {
             return Ok(Presentation::NotReady(format!("created solver Pod {name}")));
         };

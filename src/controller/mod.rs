@@ -24,6 +24,7 @@ mod resync;
 mod retry;
 #[cfg(test)]
 mod retry_properties;
+mod secret_cache;
 mod sweep;
 #[cfg(test)]
 mod testing;
@@ -255,7 +256,14 @@ pub async fn run_observed(
         }
     }
     let managed = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
-    let (secrets, secret_events) = cached_watch::<Secret>(&client, managed, strip_secret_for_cache);
+    // kacme's Secrets in a compact cache of their own (see secret_cache): the largest thing kept per Certificate.
+    let secrets = secret_cache::SecretCache::default();
+    let secret_writer = secrets.clone();
+    let secret_events = watcher(Api::<Secret>::all(client.clone()), managed)
+        .default_backoff()
+        .modify(strip_secret_for_cache)
+        .inspect_ok(move |event| secret_writer.apply(event))
+        .touched_objects();
     let (issuers, issuer_events) = cached_watch::<Issuer>(&client, watcher::Config::default(), strip_for_cache);
     let (cluster_issuers, cluster_issuer_events) =
         cached_watch::<ClusterIssuer>(&client, watcher::Config::default(), strip_for_cache);

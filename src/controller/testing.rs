@@ -135,7 +135,7 @@ impl IssuanceHarness {
         };
         let solver = |meta: &kube::api::ObjectMeta| meta.labels.as_ref().is_some_and(|l| l.contains_key(LABEL_SOLVER));
         let fake = &self.apiserver;
-        replace_cache(&mut self.writers.secrets, fake.list::<Secret>(), |s| managed(&s.metadata));
+        self.writers.secrets.replace(fake.list::<Secret>().into_iter().filter(|s| managed(&s.metadata)));
         replace_cache(&mut self.writers.issuers, fake.list::<Issuer>(), |_| true);
         replace_cache(&mut self.writers.cluster_issuers, fake.list::<ClusterIssuer>(), |_| true);
         replace_cache(&mut self.writers.pods, fake.list::<Pod>(), |p| solver(&p.metadata));

@@ -6,7 +6,7 @@
 //! [`ApiRequest`] per request, counted when it is first seen, and reads only what was appended since its
 //! last call, so that a caller can count the requests of a time window.
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
@@ -131,6 +131,16 @@ impl AuditReader {
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(error) => return Err(error).with_context(|| format!("opening {}", self.path.display())),
         };
+        let length = file.metadata().with_context(|| format!("reading {}", self.path.display()))?.len();
+        if length < self.offset {
+            // Rotated or truncated: what was logged meanwhile is elsewhere, and counts would come out short.
+            bail!(
+                "{} is shorter ({length} bytes) than what was already read ({} bytes): it was rotated or \
+                 truncated, and the requests logged since cannot be counted",
+                self.path.display(),
+                self.offset
+            );
+        }
         file.seek(SeekFrom::Start(self.offset))?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).with_context(|| format!("reading {}", self.path.display()))?;
@@ -217,5 +227,21 @@ mod tests {
         let by_verb = count_by(&requests, |r| format!("{} {}", r.user, r.verb));
         assert_eq!(by_verb, BTreeMap::from([("op create".to_string(), 1)]));
         assert!(reader.read_new().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_rotated_log_is_an_error_not_a_short_count() {
+        let dir = crate::TempDir::new("audit-test").unwrap();
+        let path = dir.join("audit.log");
+        let lines = [
+            line("1", "ResponseComplete", "get", "op", "secrets", Some(200)),
+            line("2", "ResponseComplete", "get", "op", "secrets", Some(200)),
+        ];
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        let mut reader = AuditReader::new(&path);
+        assert_eq!(reader.read_new().unwrap().len(), 2);
+        std::fs::write(&path, line("3", "ResponseComplete", "get", "op", "secrets", Some(200)) + "\n").unwrap();
+        let error = reader.read_new().unwrap_err().to_string();
+        assert!(error.contains("rotated or truncated"), "{error}");
     }
 }

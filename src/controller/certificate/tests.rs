@@ -1784,3 +1784,47 @@ async fn a_server_error_on_finalizing_an_order_with_a_lifetime_shows_as_duration
     assert_eq!(harness.certificate().status.and_then(|s| s.order), None, "the order is given up");
     assert_eq!(harness.ca.requests(Endpoint::Finalize), 1);
 }
+
+#[tokio::test]
+async fn a_solver_service_and_ingress_left_by_an_earlier_solver_pod_are_handed_to_the_new_one_before_the_ca_is_told() {
+    // The garbage collector removes a Service or Ingress whose owner is gone: one still owned by an earlier
+    // solver Pod of the same name (a failed one replaced) would vanish while the CA validates through it.
+    use k8s_openapi::api::core::v1::Service;
+    let mut harness = IssuanceHarness::ready_to_issue().await;
+    for _ in 0..MAX_PASSES {
+        harness.sync_caches();
+        harness.pass().await;
+        if harness.solver_objects().iter().any(|o| o.starts_with("Ingress/")) {
+            break;
+        }
+    }
+    let pod = harness.apiserver.list::<Pod>().into_iter().next().expect("a solver Pod");
+    let pod_uid = pod.uid().expect("the Pod's uid");
+    let earlier = |mut meta: kube::api::ObjectMeta| {
+        for owner in meta.owner_references.iter_mut().flatten() {
+            owner.uid = "uid-of-an-earlier-solver-pod".to_string();
+        }
+        meta
+    };
+    let mut service = harness.apiserver.list::<Service>().into_iter().next().expect("a solver Service");
+    service.metadata = earlier(service.metadata);
+    harness.apiserver.put(&service);
+    let mut ingress = harness.apiserver.list::<Ingress>().into_iter().next().expect("a solver Ingress");
+    ingress.metadata = earlier(ingress.metadata);
+    harness.apiserver.put(&ingress);
+    harness.mark_solver_pods_ready();
+    harness.sync_caches();
+    let challenges_answered = harness.ca.requests(Endpoint::Challenge);
+
+    harness.pass().await;
+
+    let controller_uid = |meta: &kube::api::ObjectMeta| {
+        meta.owner_references.iter().flatten().find(|o| o.controller == Some(true)).map(|o| o.uid.clone())
+    };
+    let service = harness.apiserver.list::<Service>().into_iter().next().expect("the solver Service");
+    let ingress = harness.apiserver.list::<Ingress>().into_iter().next().expect("the solver Ingress");
+    assert_eq!(controller_uid(&service.metadata).as_ref(), Some(&pod_uid), "the Service belongs to the Pod now");
+    assert_eq!(controller_uid(&ingress.metadata).as_ref(), Some(&pod_uid), "the Ingress belongs to the Pod now");
+    assert_eq!(harness.ca.requests(Endpoint::Challenge), challenges_answered, "the CA is told only in a later pass");
+    harness.run_until_ready(MAX_PASSES).await;
+}

@@ -28,6 +28,27 @@ use std::time::{Duration, Instant, SystemTime};
 /// How long to let the operator settle after the last Certificate is Ready (trailing cleanups, Events)
 /// before counting its requests and reading its steady memory.
 const SETTLE: Duration = Duration::from_secs(10);
+/// How long to wait after the last Ready for the solver objects to be deleted before settling anyway.
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Waits until no solver Pod, Service or Ingress (label `kacme.dev/solver`) is left, at most `timeout`;
+/// how many are left.
+async fn solver_objects_gone(client: &kube::Client, timeout: Duration) -> Result<usize> {
+    use k8s_openapi::api::core::v1::{Pod, Service};
+    use k8s_openapi::api::networking::v1::Ingress;
+    use kube::api::{Api, ListParams};
+    let params = ListParams::default().labels(kacme_testenv::SOLVER_LABEL);
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = Api::<Pod>::all(client.clone()).list_metadata(&params).await?.items.len()
+            + Api::<Service>::all(client.clone()).list_metadata(&params).await?.items.len()
+            + Api::<Ingress>::all(client.clone()).list_metadata(&params).await?.items.len();
+        if left == 0 || Instant::now() >= deadline {
+            return Ok(left);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
 /// How often the operator's memory and CPU time are sampled.
 const SAMPLE_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -226,7 +247,20 @@ async fn run(args: &Args, features: OperatorFeatures, noise: bool, then: bool) -
             100.0 * other_cpu / (all_ready * cpus)
         );
     }
-    eprintln!("kacme-bench: all {} Ready after {all_ready:.2}s; settling for {SETTLE:?}", args.certificates);
+    // Steady means after the cleanup too: with thousands issued at once, the garbage collector is still
+    // deleting solver Ingresses (and the operator's caches still hold them) for a while after the last Ready.
+    let leftovers = solver_objects_gone(&env.client, CLEANUP_TIMEOUT).await?;
+    let settle_from = origin.elapsed().as_secs_f64();
+    match leftovers {
+        0 => eprintln!(
+            "kacme-bench: all {} Ready after {all_ready:.2}s, solver objects gone after {settle_from:.2}s; settling for {SETTLE:?}",
+            args.certificates
+        ),
+        n => eprintln!(
+            "kacme-bench: all {} Ready after {all_ready:.2}s; {n} solver objects still there after {CLEANUP_TIMEOUT:?}; settling for {SETTLE:?}",
+            args.certificates
+        ),
+    }
     tokio::time::sleep(SETTLE).await;
     let after = Counts::take(env.ca.pebble(), env.metrics_addr, kind, pid).await?;
     let issuance_requests = operator_requests(&mut audit, kind)?;
@@ -243,7 +277,7 @@ async fn run(args: &Args, features: OperatorFeatures, noise: bool, then: bool) -
         .collect();
     latencies.sort_by(|a, b| a.ready_at.total_cmp(&b.ready_at));
     let seconds: Vec<f64> = latencies.iter().map(|l| l.latency).collect();
-    let settled = sampler.points_since(all_ready + SETTLE.as_secs_f64() / 2.0);
+    let settled = sampler.points_since(settle_from + SETTLE.as_secs_f64() / 2.0);
     let steady = if settled.is_empty() {
         after.process.map(|p| p.rss_kib).unwrap_or(0)
     } else {
