@@ -31,13 +31,17 @@ const SETTLE: Duration = Duration::from_secs(10);
 /// How long to wait after the last Ready for the solver objects to be deleted before settling anyway.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// Waits until no solver Pod, Service or Ingress (label `kacme.dev/solver`) is left, at most `timeout`;
-/// how many are left.
-async fn solver_objects_gone(client: &kube::Client, timeout: Duration) -> Result<usize> {
+/// Waits until no solver Pod, Service or Ingress of the operator (kacme's label `kacme.dev/solver`, or
+/// cert-manager's `acme.cert-manager.io/http01-solver=true`) is left, at most `timeout`; how many are left.
+async fn solver_objects_gone(client: &kube::Client, kind: OperatorKind, timeout: Duration) -> Result<usize> {
     use k8s_openapi::api::core::v1::{Pod, Service};
     use k8s_openapi::api::networking::v1::Ingress;
     use kube::api::{Api, ListParams};
-    let params = ListParams::default().labels(kacme_testenv::SOLVER_LABEL);
+    let solvers = match kind {
+        OperatorKind::Kacme => kacme_testenv::SolverKind::Kacme,
+        OperatorKind::CertManager => kacme_testenv::SolverKind::CertManager,
+    };
+    let params = ListParams::default().labels(&solvers.label_selector());
     let deadline = Instant::now() + timeout;
     loop {
         let left = Api::<Pod>::all(client.clone()).list_metadata(&params).await?.items.len()
@@ -249,7 +253,7 @@ async fn run(args: &Args, features: OperatorFeatures, noise: bool, then: bool) -
     }
     // Steady means after the cleanup too: with thousands issued at once, the garbage collector is still
     // deleting solver Ingresses (and the operator's caches still hold them) for a while after the last Ready.
-    let leftovers = solver_objects_gone(&env.client, CLEANUP_TIMEOUT).await?;
+    let leftovers = solver_objects_gone(&env.client, kind, CLEANUP_TIMEOUT).await?;
     let settle_from = origin.elapsed().as_secs_f64();
     match leftovers {
         0 => eprintln!(
