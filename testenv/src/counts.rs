@@ -5,12 +5,24 @@ use std::collections::BTreeMap;
 /// `kacme_acme_requests_total{action="..",outcome=".."} value` lines summed by "action outcome" (for
 /// example `order success`), from a Prometheus text exposition.
 pub fn acme_request_counts(exposition: &str) -> BTreeMap<String, u64> {
+    counter_by_labels(exposition, "kacme_acme_requests_total", ["action", "outcome"])
+}
+
+/// cert-manager's `certmanager_http_acme_client_request_count{action="..",status=".."}` (its count of
+/// outbound ACME requests) summed by "action status" (for example `get_order 200`).
+pub fn cert_manager_acme_request_counts(exposition: &str) -> BTreeMap<String, u64> {
+    counter_by_labels(exposition, "certmanager_http_acme_client_request_count", ["action", "status"])
+}
+
+/// The samples of counter `metric` summed by the values of two labels, joined by a space.
+fn counter_by_labels(exposition: &str, metric: &str, keys: [&str; 2]) -> BTreeMap<String, u64> {
     let mut counts = BTreeMap::new();
     for line in exposition.lines() {
-        let Some(rest) = line.strip_prefix("kacme_acme_requests_total") else { continue };
+        let Some(rest) = line.strip_prefix(metric) else { continue };
         let (labels, value) = match rest.strip_prefix('{').and_then(|r| r.split_once('}')) {
             Some((labels, value)) => (labels, value),
-            None => ("", rest),
+            None if rest.starts_with(' ') => ("", rest),
+            None => continue,
         };
         let label = |name: &str| {
             labels.split(',').find_map(|pair| {
@@ -19,7 +31,7 @@ pub fn acme_request_counts(exposition: &str) -> BTreeMap<String, u64> {
             })
         };
         let Some(value) = value.split_whitespace().next().and_then(|v| v.parse::<f64>().ok()) else { continue };
-        let key = format!("{} {}", label("action").unwrap_or_default(), label("outcome").unwrap_or_default());
+        let key = format!("{} {}", label(keys[0]).unwrap_or_default(), label(keys[1]).unwrap_or_default());
         *counts.entry(key).or_insert(0) += value as u64;
     }
     counts
@@ -53,5 +65,17 @@ mod tests {
         let earlier = BTreeMap::from([("order success".to_string(), 10), ("nonce success".to_string(), 1)]);
         let growth = count_growth(&counts, &earlier);
         assert_eq!(growth, BTreeMap::from([("order success".to_string(), 2), ("order network_error".to_string(), 3)]));
+    }
+
+    #[test]
+    fn cert_managers_acme_request_counter_is_read_by_action_and_status() {
+        let text = "# TYPE certmanager_http_acme_client_request_count counter\n\
+                    certmanager_http_acme_client_request_count{action=\"get_order\",host=\"127.0.0.1:14000\",method=\"POST\",scheme=\"https\",status=\"200\"} 7\n\
+                    certmanager_http_acme_client_request_count{action=\"get_order\",host=\"127.0.0.2:14000\",method=\"POST\",scheme=\"https\",status=\"200\"} 1\n\
+                    certmanager_http_acme_client_request_count{action=\"new_nonce\",host=\"h\",method=\"HEAD\",scheme=\"https\",status=\"200\"} 2\n\
+                    certmanager_http_acme_client_request_duration_seconds_count{action=\"get_order\",status=\"200\"} 8\n";
+        let counts = cert_manager_acme_request_counts(text);
+        assert_eq!(counts, BTreeMap::from([("get_order 200".to_string(), 8), ("new_nonce 200".to_string(), 2)]));
+        assert!(acme_request_counts(text).is_empty());
     }
 }

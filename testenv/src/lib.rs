@@ -51,7 +51,7 @@ pub use audit::{ApiRequest, AuditReader, count_by, is_write_verb};
 pub use binaries::Binaries;
 pub use containerd::{Containerd, SHIM_SOCKET_DIR};
 pub use control_plane::{ControlPlane, ControlPlaneOptions, FIELD_MANAGER, KUBERNETES_SERVICE_IP, NodeAccess};
-pub use counts::{acme_request_counts, count_growth};
+pub use counts::{acme_request_counts, cert_manager_acme_request_counts, count_growth};
 pub use dns::{ChallTestSrv, resolve_a};
 pub use hostile::{HostileAcme, HostileBehaviour, HostileHandle};
 pub use https::{HttpsClient, HttpsResponse, error_chain};
@@ -71,5 +71,8 @@ pub use proc_stats::{
     ProcessSample, machine_busy_seconds, sample_process, tree_cpu_seconds, tree_cpu_seconds_by_command,
 };
 pub use process::{ChildProcess, TempDir, log_tail, poll_until};
-pub use stand_in::{REFUSE_ROUTES_ANNOTATION, RunningSolver, SOLVER_LABEL, STAND_IN_GATEWAY_CONTROLLER, SolverStandIn};
+pub use stand_in::{
+    CERT_MANAGER_SOLVER_LABEL, REFUSE_ROUTES_ANNOTATION, RunningSolver, SOLVER_LABEL, STAND_IN_GATEWAY_CONTROLLER,
+    SolverKind, SolverStandIn,
+};
 pub use step_ca::{StepCa, StepCaOptions, serial_hex};

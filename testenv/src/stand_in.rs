@@ -5,6 +5,11 @@
 //! and its literal `env` values, listening on a free port of the environment's
 //! address instead of the Pod's own; report the Pod Running and Ready (status subresource, podIP = the
 //! environment's address), Failed when the process exits, and kill the process when the Pod goes away.
+//! On request ([`SolverStandIn::start_for`] with [`SolverKind::CertManager`]) the same for cert-manager's
+//! solver Pods (label `acme.cert-manager.io/http01-solver=true`): their acmesolver arguments
+//! (`--listen-port=8089 --domain=D --token=T --key=K`) become `kacme solver --domain=D --token=T
+//! --key-authorization=K`, which serves the same answer (the key at `/.well-known/acme-challenge/T` for
+//! host D).
 //!
 //! Ingress part: serve HTTP on the address the CA dials and route each request like an ingress controller —
 //! Ingress rule host and path (Exact, Prefix, ImplementationSpecific) → backend Service in the same
@@ -53,6 +58,36 @@ pub const STAND_IN_GATEWAY_CONTROLLER: &str = "testenv.kacme.dev/stand-in";
 
 /// The label that marks solver Pods (any value).
 pub const SOLVER_LABEL: &str = "kacme.dev/solver";
+/// The label that marks cert-manager's HTTP-01 solver Pods (its `SolverIdentificationLabelKey`, value `true`).
+pub const CERT_MANAGER_SOLVER_LABEL: &str = "acme.cert-manager.io/http01-solver";
+
+/// Whose solver Pods the stand-in runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SolverKind {
+    /// kacme's: labelled [`SOLVER_LABEL`], the container's args are `kacme` arguments (`solver ...`).
+    Kacme,
+    /// cert-manager's: labelled [`CERT_MANAGER_SOLVER_LABEL`]`=true`, the container's args are its acmesolver's
+    /// (`--listen-port=8089 --domain=D --token=T --key=K`), run as `kacme solver` with the same meaning.
+    CertManager,
+}
+
+impl SolverKind {
+    /// The label selector of this kind's solver Pods.
+    pub fn label_selector(self) -> String {
+        match self {
+            SolverKind::Kacme => SOLVER_LABEL.to_string(),
+            SolverKind::CertManager => format!("{CERT_MANAGER_SOLVER_LABEL}=true"),
+        }
+    }
+
+    /// The `kacme` arguments that serve a Pod's challenge on `addr`, from the container's arguments.
+    fn process_args(self, pod_args: &[String], addr: SocketAddr) -> Result<Vec<String>> {
+        match self {
+            SolverKind::Kacme => Ok(solver_args(pod_args, addr)),
+            SolverKind::CertManager => acmesolver_args(pod_args, addr),
+        }
+    }
+}
 
 /// A solver process that the stand-in runs for a Pod.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -99,6 +134,7 @@ struct State {
 }
 
 struct SolverPod {
+    kind: SolverKind,
     namespace: String,
     name: String,
     uid: String,
@@ -117,7 +153,21 @@ impl SolverStandIn {
     /// [`crate::StepCa::http01_addr`], port 80). Solver processes listen on free ports of
     /// `listen_addr`'s IP. Returns once the watches have listed everything and the server listens.
     pub async fn start(client: Client, kacme_binary: impl AsRef<Path>, listen_addr: SocketAddr) -> Result<Self> {
+        Self::start_for(client, kacme_binary, listen_addr, &[SolverKind::Kacme]).await
+    }
+
+    /// Like [`SolverStandIn::start`], for the solver Pods of the given kinds (kacme's, cert-manager's, or
+    /// both).
+    pub async fn start_for(
+        client: Client,
+        kacme_binary: impl AsRef<Path>,
+        listen_addr: SocketAddr,
+        kinds: &[SolverKind],
+    ) -> Result<Self> {
         let started = Instant::now();
+        if kinds.is_empty() {
+            bail!("the solver stand-in needs at least one kind of solver Pod to run");
+        }
         let kacme = kacme_binary.as_ref().to_path_buf();
         if !kacme.is_file() {
             bail!("the kacme binary {} does not exist (build it first: cargo build)", kacme.display());
@@ -147,15 +197,21 @@ impl SolverStandIn {
             ingresses_writer,
             watcher(Api::<Ingress>::all(client.clone()), watcher::Config::default()).default_backoff(),
         ))));
-        let (pods_listed, pods_listed_rx) = tokio::sync::oneshot::channel();
-        tasks.push(tokio::spawn(watch_pods(state.clone(), pods_listed)));
+        let mut pods_listed = Vec::new();
+        for kind in kinds {
+            let (listed, listed_rx) = tokio::sync::oneshot::channel();
+            tasks.push(tokio::spawn(watch_pods(state.clone(), *kind, listed)));
+            pods_listed.push(listed_rx);
+        }
         tasks.push(tokio::spawn(serve(state.clone(), listener)));
         let stand_in = SolverStandIn { listen_addr, state, tasks };
 
         let synced = async {
             services.wait_until_ready().await.context("the Service watch stopped")?;
             ingresses.wait_until_ready().await.context("the Ingress watch stopped")?;
-            pods_listed_rx.await.context("the Pod watch stopped")?;
+            for listed in pods_listed {
+                listed.await.context("a Pod watch stopped")?;
+            }
             Ok::<_, anyhow::Error>(())
         };
         tokio::time::timeout(Duration::from_secs(30), synced)
@@ -265,9 +321,9 @@ async fn drive<S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Erro
 
 // ---- kubelet part ---------------------------------------------------------------------------------------
 
-async fn watch_pods(state: Arc<State>, listed: tokio::sync::oneshot::Sender<()>) {
+async fn watch_pods(state: Arc<State>, kind: SolverKind, listed: tokio::sync::oneshot::Sender<()>) {
     let api: Api<Pod> = Api::all(state.client.clone());
-    let stream = watcher(api, watcher::Config::default().labels(SOLVER_LABEL)).default_backoff();
+    let stream = watcher(api, watcher::Config::default().labels(&kind.label_selector())).default_backoff();
     let mut stream = std::pin::pin!(stream);
     let mut listed = Some(listed);
     let mut seen = HashSet::new();
@@ -276,10 +332,14 @@ async fn watch_pods(state: Arc<State>, listed: tokio::sync::oneshot::Sender<()>)
             Ok(watcher::Event::Init) => seen.clear(),
             Ok(watcher::Event::InitApply(pod)) => {
                 seen.insert(pod.uid().unwrap_or_default());
-                observe_pod(&state, pod);
+                observe_pod(&state, kind, pod);
             }
             Ok(watcher::Event::InitDone) => {
-                let gone: Vec<String> = lock(&state.pods).keys().filter(|uid| !seen.contains(*uid)).cloned().collect();
+                let gone: Vec<String> = lock(&state.pods)
+                    .iter()
+                    .filter(|(uid, pod)| pod.kind == kind && !seen.contains(*uid))
+                    .map(|(uid, _)| uid.clone())
+                    .collect();
                 for uid in gone {
                     stop_pod(&state, &uid);
                 }
@@ -287,14 +347,14 @@ async fn watch_pods(state: Arc<State>, listed: tokio::sync::oneshot::Sender<()>)
                     let _ = listed.send(());
                 }
             }
-            Ok(watcher::Event::Apply(pod)) => observe_pod(&state, pod),
+            Ok(watcher::Event::Apply(pod)) => observe_pod(&state, kind, pod),
             Ok(watcher::Event::Delete(pod)) => stop_pod(&state, &pod.uid().unwrap_or_default()),
             Err(error) => tracing::warn!(%error, "solver stand-in Pod watch error"),
         }
     }
 }
 
-fn observe_pod(state: &Arc<State>, pod: Pod) {
+fn observe_pod(state: &Arc<State>, kind: SolverKind, pod: Pod) {
     let uid = pod.uid().unwrap_or_default();
     if pod.metadata.deletion_timestamp.is_some() {
         stop_pod(state, &uid);
@@ -310,7 +370,7 @@ fn observe_pod(state: &Arc<State>, pod: Pod) {
     }
     let namespace = pod.namespace().unwrap_or_default();
     let name = pod.name_any();
-    match start_solver(state, &pod) {
+    match start_solver(state, kind, &pod) {
         Ok(solver) => {
             lock(&state.pods).insert(uid, solver.clone());
             tokio::spawn(supervise(state.clone(), solver));
@@ -336,7 +396,7 @@ fn containers_of(pod: &Pod) -> Vec<(String, String)> {
         .collect()
 }
 
-fn start_solver(state: &State, pod: &Pod) -> Result<Arc<SolverPod>> {
+fn start_solver(state: &State, kind: SolverKind, pod: &Pod) -> Result<Arc<SolverPod>> {
     let namespace = pod.namespace().unwrap_or_default();
     let name = pod.name_any();
     let uid = pod.uid().unwrap_or_default();
@@ -350,7 +410,7 @@ fn start_solver(state: &State, pod: &Pod) -> Result<Arc<SolverPod>> {
         (_, Some([_entrypoint, rest @ ..])) => rest.to_vec(),
         _ => Vec::new(),
     };
-    let args = solver_args(&pod_args, addr);
+    let args = kind.process_args(&pod_args, addr)?;
     // Literal env values of the container (valueFrom needs a kubelet); the listen address is ours.
     let env: Vec<(String, String)> = container
         .env
@@ -369,6 +429,7 @@ fn start_solver(state: &State, pod: &Pod) -> Result<Arc<SolverPod>> {
         state.dir.join(format!("{namespace}_{name}_{short_uid}.log")),
     )?;
     Ok(Arc::new(SolverPod {
+        kind,
         namespace,
         name,
         uid,
@@ -403,6 +464,37 @@ fn solver_args(args: &[String], addr: SocketAddr) -> Vec<String> {
         out.extend(["--listen".to_string(), addr.to_string()]);
     }
     out
+}
+
+/// `kacme solver` arguments serving on `addr` what cert-manager's acmesolver would serve with `args`
+/// (`--listen-port=P --domain=D --token=T --key=K`, each also as `--flag value`): the listen port is ours.
+fn acmesolver_args(args: &[String], addr: SocketAddr) -> Result<Vec<String>> {
+    let mut out = vec!["solver".to_string(), "--listen".to_string(), addr.to_string()];
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        let (name, value) = match arg.split_once('=') {
+            Some((name, value)) => (name, value.to_string()),
+            None => {
+                (arg.as_str(), rest.next().with_context(|| format!("acmesolver argument {arg} has no value"))?.clone())
+            }
+        };
+        let kacme_flag = match name {
+            "--listen-port" => continue,
+            "--domain" => "--domain",
+            "--token" => "--token",
+            "--key" => "--key-authorization",
+            other => bail!("unknown acmesolver argument {other:?}"),
+        };
+        // One argument `--flag=value`: a token may begin with '-' (base64url), which as a separate argument
+        // would read as a flag.
+        out.push(format!("{kacme_flag}={value}"));
+    }
+    for needed in ["--domain", "--token", "--key-authorization"] {
+        if !out.iter().any(|a| a.starts_with(&format!("{needed}="))) {
+            bail!("the acmesolver arguments {args:?} lack the one that becomes {needed}");
+        }
+    }
+    Ok(out)
 }
 
 /// Marks the Pod Ready once its process accepts connections, and Failed if the process exits.
@@ -1007,5 +1099,29 @@ mod tests {
             args(&["solver", "--listen=127.0.1.1:40000"])
         );
         assert_eq!(solver_args(&args(&["solver"]), addr), args(&["solver", "--listen", "127.0.1.1:40000"]));
+    }
+
+    #[test]
+    fn cert_manager_solver_arguments_become_kacme_solver_arguments() {
+        let addr: SocketAddr = "127.0.1.1:40000".parse().unwrap();
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // Tokens are base64url: one that begins with '-' must stay the value of --token.
+        let expected = args(&[
+            "solver",
+            "--listen",
+            "127.0.1.1:40000",
+            "--domain=a.example.test",
+            "--token=-TOK",
+            "--key-authorization=-TOK.thumb",
+        ]);
+        // As cert-manager's buildDefaultPod writes them, and with values as separate arguments.
+        let pod = args(&["--listen-port=8089", "--domain=a.example.test", "--token=-TOK", "--key=-TOK.thumb"]);
+        assert_eq!(SolverKind::CertManager.process_args(&pod, addr).unwrap(), expected);
+        let pod =
+            args(&["--listen-port", "8089", "--domain", "a.example.test", "--token", "-TOK", "--key", "-TOK.thumb"]);
+        assert_eq!(acmesolver_args(&pod, addr).unwrap(), expected);
+        assert!(acmesolver_args(&args(&["--domain=d", "--token=t"]), addr).is_err(), "no key");
+        assert!(acmesolver_args(&args(&["--domain=d", "--token=t", "--key=k", "--bogus=1"]), addr).is_err());
+        assert_eq!(SolverKind::CertManager.label_selector(), "acme.cert-manager.io/http01-solver=true");
     }
 }

@@ -10,6 +10,7 @@ usage: kacme-bench [options]
 Starts a local control plane, an ACME CA and `kacme controller` (a separate process), creates N
 Certificates and reports apply->Ready latency, throughput, the operator's memory and CPU time, and the
 ACME and apiserver requests it made per issuance. Everything runs on loopback addresses of this machine.
+With --against cert-manager, the same with cert-manager's controller, CRDs, ClusterIssuer and Certificates.
 
 scenarios:
   issue    N Certificates, measured from the first apply until all are Ready (default)
@@ -44,7 +45,14 @@ options:
                             (default bench-results)
   --kacme PATH              the kacme binary (default target/release/kacme)
   --crds DIR                the CRDs (default crds)
-  --operator-arg ARG        one more argument for `kacme controller` (repeatable)
+  --operator-arg ARG        one more argument for the operator (repeatable)
+  --against cert-manager    measure cert-manager's controller instead of kacme (also: --operator
+                            cert-manager; scenarios issue, memory and idle; not --node, not
+                            --concurrency): tests/env/install cert-manager builds it; the solver
+                            stand-in serves its solver Pods with `kacme solver` (--kacme)
+  --cert-manager PATH       cert-manager's controller (default: cert-manager-controller in the bin dir
+                            of tests/env/install)
+  --cert-manager-crds DIR   its CRDs (default: cert-manager-crds in that bin dir)
   -h, --help                this text
 ";
 
@@ -64,6 +72,22 @@ impl Scenario {
             Scenario::Memory => "memory",
             Scenario::Idle => "idle",
             Scenario::Storm => "storm",
+        }
+    }
+}
+
+/// Which operator issues the Certificates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OperatorKind {
+    Kacme,
+    CertManager,
+}
+
+impl OperatorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OperatorKind::Kacme => "kacme",
+            OperatorKind::CertManager => "cert-manager",
         }
     }
 }
@@ -104,13 +128,22 @@ pub struct Args {
     pub kacme: PathBuf,
     pub crds: PathBuf,
     pub operator_args: Vec<String>,
+    pub operator: OperatorKind,
+    /// cert-manager's controller binary and CRDs (`None`: tests/env/install's bin dir).
+    pub cert_manager: Option<PathBuf>,
+    pub cert_manager_crds: Option<PathBuf>,
 }
 
 impl Args {
-    /// The file name stem of this run's outputs: `issue-pebble-n100`, on a real node `issue-pebble-node-n100`.
+    /// The file name stem of this run's outputs: `issue-pebble-n100`, on a real node `issue-pebble-node-n100`,
+    /// with cert-manager `issue-pebble-cert-manager-n100`.
     pub fn stem(&self) -> String {
         let node = if self.node { "-node" } else { "" };
-        format!("{}-{}{node}-n{}", self.scenario.as_str(), self.ca.as_str(), self.certificates)
+        let operator = match self.operator {
+            OperatorKind::Kacme => "",
+            OperatorKind::CertManager => "-cert-manager",
+        };
+        format!("{}-{}{operator}{node}-n{}", self.scenario.as_str(), self.ca.as_str(), self.certificates)
     }
 }
 
@@ -147,6 +180,9 @@ pub fn parse(mut raw: impl Iterator<Item = String>) -> Result<Option<Args>> {
         kacme: PathBuf::from("target/release/kacme"),
         crds: PathBuf::from("crds"),
         operator_args: Vec::new(),
+        operator: OperatorKind::Kacme,
+        cert_manager: None,
+        cert_manager_crds: None,
     };
     while let Some(arg) = raw.next() {
         let (name, inline) = match arg.split_once('=') {
@@ -187,6 +223,15 @@ pub fn parse(mut raw: impl Iterator<Item = String>) -> Result<Option<Args>> {
             "--kacme" => args.kacme = value()?.into(),
             "--crds" => args.crds = value()?.into(),
             "--operator-arg" => args.operator_args.push(value()?),
+            "--against" | "--operator" => {
+                args.operator = match value()?.as_str() {
+                    "kacme" => OperatorKind::Kacme,
+                    "cert-manager" => OperatorKind::CertManager,
+                    other => bail!("{name} {other:?}: kacme or cert-manager"),
+                }
+            }
+            "--cert-manager" => args.cert_manager = Some(value()?.into()),
+            "--cert-manager-crds" => args.cert_manager_crds = Some(value()?.into()),
             "-h" | "--help" => return Ok(None),
             other => bail!("unknown argument {other:?} (try --help)"),
         }
@@ -198,6 +243,22 @@ pub fn parse(mut raw: impl Iterator<Item = String>) -> Result<Option<Args>> {
         args.namespaces = args.certificates.min(10);
     }
     args.namespaces = args.namespaces.min(args.certificates);
+    if args.operator == OperatorKind::CertManager {
+        if args.node {
+            bail!(
+                "--against cert-manager runs on the solver stand-in only (no cert-manager acmesolver image for --node)"
+            );
+        }
+        if args.scenario == Scenario::Storm {
+            bail!("--against cert-manager: the storm scenario moves kacme's renewBefore; use issue, memory or idle");
+        }
+        if args.concurrency.is_some() {
+            bail!(
+                "--concurrency is kacme's; for cert-manager pass its own flags, e.g. \
+                 --operator-arg=--concurrent-workers=N or --operator-arg=--max-concurrent-challenges=N"
+            );
+        }
+    }
     Ok(Some(args))
 }
 
@@ -220,6 +281,15 @@ mod tests {
         assert_eq!(parsed("-n 3 --namespaces 8").namespaces, 3);
         assert_eq!(parsed("--scenario memory -n 5").stem(), "memory-pebble-n5");
         assert_eq!(parsed("--node -n 20").stem(), "issue-pebble-node-n20");
+        let against = parsed("--against cert-manager -n 100");
+        assert_eq!(
+            (against.operator, against.stem().as_str()),
+            (OperatorKind::CertManager, "issue-pebble-cert-manager-n100")
+        );
+        assert_eq!(parsed("--operator=cert-manager").operator, OperatorKind::CertManager);
+        assert!(parse("--against cert-manager --node".split_whitespace().map(String::from)).is_err());
+        assert!(parse("--against cert-manager --scenario storm".split_whitespace().map(String::from)).is_err());
+        assert!(parse("--against nginx".split_whitespace().map(String::from)).is_err());
         let storm = parsed("--scenario storm -n 10000 --namespaces 100 --storm-new-after 30s");
         assert_eq!((storm.stem().as_str(), storm.storm_new_after), ("storm-pebble-n10000", Duration::from_secs(30)));
     }

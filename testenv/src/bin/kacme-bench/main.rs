@@ -4,6 +4,7 @@
 //! sleep, rejected nonces or authorization reuse; or step-ca), the solver-Pod stand-in and the operator as
 //! a separate process under a user of its own; creates N Certificates and measures. Run it through `./bench`
 //! at the repository root, which builds what it needs. See `kacme-bench --help` and BENCHMARKS.md.
+//! `--against cert-manager` measures cert-manager's controller the same way, side by side.
 #![forbid(unsafe_code)]
 
 mod args;
@@ -14,7 +15,7 @@ mod report;
 mod storm;
 
 use anyhow::{Context as _, Result, bail};
-use args::{Args, Scenario};
+use args::{Args, OperatorKind, Scenario};
 use env::{BenchEnv, OperatorFeatures};
 use futures::StreamExt as _;
 use kacme_testenv::{AuditReader, count_growth};
@@ -30,13 +31,17 @@ const SETTLE: Duration = Duration::from_secs(10);
 /// How long to wait after the last Ready for the solver objects to be deleted before settling anyway.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// Waits until no solver Pod, Service or Ingress (label `kacme.dev/solver`) is left, at most `timeout`;
-/// how many are left.
-async fn solver_objects_gone(client: &kube::Client, timeout: Duration) -> Result<usize> {
+/// Waits until no solver Pod, Service or Ingress of the operator (kacme's label `kacme.dev/solver`, or
+/// cert-manager's `acme.cert-manager.io/http01-solver=true`) is left, at most `timeout`; how many are left.
+async fn solver_objects_gone(client: &kube::Client, kind: OperatorKind, timeout: Duration) -> Result<usize> {
     use k8s_openapi::api::core::v1::{Pod, Service};
     use k8s_openapi::api::networking::v1::Ingress;
     use kube::api::{Api, ListParams};
-    let params = ListParams::default().labels(kacme_testenv::SOLVER_LABEL);
+    let solvers = match kind {
+        OperatorKind::Kacme => kacme_testenv::SolverKind::Kacme,
+        OperatorKind::CertManager => kacme_testenv::SolverKind::CertManager,
+    };
+    let params = ListParams::default().labels(&solvers.label_selector());
     let deadline = Instant::now() + timeout;
     loop {
         let left = Api::<Pod>::all(client.clone()).list_metadata(&params).await?.items.len()
@@ -60,10 +65,13 @@ async fn main() -> Result<()> {
     if !args.kacme.is_file() {
         bail!("the kacme binary {} does not exist (build it: cargo build --release)", args.kacme.display());
     }
-    if !args.crds.is_dir() {
+    if args.operator == OperatorKind::Kacme && !args.crds.is_dir() {
         bail!("the CRD directory {} does not exist (run from the repository root or pass --crds)", args.crds.display());
     }
-    let features = OperatorFeatures::detect(&args.kacme)?;
+    let (features, operator_binary) = match args.operator {
+        OperatorKind::Kacme => (OperatorFeatures::detect(&args.kacme)?, args.kacme.clone()),
+        OperatorKind::CertManager => (OperatorFeatures { metrics_address: true }, env::cert_manager_paths(&args)?.0),
+    };
     if !features.metrics_address {
         eprintln!("kacme-bench: this kacme has no --metrics-address: ACME requests are counted from the CA's log only");
     }
@@ -97,6 +105,8 @@ async fn main() -> Result<()> {
         certificates: args.certificates,
         namespaces: args.namespaces,
         rate_per_second: args.rate,
+        operator: args.operator.as_str().into(),
+        operator_binary: operator_binary.display().to_string(),
         kacme_binary: args.kacme.display().to_string(),
         operator_args: args.operator_args.clone(),
         started_at_unix,
@@ -111,8 +121,12 @@ async fn main() -> Result<()> {
         .with_context(|| format!("writing {}", json_path.display()))?;
     let svg_path = args.out.join(format!("{}.svg", args.stem()));
     let title = format!(
-        "kacme-bench {}: {} Certificates, {} namespaces, {}{} ({} CPUs)",
+        "kacme-bench {}{}: {} Certificates, {} namespaces, {}{} ({} CPUs)",
         report.scenario,
+        match args.operator {
+            OperatorKind::Kacme => String::new(),
+            OperatorKind::CertManager => " (cert-manager)".to_string(),
+        },
         report.certificates,
         report.namespaces,
         report.ca,
@@ -170,10 +184,11 @@ async fn run(args: &Args, features: OperatorFeatures, noise: bool, then: bool) -
         operator_start.as_secs_f64()
     );
     // Let the operator's caches and the first reconciles settle before measuring.
-    let (ready, watch_task) = ReadyTimes::watch(env.client.clone());
+    let kind = env.kind;
+    let (ready, watch_task) = ReadyTimes::watch(env.client.clone(), kind);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let startup_requests = operator_requests(&mut audit)?;
-    let before = Counts::take(env.ca.pebble(), env.metrics_addr, pid).await?;
+    let startup_requests = operator_requests(&mut audit, kind)?;
+    let before = Counts::take(env.ca.pebble(), env.metrics_addr, kind, pid).await?;
 
     let cpu_at_origin = (
         kacme_testenv::machine_busy_seconds()?,
@@ -238,7 +253,7 @@ async fn run(args: &Args, features: OperatorFeatures, noise: bool, then: bool) -
     }
     // Steady means after the cleanup too: with thousands issued at once, the garbage collector is still
     // deleting solver Ingresses (and the operator's caches still hold them) for a while after the last Ready.
-    let leftovers = solver_objects_gone(&env.client, CLEANUP_TIMEOUT).await?;
+    let leftovers = solver_objects_gone(&env.client, kind, CLEANUP_TIMEOUT).await?;
     let settle_from = origin.elapsed().as_secs_f64();
     match leftovers {
         0 => eprintln!(
@@ -251,8 +266,8 @@ async fn run(args: &Args, features: OperatorFeatures, noise: bool, then: bool) -
         ),
     }
     tokio::time::sleep(SETTLE).await;
-    let after = Counts::take(env.ca.pebble(), env.metrics_addr, pid).await?;
-    let issuance_requests = operator_requests(&mut audit)?;
+    let after = Counts::take(env.ca.pebble(), env.metrics_addr, kind, pid).await?;
+    let issuance_requests = operator_requests(&mut audit, kind)?;
 
     let mut latencies: Vec<LatencyPoint> = applied
         .iter()
@@ -320,8 +335,8 @@ async fn run(args: &Args, features: OperatorFeatures, noise: bool, then: bool) -
             tokio::time::sleep(Duration::from_secs(1).min(args.idle_duration.saturating_sub(idle_started.elapsed())))
                 .await;
         }
-        let end = Counts::take(env.ca.pebble(), env.metrics_addr, pid).await?;
-        let requests = operator_requests(&mut audit)?;
+        let end = Counts::take(env.ca.pebble(), env.metrics_addr, kind, pid).await?;
+        let requests = operator_requests(&mut audit, kind)?;
         let total = |a: &Option<std::collections::BTreeMap<String, u64>>,
                      b: &Option<std::collections::BTreeMap<String, u64>>| {
             a.as_ref().zip(b.as_ref()).map(|(a, b)| count_growth(a, b).values().sum::<u64>())
@@ -370,13 +385,13 @@ fn containers_cpu_seconds() -> Option<f64> {
 /// `--rate`; returns each one's `namespace/name` with the moment its create request was sent.
 async fn create_certificates(env: &BenchEnv, args: &Args) -> Result<Vec<(String, Instant)>> {
     let api = |namespace: &str| -> Api<DynamicObject> {
-        Api::namespaced_with(env.client.clone(), namespace, &env::certificate_resource())
+        Api::namespaced_with(env.client.clone(), namespace, &env.kind.certificate_resource())
     };
     let create = |index: usize| {
         let namespace = env.namespaces[index % env.namespaces.len()].clone();
         let api = api(&namespace);
         async move {
-            let certificate = env::certificate(&namespace, index)?;
+            let certificate = env.kind.certificate(&namespace, index)?;
             let key = env::key_of(&certificate);
             let at = Instant::now();
             api.create(&PostParams::default(), &certificate).await.with_context(|| format!("creating {key}"))?;

@@ -1,14 +1,18 @@
 //! What the benchmark observes: when each Certificate became Ready, the operator's memory and CPU time over
 //! time, and the requests it made (apiserver audit log, the CA's log, the operator's own /metrics).
 
-use crate::env::{OPERATOR_USER, certificate_ready, certificate_resource, key_of};
+use crate::args::OperatorKind;
+use crate::env::key_of;
 use anyhow::{Context as _, Result, bail};
 use futures::StreamExt as _;
 use http_body_util::{BodyExt as _, Empty};
 use hyper::body::Bytes;
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::rt::TokioExecutor;
-use kacme_testenv::{ApiRequest, AuditReader, Pebble, ProcessSample, acme_request_counts, sample_process};
+use kacme_testenv::{
+    ApiRequest, AuditReader, Pebble, ProcessSample, acme_request_counts, cert_manager_acme_request_counts,
+    sample_process,
+};
 use kube::Client;
 use kube::api::{Api, DynamicObject};
 use kube::runtime::{WatchStreamExt as _, watcher};
@@ -24,16 +28,20 @@ pub struct ReadyTimes {
 }
 
 impl ReadyTimes {
-    /// Watches every Certificate until dropped (the task is aborted with the returned handle).
-    pub fn watch(client: Client) -> (ReadyTimes, tokio::task::JoinHandle<()>) {
-        ReadyTimes::watch_where(client, certificate_ready)
+    /// Watches every Certificate of the operator until dropped (the task is aborted with the returned handle).
+    pub fn watch(client: Client, kind: OperatorKind) -> (ReadyTimes, tokio::task::JoinHandle<()>) {
+        ReadyTimes::watch_where(client, kind, kind.certificate_ready())
     }
 
     /// The same for another state than Ready: when each Certificate was first seen in a state `seen` tells.
-    pub fn watch_where(client: Client, seen: fn(&DynamicObject) -> bool) -> (ReadyTimes, tokio::task::JoinHandle<()>) {
+    pub fn watch_where(
+        client: Client,
+        kind: OperatorKind,
+        seen: fn(&DynamicObject) -> bool,
+    ) -> (ReadyTimes, tokio::task::JoinHandle<()>) {
         let times = ReadyTimes::default();
         let recorder = times.clone();
-        let api: Api<DynamicObject> = Api::all_with(client, &certificate_resource());
+        let api: Api<DynamicObject> = Api::all_with(client, &kind.certificate_resource());
         let task = tokio::spawn(async move {
             let stream = watcher(api, watcher::Config::default()).default_backoff().applied_objects();
             let mut stream = std::pin::pin!(stream);
@@ -118,19 +126,25 @@ impl Drop for Sampler {
 pub struct Counts {
     /// The CA's count, by `METHOD /path` (Pebble's log).
     pub ca_requests: Option<BTreeMap<String, u64>>,
-    /// The operator's own count, by `action outcome` (`kacme_acme_requests_total`).
+    /// The operator's own count: kacme's by `action outcome` (`kacme_acme_requests_total`), cert-manager's by
+    /// `action status` (`certmanager_http_acme_client_request_count`).
     pub metrics_requests: Option<BTreeMap<String, u64>>,
     pub process: Option<ProcessSample>,
 }
 
 impl Counts {
-    pub async fn take(pebble: Option<&Pebble>, metrics: Option<SocketAddr>, pid: u32) -> Result<Counts> {
+    pub async fn take(
+        pebble: Option<&Pebble>,
+        metrics: Option<SocketAddr>,
+        kind: OperatorKind,
+        pid: u32,
+    ) -> Result<Counts> {
         let ca_requests = match pebble {
             Some(pebble) => Some(pebble.request_counts()?),
             None => None,
         };
         let metrics_requests = match metrics {
-            Some(addr) => Some(scrape_acme_requests(addr).await?),
+            Some(addr) => Some(scrape_acme_requests(addr, kind).await?),
             None => None,
         };
         Ok(Counts { ca_requests, metrics_requests, process: sample_process(pid).ok() })
@@ -138,12 +152,12 @@ impl Counts {
 }
 
 /// The operator's requests among the audit log's new lines.
-pub fn operator_requests(audit: &mut AuditReader) -> Result<Vec<ApiRequest>> {
-    Ok(audit.read_new()?.into_iter().filter(|r| r.user == OPERATOR_USER).collect())
+pub fn operator_requests(audit: &mut AuditReader, kind: OperatorKind) -> Result<Vec<ApiRequest>> {
+    Ok(audit.read_new()?.into_iter().filter(|r| r.user == kind.user()).collect())
 }
 
-/// `kacme_acme_requests_total` by "action outcome", from the operator's /metrics.
-pub async fn scrape_acme_requests(addr: SocketAddr) -> Result<BTreeMap<String, u64>> {
+/// The operator's count of its ACME requests, from its /metrics (see [`Counts::metrics_requests`]).
+pub async fn scrape_acme_requests(addr: SocketAddr, kind: OperatorKind) -> Result<BTreeMap<String, u64>> {
     let client: HttpClient<_, Empty<Bytes>> =
         HttpClient::builder(TokioExecutor::new()).build(hyper_util::client::legacy::connect::HttpConnector::new());
     let uri: hyper::Uri = format!("http://{addr}/metrics").parse()?;
@@ -155,5 +169,9 @@ pub async fn scrape_acme_requests(addr: SocketAddr) -> Result<BTreeMap<String, u
         bail!("GET /metrics: HTTP {}", response.status());
     }
     let body = response.into_body().collect().await?.to_bytes();
-    Ok(acme_request_counts(&String::from_utf8_lossy(&body)))
+    let exposition = String::from_utf8_lossy(&body);
+    Ok(match kind {
+        OperatorKind::Kacme => acme_request_counts(&exposition),
+        OperatorKind::CertManager => cert_manager_acme_request_counts(&exposition),
+    })
 }

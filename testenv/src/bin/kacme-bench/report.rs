@@ -17,6 +17,11 @@ pub struct Report {
     pub certificates: usize,
     pub namespaces: usize,
     pub rate_per_second: Option<f64>,
+    /// `kacme`, or `cert-manager` (`--against cert-manager`).
+    pub operator: String,
+    /// The operator's binary.
+    pub operator_binary: String,
+    /// The kacme binary (the operator, or with cert-manager the solver processes the stand-in runs).
     pub kacme_binary: String,
     pub operator_args: Vec<String>,
     /// Seconds since the Unix epoch when the benchmark started.
@@ -243,10 +248,11 @@ pub fn table(report: &Report) -> String {
     let m = &report.machine;
     let _ = writeln!(
         out,
-        "kacme-bench {}: {} Certificates over {} namespaces, CA {}, solvers: {}{}",
+        "kacme-bench {}: {} Certificates over {} namespaces, operator {}, CA {}, solvers: {}{}",
         report.scenario,
         report.certificates,
         report.namespaces,
+        report.operator,
         report.ca,
         report.solvers,
         report.rate_per_second.map(|r| format!(", created at {r}/s")).unwrap_or_default()
@@ -259,7 +265,7 @@ pub fn table(report: &Report) -> String {
         m.memory_total_kib as f64 / 1024.0 / 1024.0,
         m.kernel,
         m.load_average_at_start,
-        report.kacme_binary
+        report.operator_binary
     );
     let mut rows: Vec<(String, Vec<String>)> = Vec::new();
     let mut row = |name: &str, value: &dyn Fn(&RunReport) -> String| {

@@ -10,7 +10,7 @@
 //! and the operator's apiserver requests (audit log).
 
 use crate::args::Args;
-use crate::env::{self, BenchEnv, certificate_resource, key_of};
+use crate::env::{self, BenchEnv, key_of};
 use crate::measure::{ReadyTimes, operator_requests};
 use crate::report::{ApiserverCounts, Latency};
 use anyhow::{Context as _, Result, bail};
@@ -132,7 +132,7 @@ pub async fn run_storm(
 ) -> Result<StormReport> {
     let n = args.certificates;
     let pebble = env.ca.pebble().context("the storm scenario needs Pebble")?;
-    let api: Api<DynamicObject> = Api::all_with(env.client.clone(), &certificate_resource());
+    let api: Api<DynamicObject> = Api::all_with(env.client.clone(), &env.kind.certificate_resource());
     let certificates = api.list(&ListParams::default()).await.context("listing Certificates")?.items;
     // Long enough to patch them all before T (about 150 patches per second here, more on a quiet machine).
     let lead = args.storm_lead.unwrap_or(Duration::from_secs(30) + Duration::from_millis(10 * n as u64));
@@ -144,7 +144,8 @@ pub async fn run_storm(
         let name = certificate.name_any();
         let not_before = certificate.data["status"]["notBefore"].as_str().map(str::to_string);
         let not_after = certificate.data["status"]["notAfter"].as_str().map(str::to_string);
-        let api: Api<DynamicObject> = Api::namespaced_with(env.client.clone(), &namespace, &certificate_resource());
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(env.client.clone(), &namespace, &env.kind.certificate_resource());
         async move {
             let not_after: jiff::Timestamp =
                 not_after.with_context(|| format!("{namespace}/{name} has no notAfter"))?.parse()?;
@@ -174,12 +175,12 @@ pub async fn run_storm(
     if until_t.is_negative() {
         eprintln!("kacme-bench: WARNING: the patches took longer than the lead ({lead:?}): renewals began meanwhile");
     }
-    let (renewals, renewals_task) = ReadyTimes::watch_where(env.client.clone(), renewed);
+    let (renewals, renewals_task) = ReadyTimes::watch_where(env.client.clone(), env.kind, renewed);
     tokio::time::sleep(until_t.unsigned_abs()).await;
 
     // T: count from here.
     let origin = Instant::now();
-    let _ = operator_requests(audit)?;
+    let _ = operator_requests(audit, env.kind)?;
     let mut pebble_log = LogTail::from_end(pebble.log_path())?;
     let cpu_at_t = (
         kacme_testenv::sample_process(pid)?,
@@ -188,7 +189,7 @@ pub async fn run_storm(
     );
     let new_after = args.storm_new_after;
     let new_namespace = env.namespaces[0].clone();
-    let new_certificate = env::certificate(&new_namespace, n)?;
+    let new_certificate = env.kind.certificate(&new_namespace, n)?;
     let new_key = key_of(&new_certificate);
     let mut new_applied: Option<(Instant, f64)> = None;
     let mut pending_when_new_ready = None;
@@ -204,7 +205,7 @@ pub async fn run_storm(
         let t = origin.elapsed().as_secs_f64();
         if new_applied.is_none() && origin.elapsed() >= new_after {
             let api: Api<DynamicObject> =
-                Api::namespaced_with(env.client.clone(), &new_namespace, &certificate_resource());
+                Api::namespaced_with(env.client.clone(), &new_namespace, &env.kind.certificate_resource());
             let at = Instant::now();
             api.create(&PostParams::default(), &new_certificate).await.context("creating the new Certificate")?;
             new_applied = Some((at, t));
@@ -213,7 +214,7 @@ pub async fn run_storm(
         if pending_when_new_ready.is_none() && ready.get(&new_key).is_some() {
             pending_when_new_ready = Some(n.saturating_sub(renewals.count()));
         }
-        let second_requests = operator_requests(audit)?;
+        let second_requests = operator_requests(audit, env.kind)?;
         let mut second_acme = 0;
         for request in pebble_log.new_lines()?.iter().filter_map(|line| pebble_request(line)) {
             *acme.entry(request).or_insert(0) += 1;
