@@ -105,9 +105,7 @@ impl<'a> KubeSolver<'a> {
         K: kube::Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Clone + Debug + DeserializeOwned,
     {
         let Ensured::Existing(existing) = ensured else { return Ok(false) };
-        let Some(uid) = owner.metadata.uid.as_deref() else { return Ok(false) };
-        let controller = existing.owner_references().iter().find(|o| o.controller == Some(true));
-        if controller.is_some_and(|o| o.uid == uid) {
+        if !needs_handing_to(existing.meta(), owner) {
             return Ok(false);
         }
         let mut meta = kube::api::ObjectMeta::default();
@@ -327,6 +325,15 @@ fn unready_pod_message(pod: &Pod) -> String {
     }
 }
 
+/// Whether an existing solver Service or Ingress must be handed to the solver Pod `owner`: it is controlled
+/// by something else (an earlier Pod of the same name, an older kacme's Certificate) or by nothing. A Pod
+/// without a UID (never from the apiserver) owns nothing yet.
+fn needs_handing_to(meta: &kube::api::ObjectMeta, owner: &Pod) -> bool {
+    let Some(uid) = owner.metadata.uid.as_deref() else { return false };
+    let controller = meta.owner_references.iter().flatten().find(|o| o.controller == Some(true));
+    controller.is_none_or(|o| o.uid != uid)
+}
+
 /// Whether the caches hold any solver object of a Certificate (by its label; no request) that still needs
 /// deleting, leaving out the objects named in `just_removed`.
 ///
@@ -496,6 +503,30 @@ mod tests {
         ];
         for (case, status, message) in cases {
             assert_eq!(unready_pod_message(&pod(status)), message, "{case}");
+        }
+    }
+
+    #[test]
+    fn a_solver_object_is_handed_to_the_pod_unless_that_pod_controls_it_already() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+        let pod = |uid: Option<&str>| Pod {
+            metadata: kube::api::ObjectMeta { uid: uid.map(str::to_string), ..Default::default() },
+            ..Default::default()
+        };
+        let owned_by = |uid: &str, controller: Option<bool>| kube::api::ObjectMeta {
+            owner_references: Some(vec![OwnerReference { uid: uid.to_string(), controller, ..Default::default() }]),
+            ..Default::default()
+        };
+        // (case, object, pod, handed on)
+        let cases = [
+            ("controlled by this Pod", owned_by("now", Some(true)), pod(Some("now")), false),
+            ("controlled by an earlier Pod", owned_by("before", Some(true)), pod(Some("now")), true),
+            ("only a non-controller reference to this Pod", owned_by("now", None), pod(Some("now")), true),
+            ("no owner at all", kube::api::ObjectMeta::default(), pod(Some("now")), true),
+            ("a Pod without a UID owns nothing yet", owned_by("before", Some(true)), pod(None), false),
+        ];
+        for (case, meta, pod, expected) in cases {
+            assert_eq!(needs_handing_to(&meta, &pod), expected, "{case}");
         }
     }
 

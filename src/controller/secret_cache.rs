@@ -24,7 +24,8 @@ use kube::runtime::watcher;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
-/// Keys that nearly every cached Secret has: kept as one static string instead of a copy each.
+/// Keys (and Secret types) that nearly every cached Secret has: kept as one static string instead of a copy
+/// each.
 const KNOWN_KEYS: &[&str] = &[
     LABEL_MANAGED_BY,
     LABEL_CERTIFICATE,
@@ -43,7 +44,6 @@ const KNOWN_KEYS: &[&str] = &[
     TLS_CRT,
     TLS_KEY,
     CA_CRT,
-    "kacme",
     crate::desired::TLS_SECRET_TYPE,
     "Opaque",
 ];
@@ -97,7 +97,7 @@ fn pairs<V, W>(map: Option<BTreeMap<String, V>>, value: impl Fn(V) -> W) -> Opti
     map.map(|map| map.into_iter().map(|(k, v)| (Text::new(k), value(v))).collect())
 }
 
-fn map<V: ?Sized + ToOwned, W>(pairs: &Option<Pairs<Box<V>>>, value: impl Fn(&V) -> W) -> Option<BTreeMap<String, W>> {
+fn map<V: ?Sized, W>(pairs: &Option<Pairs<Box<V>>>, value: impl Fn(&V) -> W) -> Option<BTreeMap<String, W>> {
     pairs.as_ref().map(|pairs| pairs.iter().map(|(k, v)| (k.as_str().to_string(), value(v))).collect())
 }
 
