@@ -82,7 +82,12 @@ async fn status_and_inspect_tell_a_user_everything_about_a_certificate_for_two_n
     assert_eq!(json["secret"]["certificate"]["dnsNames"], serde_json::json!(NAMES));
     assert!(json.get("order").is_none(), "no order in flight once Ready: {json}");
     let reasons: Vec<&str> = json["events"].as_array().unwrap().iter().filter_map(|e| e["reason"].as_str()).collect();
-    assert_eq!(reasons, ["OrderCreated", "Issued"], "an issuance's Events");
+    assert_eq!(
+        reasons,
+        ["OrderCreated", "Issued"],
+        "an issuance's Events; operator log:\n{}",
+        env.operator().map(|o| o.log()).unwrap_or_default()
+    );
 
     let inspected = run(&kacme_binary(), &["inspect", "secret", "web-tls", "-n", "apps"], kubeconfig, None).await;
     for expected in [

@@ -7,7 +7,7 @@ use super::kube_solver;
 use super::observe::{Observers, ReconcileObserver};
 use super::{FIELD_MANAGER, ReconcileError};
 use crate::acme::{AcmeObserver, OrderSession, SelfCheck};
-use crate::api::{Certificate, ClusterIssuer, Issuer, IssuerKind, IssuerRef};
+use crate::api::{Certificate, CertificateStatus, ClusterIssuer, Issuer, IssuerKind, IssuerRef};
 use crate::decision::BackoffPolicy;
 use crate::desired::SolverContext;
 use crate::kube_errors::{is_conflict, is_not_found, status_code};
@@ -157,6 +157,13 @@ pub(super) struct KeptOrder {
     pub issuer: IssuerRef,
 }
 
+/// A status a pass built but could not write, and the Certificate it was built from.
+struct UnwrittenStatus {
+    uid: Option<String>,
+    resource_version: Option<String>,
+    status: CertificateStatus,
+}
+
 /// What a create of a Secret found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum SecretCreation {
@@ -197,6 +204,8 @@ pub struct Context {
     written: Mutex<HashMap<String, (String, Instant)>>,
     /// Secrets kacme wrote or deleted whose change the cache may not show yet, by namespace/name.
     secret_writes: Mutex<HashMap<String, (SecretWrite, Instant)>>,
+    /// Statuses a pass could not write (see [`Context::remember_unwritten`]), by namespace/name.
+    unwritten: Mutex<HashMap<String, UnwrittenStatus>>,
     /// Tests only: the Certificates (namespace/name) whose reconcile panics at once.
     #[cfg(test)]
     pub(crate) panic_for: Mutex<std::collections::HashSet<String>>,
@@ -236,6 +245,7 @@ impl Context {
             orders: Mutex::default(),
             written: Mutex::default(),
             secret_writes: Mutex::default(),
+            unwritten: Mutex::default(),
             #[cfg(test)]
             panic_for: Mutex::default(),
             config,
@@ -397,10 +407,12 @@ impl Context {
 
     fn remember_secret_write(&self, namespace: &str, name: &str, write: Option<SecretWrite>) {
         // The watch often delivers a write before its request returns: then there is nothing to remember
-        // (and nothing would forget it until the Secret's next read, its renewal).
+        // (and nothing would forget it until the Secret's next read, its renewal), and an earlier write's
+        // record is out of date.
         if let Some(SecretWrite::Written(version)) = &write
             && self.stores.secrets.resource_version(namespace, name).as_ref() == Some(version)
         {
+            self.forget_secret_write(&format!("{namespace}/{name}"));
             return;
         }
         if let (Ok(mut writes), Some(write)) = (self.secret_writes.lock(), write) {
@@ -525,6 +537,33 @@ impl Context {
         if let Ok(mut written) = self.written.lock() {
             written.remove(&object_key(certificate));
         }
+        if let Ok(mut unwritten) = self.unwritten.lock() {
+            unwritten.remove(&object_key(certificate));
+        }
+    }
+
+    /// Keeps the status a pass over `certificate` built but could not write (the apiserver failed the
+    /// write): what it records may exist nowhere else, such as the order the pass created at the CA, whose
+    /// loss would cost a second order. The next pass starts from it ([`Context::take_unwritten`]).
+    pub(super) fn remember_unwritten(&self, certificate: &Certificate, status: CertificateStatus) {
+        let unwritten = UnwrittenStatus {
+            uid: certificate.metadata.uid.clone(),
+            resource_version: certificate.resource_version(),
+            status,
+        };
+        if let Ok(mut map) = self.unwritten.lock() {
+            map.insert(object_key(certificate), unwritten);
+        }
+    }
+
+    /// The status a failed write left for `certificate`, when it was built from this very version of it:
+    /// a later version (someone else's change, or the write landed after all) is acted on as it is.
+    pub(super) fn take_unwritten(&self, certificate: &Certificate) -> Option<CertificateStatus> {
+        let mut map = self.unwritten.lock().ok()?;
+        let unwritten = map.remove(&object_key(certificate))?;
+        shrink_when_drained(&mut map);
+        (unwritten.uid == certificate.metadata.uid && unwritten.resource_version == certificate.resource_version())
+            .then_some(unwritten.status)
     }
 }
 

@@ -158,6 +158,8 @@ impl Pass<'_> {
 
     /// Gives up the order in flight without counting a failure; the next pass starts a new one.
     pub(super) async fn abandon_order(&mut self, reason: &str, message: &str) {
+        let order = self.status.order.as_ref().map(|o| o.url.as_str()).unwrap_or_default();
+        tracing::info!(reason, order, "{message}");
         self.ctx.forget_order(self.certificate);
         if let Err(failures) = cleanup_all_solver_objects(self.ctx, self.certificate).await {
             tracing::warn!(error = %failures.join("; "), "removing solver objects of an abandoned order failed");

@@ -104,8 +104,15 @@ pub async fn reconcile_certificate(certificate: Arc<Certificate>, ctx: Arc<Conte
                 if let Some(wait) = ctx.retry_gate.remaining(&key, &wishes, std::time::Instant::now()) {
                     return Ok(Action::requeue(wait));
                 }
+                // A pass whose status write failed left its status: carry on from it, not from the older one
+                // stored (which may not name the order that pass created).
+                let stored = certificate.status.clone();
+                let certificate = match ctx.take_unwritten(&certificate) {
+                    Some(status) => Arc::new(Certificate { status: Some(status), ..Certificate::clone(&certificate) }),
+                    None => certificate,
+                };
                 // On the heap: a pass is a large future, and a test runs it on its thread's stack.
-                Box::pin(Pass::new(&ctx, &certificate).run()).await
+                Box::pin(Pass::new(&ctx, &certificate).stored(stored).run()).await
             }
             FinalizerEvent::Cleanup(certificate) => {
                 ctx.forget_written(&certificate);
@@ -169,6 +176,9 @@ struct Pass<'a> {
     waits_for_slot: bool,
     /// Whether the CA asked this pass to retry its step at once (a rejected nonce).
     retried_at_once: bool,
+    /// The status the apiserver holds: the Certificate's, unless the pass carries on from a status an
+    /// earlier pass could not write (see [`Context::remember_unwritten`]).
+    stored: Option<CertificateStatus>,
 }
 
 /// Why this pass cannot work with the issuer.
@@ -193,7 +203,13 @@ impl<'a> Pass<'a> {
             issuer_slot: None,
             waits_for_slot: false,
             retried_at_once: false,
+            stored: certificate.status.clone(),
         }
+    }
+
+    /// This pass over a Certificate whose status in the apiserver is `stored`.
+    fn stored(self, stored: Option<CertificateStatus>) -> Pass<'a> {
+        Pass { stored, ..self }
     }
 
     async fn run(mut self) -> Result<Action, ReconcileError> {
@@ -222,11 +238,16 @@ impl<'a> Pass<'a> {
             self.ctx.immediate_retries.succeeded(&format!("{}/{}", self.namespace, self.name()));
         }
         // Write what was learned even when the step failed: the failure is in the status.
-        let old = self.certificate.status.clone().unwrap_or_default();
+        let old = self.stored.clone().unwrap_or_default();
         if status_changed(&old, &self.status) {
             let api: Api<Certificate> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
-            let version = apply_status(&api, &self.certificate.name_any(), "Certificate", &self.status).await?;
-            self.ctx.remember_write(self.certificate, version);
+            match apply_status(&api, &self.certificate.name_any(), "Certificate", &self.status).await {
+                Ok(version) => self.ctx.remember_write(self.certificate, version),
+                Err(error) => {
+                    self.ctx.remember_unwritten(self.certificate, self.status);
+                    return Err(error);
+                }
+            }
         }
         action
     }

@@ -96,7 +96,8 @@ impl Pass<'_> {
         let renewal_request = self.certificate.annotations().get(ANNOTATION_RENEW_REQUESTED_AT).cloned();
         self.transition().order_created(reason, message, order, key_secret_name, renewal_request);
         let url = session.progress().url.clone();
-        tracing::info!(reason = reason.as_str(), order = %url, replaces = ?replaced, "created an ACME order");
+        let version = self.certificate.metadata.resource_version.as_deref().unwrap_or_default();
+        tracing::info!(reason = reason.as_str(), order = %url, replaces = ?replaced, version, "created an ACME order");
         let replacing = replaced.map(|id| format!("; replaces certificate {id}")).unwrap_or_default();
         self.publish(EventNote::normal(
             EventReason::OrderCreated,
