@@ -169,7 +169,7 @@ struct ControllerArgs {
     #[arg(long, env = "KACME_SOLVER_IMAGE", default_value = concat!("ghcr.io/kacme/kacme:", env!("CARGO_PKG_VERSION")))]
     solver_image: String,
     /// Certificates reconciled at once.
-    #[arg(long, env = "KACME_CONCURRENCY", default_value_t = 32)]
+    #[arg(long, env = "KACME_CONCURRENCY", default_value_t = 16)]
     concurrency: u16,
     /// Of those, how many may work with one issuer at once (default: three quarters of --concurrency,
     /// rounded, at least 1), so that a slow CA cannot hold every worker. A Certificate that finds its

@@ -153,7 +153,12 @@ async fn assert_no_solver_objects(env: &OperatorEnv) {
             })
             .collect();
         let histories: Vec<String> = owners.iter().map(|name| format!("{name}: {:?}", events.get(name))).collect();
-        panic!("solver objects remain: {error:#}\nEvents of their Certificates:\n{}", histories.join("\n"));
+        let mentions: Vec<String> = owners.iter().map(|name| format!("{NAMESPACE}/{name}}}")).chain(left).collect();
+        panic!(
+            "solver objects remain: {error:#}\nEvents of their Certificates:\n{}\nWhat the operator logged of them:\n{}",
+            histories.join("\n"),
+            env.operator_log_lines(&mentions)
+        );
     }
 }
 

@@ -67,7 +67,7 @@ impl ControllerConfig {
             cluster_resource_namespace: cluster_resource_namespace.into(),
             solver_image: solver_image.into(),
             backoff: BackoffPolicy::default(),
-            concurrency: 32,
+            concurrency: 16,
             per_issuer_concurrency: None,
             renewal_jitter: Duration::from_secs(60),
             self_check: None,

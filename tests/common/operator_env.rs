@@ -290,6 +290,20 @@ impl OperatorEnv {
         Ok(AuditReader::new(path))
     }
 
+    /// The lines of every operator run's log (oldest run first) that contain one of `needles`, each prefixed
+    /// with its run.
+    pub fn operator_log_lines(&self, needles: &[String]) -> String {
+        let mut lines = Vec::new();
+        for run in 0..=self.operator_runs {
+            let path = self.dir.join(format!("kacme-controller-{run}.log"));
+            let Ok(log) = std::fs::read_to_string(&path) else { continue };
+            for line in log.lines().filter(|line| needles.iter().any(|n| line.contains(n.as_str()))) {
+                lines.push(format!("[run {run}] {line}"));
+            }
+        }
+        lines.join("\n")
+    }
+
     pub fn operator_log(&self) -> String {
         self.operator.as_ref().map(|o| o.log_tail(60)).unwrap_or_default()
     }
