@@ -208,9 +208,9 @@ async fn a_renewal_window_the_ca_moves_to_the_past_renews_at_once_naming_the_rep
         // Each order has its own OrderCreated Event (their notes differ, so neither hides the other); the
         // operator's log tells what the renewal order said.
         let orders = order_events(&env, "web").await;
-        assert_eq!(orders.len(), 2, "an OrderCreated Event per order: {orders:?}");
         let operator = env.operator().expect("an operator");
         let log = without_colours(&operator.log());
+        assert_eq!(orders.len(), 2, "an OrderCreated Event per order: {orders:?}\noperator log:\n{log}");
         let created: Vec<&str> = log.lines().filter(|l| l.contains("created an ACME order")).collect();
         eprintln!("orders:\n{}", created.join("\n"));
         assert_eq!(created.len(), 2, "{created:?}");

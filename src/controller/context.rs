@@ -92,6 +92,9 @@ pub struct Stores {
     pub cluster_issuers: Store<ClusterIssuer>,
     /// Solver Pods, Services and Ingresses.
     pub solvers: kube_solver::SolverStores,
+    /// The Certificates' cache, where a watch fills one: a pass looks at its newest copy (see
+    /// [`Context::freshness`]). Without it, a pass acts on the copy it is handed.
+    pub certificates: Option<Store<Certificate>>,
 }
 
 impl Stores {
@@ -107,6 +110,7 @@ impl Stores {
                 services: kube::runtime::reflector::store().0,
                 ingresses: kube::runtime::reflector::store().0,
             },
+            certificates: None,
         }
     }
 
@@ -125,6 +129,7 @@ impl Stores {
             issuers,
             cluster_issuers,
             solvers: kube_solver::SolverStores { pods, services, ingresses },
+            certificates: None,
         };
         let writers = StoreWriters {
             secrets: secrets_writer,
@@ -520,17 +525,27 @@ impl Context {
     }
 
     /// Whether the cached copy may predate kacme's own last status write (acting on a stale status could
-    /// repeat a step, such as storing a certificate twice), and if so, what to do about it.
-    pub(super) fn freshness(&self, certificate: &Certificate) -> Freshness {
-        let Ok(written) = self.written.lock() else { return Freshness::ReadAfresh };
-        match written.get(&object_key(certificate)) {
+    /// repeat a step, such as ordering twice), and if so, what to do about it; with the copy to act on.
+    ///
+    /// A pass is handed the copy the cache held when the pass was queued (kube-runtime reads it then), and
+    /// is polled a moment later. The watch may deliver kacme's own last write in between, which ends the
+    /// record of that write ([`Context::certificate_delivered`]): the handed copy would then look current
+    /// while it is older than that write, and a pass acting on it ordered a second time. So the cache's
+    /// newest copy is taken, under the lock that guards the record: a record ended means the cache holds
+    /// the write (the reflector stores an object before the watch hands it on).
+    pub(super) fn freshness(&self, certificate: Arc<Certificate>) -> (Arc<Certificate>, Freshness) {
+        let Ok(written) = self.written.lock() else { return (certificate, Freshness::ReadAfresh) };
+        let newest = self.stores.certificates.as_ref().and_then(|store| store.get(&ObjectRef::from_obj(&*certificate)));
+        let certificate = newest.unwrap_or(certificate);
+        let freshness = match written.get(&object_key(&certificate)) {
             None => Freshness::Current,
             Some((version, _)) if certificate.resource_version().as_ref() == Some(version) => Freshness::Current,
             Some((_, at)) => match OWN_WRITE_DELIVERY.checked_sub(at.elapsed()) {
                 Some(left) if !left.is_zero() => Freshness::AwaitWatch(left),
                 _ => Freshness::ReadAfresh,
             },
-        }
+        };
+        (certificate, freshness)
     }
 
     pub(super) fn forget_written(&self, certificate: &Certificate) {

@@ -267,8 +267,15 @@ pub async fn run_observed(
     let (issuers, issuer_events) = cached_watch::<Issuer>(&client, watcher::Config::default(), strip_for_cache);
     let (cluster_issuers, cluster_issuer_events) =
         cached_watch::<ClusterIssuer>(&client, watcher::Config::default(), strip_for_cache);
-    let stores =
-        Stores { secrets, issuers, cluster_issuers, solvers: kube_solver::SolverStores { pods, services, ingresses } };
+    // The Certificates' cache, stripped like the others: at 10,000 Certificates every byte counts.
+    let (certificate_cache, certificate_writer) = reflector::store();
+    let stores = Stores {
+        secrets,
+        issuers,
+        cluster_issuers,
+        solvers: kube_solver::SolverStores { pods, services, ingresses },
+        certificates: Some(certificate_cache.clone()),
+    };
     let ctx = Arc::new(Context::new(
         client.clone(),
         config.clone(),
@@ -278,8 +285,6 @@ pub async fn run_observed(
 
     let shutdown = crate::shutdown::Shutdown::on(shutdown);
 
-    // The Certificates' cache, stripped like the others: at 10,000 Certificates every byte counts.
-    let (certificate_cache, certificate_writer) = reflector::store();
     // The stale-cache guard learns from the watch when kacme's own status writes are in the cache.
     let delivered_ctx = ctx.clone();
     let delivered_secret_ctx = ctx.clone();

@@ -75,7 +75,8 @@ pub async fn reconcile_certificate(certificate: Arc<Certificate>, ctx: Arc<Conte
     #[cfg(test)]
     ctx.panic_if_asked(&certificate);
     let api: Api<Certificate> = Api::namespaced(ctx.client.clone(), &namespace);
-    let certificate = match ctx.freshness(&certificate) {
+    let (certificate, freshness) = ctx.freshness(certificate);
+    let certificate = match freshness {
         Freshness::Current => certificate,
         // Without a request: the watch event of kacme's own write starts the next pass (a slot offered to
         // this Certificate stays offered meanwhile).

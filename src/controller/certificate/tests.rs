@@ -1829,3 +1829,40 @@ async fn a_solver_service_and_ingress_left_by_an_earlier_solver_pod_are_handed_t
     assert_eq!(harness.ca.requests(Endpoint::Challenge), challenges_answered, "the CA is told only in a later pass");
     harness.run_until_ready(MAX_PASSES).await;
 }
+
+/// kube-runtime reads the copy a pass acts on from the cache when it queues the pass, and polls the pass a
+/// moment later. A pass queued while the previous pass wrote status (the order it created), and polled just
+/// after the watch delivered that write, held the older copy and no record of the write: it ordered again
+/// (seen as two `OrderCreated` Events for one issuance in `tests/cli.rs` and `tests/lifecycle.rs`).
+#[tokio::test]
+async fn a_pass_queued_before_the_watch_delivered_kacmes_own_write_acts_on_that_write() {
+    use crate::controller::context::{Freshness, Stores};
+    use crate::controller::{Context, ControllerConfig, NoReconcileObserver, Observers};
+    use kube::runtime::{reflector, watcher};
+
+    let apiserver = FakeApiserver::new();
+    let (mut stores, _writers) = Stores::with_writers();
+    let (certificates, mut writer) = reflector::store::<Certificate>();
+    stores.certificates = Some(certificates);
+    let observers = Observers { acme: Arc::new(crate::acme::NoObserver), reconcile: Arc::new(NoReconcileObserver) };
+    let ctx = Context::new(apiserver.client(), ControllerConfig::new("kacme", "kacme:test"), observers, stores);
+    let at = |version: &str| {
+        let mut certificate = crate::desired::testing::certificate();
+        certificate.metadata.resource_version = Some(version.into());
+        certificate
+    };
+    writer.apply_watcher_event(&watcher::Event::Apply(at("255")));
+    let handed = Arc::new(at("255"));
+
+    // The previous pass wrote status (version 259); the watch delivers it (stored, then handed on).
+    ctx.remember_write(&at("259"), Some("259".into()));
+    let (copy, freshness) = ctx.freshness(handed.clone());
+    assert_eq!(copy.resource_version().as_deref(), Some("255"));
+    assert!(matches!(freshness, Freshness::AwaitWatch(_)), "before the watch delivers it: {freshness:?}");
+    writer.apply_watcher_event(&watcher::Event::Apply(at("259")));
+    ctx.certificate_delivered(&at("259"));
+
+    let (copy, freshness) = ctx.freshness(handed);
+    assert_eq!(copy.resource_version().as_deref(), Some("259"), "the pass acts on kacme's write, not the copy handed");
+    assert_eq!(freshness, Freshness::Current);
+}
