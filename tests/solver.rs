@@ -1,6 +1,6 @@
 //! `kacme solver` over a real socket: the real binary, real TCP, real HTTP.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,31 +17,58 @@ impl Drop for Solver {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 fn start_solver() -> Solver {
     start_solver_for("T0k3n-abc_DEF")
 }
 
+/// Starts `kacme solver` on a port the kernel picks (`--listen 127.0.0.1:0`) and learns the address from
+/// its "solver listening" log line. (Picking a free port first and passing it raced with the tests beside:
+/// two solvers given the same port, one failed to bind, and its test talked to the other test's solver,
+/// which that test then stopped: "connection reset by peer".)
 fn start_solver_for(token: &str) -> Solver {
-    let address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_kacme"))
-        .args(["solver", "--listen", &address.to_string(), "--domain", "app.example.test"])
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kacme"))
+        .args(["solver", "--listen", "127.0.0.1:0", "--domain", "app.example.test"])
         .arg(format!("--token={token}"))
         .arg(format!("--key-authorization={token}.thumbprint"))
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let solver = Solver { child, address };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(address).is_err() {
-        assert!(Instant::now() < deadline, "the solver did not start listening");
-        std::thread::sleep(Duration::from_millis(20));
+    let stderr = child.stderr.take().unwrap();
+    let (sender, receiver) = std::sync::mpsc::channel();
+    // Reads the log to its end, so that the solver never blocks on a full pipe.
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let line = without_escapes(&line);
+            if line.contains("solver listening")
+                && let Some((_, rest)) = line.split_once("address=")
+            {
+                let address: String =
+                    rest.chars().take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':').collect();
+                let _ = sender.send(address);
+            }
+        }
+    });
+    let address = receiver.recv_timeout(Duration::from_secs(10)).expect("the solver logs the address it listens on");
+    Solver { child, address: address.parse().unwrap() }
+}
+
+/// `text` without ANSI escape sequences (the log may be coloured).
+fn without_escapes(text: &str) -> String {
+    let mut out = String::new();
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
     }
-    solver
+    out
 }
 
 /// Sends one raw HTTP/1.1 request and returns (status, headers, body).
