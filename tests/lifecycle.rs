@@ -12,7 +12,7 @@
 mod common;
 
 use common::operator_env::{Ca, OperatorEnv, condition};
-use common::within;
+use common::{within, without_colours};
 use kacme::api::names::TLS_CRT;
 use kacme::api::{Certificate, Issuer};
 use kacme::pki::parse_chain;
@@ -73,20 +73,6 @@ async fn stored_leaf(env: &OperatorEnv, name: &str) -> (String, Duration, Option
     let lifetime = chain.leaf.not_after.duration_since(chain.leaf.not_before).unsigned_abs();
     let leaf_pem = pem.split_inclusive("-----END CERTIFICATE-----\n").next().expect("a leaf").to_string();
     (leaf_pem, lifetime, chain.leaf.renewal_id)
-}
-
-/// `text` without ANSI colour sequences (`ESC [ ... m`).
-fn without_colours(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            chars.by_ref().find(|c| *c == 'm');
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 async fn order_events(env: &OperatorEnv, name: &str) -> Vec<String> {

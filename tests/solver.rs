@@ -1,5 +1,7 @@
 //! `kacme solver` over a real socket: the real binary, real TCP, real HTTP.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -39,7 +41,7 @@ fn start_solver_for(token: &str) -> Solver {
     // Reads the log to its end, so that the solver never blocks on a full pipe.
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let line = without_escapes(&line);
+            let line = common::without_colours(&line);
             if line.contains("solver listening")
                 && let Some((_, rest)) = line.split_once("address=")
             {
@@ -51,24 +53,6 @@ fn start_solver_for(token: &str) -> Solver {
     });
     let address = receiver.recv_timeout(Duration::from_secs(10)).expect("the solver logs the address it listens on");
     Solver { child, address: address.parse().unwrap() }
-}
-
-/// `text` without ANSI escape sequences (the log may be coloured).
-fn without_escapes(text: &str) -> String {
-    let mut out = String::new();
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// Sends one raw HTTP/1.1 request and returns (status, headers, body).

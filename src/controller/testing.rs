@@ -392,9 +392,18 @@ pub(crate) fn acme_issuer_at(ca: &FakeAcme, account_key_secret: &str) -> AcmeIss
 }
 
 fn new_context(apiserver: &FakeApiserver, config: &ControllerConfig) -> (Arc<Context>, StoreWriters) {
-    let observers = Observers { acme: Arc::new(crate::acme::NoObserver), reconcile: Arc::new(NoReconcileObserver) };
     let (stores, writers) = Stores::with_writers();
-    (Arc::new(Context::new(apiserver.client(), config.clone(), observers, stores)), writers)
+    (context_with_stores(apiserver, config, stores), writers)
+}
+
+/// A context over `apiserver` whose caches are `stores`, reporting to no observer.
+pub(crate) fn context_with_stores(
+    apiserver: &FakeApiserver,
+    config: &ControllerConfig,
+    stores: Stores,
+) -> Arc<Context> {
+    let observers = Observers { acme: Arc::new(crate::acme::NoObserver), reconcile: Arc::new(NoReconcileObserver) };
+    Arc::new(Context::new(apiserver.client(), config.clone(), observers, stores))
 }
 
 /// Replaces a cache's content with `objects` that pass `keep`, as a watch that (re)lists does; managed

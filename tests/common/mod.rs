@@ -5,6 +5,20 @@ pub mod challenge_server;
 pub mod helm;
 pub mod operator_env;
 
+/// `text` without ANSI colour sequences (`ESC [ ... m`), as kacme's log may carry them.
+pub fn without_colours(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|c| *c == 'm');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Runs `body`, failing the test when it takes longer than `seconds`.
 pub async fn within<T>(seconds: u64, body: impl std::future::Future<Output = T>) -> T {
     match tokio::time::timeout(std::time::Duration::from_secs(seconds), body).await {

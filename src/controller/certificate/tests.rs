@@ -1836,16 +1836,16 @@ async fn a_solver_service_and_ingress_left_by_an_earlier_solver_pod_are_handed_t
 /// (seen as two `OrderCreated` Events for one issuance in `tests/cli.rs` and `tests/lifecycle.rs`).
 #[tokio::test]
 async fn a_pass_queued_before_the_watch_delivered_kacmes_own_write_acts_on_that_write() {
+    use crate::controller::ControllerConfig;
     use crate::controller::context::{Freshness, Stores};
-    use crate::controller::{Context, ControllerConfig, NoReconcileObserver, Observers};
     use kube::runtime::{reflector, watcher};
 
     let apiserver = FakeApiserver::new();
     let (mut stores, _writers) = Stores::with_writers();
     let (certificates, mut writer) = reflector::store::<Certificate>();
     stores.certificates = Some(certificates);
-    let observers = Observers { acme: Arc::new(crate::acme::NoObserver), reconcile: Arc::new(NoReconcileObserver) };
-    let ctx = Context::new(apiserver.client(), ControllerConfig::new("kacme", "kacme:test"), observers, stores);
+    let config = ControllerConfig::new("kacme", "kacme:test");
+    let ctx = crate::controller::testing::context_with_stores(&apiserver, &config, stores);
     let at = |version: &str| {
         let mut certificate = crate::desired::testing::certificate();
         certificate.metadata.resource_version = Some(version.into());
